@@ -1,0 +1,198 @@
+"""`mlproject`: one CLI whose subcommands are the research steps.
+
+Every subcommand is a thin shell around one library function: the MLproject entry points,
+the pipeline runner and the Airflow DAG all run these same commands. Flags are generated
+from the config dataclasses (`mlproject.config.add_arguments`), so `--max-steps` and
+`--max_steps` both work and a YAML `--config` file is overridden by explicit flags.
+Bad input ends with one line on stderr (`mlproject: error: ...`) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from mlproject.config import add_arguments
+from mlproject.errors import MlprojectError
+
+Handler = Callable[[argparse.Namespace], object]
+
+
+def _run_sections(parser: argparse.ArgumentParser) -> None:
+    """Flags of every section of a training run (model, data, train, tracking)."""
+    from mlproject.tracking.config import RunConfig
+
+    parser.add_argument("--config", help="YAML file with sections model/data/train/tracking; flags override it")
+    for name, cls in RunConfig.SECTIONS.items():
+        add_arguments(parser, cls, title=f"{name} ({cls.__name__})")
+
+
+# ----------------------------------------------------------------------------- handlers
+
+def _datasets(args: argparse.Namespace) -> None:
+    from mlproject.data.registry import format_registry_table
+
+    print(format_registry_table(cache_dir=args.cache_dir))
+
+
+def _dataloaders(args: argparse.Namespace) -> None:
+    from mlproject.config import from_dict, section_overrides
+    from mlproject.data.config import DataConfig
+    from mlproject.data.preview import preview_batches
+
+    data_cfg = from_dict(DataConfig, section_overrides(args, DataConfig), source="flags")
+    preview_batches(data_cfg, block_size=args.block_size, batch_size=args.batch_size,
+                    num_batches=args.preview_batches, seed=args.seed)
+
+
+def _summary(args: argparse.Namespace) -> None:
+    from mlproject.model.summary import run_summary
+
+    run_summary(presets=args.presets, model_versions=args.model_versions, block_size=args.block_size)
+
+
+def _import_hf(args: argparse.Namespace) -> None:
+    from mlproject.model.hf import import_hf_dir
+
+    path = import_hf_dir(args.model_dir, args.output)
+    print(f"wrote {path}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from mlproject.tracking.config import RunConfig
+    from mlproject.tracking.train_run import run_training
+
+    run_training(RunConfig.load(args.config, args))
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from mlproject.config import build_sections
+    from mlproject.inference.config import GenerateConfig
+    from mlproject.tracking.generate_run import run_generate
+
+    cfg = build_sections({"generate": GenerateConfig}, yaml_path=args.config, args=args)["generate"]
+    run_generate(cfg)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from mlproject.research.compare import CompareJob, run_compare
+
+    run_compare(CompareJob.load(args.config, args))
+
+
+def _ablate(args: argparse.Namespace) -> None:
+    from mlproject.research.ablation import AblationJob, run_ablation
+
+    run_ablation(AblationJob.load(args.config, args))
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from mlproject.config import build_sections
+    from mlproject.research.config import PlotConfig
+    from mlproject.research.plots import run_plot
+
+    run_plot(build_sections({"plot": PlotConfig}, yaml_path=args.config, args=args)["plot"])
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from mlproject.research.pipeline import PipelineOptions, run_pipeline
+
+    options = PipelineOptions(steps=args.step or [], dry_run=args.dry_run,
+                              continue_on_error=args.continue_on_error, resume=args.resume)
+    return run_pipeline(args.config, options)
+
+
+def _server(args: argparse.Namespace) -> int:
+    from mlproject.config import from_dict, section_overrides
+    from mlproject.tracking.config import ServerConfig
+    from mlproject.tracking.server import run_server
+
+    return run_server(from_dict(ServerConfig, section_overrides(args, ServerConfig), source="flags"))
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlproject", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("datasets", _datasets, "list the dataset registry and which token caches exist")
+    p.add_argument("--cache-dir", "--cache_dir", default=None, help="cache root to inspect")
+
+    p = command("dataloaders", _dataloaders, "build a dataset's token cache and preview batches")
+    from mlproject.data.config import DataConfig
+
+    add_arguments(p, DataConfig, title="data")
+    p.add_argument("--block-size", "--block_size", type=int, default=128)
+    p.add_argument("--batch-size", "--batch_size", type=int, default=4)
+    p.add_argument("--preview-batches", "--preview_batches", type=int, default=2)
+    p.add_argument("--seed", type=int, default=42)
+
+    p = command("summary", _summary, "build model presets, print parameters and FLOPs, run a step")
+    p.add_argument("--presets", nargs="+", default=["nano", "small", "base", "gpt2-124m", "gpt2-350m"])
+    p.add_argument("--model-versions", "--model_versions", nargs="+", default=["gpt2", "gpt3"])
+    p.add_argument("--block-size", "--block_size", type=int, default=256)
+
+    p = command("import-hf", _import_hf, "convert a local Hugging Face GPT-2/Llama folder to a checkpoint")
+    p.add_argument("--model-dir", "--model_dir", required=True, help="a save_pretrained folder")
+    p.add_argument("--output", required=True, help="checkpoint file to write")
+
+    p = command("train", _train, "train one model, tracked in MLflow")
+    _run_sections(p)
+
+    from mlproject.inference.config import GenerateConfig
+
+    p = command("generate", _generate, "generate text from a run, a models:/ URI or a checkpoint")
+    p.add_argument("--config", help="YAML file with a `generate` section")
+    add_arguments(p, GenerateConfig, title="generate")
+
+    from mlproject.research.config import AblationConfig, CompareConfig, PlotConfig
+
+    p = command("compare", _compare, "fair comparison of model versions across seeds (nested runs)")
+    _run_sections(p)
+    add_arguments(p, CompareConfig, title="compare")
+
+    p = command("ablate", _ablate, "ablation of one architecture axis across seeds (nested runs)")
+    _run_sections(p)
+    add_arguments(p, AblationConfig, title="ablation")
+
+    p = command("plot", _plot, "plot a compare/ablation from the tracking store")
+    p.add_argument("--config", help="YAML file with a `plot` section")
+    add_arguments(p, PlotConfig, title="plot")
+
+    p = command("pipeline", _pipeline, "run the steps of a pipeline YAML in dependency order")
+    p.add_argument("--config", required=True, help="pipeline YAML (configs/pipeline/)")
+    p.add_argument("--step", action="append", help="run only this step id (repeatable)")
+    p.add_argument("--dry-run", "--dry_run", action="store_true", help="print the commands only")
+    p.add_argument("--continue-on-error", "--continue_on_error", action="store_true")
+    p.add_argument("--resume", action="store_true", help="skip steps that finished in the last report")
+
+    from mlproject.tracking.config import ServerConfig
+
+    p = command("server", _server, "start an MLflow tracking server (127.0.0.1 by default)")
+    add_arguments(p, ServerConfig, title="server")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.handler(args)
+    except MlprojectError as exc:
+        print(f"mlproject: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mlproject: interrupted", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,314 @@
+"""Typed configs: dataclasses validated when built from YAML, CLI flags or MLflow parameters.
+
+Every config in the suite is a dataclass. This module is the one place that turns untyped
+input (a YAML mapping, `--flag value` strings, `-P key=value` from `mlflow run`) into those
+dataclasses, so every entry point validates the same way:
+
+- an unknown key is an error naming the key and the allowed ones;
+- a value is coerced to the field's annotated type (int, float, bool, str, Literal choices,
+  Optional, list) or rejected with the key, the value and the expected type;
+- CLI flags are generated from the fields (`--max-steps` and `--max_steps` both work, because
+  MLflow passes an undeclared `-P max_steps=30` as `--max_steps 30`).
+
+Field metadata understood here: `help` (flag help text), `cli` (False hides the field from the
+CLI, e.g. values derived at run time), `aliases` (extra flag spellings kept from older tools).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from mlproject.errors import ConfigError
+
+T = TypeVar("T")
+
+_TRUE = {"true", "1", "yes", "y", "on"}
+_FALSE = {"false", "0", "no", "n", "off"}
+
+
+def field(default: Any = dataclasses.MISSING, *, help: str = "", cli: bool = True,
+          aliases: tuple[str, ...] = (), default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with the metadata the CLI generator reads."""
+    meta = {"help": help, "cli": cli, "aliases": aliases}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------- type coercion
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + "|".join(str(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " (or null)"
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (str,)
+        return f"list of {_type_name(inner)}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any, *, key: str, source: str = "config") -> Any:
+    """Convert `value` to annotated type `tp`, or raise a one-line ConfigError."""
+
+    def fail() -> ConfigError:
+        return ConfigError(f"{source}: {key}={value!r} is not a valid value; expected {_type_name(tp)}")
+
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.strip().lower() in {"none", "null", ""}):
+            if type(None) in args:
+                return None
+            raise fail()
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, key=key, source=source)
+            except ConfigError:
+                continue
+        raise fail()
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        for choice in choices:
+            if value == choice or (isinstance(value, str) and str(choice) == value.strip()):
+                return choice
+        raise fail()
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (str,)
+        if isinstance(value, str):  # "gpt2 gpt3" or "42,43" (how `mlflow run -P` passes lists)
+            value = value.replace(",", " ").split()
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [coerce(v, inner, key=key, source=source) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise fail()
+    if tp is int:
+        if isinstance(value, bool):
+            raise fail()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                as_float = float(value)
+            except ValueError:
+                raise fail() from None
+            if as_float.is_integer():
+                return int(as_float)
+        raise fail()
+    if tp is float:
+        if isinstance(value, bool):
+            raise fail()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise fail() from None
+        raise fail()
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise fail()
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, Mapping):
+            return from_dict(tp, value, source=f"{source}: {key}")
+        raise fail()
+    if tp is Any:
+        return value
+    if isinstance(value, tp):
+        return value
+    raise fail()
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, source: str = "config") -> T:
+    """Build dataclass `cls` from a mapping: unknown keys and mistyped values are one-line errors.
+
+    Dashes in keys are accepted as underscores (`max-steps` == `max_steps`).
+    """
+    data = dict(data or {})
+    hints = _hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    aliases = {a.lstrip("-").replace("-", "_"): f.name for f in names.values()
+               for a in f.metadata.get("aliases", ())}
+    kwargs: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        key = aliases.get(key, key)
+        if key not in names:
+            allowed = ", ".join(sorted(names))
+            raise ConfigError(f"{source}: unknown key {raw_key!r}; allowed keys: {allowed}")
+        kwargs[key] = coerce(value, hints[key], key=key, source=source)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(f"{source}: {exc}") from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def check_types(obj: Any, *, source: str | None = None) -> None:
+    """Validate every field of a dataclass built in code against its annotation (choices too)."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        coerce(getattr(obj, f.name), hints[f.name], key=f.name, source=source or type(obj).__name__)
+
+
+def replace(obj: T, **changes: Any) -> T:
+    """`dataclasses.replace` with the same coercion and validation as `from_dict`."""
+    data = {**to_dict(obj, shallow=True), **changes}
+    return from_dict(type(obj), data, source=type(obj).__name__)
+
+
+def to_dict(obj: Any, *, shallow: bool = False) -> dict[str, Any]:
+    """A dataclass as a plain dict (nested dataclasses too, unless `shallow`)."""
+    if shallow:
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return dataclasses.asdict(obj)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten a dataclass or mapping to `prefix.key` entries (for MLflow params)."""
+    items = to_dict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+    out: dict[str, Any] = {}
+    for key, value in items.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) or dataclasses.is_dataclass(value):
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- YAML
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for a missing file or bad syntax."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{p}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text for a dataclass or mapping, keys in definition order."""
+    if dataclasses.is_dataclass(data):
+        data = to_dict(data)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- CLI flags
+
+def _flag_type(tp: Any) -> tuple[Any, dict[str, Any]]:
+    """argparse `type`/`nargs` for an annotation; values are validated later by `coerce`."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _flag_type(args[0]) if len(args) == 1 else (str, {})
+    if origin is list:
+        return str, {"nargs": "+"}
+    if tp is bool:
+        return str, {"nargs": "?", "const": "true"}
+    return str, {}
+
+
+def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, title: str | None = None,
+                  exclude: tuple[str, ...] = ()) -> None:
+    """Add one flag per CLI-visible field of `cls` (dash and underscore spellings).
+
+    Defaults are suppressed, so `section_overrides` sees only what the user passed.
+    """
+    group = parser.add_argument_group(title or cls.__name__) if title is not False else parser
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True) or f.name in exclude:
+            continue
+        flag_type, extra = _flag_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        helptext = f.metadata.get("help", "")
+        helptext = f"{helptext} [{_type_name(hints[f.name])}; default: {default}]".strip()
+        spellings = [f"--{f.name.replace('_', '-')}"]
+        if "_" in f.name:
+            spellings.append(f"--{f.name}")
+        spellings += [a for a in f.metadata.get("aliases", ()) if a not in spellings]
+        group.add_argument(*spellings, dest=f"{cls.__name__}.{f.name}", type=flag_type, metavar=f.name.upper(),
+                           default=argparse.SUPPRESS, help=helptext.replace("%", "%%"), **extra)
+
+
+def section_overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The flags of `cls` that the user actually passed, as a {field: raw value} mapping."""
+    prefix = f"{cls.__name__}."
+    out = {}
+    for dest, value in vars(args).items():
+        if dest.startswith(prefix):
+            if isinstance(value, list) and len(value) == 1:
+                value = value[0]
+            out[dest[len(prefix):]] = value
+    return out
+
+
+def merge(base: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Mapping `base` (e.g. a YAML section) with `overrides` (e.g. flags) winning, keys normalised."""
+    out = {str(k).replace("-", "_"): v for k, v in (base or {}).items()}
+    out.update({str(k).replace("-", "_"): v for k, v in overrides.items()})
+    return out
+
+
+def build_sections(sections: Mapping[str, type], *, yaml_path: str | os.PathLike[str] | None = None,
+                   args: argparse.Namespace | None = None) -> dict[str, Any]:
+    """Build one dataclass per top-level YAML section, with CLI flags overriding the file.
+
+    `sections` maps a section name (`model`, `train`, ...) to its dataclass. A top-level key
+    that is not a section is an error naming the allowed sections.
+    """
+    data = load_yaml(yaml_path) if yaml_path else {}
+    source = str(yaml_path) if yaml_path else "flags"
+    unknown = set(data) - set(sections)
+    if unknown:
+        raise ConfigError(f"{source}: unknown section {sorted(unknown)[0]!r}; "
+                          f"allowed sections: {', '.join(sections)}")
+    out = {}
+    for name, cls in sections.items():
+        section = data.get(name)
+        if section is not None and not isinstance(section, Mapping):
+            raise ConfigError(f"{source}: section {name!r} must be a mapping")
+        flags = section_overrides(args, cls) if args is not None else {}
+        out[name] = from_dict(cls, merge(section, flags), source=f"{source}: {name}")
+    return out

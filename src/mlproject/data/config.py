@@ -1,0 +1,50 @@
+"""DataConfig: which corpus, how it is split and tokenized, and where caches live."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from mlproject.config import check_types, field
+from mlproject.errors import ConfigError
+
+
+def default_cache_dir() -> str:
+    """`$MLPROJECT_CACHE_DIR`, else `~/.cache/mlproject` (tokenizers, token caches, the offline corpus)."""
+    return os.environ.get("MLPROJECT_CACHE_DIR") or str(Path.home() / ".cache" / "mlproject")
+
+
+@dataclass
+class DataConfig:
+    """A corpus from the registry plus its tokenizer and caching settings."""
+
+    dataset: str = field("pydocs", help="dataset key (see `mlproject datasets`)")
+    vocab_size: int | None = field(None, help="BPE vocab size (default: the registry's for the dataset)")
+    tokenizer_path: str | None = field(None, help="use this tokenizer.json instead of training one")
+    cache_dir: str | None = field(None, help="cache root (default: $MLPROJECT_CACHE_DIR or ~/.cache/mlproject)")
+    max_train_docs: int | None = field(None, help="cap on training documents (streamed, never downloaded whole)")
+    max_val_docs: int | None = field(None, help="cap on validation documents")
+    val_fraction: float = field(0.05, help="held-out fraction when the corpus has no validation split")
+    split_seed: int = field(1234, help="seed of the held-out split")
+    local_path: str | None = field(None, help="local_jsonl: file, glob or comma-separated files "
+                                              "(default: $LOCAL_TEXT_DATA_PATH)")
+    local_format: Literal["json", "text"] | None = field(
+        None, help="local_jsonl: json (one object per line) or text (default: $LOCAL_TEXT_DATA_FORMAT or json)")
+    local_field: str | None = field(None, help="local_jsonl: text field of JSON records "
+                                               "(default: $LOCAL_TEXT_FIELD or text)")
+    num_workers: int | None = field(None, help="tokenizer worker threads (default: all cores)")
+
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.cache_dir or default_cache_dir()).expanduser()
+
+    def validate(self) -> None:
+        check_types(self, source="data")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction={self.val_fraction} must be in (0, 1)")
+        for name in ("vocab_size", "max_train_docs", "max_val_docs", "num_workers"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name}={value} must be positive")

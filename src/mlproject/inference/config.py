@@ -1,0 +1,49 @@
+"""GenerateConfig: where the model comes from and how to sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlproject.config import check_types, field
+from mlproject.errors import ConfigError
+
+
+@dataclass
+class GenerateConfig:
+    """Text generation from a run, a `models:/` URI or a checkpoint file."""
+
+    run_id: str | None = field(None, help="MLflow run whose best (else last) checkpoint and tokenizer to use")
+    model_uri: str | None = field(None, help="a models:/ URI (LoggedModel or registered model)")
+    checkpoint: str | None = field(None, help="a local checkpoint file")
+    tokenizer_path: str | None = field(None, help="tokenizer.json (with --checkpoint)")
+    prompts: list[str] = field(default_factory=lambda: ["The"], aliases=("--prompt",),
+                               help="prompts, generated as one batch")
+    max_new_tokens: int = field(100, help="tokens to generate per prompt")
+    temperature: float = field(1.0, help="softmax temperature; 0 means greedy")
+    top_k: int | None = field(None, help="sample only from the k most likely tokens")
+    top_p: float | None = field(None, help="nucleus sampling: smallest set with this probability mass")
+    repetition_penalty: float = field(1.0, help="> 1 discourages tokens already present (CTRL, Keskar et al. 2019)")
+    seed: int | None = field(None, help="sampling seed")
+    stop_at_eos: bool = field(True, help="stop a sequence at <|endoftext|>")
+    stream: bool | None = field(None, help="print tokens as they come (default: on a terminal)")
+    use_ckpt_config: bool = field(True, help="kept for the original flag; the config always comes from the checkpoint")
+    n_layer: int | None = field(None, help="must match the checkpoint if given")
+    n_head: int | None = field(None, help="must match the checkpoint if given")
+    d_model: int | None = field(None, help="must match the checkpoint if given")
+    device: str = field("auto", help="auto, cpu, cuda, mps")
+
+    def validate(self) -> None:
+        check_types(self, source="generate")
+        sources = [s for s in (self.run_id, self.model_uri, self.checkpoint) if s]
+        if len(sources) > 1:
+            raise ConfigError("generate: give only one of run_id, model_uri, checkpoint")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature={self.temperature} must be >= 0")
+        if self.top_k is not None and self.top_k <= 0:
+            raise ConfigError(f"top_k={self.top_k} must be positive")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p={self.top_p} must be in (0, 1]")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(f"repetition_penalty={self.repetition_penalty} must be positive")
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens={self.max_new_tokens} must be >= 0")

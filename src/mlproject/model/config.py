@@ -1,0 +1,129 @@
+"""GPTConfig: the model's architecture, presets by name, and validation.
+
+A config is written by a user with a preset and optional size overrides; `resolved()` returns
+the concrete config (preset sizes filled in, per-version defaults applied, validated) that the
+model is built from and that runs record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from mlproject.config import check_types, field
+from mlproject.errors import ConfigError
+
+# name -> (n_layer, n_head, d_model)
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "nano": (4, 4, 256),
+    "small": (8, 8, 512),
+    "base": (12, 12, 768),
+    "gpt2-124m": (12, 12, 768),   # GPT-2 small (Radford et al., 2019)
+    "gpt2-350m": (24, 16, 1024),  # GPT-2 medium
+}
+
+# Context length when the config leaves it unset: GPT-2 used 1024, GPT-3 doubled it to 2048
+# (Brown et al., 2020, section 2.1).
+DEFAULT_BLOCK_SIZE = {"gpt2": 1024, "gpt3": 2048}
+
+
+@dataclass
+class GPTConfig:
+    """Architecture of a decoder-only transformer. Fields left None are resolved by `resolved()`."""
+
+    model_version: Literal["gpt2", "gpt3"] = field("gpt2", help="architecture preset: gpt2 or gpt3")
+    preset: str | None = field("nano", help=f"size preset: {', '.join(PRESETS)}")
+    n_layer: int | None = field(None, help="transformer blocks (overrides the preset)")
+    n_head: int | None = field(None, help="attention heads (overrides the preset)")
+    d_model: int | None = field(None, help="embedding width (overrides the preset)")
+    block_size: int | None = field(None, help="context length (default: 1024 gpt2, 2048 gpt3)")
+    vocab_size: int = field(50304, cli=False, help="set from the tokenizer at run time")
+    dropout: float = field(0.0, help="dropout on attention, residual and embedding outputs")
+    bias: bool = field(True, help="bias in linear layers and norms")
+    norm_type: Literal["layernorm", "rmsnorm"] = field("layernorm", help="normalisation layer")
+    norm_eps: float = field(1e-5, help="epsilon of the norm layers")
+    mlp_type: Literal["gelu", "swiglu"] = field("gelu", help="feed-forward block")
+    mlp_expansion: float = field(4.0, help="MLP hidden size as a multiple of d_model (GELU)")
+    mlp_hidden_size: int | None = field(None, help="explicit MLP hidden size (overrides expansion)")
+    pos_encoding: Literal["learned", "rope", "none"] = field("learned", help="position information")
+    rope_theta: float = field(10000.0, help="RoPE base frequency")
+    attention_impl: Literal["manual", "sdpa"] = field("sdpa", help="attention kernel")
+    attention_pattern: Literal["dense", "alternating"] | None = field(
+        None, help="dense everywhere, or GPT-3's alternating dense / banded layers "
+                   "(default: dense gpt2, alternating gpt3)")
+    attention_window: int = field(256, help="window of the banded (locally sparse) layers")
+    tie_embeddings: bool = field(True, help="share the token embedding with the output head")
+    gradient_checkpointing: bool = field(False, help="recompute block activations in backward")
+
+    def resolved(self) -> GPTConfig:
+        """The concrete config: preset sizes applied, per-version defaults filled, validated."""
+        cfg = dataclasses.replace(self)
+        if cfg.preset is not None:
+            if cfg.preset not in PRESETS:
+                raise ConfigError(f"preset={cfg.preset!r} is unknown; expected one of: {', '.join(PRESETS)}")
+            n_layer, n_head, d_model = PRESETS[cfg.preset]
+            cfg.n_layer = cfg.n_layer if cfg.n_layer is not None else n_layer
+            cfg.n_head = cfg.n_head if cfg.n_head is not None else n_head
+            cfg.d_model = cfg.d_model if cfg.d_model is not None else d_model
+        for name in ("n_layer", "n_head", "d_model"):
+            if getattr(cfg, name) is None:
+                raise ConfigError(f"{name} is not set; give a preset or an explicit {name}")
+        if cfg.block_size is None:
+            cfg.block_size = DEFAULT_BLOCK_SIZE[cfg.model_version]
+        if cfg.attention_pattern is None:
+            cfg.attention_pattern = "alternating" if cfg.model_version == "gpt3" else "dense"
+        cfg.validate()
+        return cfg
+
+    @property
+    def head_dim(self) -> int:
+        assert self.d_model is not None and self.n_head is not None
+        return self.d_model // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        """Hidden width of the MLP.
+
+        SwiGLU has three weight matrices instead of two, so its hidden size is scaled by 2/3 to
+        keep the parameter count of the GELU MLP (Shazeer, 2020; LLaMA, Touvron et al., 2023),
+        rounded up to a multiple of 64 for efficient matmuls.
+        """
+        if self.mlp_hidden_size is not None:
+            return self.mlp_hidden_size
+        assert self.d_model is not None
+        hidden = int(self.mlp_expansion * self.d_model)
+        if self.mlp_type == "swiglu":
+            hidden = int(2 * hidden / 3)
+            hidden = 64 * ((hidden + 63) // 64)
+        return hidden
+
+    def layer_is_banded(self, layer: int) -> bool:
+        """GPT-3 alternates dense and locally banded sparse attention; odd layers are banded."""
+        return self.attention_pattern == "alternating" and layer % 2 == 1
+
+    def validate(self) -> None:
+        """Raise a one-line ConfigError naming the first impossible field."""
+        check_types(self, source="model")
+        positive = {"vocab_size": self.vocab_size, "attention_window": self.attention_window}
+        for name in ("n_layer", "n_head", "d_model", "block_size"):
+            positive[name] = getattr(self, name)
+        for name, value in positive.items():
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name}={value} must be positive")
+        if self.d_model is not None and self.n_head is not None and self.d_model % self.n_head:
+            raise ConfigError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        if (self.pos_encoding == "rope" and self.d_model and self.n_head
+                and (self.d_model // self.n_head) % 2):
+            raise ConfigError(
+                f"pos_encoding='rope' needs an even head dim; got d_model/n_head = {self.d_model // self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.mlp_expansion <= 0:
+            raise ConfigError(f"mlp_expansion={self.mlp_expansion} must be positive")
+        if self.mlp_hidden_size is not None and self.mlp_hidden_size <= 0:
+            raise ConfigError(f"mlp_hidden_size={self.mlp_hidden_size} must be positive")
+        if self.norm_eps <= 0:
+            raise ConfigError(f"norm_eps={self.norm_eps} must be positive")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"preset={self.preset!r} is unknown; expected one of: {', '.join(PRESETS)}")

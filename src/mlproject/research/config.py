@@ -1,0 +1,77 @@
+"""Configs of the research steps: compare, ablation and plot (the `compare:`, `ablation:` and
+`plot:` sections of their YAML files; the model/data/train/tracking sections are RunConfig's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mlproject.config import check_types, field
+from mlproject.errors import ConfigError
+
+
+@dataclass
+class CompareConfig:
+    """A fair comparison of model versions: one child run per model x seed."""
+
+    models: list[Literal["gpt2", "gpt3"]] = field(default_factory=lambda: ["gpt2", "gpt3"],
+                                                  help="model versions to compare (the first is the baseline)")
+    seeds: list[int] = field(default_factory=lambda: [42, 43, 44], help="seeds; each model runs every seed")
+    fair_recipe: bool = field(True, help="one training recipe for every model (false: per-version recipes)")
+    metrics: list[str] = field(default_factory=lambda: ["val_loss_best"], aliases=("--metric",),
+                               help="child summary metrics to aggregate (mean, std, 95%% CI, paired test)")
+    parallel: int = field(1, help="children trained at once in separate processes")
+    resume: bool = field(False, help="skip FINISHED children, resume KILLED/FAILED ones, add the rest")
+    parent_run_name: str | None = field(None, help="name of the parent run")
+
+    def validate(self) -> None:
+        check_types(self, source="compare")
+        if not self.models:
+            raise ConfigError("compare: models is empty; expected at least one of gpt2, gpt3")
+        if not self.seeds:
+            raise ConfigError("compare: seeds is empty; expected at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"compare: seeds={self.seeds} has duplicates")
+        if self.parallel < 1:
+            raise ConfigError(f"compare: parallel={self.parallel} must be >= 1")
+
+
+@dataclass
+class AblationConfig:
+    """One architecture axis varied over values: one child run per value x seed."""
+
+    ablation_axis: str = field("norm_type", help="model field to vary (see research.ablation.AXES)")
+    ablation_values: list[str] = field(default_factory=lambda: ["layernorm", "rmsnorm"],
+                                       help="values of the axis, parsed by the axis's type")
+    seeds: list[int] = field(default_factory=lambda: [42, 43], help="seeds; each value runs every seed")
+    metrics: list[str] = field(default_factory=lambda: ["val_loss_best"], aliases=("--metric",),
+                               help="child summary metrics to aggregate")
+    parallel: int = field(1, help="children trained at once in separate processes")
+    resume: bool = field(False, help="skip FINISHED children, resume KILLED/FAILED ones, add the rest")
+    parent_run_name: str | None = field(None, help="name of the parent run")
+
+    def validate(self) -> None:
+        check_types(self, source="ablation")
+        if not self.ablation_values:
+            raise ConfigError("ablation: ablation_values is empty")
+        if not self.seeds:
+            raise ConfigError("ablation: seeds is empty; expected at least one seed")
+        if self.parallel < 1:
+            raise ConfigError(f"ablation: parallel={self.parallel} must be >= 1")
+
+
+@dataclass
+class PlotConfig:
+    """What to plot and where the numbers come from (tracking store, or a results file)."""
+
+    parent_run_id: str | None = field(None, help="plot this compare/ablation parent run")
+    experiment_name: str | None = field(None, help="plot the latest parent run of this experiment")
+    results: str | None = field(None, help="offline: a results.jsonl/csv file instead of the tracking store")
+    kind: Literal["auto", "compare", "ablation", "curves"] = field("auto", help="chart type")
+    metric: str = field("val_loss_best", help="summary metric of the bar chart")
+    output_dir: str = field("plots", help="where PNG and CSV files are written")
+    title: str | None = field(None, help="chart title")
+    log_to_run: bool = field(True, help="log the plots to the parent run under plots/")
+
+    def validate(self) -> None:
+        check_types(self, source="plot")

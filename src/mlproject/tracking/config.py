@@ -1,0 +1,61 @@
+"""TrackingConfig and RunConfig: everything one tracked training run is built from."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from mlproject.config import build_sections, check_types, field
+from mlproject.data.config import DataConfig
+from mlproject.model.config import GPTConfig
+from mlproject.training.config import TrainConfig
+
+
+@dataclass
+class TrackingConfig:
+    """Where and how a run is recorded in MLflow."""
+
+    experiment_name: str | None = field(None, help="MLflow experiment (default: gpt-<dataset>)")
+    run_name: str | None = field(None, help="MLflow run name")
+    register_as: str | None = field(None, help="register the best model under this name")
+    resume_from: str | None = field(None, help="continue a run: its run id or a checkpoint path")
+    output_dir: str = field("runs", help="local directory for checkpoints before they are logged")
+    log_model: bool = field(True, help="log the best model as an MLflow LoggedModel at the end")
+    log_to_mlflow: bool = field(True, help="false disables tracking (benchmarks, debugging)")
+
+    def validate(self) -> None:
+        check_types(self, source="tracking")
+
+
+@dataclass
+class RunConfig:
+    """The resolved config of one training run: the sections of a train YAML file."""
+
+    model: GPTConfig
+    data: DataConfig
+    train: TrainConfig
+    tracking: TrackingConfig
+
+    SECTIONS = {"model": GPTConfig, "data": DataConfig, "train": TrainConfig, "tracking": TrackingConfig}
+
+    @classmethod
+    def load(cls, yaml_path: str | os.PathLike[str] | None = None,
+             args: argparse.Namespace | None = None) -> RunConfig:
+        """From a YAML file (sections model/data/train/tracking) with flags overriding it."""
+        return cls(**build_sections(cls.SECTIONS, yaml_path=yaml_path, args=args))
+
+
+@dataclass
+class ServerConfig:
+    """An MLflow tracking server: SQL backend, proxied artifacts, loopback by default."""
+
+    host: str = field("127.0.0.1", help="bind address (loopback by default; 0.0.0.0 exposes it)")
+    port: int = field(5000, help="port")
+    backend_store_uri: str = field("sqlite:///mlflow.db", help="SQLAlchemy URI (sqlite:///..., postgresql://...)")
+    artifacts_destination: str = field("./mlartifacts", help="where proxied artifacts are stored")
+    allowed_hosts: list[str] | None = field(None, help="extra Host headers to accept (container service names)")
+    workers: int = field(2, help="server worker processes")
+
+    def validate(self) -> None:
+        check_types(self, source="server")

@@ -1,0 +1,62 @@
+"""TrainConfig: optimisation, schedule, evaluation, checkpointing and runtime settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mlproject.config import check_types, field
+from mlproject.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Optimizer fields left None come from the model version's recipe."""
+
+    batch_size: int = field(16, help="sequences per micro-batch (per process under DDP)")
+    grad_accum_steps: int = field(1, help="micro-batches per optimizer step")
+    epochs: int = field(1, help="passes over the training windows (training ends at epochs or max_steps)")
+    max_steps: int | None = field(None, help="optimizer steps (whichever of epochs/max_steps ends first)")
+    learning_rate: float = field(6e-4, help="peak learning rate", aliases=("--lr",))
+    min_lr_ratio: float = field(0.1, help="cosine decay floor as a fraction of the peak")
+    warmup: float = field(0.05, help="linear warmup: a fraction of the run if < 1, else a step count; "
+                                     "always capped below the run's total steps")
+    weight_decay: float | None = field(None, help="AdamW weight decay (default: recipe)")
+    beta1: float | None = field(None, help="AdamW beta1 (default: recipe)")
+    beta2: float | None = field(None, help="AdamW beta2 (default: recipe)")
+    recipe: Literal["gpt2", "gpt3"] | None = field(
+        None, help="optimizer recipe defaults (default: the model version's)")
+    grad_clip: float = field(1.0, help="global gradient-norm clip (0 disables)")
+    label_smoothing: float = field(0.0, help="cross-entropy label smoothing")
+    eval_interval: int = field(100, help="validate every N optimizer steps", aliases=("--val-checking",))
+    eval_batches: int = field(20, help="validation batches per evaluation (0: the full split)")
+    early_stopping_patience: int | None = field(None, help="stop after N evaluations without improvement")
+    log_interval: int = field(10, help="log metrics every N steps")
+    save_every: int = field(100, help="write checkpoints/last.pt every N steps (and at the end)")
+    seed: int = field(42, help="seed of model initialisation and dropout")
+    data_seed: int | None = field(None, help="seed of the batch order (default: seed); independent of init")
+    device: str = field("auto", help="auto, cpu, cuda, cuda:N or mps")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
+        "auto", help="auto: bf16 autocast on CUDA when supported, else fp32")
+    compile: bool = field(False, help="torch.compile the model")
+    peak_flops: float | None = field(None, help="peak FLOP/s for MFU (default: device table or CPU probe)")
+    num_threads: int | None = field(None, help="torch intra-op threads (default: torch's choice)")
+    progress: Literal["auto", "bar", "lines"] = field("auto", help="progress bar on terminals, lines otherwise")
+
+    def validate(self) -> None:
+        check_types(self, source="train")
+        for name in ("batch_size", "grad_accum_steps", "epochs", "eval_interval", "log_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be positive")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"max_steps={self.max_steps} must be positive")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate={self.learning_rate} must be positive")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if self.warmup < 0:
+            raise ConfigError(f"warmup={self.warmup} must be >= 0 (a fraction < 1 or a step count)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if self.eval_batches < 0 or self.save_every < 0 or self.grad_clip < 0:
+            raise ConfigError("eval_batches, save_every and grad_clip must be >= 0")
