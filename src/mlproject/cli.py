@@ -53,10 +53,12 @@ def _summary(args: argparse.Namespace) -> None:
 
 
 def _import_hf(args: argparse.Namespace) -> None:
-    from mlproject.model.hf import import_hf_dir
+    from mlproject.model.hf import load_hf_dir
+    from mlproject.training.checkpoint import save_model_checkpoint
 
-    path = import_hf_dir(args.model_dir, args.output)
-    print(f"wrote {path}")
+    model = load_hf_dir(args.model_dir)
+    save_model_checkpoint(args.output, model)
+    print(f"wrote {args.output} ({model.num_params() / 1e6:.1f}M parameters)")
 
 
 def _train(args: argparse.Namespace) -> None:
