@@ -61,11 +61,14 @@ def _import_hf(args: argparse.Namespace) -> None:
     print(f"wrote {args.output} ({model.num_params() / 1e6:.1f}M parameters)")
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> int:
     from mlproject.tracking.config import RunConfig
+
+    cfg = RunConfig.load(args.config, args)  # validate before importing torch and mlflow
     from mlproject.tracking.train_run import run_training
 
-    run_training(RunConfig.load(args.config, args))
+    outcome = run_training(cfg)
+    return 130 if outcome.status == "KILLED" else 0  # interrupted (resumable): not a success
 
 
 def _generate(args: argparse.Namespace) -> None:

@@ -1,0 +1,1 @@
+"""The data stage: dataset registry, document sources, BPE tokenizer, token caches and batches."""

@@ -31,7 +31,8 @@ class DataConfig:
     local_path: str | None = field(None, help="local_jsonl: file, glob or comma-separated files "
                                               "(default: $LOCAL_TEXT_DATA_PATH)")
     local_format: Literal["json", "text"] | None = field(
-        None, help="local_jsonl: json (one object per line) or text (default: $LOCAL_TEXT_DATA_FORMAT or json)")
+        None, help="local_jsonl: json (one object per line) or text (one document per blank-line-separated "
+                     "block) (default: $LOCAL_TEXT_DATA_FORMAT or json)")
     local_field: str | None = field(None, help="local_jsonl: text field of JSON records "
                                                "(default: $LOCAL_TEXT_FIELD or text)")
     num_workers: int | None = field(None, help="tokenizer worker threads (default: all cores)")
@@ -48,3 +49,6 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name}={value} must be positive")
+        if self.vocab_size is not None and self.vocab_size < 258:
+            raise ConfigError(f"vocab_size={self.vocab_size} is too small; expected at least 258 "
+                              "(256 byte tokens + <|endoftext|> + <|pad|>)")

@@ -1,0 +1,151 @@
+"""Token caches: one flat file of token ids per split plus a small JSON header, memory-mapped.
+
+Layout of a split `train`: `train.bin` holds every document's ids followed by `<|endoftext|>`,
+back to back, as uint16 when the vocabulary fits (vocab <= 65535, GPT-2's 50257 included) and
+uint32 otherwise; `train.json` holds the header (dataset, tokenizer hash, token and document
+counts, dtype). The header is written last and atomically, so its presence marks a complete cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlproject.errors import MlprojectError
+
+FORMAT_VERSION = 1
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 while every id fits (halves disk and page-cache use), else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
+
+
+def temp_path(path: Path) -> Path:
+    """A fresh temp name beside `path` (same file system, so os.replace is atomic)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same directory and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive fcntl.flock on `path`: processes preparing the same cache take turns."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@dataclass
+class TokenCache:
+    """One split's tokens (`tokens`: read-only memmap, shape (N,)) and its header."""
+
+    path: Path
+    tokens: np.ndarray
+    header: dict[str, Any]
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def num_docs(self) -> int:
+        return int(self.header["num_docs"])
+
+
+def _header_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def open_token_cache(path: str | Path) -> TokenCache:
+    """Memory-map the token file `path` (`<split>.bin`) after checking it against its header."""
+    path = Path(path)
+    header_path = _header_path(path)
+    if not header_path.is_file() or not path.is_file():
+        raise MlprojectError(f"no complete token cache at {path} (missing {header_path.name} or {path.name})")
+    try:
+        header = json.loads(header_path.read_text(encoding="utf-8"))
+        dtype = np.dtype(header["dtype"])
+        expected = int(header["num_tokens"]) * dtype.itemsize
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MlprojectError(f"token cache header {header_path} is unreadable ({exc}); "
+                             f"delete {path.parent} to rebuild it") from None
+    if path.stat().st_size != expected:
+        raise MlprojectError(f"token cache {path} has {path.stat().st_size} bytes, header says {expected}; "
+                             f"delete {path.parent} to rebuild it")
+    if expected == 0:  # np.memmap cannot map an empty file
+        return TokenCache(path, np.zeros(0, dtype=dtype), header)
+    return TokenCache(path, np.memmap(path, dtype=dtype, mode="r"), header)
+
+
+class TokenCacheWriter:
+    """Appends tokenized documents to `<split>.bin` chunk by chunk, so memory stays flat.
+
+    Writes go to a temp file renamed into place by `close()`, which then writes the header;
+    a writer left without `close()` (an error, a kill) leaves no cache behind.
+    """
+
+    def __init__(self, path: str | Path, *, vocab_size: int, eot_id: int, meta: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.dtype = token_dtype(vocab_size)
+        self.eot = np.array([eot_id], dtype=self.dtype)
+        self.meta = {**meta, "vocab_size": vocab_size, "eot_id": eot_id}
+        self.num_tokens = 0
+        self.num_docs = 0
+        self.text_bytes = 0
+        self._tmp = temp_path(self.path)
+        self._file = open(self._tmp, "xb")
+
+    def write(self, docs: Sequence[Sequence[int]], text_bytes: int = 0) -> None:
+        """Append documents (lists of ids), each followed by `<|endoftext|>`."""
+        if not docs:
+            return
+        parts = []
+        for ids in docs:
+            parts.append(np.asarray(ids, dtype=self.dtype))
+            parts.append(self.eot)
+        flat = np.concatenate(parts)  # (sum(len(doc) + 1),)
+        flat.tofile(self._file)
+        self.num_tokens += int(flat.shape[0])
+        self.num_docs += len(docs)
+        self.text_bytes += text_bytes
+
+    def close(self) -> TokenCache:
+        """Finish the file, write the header, and open the result."""
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        header = {**self.meta, "num_tokens": self.num_tokens, "num_docs": self.num_docs,
+                  "text_bytes": self.text_bytes, "dtype": self.dtype.name, "format_version": FORMAT_VERSION}
+        atomic_write_bytes(_header_path(self.path), json.dumps(header, indent=1, sort_keys=True).encode())
+        return open_token_cache(self.path)
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)

@@ -1,0 +1,180 @@
+"""`prepare_data`: the data stage in one call: corpus -> BPE tokenizer -> memory-mapped token caches.
+
+Cache layout under the cache root (`DataConfig.cache_dir`, `$MLPROJECT_CACHE_DIR`, ~/.cache/mlproject):
+
+    corpora/pydocs-py3.X-v1.jsonl                 the offline corpus, built once
+    tokenizers/<dataset>-<corpus key>-v<vocab>.json
+    tokens/<dataset>-<corpus key>-<tokenizer hash>/{train,val}.{bin,json}
+    locks/<dataset>-<corpus key>.lock
+
+The corpus key hashes everything that selects the documents (dataset, local files and their
+sizes/mtimes, caps, split settings), so a tokenizer or token cache is never reused for another
+corpus. A second call with the same config only opens files. Several processes may call it at
+once for the same config (compare --parallel, torchrun ranks): an fcntl lock serialises building
+and every file is written atomically, so one process builds and the others reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+from tokenizers import Encoding, Tokenizer
+from tqdm import tqdm
+
+from mlproject.data.cache import TokenCache, TokenCacheWriter, file_lock, open_token_cache
+from mlproject.data.config import DataConfig
+from mlproject.data.sources import SPLITS, Corpus, check_hub, resolve_corpus
+from mlproject.data.tokenizer import load_tokenizer, save_tokenizer, special_ids, tokenizer_hash, train_tokenizer
+from mlproject.errors import ConfigError, MlprojectError
+
+DOCS_PER_BATCH = 256  # documents per encode_batch call: large enough to keep every core busy
+
+Log = Callable[[str], object]
+
+
+@dataclass
+class PreparedData:
+    """Everything the trainer needs from the data stage."""
+
+    tokenizer: Tokenizer
+    tokenizer_path: Path
+    train: TokenCache
+    val: TokenCache
+    vocab_size: int  # the tokenizer's size (may be below the requested one on a tiny corpus)
+    eot_id: int
+    pad_id: int
+    info: dict[str, str | int | float]  # flat: logged as run params and with mlflow.log_input
+
+
+def prepare_data(cfg: DataConfig, *, log: Log = print) -> PreparedData:
+    """Tokenizer and token caches for `cfg`, built on first use and reused afterwards."""
+    cfg.validate()
+    corpus = resolve_corpus(cfg)
+    name = f"{corpus.spec.key}-{corpus.key}"
+    root = cfg.cache_root
+    with file_lock(root / "locks" / f"{name}.lock"):
+        tokenizer, tokenizer_path, origin = _tokenizer(cfg, corpus, root / "tokenizers", name, log)
+        tok_hash = tokenizer_hash(tokenizer_path)
+        token_dir = root / "tokens" / f"{name}-{tok_hash}"
+        try:
+            train, val = (open_token_cache(token_dir / f"{split}.bin") for split in SPLITS)
+            log(f"data: reusing token caches in {token_dir}")
+        except MlprojectError:
+            train, val = build_token_caches(corpus, tokenizer, tok_hash, token_dir, cfg.num_workers, log)
+    eot_id, pad_id = special_ids(tokenizer)
+    vocab_size = tokenizer.get_vocab_size()
+    digest = hashlib.sha256(f"{corpus.key}:{tok_hash}:{len(train)}:{len(val)}".encode()).hexdigest()[:12]
+    info: dict[str, str | int | float] = {
+        "dataset": corpus.spec.key, "source": corpus.spec.source, "val_split": corpus.val_split,
+        "vocab_size": vocab_size, "tokenizer": origin, "tokenizer_hash": tok_hash,
+        "train_tokens": len(train), "val_tokens": len(val), "train_docs": train.num_docs, "val_docs": val.num_docs,
+        "train_bytes": int(train.header["text_bytes"]), "val_bytes": int(val.header["text_bytes"]),
+        "token_dtype": train.tokens.dtype.name, "corpus_key": corpus.key, "digest": digest,
+    }
+    return PreparedData(tokenizer, tokenizer_path, train, val, vocab_size, eot_id, pad_id, info)
+
+
+def _tokenizer(cfg: DataConfig, corpus: Corpus, folder: Path, name: str, log: Log) -> tuple[Tokenizer, Path, str]:
+    """(tokenizer, its path, "file" | "trained"): a given tokenizer.json, a cached one, or a new one."""
+    if cfg.tokenizer_path:
+        path = Path(cfg.tokenizer_path).expanduser().resolve()
+        tokenizer = load_tokenizer(path)
+        if cfg.vocab_size is not None and cfg.vocab_size != tokenizer.get_vocab_size():
+            raise ConfigError(f"vocab_size={cfg.vocab_size} contradicts tokenizer_path {path} "
+                              f"({tokenizer.get_vocab_size()} tokens); drop one of them")
+        return tokenizer, path, "file"
+    vocab_size = cfg.vocab_size or corpus.spec.vocab_size
+    path = folder / f"{name}-v{vocab_size}.json"
+    if path.is_file():
+        log(f"data: reusing tokenizer {path}")
+        return load_tokenizer(path), path, "trained"
+    check_hub(corpus.spec)  # before announcing work that needs the Hub
+    log(f"data: training a {vocab_size}-token byte-level BPE on the {corpus.spec.key} train split")
+    t0 = time.perf_counter()
+    counter = _Counter()
+    texts = counter.count(text for _, text in corpus.documents(("train",)))
+    tokenizer = train_tokenizer(tqdm(texts, desc="training BPE", unit="doc", disable=None), vocab_size)
+    if counter.docs == 0:
+        raise MlprojectError(f"dataset {corpus.spec.key!r}: the train split has no documents")
+    save_tokenizer(tokenizer, path)
+    log(f"data: tokenizer trained on {counter.docs} documents ({counter.bytes / 1e6:.1f} MB) in "
+        f"{time.perf_counter() - t0:.1f}s: {tokenizer.get_vocab_size()} tokens -> {path}")
+    return load_tokenizer(path), path, "trained"
+
+
+class _Counter:
+    """Counts documents and UTF-8 bytes flowing through an iterator."""
+
+    def __init__(self) -> None:
+        self.docs = 0
+        self.bytes = 0
+
+    def count(self, texts: Iterable[str]) -> Iterator[str]:
+        for text in texts:
+            self.docs += 1
+            self.bytes += len(text.encode("utf-8"))
+            yield text
+
+
+def _encode(tokenizer: Tokenizer, texts: list[str]) -> list[Encoding]:
+    # Our separators are explicit <|endoftext|> ids: no tokenizer-added BOS/EOS.
+    return tokenizer.encode_batch(texts, add_special_tokens=False)
+
+
+def build_token_caches(corpus: Corpus, tokenizer: Tokenizer, tok_hash: str, token_dir: Path,
+                        num_workers: int | None, log: Log) -> tuple[TokenCache, TokenCache]:
+    """Tokenize both splits in one pass, in ordered parallel batches, writing incrementally."""
+    eot_id, _ = special_ids(tokenizer)
+    for split in SPLITS:  # a stale header must never describe the new file
+        (token_dir / f"{split}.json").unlink(missing_ok=True)
+    meta = {"dataset": corpus.spec.key, "corpus_key": corpus.key, "val_split": corpus.val_split,
+            "tokenizer_hash": tok_hash}
+    writers = {split: TokenCacheWriter(token_dir / f"{split}.bin", vocab_size=tokenizer.get_vocab_size(),
+                                       eot_id=eot_id, meta={**meta, "split": split}) for split in SPLITS}
+    workers = num_workers or os.cpu_count() or 1
+    t0 = time.perf_counter()
+    docs = iter(corpus.documents(SPLITS))
+    try:
+        # encode_batch releases the GIL; a bounded queue of futures keeps order and flat memory.
+        pending: deque[tuple[list[tuple[str, str]], Future[list[Encoding]]]] = deque()
+        with ThreadPoolExecutor(workers) as pool, tqdm(desc=f"tokenizing {corpus.spec.key}", unit="doc",
+                                                       disable=None) as bar:
+            while batch := list(islice(docs, DOCS_PER_BATCH)):
+                pending.append((batch, pool.submit(_encode, tokenizer, [text for _, text in batch])))
+                while len(pending) > 2 * workers or (pending and pending[0][1].done()):
+                    _write_batch(writers, *pending.popleft())
+                bar.update(len(batch))
+            while pending:
+                _write_batch(writers, *pending.popleft())
+        for split, writer in writers.items():
+            if writer.num_docs == 0:
+                raise MlprojectError(f"dataset {corpus.spec.key!r}: the {split} split has no documents "
+                                     f"(val_split {corpus.val_split}); raise max_{split}_docs or val_fraction")
+        caches = {split: writer.close() for split, writer in writers.items()}
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    train, val = caches["train"], caches["val"]
+    seconds = time.perf_counter() - t0
+    mb = (train.header["text_bytes"] + val.header["text_bytes"]) / 1e6
+    log(f"data: tokenized {train.num_docs} train + {val.num_docs} val documents ({mb:.1f} MB) into "
+        f"{len(train)} + {len(val)} tokens in {seconds:.1f}s ({mb / max(seconds, 1e-9):.1f} MB/s) -> {token_dir}")
+    return train, val
+
+
+def _write_batch(writers: dict[str, TokenCacheWriter], batch: list[tuple[str, str]],
+                 future: Future[list[Encoding]]) -> None:
+    encodings = future.result()
+    for split, writer in writers.items():
+        rows = [i for i, (s, _) in enumerate(batch) if s == split]
+        if rows:
+            writer.write([encodings[i].ids for i in rows], sum(len(batch[i][1].encode("utf-8")) for i in rows))

@@ -1,0 +1,205 @@
+"""Throughput: tokens/s, step time, data-loading share, peak memory, and MFU.
+
+MFU (model FLOPs utilisation, Chowdhery et al., 2022, PaLM appendix B) is the FLOP rate the
+model's arithmetic needs at the measured tokens/s, divided by the device's peak. Peaks come
+from the vendors' dense (non-sparse) tensor-core figures; on CPUs, which have no such table,
+a short matmul probe measures one and caches it per CPU model and thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+# (device-name pattern, {compute dtype: dense peak FLOP/s}). First match wins, so specific
+# names come before their families. "tf32" is fp32 work on tensor cores (enabled on CUDA).
+PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
+    (r"H100.*PCIe", {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51.2e12}),
+    (r"H100", {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12}),  # SXM
+    (r"H200", {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12}),
+    (r"A100", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
+    (r"L40S", {"bf16": 362e12, "fp16": 362e12, "tf32": 183e12, "fp32": 91.6e12}),
+    (r"\bL4\b", {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12, "fp32": 30.3e12}),
+    (r"\bA10\b", {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12}),
+    (r"RTX 4090", {"bf16": 165.2e12, "fp16": 165.2e12, "tf32": 82.6e12, "fp32": 82.6e12}),
+    (r"RTX 3090", {"bf16": 71e12, "fp16": 71e12, "tf32": 35.6e12, "fp32": 35.6e12}),
+    (r"V100", {"fp16": 125e12, "fp32": 15.7e12}),
+    (r"\bT4\b", {"fp16": 65e12, "fp32": 8.1e12}),
+]
+
+
+def table_peak_flops(device_name: str, dtype: str) -> float | None:
+    """Dense peak FLOP/s of a named GPU for `dtype` (bf16, fp16, tf32, fp32), or None if unknown."""
+    for pattern, peaks in PEAK_FLOPS:
+        if re.search(pattern, device_name, flags=re.IGNORECASE):
+            return peaks.get(dtype)
+    return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def probe_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
+                     repeats: int = 5) -> float:
+    """FLOP/s of the best of `repeats` n x n matmuls: a practical peak where no table has one."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for i in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        if i:  # the first run pays one-off allocation and kernel selection
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def _cache_file() -> Path:
+    from mlproject.data.config import default_cache_dir
+
+    return Path(default_cache_dir()).expanduser() / "peak_flops.json"
+
+
+def cpu_peak_flops(dtype: torch.dtype = torch.float32) -> float:
+    """The CPU's probed peak, measured once per (CPU model, threads, dtype) and cached as JSON."""
+    key = f"{_cpu_name()}|threads={torch.get_num_threads()}|{str(dtype).removeprefix('torch.')}"
+    path = _cache_file()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if isinstance(cache, dict) and isinstance(cache.get(key), (int, float)):
+        return float(cache[key])
+    peak = probe_peak_flops(torch.device("cpu"), dtype)
+    cache = cache if isinstance(cache, dict) else {}
+    cache[key] = peak
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".peak_flops.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(cache, f, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs a re-probe next time
+    return peak
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype | None, override: float | None = None) -> tuple[float, str]:
+    """(peak FLOP/s, source) for compute in `dtype` (None: fp32) on `device`.
+
+    Source is "config" (TrainConfig.peak_flops), "table" (a known GPU) or "probe" (measured).
+    """
+    if override is not None:
+        return float(override), "config"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        key = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "tf32") if dtype else "tf32"
+        peak = table_peak_flops(name, key)
+        if peak is not None:
+            return peak, "table"
+        return probe_peak_flops(device, dtype or torch.float32, n=4096), "probe"
+    if device.type == "cpu":
+        return cpu_peak_flops(dtype or torch.float32), "probe"
+    return probe_peak_flops(device, dtype or torch.float32), "probe"
+
+
+def mfu(flops_per_token: float, tokens_per_sec: float, peak: float) -> float:
+    """Model FLOPs utilisation: achieved model FLOP/s over peak (0..1)."""
+    return flops_per_token * tokens_per_sec / peak if peak > 0 else float("nan")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: CUDA allocator peak, else the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class StepTimer:
+    """Times training steps over a logging window, excluding evaluation and checkpointing.
+
+    Usage: `with timer.data(): x, y = next_batch()` around data loading, `timer.step(tokens)`
+    after each optimizer step, `with timer.paused(): evaluate()` around everything that is not
+    training, and `timer.window()` at log time for the metrics since the previous call.
+    The device is synchronised only in `window()`, so steps are not serialised by the timer.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.total_tokens = 0
+        self.total_sec = 0.0
+        self._reset(time.perf_counter())
+
+    def _reset(self, now: float) -> None:
+        self._start = now
+        self._excluded = 0.0
+        self._data_sec = 0.0
+        self._tokens = 0
+        self._steps = 0
+
+    @contextlib.contextmanager
+    def data(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._data_sec += time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        _sync(self.device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._excluded += time.perf_counter() - t0
+
+    def step(self, tokens: int) -> None:
+        self._tokens += tokens
+        self._steps += 1
+
+    def window(self) -> dict[str, float]:
+        """tokens_per_sec, ms_per_step and data_time_share since the last call; starts a new window."""
+        _sync(self.device)
+        now = time.perf_counter()
+        elapsed = max(now - self._start - self._excluded, 1e-9)
+        steps = max(self._steps, 1)
+        out = {"tokens_per_sec": self._tokens / elapsed,
+               "ms_per_step": 1000.0 * elapsed / steps,
+               "data_time_share": min(1.0, self._data_sec / elapsed)}
+        self.total_tokens += self._tokens
+        self.total_sec += elapsed
+        self._reset(now)
+        return out
+
+    @property
+    def mean_tokens_per_sec(self) -> float:
+        """Tokens per second over all closed windows."""
+        return self.total_tokens / self.total_sec if self.total_sec > 0 else float("nan")

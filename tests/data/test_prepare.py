@@ -1,0 +1,173 @@
+"""prepare_data: tokenizer, token caches, reuse, keys, concurrency and the cache file format."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mlproject.data.cache import TokenCacheWriter, open_token_cache
+from mlproject.data.config import DataConfig
+from mlproject.data.prepare import prepare_data
+from mlproject.data.sources import resolve_corpus
+from mlproject.data.tokenizer import EOT, PAD, load_tokenizer
+from mlproject.errors import ConfigError, MlprojectError
+
+QUIET = {"log": lambda _: None}
+
+
+def _split_docs(data, cache) -> list[str]:
+    """Decode a token cache back into its documents (each ends with <|endoftext|>)."""
+    tokens = np.asarray(cache.tokens)
+    ends = np.flatnonzero(tokens == data.eot_id)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    return [data.tokenizer.decode(tokens[s:e].tolist()) for s, e in zip(starts, ends)]
+
+
+def test_tokenizer_round_trips_every_corpus_document(pydocs_full, pydocs_corpus):
+    cfg = DataConfig(dataset="pydocs", cache_dir=str(pydocs_corpus.parents[1]))
+    texts = [text for _, text in resolve_corpus(cfg).documents()]
+    encodings = pydocs_full.tokenizer.encode_batch(texts, add_special_tokens=False)
+    assert [pydocs_full.tokenizer.decode(e.ids) for e in encodings] == texts
+
+
+def test_token_caches_hold_exactly_the_split_documents(pydocs_full, pydocs_corpus):
+    cfg = DataConfig(dataset="pydocs", cache_dir=str(pydocs_corpus.parents[1]))
+    docs = list(resolve_corpus(cfg).documents())
+    assert _split_docs(pydocs_full, pydocs_full.train) == [t for s, t in docs if s == "train"]
+    assert _split_docs(pydocs_full, pydocs_full.val) == [t for s, t in docs if s == "val"]
+
+
+def test_default_tokenizer_is_byte_level_bpe_with_the_registry_vocab_and_specials(pydocs_full):
+    assert pydocs_full.vocab_size == 8192
+    assert pydocs_full.tokenizer.token_to_id(EOT) == pydocs_full.eot_id
+    assert pydocs_full.tokenizer.token_to_id(PAD) == pydocs_full.pad_id != pydocs_full.eot_id
+    text = "Ünïcödé, CamelCase and   spaces\n\ttabs 🙂"
+    assert pydocs_full.tokenizer.decode(pydocs_full.tokenizer.encode(text).ids) == text
+
+
+def test_info_is_flat_and_records_the_split_and_counts(pydocs_full):
+    info = pydocs_full.info
+    assert all(isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in info.items())
+    assert info["dataset"] == "pydocs" and info["val_split"] == "heldout:0.05@seed1234"
+    assert info["train_tokens"] == len(pydocs_full.train) and info["val_tokens"] == len(pydocs_full.val)
+    assert info["train_docs"] > 10 * info["val_docs"] > 0
+    assert info["tokenizer_hash"] == pydocs_full.train.header["tokenizer_hash"]
+
+
+def test_second_call_reuses_tokenizer_and_caches_without_rebuilding(small_pydocs):
+    cfg = small_pydocs()
+    first = prepare_data(cfg, **QUIET)
+    mtimes = [p.stat().st_mtime_ns for p in (first.tokenizer_path, first.train.path, first.val.path)]
+    logs: list[str] = []
+    t0 = time.perf_counter()
+    second = prepare_data(cfg, log=logs.append)
+    assert time.perf_counter() - t0 < 5
+    assert [p.stat().st_mtime_ns for p in (second.tokenizer_path, second.train.path, second.val.path)] == mtimes
+    assert second.info == first.info
+    assert all("reusing" in line for line in logs)
+
+
+def test_tokenizer_and_caches_are_keyed_by_corpus_settings_and_vocab(small_pydocs):
+    base = prepare_data(small_pydocs(), **QUIET)
+    other_cap = prepare_data(small_pydocs(max_train_docs=30), **QUIET)
+    other_vocab = prepare_data(small_pydocs(vocab_size=400), **QUIET)
+    other_split = prepare_data(small_pydocs(split_seed=7), **QUIET)
+    paths = {d.tokenizer_path for d in (base, other_cap, other_vocab, other_split)}
+    assert len(paths) == 4
+    assert other_vocab.vocab_size == 400 and other_cap.info["train_docs"] == 30
+
+
+def test_given_tokenizer_path_is_used_instead_of_training(small_pydocs):
+    trained = prepare_data(small_pydocs(), **QUIET)
+    reused = prepare_data(small_pydocs(max_train_docs=20, tokenizer_path=str(trained.tokenizer_path)), **QUIET)
+    assert reused.info["tokenizer"] == "file" and reused.tokenizer_path == trained.tokenizer_path
+    assert reused.info["tokenizer_hash"] == trained.info["tokenizer_hash"]
+    with pytest.raises(ConfigError, match="vocab_size=600 contradicts"):
+        prepare_data(small_pydocs(vocab_size=600, tokenizer_path=str(trained.tokenizer_path)), **QUIET)
+
+
+def test_missing_tokenizer_path_is_a_one_line_error(small_pydocs, tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        prepare_data(small_pydocs(tokenizer_path=str(tmp_path / "none.json")), **QUIET)
+
+
+def test_too_small_vocab_is_rejected():
+    with pytest.raises(ConfigError, match="vocab_size=100 is too small"):
+        DataConfig(dataset="pydocs", vocab_size=100).validate()
+
+
+def test_truncated_token_cache_is_detected_and_rebuilt(small_pydocs):
+    first = prepare_data(small_pydocs(), **QUIET)
+    expected = np.asarray(first.train.tokens).copy()
+    with open(first.train.path, "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(MlprojectError, match="header says"):
+        open_token_cache(first.train.path)
+    again = prepare_data(small_pydocs(), **QUIET)
+    assert np.array_equal(np.asarray(again.train.tokens), expected)
+
+
+def test_empty_validation_split_is_an_error_not_an_empty_cache(small_pydocs):
+    with pytest.raises(MlprojectError, match="the val split has no documents"):
+        prepare_data(small_pydocs(max_train_docs=3, val_fraction=0.001), **QUIET)
+
+
+def test_concurrent_calls_build_once_and_agree(small_pydocs, seeded_cache):
+    cfg = small_pydocs(max_train_docs=60)
+    script = (
+        "import json, sys\n"
+        "from mlproject.data.config import DataConfig\n"
+        "from mlproject.data.prepare import prepare_data\n"
+        "logs = []\n"
+        f"d = prepare_data(DataConfig(**{cfg.__dict__!r}), log=logs.append)\n"
+        "print(json.dumps({'hash': d.info['tokenizer_hash'], 'tokens': len(d.train),"
+        " 'trained': any('training' in line for line in logs)}))\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert results[0]["hash"] == results[1]["hash"] and results[0]["tokens"] == results[1]["tokens"]
+    assert sorted(r["trained"] for r in results) == [False, True]
+    assert not list(seeded_cache.rglob("*.tmp"))
+
+
+# ----------------------------------------------------------------------------- cache format
+
+@pytest.mark.parametrize(("vocab_size", "dtype"), [(50257, "uint16"), (65535, "uint16"), (65536, "uint32")])
+def test_token_dtype_is_uint16_while_the_vocab_fits_else_uint32(tmp_path, vocab_size, dtype):
+    writer = TokenCacheWriter(tmp_path / "train.bin", vocab_size=vocab_size, eot_id=0, meta={"dataset": "x"})
+    writer.write([[vocab_size - 1, 5], [7]], text_bytes=3)
+    cache = writer.close()
+    assert cache.tokens.dtype == np.dtype(dtype) and cache.header["dtype"] == dtype
+    assert cache.tokens.tolist() == [vocab_size - 1, 5, 0, 7, 0]
+    assert (len(cache), cache.num_docs, cache.header["text_bytes"]) == (5, 2, 3)
+
+
+def test_writer_appends_chunks_and_leaves_nothing_when_aborted(tmp_path):
+    writer = TokenCacheWriter(tmp_path / "train.bin", vocab_size=1000, eot_id=1, meta={})
+    for chunk in ([[2, 3]], [[4], [5, 6]]):
+        writer.write(chunk)
+    assert writer.close().tokens.tolist() == [2, 3, 1, 4, 1, 5, 6, 1]
+    aborted = TokenCacheWriter(tmp_path / "val.bin", vocab_size=1000, eot_id=1, meta={})
+    aborted.write([[2]])
+    aborted.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.bin", "train.json"]
+
+
+def test_header_records_dataset_tokenizer_and_counts(small_pydocs):
+    data = prepare_data(small_pydocs(), **QUIET)
+    header = json.loads(data.train.path.with_suffix(".json").read_text())
+    assert header["dataset"] == "pydocs" and header["split"] == "train"
+    assert header["tokenizer_hash"] == data.info["tokenizer_hash"]
+    assert (header["num_tokens"], header["num_docs"], header["dtype"]) == (len(data.train), 40, "uint16")
+
+
+def test_saved_tokenizer_loads_back_identically(small_pydocs):
+    data = prepare_data(small_pydocs(), **QUIET)
+    text = "Return the number of items in a container."
+    assert load_tokenizer(data.tokenizer_path).encode(text).ids == data.tokenizer.encode(text).ids

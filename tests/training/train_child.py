@@ -1,0 +1,66 @@
+"""A training process for the resume, signal and DDP tests: `python train_child.py SPEC_JSON`.
+
+SPEC: {"cache_dir", "checkpoint_dir", "train": {TrainConfig fields}, "model": {GPTConfig overrides},
+"resume_from": path|null,
+"block_at_checkpoint": step|null (print CHECKPOINT and hang after writing last.pt at that step,
+so the parent can SIGKILL), "marker_at_log": step|null (print LOGGED at that step)}.
+Prints `RESULT {json}` at the end: status, step, summary, the logged losses and which callbacks ran.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from mlproject.config import from_dict
+from mlproject.data.config import DataConfig
+from mlproject.data.prepare import prepare_data
+from mlproject.model.config import GPTConfig
+from mlproject.training.config import TrainConfig
+from mlproject.training.trainer import TrainerCallback, train
+
+TINY_MODEL = dict(n_layer=2, n_head=2, d_model=64, block_size=32)
+TINY_DATA = dict(dataset="pydocs", vocab_size=512, max_train_docs=300, max_val_docs=30)
+
+
+class Recorder(TrainerCallback):
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+        self.losses: dict[int, float] = {}
+        self.val: dict[int, float] = {}
+        self.events: list[str] = []
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        self.losses[step] = metrics["train_loss"]
+        if self.spec.get("marker_at_log") == step:
+            print("LOGGED", step, flush=True)
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        self.val[step] = metrics["val_loss"]
+
+    def on_checkpoint(self, path: Path, kind: str, step: int) -> None:
+        self.events.append(f"checkpoint:{kind}:{step}")
+        if kind == "last" and self.spec.get("block_at_checkpoint") == step:
+            print("CHECKPOINT", step, flush=True)
+            time.sleep(600)  # the parent kills this process now
+
+    def on_train_end(self, result) -> None:
+        self.events.append(f"end:{result.status}")
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    data = prepare_data(DataConfig(**TINY_DATA, cache_dir=spec["cache_dir"]))
+    recorder = Recorder(spec)
+    result = train(GPTConfig(**{**TINY_MODEL, **spec.get("model", {})}), data, from_dict(TrainConfig, spec["train"]),
+                   checkpoint_dir=Path(spec["checkpoint_dir"]), callbacks=[recorder],
+                   resume_from=Path(spec["resume_from"]) if spec.get("resume_from") else None)
+    print("RESULT " + json.dumps({"status": result.status, "step": result.step, "summary": result.summary,
+                                  "losses": recorder.losses, "val": recorder.val, "events": recorder.events}),
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
