@@ -105,3 +105,14 @@ def test_cli_reports_bad_input_in_one_line_without_traceback(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("mlproject: error:") and "d_model=64" in err and "n_head=3" in err
     assert len(err.splitlines()) == 1
+
+
+def test_free_text_list_fields_keep_a_single_string_whole():
+    from mlproject.inference.config import GenerateConfig
+
+    args = build_parser().parse_args(["generate", "--prompt", "Once upon a time"])
+    cfg = build_sections({"generate": GenerateConfig}, args=args)["generate"]
+    assert cfg.prompts == ["Once upon a time"]
+    args = build_parser().parse_args(["generate", "--prompts", "Once upon", "The cat"])
+    cfg = build_sections({"generate": GenerateConfig}, args=args)["generate"]
+    assert cfg.prompts == ["Once upon", "The cat"]

@@ -36,9 +36,14 @@ _FALSE = {"false", "0", "no", "n", "off"}
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str = "", cli: bool = True,
-          aliases: tuple[str, ...] = (), default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with the metadata the CLI generator reads."""
-    meta = {"help": help, "cli": cli, "aliases": aliases}
+          aliases: tuple[str, ...] = (), split: bool = True,
+          default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with the metadata the CLI generator reads.
+
+    `split=False` keeps a single string whole for a list field (free text such as prompts)
+    instead of splitting it on spaces and commas.
+    """
+    meta = {"help": help, "cli": cli, "aliases": aliases, "split": split}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -149,7 +154,8 @@ def _hints(cls: type) -> dict[str, Any]:
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, source: str = "config") -> T:
     """Build dataclass `cls` from a mapping: unknown keys and mistyped values are one-line errors.
 
-    Dashes in keys are accepted as underscores (`max-steps` == `max_steps`).
+    Dashes in keys are accepted as underscores (`max-steps` == `max_steps`), and the
+    `aliases` of a field as its name.
     """
     data = dict(data or {})
     hints = _hints(cls)
@@ -163,6 +169,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, source: str = "co
         if key not in names:
             allowed = ", ".join(sorted(names))
             raise ConfigError(f"{source}: unknown key {raw_key!r}; allowed keys: {allowed}")
+        if isinstance(value, str) and not names[key].metadata.get("split", True):
+            value = [value]
         kwargs[key] = coerce(value, hints[key], key=key, source=source)
     try:
         obj = cls(**kwargs)
@@ -292,13 +300,15 @@ def merge(base: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> dict[
 
 
 def build_sections(sections: Mapping[str, type], *, yaml_path: str | os.PathLike[str] | None = None,
-                   args: argparse.Namespace | None = None) -> dict[str, Any]:
+                   args: argparse.Namespace | None = None, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Build one dataclass per top-level YAML section, with CLI flags overriding the file.
 
     `sections` maps a section name (`model`, `train`, ...) to its dataclass. A top-level key
-    that is not a section is an error naming the allowed sections.
+    that is not a section is an error naming the allowed sections. `data` is the file's
+    mapping when the caller already read it (`yaml_path` then only names it in errors).
     """
-    data = load_yaml(yaml_path) if yaml_path else {}
+    if data is None:
+        data = load_yaml(yaml_path) if yaml_path else {}
     source = str(yaml_path) if yaml_path else "flags"
     unknown = set(data) - set(sections)
     if unknown:

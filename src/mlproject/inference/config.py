@@ -16,7 +16,7 @@ class GenerateConfig:
     model_uri: str | None = field(None, help="a models:/ URI (LoggedModel or registered model)")
     checkpoint: str | None = field(None, help="a local checkpoint file")
     tokenizer_path: str | None = field(None, help="tokenizer.json (with --checkpoint)")
-    prompts: list[str] = field(default_factory=lambda: ["The"], aliases=("--prompt",),
+    prompts: list[str] = field(default_factory=lambda: ["The"], aliases=("--prompt",), split=False,
                                help="prompts, generated as one batch")
     max_new_tokens: int = field(100, help="tokens to generate per prompt")
     temperature: float = field(1.0, help="softmax temperature; 0 means greedy")

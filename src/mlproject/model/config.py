@@ -44,6 +44,8 @@ class GPTConfig:
     norm_type: Literal["layernorm", "rmsnorm"] = field("layernorm", help="normalisation layer")
     norm_eps: float = field(1e-5, help="epsilon of the norm layers")
     mlp_type: Literal["gelu", "swiglu"] = field("gelu", help="feed-forward block")
+    gelu_approximate: Literal["tanh", "none"] = field(
+        "tanh", help="GELU form: GPT-2's tanh approximation, or none for the exact erf GELU")
     mlp_expansion: float = field(4.0, help="MLP hidden size as a multiple of d_model (GELU)")
     mlp_hidden_size: int | None = field(None, help="explicit MLP hidden size (overrides expansion)")
     pos_encoding: Literal["learned", "rope", "none"] = field("learned", help="position information")
