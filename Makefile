@@ -23,3 +23,37 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# ----------------------------------------------------------------------------- containers
+# The step image that the Airflow DAG runs (docker/Dockerfile), built offline from a local
+# base image and a wheelhouse, as an air-gapped cluster needs. `bash docker/setup_engine.sh`
+# does all of it (engine, base image, wheelhouse, image) and skips what is up to date.
+IMAGE      ?= mlproject-step:latest
+BASE_IMAGE ?= mlproject-base:bookworm
+WHEELHOUSE ?= wheelhouse
+EXTRAS     ?=
+space      := $() $()
+WHEEL_STAMP = $(WHEELHOUSE)/.complete$(if $(strip $(EXTRAS)),-$(subst $(space),-,$(strip $(EXTRAS))))
+
+.PHONY: engine base-image wheelhouse image
+
+engine:
+	bash docker/setup_engine.sh engine
+
+base-image:
+	bash docker/setup_engine.sh base
+
+# torch pinned by constraints.txt (the CPU wheel) plus every dependency of the package (and
+# of EXTRAS, e.g. `make wheelhouse EXTRAS=airflow` for the compose images), as wheels for
+# this Python (the bookworm base image has Python 3.11 too).
+wheelhouse: $(WHEEL_STAMP)
+
+$(WHEEL_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) docker/requirements.py pyproject.toml $(EXTRAS) > $(WHEELHOUSE).requirements.txt
+	$(PYTHON) -m pip download -q --only-binary=:all: -d $(WHEELHOUSE) -c constraints.txt \
+		-r $(WHEELHOUSE).requirements.txt "setuptools>=68" wheel
+	rm -f $(WHEELHOUSE).requirements.txt
+	touch $@
+
+image:
+	IMAGE=$(IMAGE) BASE_IMAGE=$(BASE_IMAGE) EXTRAS="$(EXTRAS)" bash docker/build_image.sh

@@ -1,0 +1,215 @@
+"""`gpt_research_pipeline`: a pipeline YAML as an Airflow DAG of DockerOperator tasks.
+
+One task per enabled step of the pipeline YAML (configs/pipeline/), wired by the steps'
+`needs`. Every task runs, in the step image (docker/Dockerfile), exactly the command that
+`mlproject pipeline` runs for that step: `mlproject.research.pipeline.step_command` builds
+it, so the DAG never re-implements a step. Steps log to one MLflow tracking server.
+
+Results flow through XCom: the image's entry point prints the step's `MLPROJECT_RESULT {json}`
+line last, DockerOperator pushes that last line, and a downstream step's command is built at
+run time from its upstream results (`parse_step_result`), so `{{ steps.compare.run_id }}` in
+the plot step becomes the compare step's parent run. A retried task resumes its step
+(`resume=true` on every try after the first), so a retry of a compare or ablation keeps the
+child runs that finished and resumes the ones that were cut off.
+
+Settings (environment of the DAG processor and workers):
+
+    MLPROJECT_PIPELINE_CONFIG  pipeline YAML (default configs/pipeline/research_small_repro.yaml);
+                               the DAG param `pipeline_config` overrides it for one run
+    MLFLOW_TRACKING_URI        tracking server the steps log to (http://127.0.0.1:5000)
+    MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN   passed to the steps, never logged
+    MLPROJECT_IMAGE            step image (mlproject-step:latest)
+    MLPROJECT_DOCKER_NETWORK   container network mode (host)
+    MLPROJECT_CACHE_VOLUME     token cache shared by the steps: a volume name or an absolute
+                               host path (mlproject-cache)
+    MLPROJECT_CONFIG_MOUNT     a host directory mounted read-only at the same path in every
+                               step container, for configs outside the image (unset: none)
+    MLPROJECT_PROJECT_DIR      the MLflow project inside the image (/app)
+    MLPROJECT_GPUS             GPUs per step container: "all", a count, or unset for none
+    MLPROJECT_RETRIES, MLPROJECT_RETRY_DELAY_S, MLPROJECT_TASK_TIMEOUT_MIN
+    MLPROJECT_DAG_SCHEDULE     a cron expression or preset (@daily); unset: manual runs only
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.docker.operators.docker import DockerOperator
+from airflow.sdk import DAG, Param, task
+from docker.types import DeviceRequest, Mount
+
+from mlproject.errors import ConfigError, MlprojectError
+from mlproject.research.pipeline import load_pipeline, parse_step_result, step_command, step_env
+
+DAG_ID = "gpt_research_pipeline"
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO / "configs" / "pipeline" / "research_small_repro.yaml"
+CACHE_TARGET = "/cache"
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+@dataclass
+class DagSettings:
+    """Everything the DAG is built from besides the pipeline YAML (see the module doc)."""
+
+    pipeline_config: str
+    tracking_uri: str = "http://127.0.0.1:5000"
+    image: str = "mlproject-step:latest"
+    network_mode: str = "host"
+    cache_volume: str = "mlproject-cache"
+    config_mount: str | None = None
+    project_dir: str = "/app"
+    gpus: str | None = None
+    retries: int = 2
+    retry_delay_s: float = 30.0
+    task_timeout_min: float = 360.0
+    schedule: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DagSettings:
+        env = os.environ if env is None else env
+
+        def get(name: str, default: Any = None) -> Any:
+            value = env.get(name, "").strip()
+            return value if value else default
+
+        def number(name: str, default: float, cast: type = float) -> Any:
+            value = get(name, default)
+            try:
+                return cast(value)
+            except ValueError:
+                raise ConfigError(f"{name}={value!r} is not a valid value; expected {cast.__name__}") from None
+
+        config_mount = get("MLPROJECT_CONFIG_MOUNT")
+        if config_mount is not None and not config_mount.startswith("/"):
+            raise ConfigError(f"MLPROJECT_CONFIG_MOUNT={config_mount!r} is not an absolute host directory")
+        gpus = get("MLPROJECT_GPUS")
+        if gpus is not None and gpus != "all" and not gpus.isdigit():
+            raise ConfigError(f"MLPROJECT_GPUS={gpus!r} is not a valid value; expected 'all' or a count")
+
+        return cls(
+            pipeline_config=get("MLPROJECT_PIPELINE_CONFIG", str(DEFAULT_CONFIG)),
+            tracking_uri=get("MLFLOW_TRACKING_URI", cls.tracking_uri),
+            image=get("MLPROJECT_IMAGE", cls.image),
+            network_mode=get("MLPROJECT_DOCKER_NETWORK", cls.network_mode),
+            cache_volume=get("MLPROJECT_CACHE_VOLUME", cls.cache_volume),
+            config_mount=config_mount,
+            project_dir=get("MLPROJECT_PROJECT_DIR", cls.project_dir),
+            gpus=gpus,
+            retries=number("MLPROJECT_RETRIES", cls.retries, int),
+            retry_delay_s=number("MLPROJECT_RETRY_DELAY_S", cls.retry_delay_s),
+            task_timeout_min=number("MLPROJECT_TASK_TIMEOUT_MIN", cls.task_timeout_min),
+            schedule=get("MLPROJECT_DAG_SCHEDULE"),
+        )
+
+    def mounts(self) -> list[Mount]:
+        # An absolute path is a host directory (bind); anything else a named volume.
+        kind = "bind" if self.cache_volume.startswith("/") else "volume"
+        mounts = [Mount(target=CACHE_TARGET, source=self.cache_volume, type=kind)]
+        if self.config_mount:
+            mounts.append(Mount(target=self.config_mount, source=self.config_mount, type="bind", read_only=True))
+        return mounts
+
+    def device_requests(self) -> list[DeviceRequest] | None:
+        if not self.gpus:
+            return None
+        count = -1 if self.gpus == "all" else int(self.gpus)
+        return [DeviceRequest(count=count, capabilities=[["gpu"]])]
+
+
+def private_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """MLflow credentials of the worker, for the containers: not templated, rendered or logged."""
+    env = os.environ if env is None else env
+    return {name: env[name] for name in CREDENTIALS if env.get(name)}
+
+
+def render_step_command(ti: Any, params: Mapping[str, Any], step_id: str, project_dir: str) -> str:
+    """The step's command at run time, as the Python literal DockerOperator turns into a list.
+
+    Built from the run's `pipeline_config` param with the upstream steps' results from XCom,
+    and with resume=true on a retry (a compare/ablation retry keeps its finished children).
+    """
+    pipeline = load_pipeline(params["pipeline_config"])
+    step = pipeline.step(step_id)
+    upstream = {}
+    for ref in sorted(step.references() | set(step.needs)):
+        result = parse_step_result(ti.xcom_pull(task_ids=ref) or "")
+        if result is not None:
+            upstream[ref] = result
+    return repr(step_command(step, project_dir, upstream, resume=ti.try_number > 1))
+
+
+def build_dag(settings: DagSettings) -> DAG:
+    """The DAG for `settings`: the pipeline's steps, or one task explaining what is wrong."""
+    dag = DAG(
+        dag_id=DAG_ID,
+        description="GPT-2 vs GPT-3 research pipeline: one container per step, one MLflow server",
+        schedule=settings.schedule,
+        start_date=datetime(2024, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        doc_md=__doc__,
+        tags=["mlproject", "mlflow", "docker"],
+        params={"pipeline_config": Param(settings.pipeline_config, type="string",
+                                         description="pipeline YAML whose step commands this run executes")},
+        user_defined_macros={
+            "mlproject_step_command": lambda ti, params, step_id: render_step_command(
+                ti, params, step_id, settings.project_dir),
+        },
+        default_args={
+            "retries": settings.retries,
+            "retry_delay": timedelta(seconds=settings.retry_delay_s),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(minutes=30),
+            "execution_timeout": timedelta(minutes=settings.task_timeout_min),
+        },
+    )
+    try:
+        pipeline = load_pipeline(settings.pipeline_config)
+    except MlprojectError as exc:
+        problem = str(exc)
+
+        @task(task_id="pipeline_config_missing", dag=dag, retries=0,
+              doc_md=f"**{problem}**\n\nSet MLPROJECT_PIPELINE_CONFIG to a pipeline YAML readable here.")
+        def pipeline_config_missing() -> None:
+            raise MlprojectError(f"{problem}; set MLPROJECT_PIPELINE_CONFIG to a pipeline YAML "
+                                 f"(configs/pipeline/*.yaml) readable by the Airflow workers")
+
+        pipeline_config_missing()
+        return dag
+
+    environment = step_env(base={}, extra={**pipeline.settings.env, "MLFLOW_TRACKING_URI": settings.tracking_uri,
+                                           "MLPROJECT_CACHE_DIR": CACHE_TARGET})
+    tasks: dict[str, DockerOperator] = {}
+    for step in pipeline.steps:
+        if not step.enabled:
+            continue
+        tasks[step.id] = DockerOperator(
+            task_id=step.id,
+            dag=dag,
+            image=settings.image,
+            command="{{ mlproject_step_command(ti, params, %r) }}" % step.id,
+            environment=dict(environment),
+            private_environment=private_environment(),
+            mounts=settings.mounts(),
+            network_mode=settings.network_mode,
+            device_requests=settings.device_requests(),
+            labels={"mlproject.dag": DAG_ID, "mlproject.step": step.id},
+            auto_remove="success",
+            mount_tmp_dir=False,
+            do_xcom_push=True,
+            doc_md=f"`{step.entry_point}` step; needs: {', '.join(step.needs) or 'nothing'}",
+        )
+    for step in pipeline.steps:
+        for need in step.needs:
+            if step.id in tasks and need in tasks:
+                tasks[need] >> tasks[step.id]
+    return dag
+
+
+dag = build_dag(DagSettings.from_env())

@@ -1,0 +1,118 @@
+"""`mlproject server`: an MLflow tracking server with a SQL backend and proxied artifacts.
+
+    mlproject server                                   # sqlite:///mlflow.db, 127.0.0.1:5000
+    mlproject server --backend-store-uri postgresql://mlflow@db/mlflow --host 0.0.0.0 \
+        --allowed-hosts mlflow --artifacts-destination /mlartifacts
+
+Clients (the steps, in containers or not) log artifacts through the server
+(`mlflow-artifacts:/...` URIs, `--artifacts-destination`), so they need no access to the
+artifact store itself. It binds to loopback unless told otherwise: the server has no
+authentication of its own. `postgresql://` URIs use psycopg 3 (SQLAlchemy 2.1's default
+driver for that scheme; the `airflow` extra installs psycopg[binary]).
+
+The backend URI may hold a database password, so it reaches `mlflow server` through its
+environment (MLFLOW_BACKEND_STORE_URI), never the command line (visible in `ps`), and
+everything printed shows it with the user and password masked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+from mlproject.errors import ConfigError
+from mlproject.tracking.config import ServerConfig
+from mlproject.tracking.runs import redact
+
+_SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+_LOOPBACK = ("localhost", "127.0.0.1")
+
+
+def allowed_hosts(cfg: ServerConfig) -> list[str] | None:
+    """The Host header patterns to pass as --allowed-hosts (None: MLflow's own default).
+
+    MLflow's default accepts localhost and private IPs only; a given list replaces that
+    default, so loopback is kept in it and every name also matches with any port.
+    """
+    if not cfg.allowed_hosts:
+        return None
+    out: list[str] = []
+    for host in (*_LOOPBACK, *cfg.allowed_hosts):
+        for pattern in (host,) if (":" in host or host == "*") else (host, f"{host}:*"):
+            if pattern not in out:
+                out.append(pattern)
+    return out
+
+
+def server_command(cfg: ServerConfig) -> list[str]:
+    """The `mlflow server` command line for `cfg` (without the backend URI: see the module doc)."""
+    cmd = [sys.executable, "-m", "mlflow", "server",
+           "--host", cfg.host, "--port", str(cfg.port),
+           "--artifacts-destination", cfg.artifacts_destination,
+           "--workers", str(cfg.workers)]
+    hosts = allowed_hosts(cfg)
+    if hosts:
+        cmd += ["--allowed-hosts", ",".join(hosts)]
+    return cmd
+
+
+def server_environment(cfg: ServerConfig, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the server process: `base` (default os.environ) plus the backend URI."""
+    env = dict(os.environ if base is None else base)
+    env["MLFLOW_BACKEND_STORE_URI"] = cfg.backend_store_uri
+    return env
+
+
+def validate_server_config(cfg: ServerConfig) -> None:
+    """One-line errors for settings `mlflow server` would reject late or obscurely."""
+    scheme = urlsplit(cfg.backend_store_uri).scheme.split("+")[0]
+    if scheme not in _SQL_SCHEMES:
+        raise ConfigError(f"server: backend_store_uri={redact(cfg.backend_store_uri)!r} is not a SQL "
+                          f"database URI; expected sqlite:///PATH or postgresql://USER@HOST/DB")
+    if not 0 < cfg.port < 65536:
+        raise ConfigError(f"server: port={cfg.port} is out of range; expected 1-65535")
+    if cfg.workers < 1:
+        raise ConfigError(f"server: workers={cfg.workers} must be >= 1")
+
+
+def run_server(cfg: ServerConfig) -> int:
+    """Run `mlflow server` in the foreground until it exits or is stopped; returns its exit code.
+
+    SIGTERM/SIGINT stop the whole server (exit code 0): `mlflow server` runs its web server
+    as a child process and does not pass the signal on, so the server gets its own process
+    group and the signal goes to the group.
+    """
+    validate_server_config(cfg)
+    if "://" not in cfg.artifacts_destination:
+        os.makedirs(cfg.artifacts_destination, exist_ok=True)
+    cmd = server_command(cfg)
+    exposed = "" if cfg.host in _LOOPBACK else " (exposed beyond loopback: the server has no authentication)"
+    print(f"mlproject server: http://{cfg.host}:{cfg.port}{exposed}\n"
+          f"  backend store: {redact(cfg.backend_store_uri)}\n"
+          f"  artifacts:     {cfg.artifacts_destination} (proxied)", flush=True)
+    proc = subprocess.Popen(cmd, env=server_environment(cfg), start_new_session=True)
+    stopped = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopped
+        stopped = True
+        _signal_group(proc.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _signal_group(proc.pid, signal.SIGTERM)  # workers left behind by a server that exited
+    return 0 if stopped else code
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
