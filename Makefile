@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,airflow]"
 	touch $(STAMP)
 
+# The main job: the offline GPT-2 vs GPT-3 compare (2 seeds) and its plots, as the `pipeline`
+# MLflow Project entry point, logged to ./mlflow.db. `mlflow run` starts `mlproject` from PATH.
 run: $(STAMP)
-	$(BIN)/mlproject summary
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e pipeline --env-manager local \
+		--experiment-name gpt2_vs_gpt3_offline
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -118,6 +118,12 @@ def _server(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- parser
 
+def _switch(text: str) -> bool:
+    from mlproject.config import coerce
+
+    return coerce(text, bool, key="flag", source="flags")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlproject", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -173,10 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("pipeline", _pipeline, "run the steps of a pipeline YAML in dependency order")
     p.add_argument("--config", required=True, help="pipeline YAML (configs/pipeline/)")
-    p.add_argument("--step", action="append", help="run only this step id (repeatable)")
-    p.add_argument("--dry-run", "--dry_run", action="store_true", help="print the commands only")
-    p.add_argument("--continue-on-error", "--continue_on_error", action="store_true")
-    p.add_argument("--resume", action="store_true", help="skip steps that finished in the last report")
+    p.add_argument("--step", action="append", help="run only this step id (repeatable; or space-separated ids)")
+    # `--flag` or `--flag true|false`: `mlflow run -P resume=true` passes `--resume true`.
+    switch = {"nargs": "?", "const": True, "default": False, "type": _switch, "metavar": "BOOL"}
+    p.add_argument("--dry-run", "--dry_run", help="print the commands only", **switch)
+    p.add_argument("--continue-on-error", "--continue_on_error", help="run independent steps after a failure",
+                   **switch)
+    p.add_argument("--resume", help="skip steps that finished in the last report", **switch)
 
     from mlproject.tracking.config import ServerConfig
 

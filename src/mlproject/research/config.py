@@ -69,7 +69,7 @@ class PlotConfig:
     results: str | None = field(None, help="offline: a results.jsonl/csv file instead of the tracking store")
     kind: Literal["auto", "compare", "ablation", "curves"] = field("auto", help="chart type")
     metric: str = field("val_loss_best", help="summary metric of the bar chart")
-    output_dir: str = field("plots", help="where PNG and CSV files are written")
+    output_dir: str = field("outputs/plots", help="where PNG and CSV files are written")
     title: str | None = field(None, help="chart title")
     log_to_run: bool = field(True, help="log the plots to the parent run under plots/")
 

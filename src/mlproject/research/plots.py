@@ -1,0 +1,285 @@
+"""`mlproject plot`: charts of a compare or ablation, read from the tracking store.
+
+The numbers come from the parent run's children (their summary metrics and metric
+histories), found by parent run id or as the newest parent of an experiment, so no local file
+is needed; `--results` reads a `results.jsonl`/`.csv` instead (offline, no curves). Charts:
+
+- compare / ablation: mean of a summary metric per group with 95% t-CI error bars, every seed
+  as a point, and the paired difference to the baseline under each label;
+- curves: train and validation loss against tokens seen, mean across seeds with a +-1 std band.
+
+PNGs and the summary CSV go to `output_dir` and are logged to the parent run under `plots/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlproject.errors import MlprojectError
+from mlproject.research.config import PlotConfig
+from mlproject.research.pipeline import result_line
+from mlproject.research.results import (Row, SweepStats, aggregate, atomic_write_text, read_results,
+                                        summary_table_rows, to_csv)
+
+CURVE_METRICS = ("train_loss", "val_loss")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and in containers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def order_groups(groups: Sequence[str], kind: str) -> list[str]:
+    """Ablation values in numeric order when they are all numbers; otherwise as given."""
+    if kind != "ablation":
+        return list(groups)
+    try:
+        return sorted(groups, key=float)
+    except ValueError:
+        return list(groups)
+
+
+# ----------------------------------------------------------------------------- charts
+
+def bar_chart(rows: Sequence[Row], stats: SweepStats, metric: str, path: Path, *, title: str,
+              groups: Sequence[str]) -> Path:
+    """Mean per group with 95% CI error bars, each seed as a point, paired differences in the labels."""
+    plt = _pyplot()
+    summaries = stats.summaries.get(metric, {})
+    paired = stats.paired.get(metric, {})
+    groups = [g for g in groups if g in summaries]
+    if not groups:
+        raise MlprojectError(f"no finished child run has the metric {metric!r}")
+    x = np.arange(len(groups))
+    means = np.array([summaries[g].mean for g in groups])
+    low = np.array([summaries[g].ci_low if summaries[g].ci_low is not None else summaries[g].mean for g in groups])
+    high = np.array([summaries[g].ci_high if summaries[g].ci_high is not None else summaries[g].mean for g in groups])
+
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.4 * len(groups) + 2), 4.8))
+    ax.bar(x, means, width=0.6, color="#9ecae1", edgecolor="#3182bd", label="mean")
+    ax.errorbar(x, means, yerr=[means - low, high - means], fmt="none", ecolor="black", capsize=6,
+                label="95% CI (t)")
+    points = []
+    rng = np.random.default_rng(0)  # fixed jitter: the same data gives the same picture
+    for i, group in enumerate(groups):
+        values = [r[metric] for r in rows if r.get("group") == group and r.get("status", "FINISHED") == "FINISHED"
+                  and isinstance(r.get(metric), (int, float))]
+        points += values
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, color="#de2d26", s=22, zorder=3,
+                   label="seed" if i == 0 else None)
+    labels = []
+    for group in groups:
+        label = f"{group}\nn={summaries[group].n}"
+        if group in paired:
+            p = paired[group]
+            pv = f", p={p.p_value:.2g}" if p.p_value is not None else ""
+            label += f"\nΔ={p.mean_diff:+.4f}{pv}"
+        labels.append(label)
+    ax.set_xticks(x, labels)
+    # Loss differences are small next to the loss itself: zoom to the data instead of starting at 0.
+    lo, hi = min([*low, *points]), max([*high, *points])
+    pad = 0.15 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def curves_chart(curves: dict[str, dict[str, list[dict[int, float]]]], tokens: dict[str, list[dict[int, float]]],
+                 path: Path, *, title: str, groups: Sequence[str]) -> Path:
+    """Train/val loss vs tokens seen per group: mean across seeds with a +-1 std band.
+
+    `curves[metric][group]` holds one {step: value} per seed; `tokens[group]` the matching
+    {step: tokens_seen} per seed (the x axis falls back to steps without it).
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(11, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    x_label = "tokens seen"
+    for ax, metric in zip(axes, CURVE_METRICS):
+        for i, group in enumerate(groups):
+            seeds = curves.get(metric, {}).get(group, [])
+            seeds = [s for s in seeds if s]
+            if not seeds:
+                continue
+            # Seeds of one group share their steps; an early-stopped seed shortens the common range.
+            steps = sorted(set.intersection(*(set(s) for s in seeds)))
+            if not steps:
+                continue
+            values = np.array([[s[step] for step in steps] for s in seeds])
+            xs = _tokens_at(steps, tokens.get(group, []))
+            if xs is None:
+                xs, x_label = np.array(steps, dtype=float), "step"
+            mean = values.mean(axis=0)
+            color = colors[i % len(colors)]
+            ax.plot(xs, mean, color=color, label=f"{group} (n={len(seeds)})")
+            if len(seeds) > 1:
+                std = values.std(axis=0, ddof=1)
+                ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+        ax.set_title(metric)
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize=8)
+    from matplotlib.ticker import EngFormatter
+
+    for ax in axes:
+        ax.set_xlabel(x_label)
+        ax.xaxis.set_major_formatter(EngFormatter())  # 150k, not 150000
+    fig.suptitle(f"{title}: mean across seeds, band ±1 std")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _tokens_at(steps: Sequence[int], per_seed: Sequence[dict[int, float]]) -> np.ndarray | None:
+    """Tokens seen at `steps` (the seeds' mean), interpolated between logged steps."""
+    known = [s for s in per_seed if s]
+    if not known:
+        return None
+    columns = [np.interp(steps, sorted(s), [s[k] for k in sorted(s)]) for s in known]
+    return np.mean(columns, axis=0)
+
+
+def _save(fig: Any, plt: Any, path: Path) -> Path:
+    """Save atomically: a temp file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# ----------------------------------------------------------------------------- sources
+
+@dataclass
+class _Source:
+    """Rows, groups and kind of one sweep, from the tracking store or a results file."""
+
+    rows: list[Row]
+    groups: list[str]
+    kind: str                       # compare | ablation
+    name: str                       # for titles
+    parent_run_id: str | None = None
+    children: list[Any] = field(default_factory=list)  # child RunRecords (store only: curves)
+
+
+def _from_file(path: str) -> _Source:
+    rows = read_results(path)
+    if not rows:
+        raise MlprojectError(f"{path}: no rows")
+    groups = list(dict.fromkeys(str(r["group"]) for r in rows))
+    kind = "ablation" if any(r.get("axis") for r in rows) else "compare"
+    return _Source(rows, groups, kind, Path(path).name)
+
+
+def _from_store(cfg: PlotConfig, metric: str) -> _Source:
+    from mlproject.research.sweep import row_from_run
+    from mlproject.tracking.queries import (GROUPS_TAG, KEY_TAG, KIND_TAG, ROLE_TAG, experiment_id_by_name,
+                                            experiment_name, get_run, latest_sweep_parent, sweep_cells)
+
+    if cfg.parent_run_id:
+        parent = get_run(cfg.parent_run_id)
+    elif cfg.experiment_name:
+        experiment_id = experiment_id_by_name(cfg.experiment_name)
+        parent = latest_sweep_parent(experiment_id) if experiment_id is not None else None
+        if parent is None:
+            raise MlprojectError(f"experiment {cfg.experiment_name!r} has no compare/ablation parent run")
+    else:
+        raise MlprojectError("plot: give parent_run_id, experiment_name or results (a results.jsonl/csv file)")
+    if parent.tags.get(ROLE_TAG) != "sweep_parent":
+        raise MlprojectError(f"run {parent.run_id} is not a compare/ablation parent run (tag {ROLE_TAG} missing)")
+    children = list(sweep_cells(parent, parent.tags.get(KEY_TAG, "")).values())
+    if not children:
+        raise MlprojectError(f"parent run {parent.run_id} has no child runs")
+    rows = [row_from_run(c, [metric]) for c in children]
+    groups = json.loads(parent.tags.get(GROUPS_TAG, "[]")) or list(dict.fromkeys(r["group"] for r in rows))
+    name = f"{experiment_name(parent.experiment_id)}, run {parent.run_id[:8]}"
+    return _Source(rows, groups, parent.tags.get(KIND_TAG, "compare"), name, parent.run_id, children)
+
+
+def _histories(children: Sequence[Any]) -> tuple[dict[str, dict[str, list[dict[int, float]]]],
+                                                 dict[str, list[dict[int, float]]]]:
+    from mlproject.tracking.queries import GROUP_TAG, metric_history
+
+    curves: dict[str, dict[str, list[dict[int, float]]]] = {m: {} for m in CURVE_METRICS}
+    tokens: dict[str, list[dict[int, float]]] = {}
+    for child in children:
+        if child.status != "FINISHED":
+            continue
+        group = child.tags.get(GROUP_TAG, "")
+        for metric in CURVE_METRICS:
+            curves[metric].setdefault(group, []).append(dict(metric_history(child.run_id, metric)))
+        tokens.setdefault(group, []).append(dict(metric_history(child.run_id, "tokens_seen")))
+    return curves, tokens
+
+
+# ----------------------------------------------------------------------------- the step
+
+def run_plot(cfg: PlotConfig) -> list[Path]:
+    """Write the charts and the summary CSV, log them to the parent run, print the paths and
+    the MLPROJECT_RESULT line; return the written files."""
+    source = _from_file(cfg.results) if cfg.results else _from_store(cfg, cfg.metric)
+    if cfg.kind == "curves" and cfg.results:
+        raise MlprojectError("plot: kind=curves needs the tracking store (metric histories), not a results file")
+    groups = order_groups(source.groups, source.kind)
+    out = Path(cfg.output_dir)
+    written: list[Path] = []
+    stats = aggregate(source.rows, source.groups, [cfg.metric])
+    if cfg.kind != "curves":  # compare and ablation share the chart; only the group order differs
+        title = cfg.title or f"{source.kind}: {cfg.metric}\n{source.name}"
+        written.append(bar_chart(source.rows, stats, cfg.metric, out / f"{source.kind}_{cfg.metric}.png",
+                                 title=title, groups=groups))
+    if cfg.kind == "curves" or (cfg.kind == "auto" and source.children):
+        curves, tokens = _histories(source.children)
+        title = cfg.title or f"{source.kind} learning curves ({source.name})"
+        written.append(curves_chart(curves, tokens, out / f"{source.kind}_curves.png", title=title, groups=groups))
+    summary = [row for group in groups for row in summary_table_rows(stats) if row["group"] == group]
+    written.append(atomic_write_text(out / f"{source.kind}_{cfg.metric}_summary.csv", to_csv(summary)))
+    written = [p.resolve() for p in written]
+
+    logged_to = _log(cfg, source, written)
+    for path in written:
+        print(f"wrote {path}")
+    if logged_to:
+        print(f"logged to run(s) {', '.join(logged_to)} under plots/")
+    print(result_line({"step": "plot", "run_id": source.parent_run_id, "status": "FINISHED",
+                       "plots": [str(p) for p in written if p.suffix == ".png"], "summary_csv": str(written[-1])}),
+          flush=True)
+    return written
+
+
+def _log(cfg: PlotConfig, source: _Source, files: Sequence[Path]) -> list[str]:
+    """Log the files to the parent run, and to the step's own run under `mlflow run`."""
+    if not cfg.log_to_run:
+        return []
+    targets = [source.parent_run_id] if source.parent_run_id else []
+    step_run = os.environ.get("MLFLOW_RUN_ID")
+    if step_run and step_run not in targets:
+        targets.append(step_run)
+    if not targets:
+        return []
+    from mlproject.tracking import sweeps
+
+    for run_id in targets:
+        sweeps.log_files(run_id, files, "plots")
+    if step_run and source.parent_run_id and step_run != source.parent_run_id:
+        sweeps.set_tags(step_run, {"mlproject.plotted_run_id": source.parent_run_id})
+    return targets

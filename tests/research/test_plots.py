@@ -1,0 +1,72 @@
+"""`plot`: charts from the tracking store alone, or offline from a results file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from mlproject.errors import MlprojectError
+from mlproject.research.config import PlotConfig
+from mlproject.research.plots import order_groups, run_plot
+from mlproject.research.results import make_row, write_results
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_reads_the_tracking_store_and_logs_pngs_to_the_parent(compare_sweep, research_env, tmp_path, capsys):
+    outcome, _ = compare_sweep
+    written = run_plot(PlotConfig(parent_run_id=outcome.parent_run_id, output_dir=str(tmp_path / "plots")))
+    names = sorted(p.name for p in written)
+    assert names == ["compare_curves.png", "compare_val_loss_best.png", "compare_val_loss_best_summary.csv"]
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in written if p.suffix == ".png")
+    logged = {f.path for f in MlflowClient().list_artifacts(outcome.parent_run_id, "plots")}
+    assert {"plots/compare_curves.png", "plots/compare_val_loss_best.png"} <= logged
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1].split(" ", 1)[1])
+    assert result["run_id"] == outcome.parent_run_id and len(result["plots"]) == 2
+
+
+def test_plot_by_experiment_name_uses_its_latest_parent(compare_sweep, research_env, tmp_path):
+    outcome, _ = compare_sweep
+    written = run_plot(PlotConfig(experiment_name=outcome.experiment_name, kind="compare", log_to_run=False,
+                                  output_dir=str(tmp_path)))
+    summary = (tmp_path / "compare_val_loss_best_summary.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in summary[1:]] == ["gpt2", "gpt3"]
+    assert [p.name for p in written if p.suffix == ".png"] == ["compare_val_loss_best.png"]
+
+
+def test_plot_of_a_run_that_is_not_a_sweep_parent_is_an_error(compare_sweep, research_env):
+    outcome, _ = compare_sweep
+    child = MlflowClient().search_runs([outcome.experiment_id],
+                                       f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")[0]
+    with pytest.raises(MlprojectError, match="not a compare/ablation parent run"):
+        run_plot(PlotConfig(parent_run_id=child.info.run_id))
+
+
+def _ablation_rows():
+    return [make_row(run_id=f"r{v}{s}", status="FINISHED", group=v, model_version="gpt3", seed=s,
+                     summary={"val_loss_best": 3.0 + float(v) + 0.01 * s}, axis="dropout", value=v)
+            for s in (1, 2) for v in ("0.2", "0.05", "0.1")]
+
+
+def test_plot_from_a_results_file_needs_no_tracking_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens: any query would fail
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    jsonl, _ = write_results(_ablation_rows(), tmp_path)
+    written = run_plot(PlotConfig(results=str(jsonl), output_dir=str(tmp_path / "plots")))
+    assert sorted(p.name for p in written) == ["ablation_val_loss_best.png", "ablation_val_loss_best_summary.csv"]
+    groups = [line.split(",")[1] for line in written[-1].read_text().splitlines()[1:]]
+    assert groups == ["0.05", "0.1", "0.2"]  # numeric order, not file order
+
+
+def test_curves_need_the_tracking_store(tmp_path):
+    jsonl, _ = write_results(_ablation_rows(), tmp_path)
+    with pytest.raises(MlprojectError, match="kind=curves needs the tracking store"):
+        run_plot(PlotConfig(results=str(jsonl), kind="curves", log_to_run=False))
+
+
+def test_ablation_groups_are_ordered_numerically_only_when_numeric():
+    assert order_groups(["4", "2", "16"], "ablation") == ["2", "4", "16"]
+    assert order_groups(["rmsnorm", "layernorm"], "ablation") == ["rmsnorm", "layernorm"]
+    assert order_groups(["gpt3", "gpt2"], "compare") == ["gpt3", "gpt2"]
