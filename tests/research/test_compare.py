@@ -136,3 +136,31 @@ def test_resume_keeps_finished_children_resumes_killed_and_adds_missing(research
     assert after[2].info.run_id == by_seed[2].info.run_id  # continued in the same run
     assert after[3].info.run_id != by_seed[3].info.run_id
     assert "logs/train.log" in [f.path for f in client.list_artifacts(after[3].info.run_id, "logs")]
+
+
+def test_a_retry_under_a_new_mlflow_run_adopts_the_children_and_closes_the_old_parent(
+        research_env, tmp_path, monkeypatch):
+    """An Airflow retry: `mlflow run` creates a new parent; the killed one must not stay RUNNING."""
+    experiment = unique("retry")
+    path = write_yaml(tmp_path / "c.yaml", experiment, extra={"compare": {"models": ["gpt2"], "seeds": [1, 2]}})
+    first = run_compare(CompareJob.load(path))
+    client = MlflowClient()
+    client.update_run(first.parent_run_id, status="RUNNING")  # its process was killed mid-sweep
+    old_children = {c.info.run_id for c in children_of(first.parent_run_id)}
+
+    retry_run = client.create_run(client.get_experiment_by_name(experiment).experiment_id).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", retry_run)
+    second = run_compare(_resumed(path))
+
+    assert second.parent_run_id == retry_run
+    assert {c.info.run_id for c in children_of(retry_run)} == old_children
+    old = client.get_run(first.parent_run_id)
+    assert old.info.status == "KILLED"
+    assert old.data.tags["mlproject.superseded_by"] == retry_run
+    assert children_of(first.parent_run_id) == []
+
+
+def _resumed(path):
+    from mlproject.cli import build_parser
+
+    return CompareJob.load(path, build_parser().parse_args(["compare", "--config", str(path), "--resume"]))

@@ -28,6 +28,7 @@ AXIS_TAG = "mlproject.ablation_axis"
 VALUE_TAG = "mlproject.ablation_value"
 MODEL_TAG = "mlproject.model_version"
 SEED_TAG = "mlproject.seed"
+SUPERSEDED_TAG = "mlproject.superseded_by"  # an interrupted parent: the parent that took over its children
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 

@@ -27,6 +27,7 @@ from mlproject.tracking.queries import (
     KIND_TAG,
     PARENT_TAG,
     ROLE_TAG,
+    SUPERSEDED_TAG,
     TERMINAL,
     RunRecord,
     experiment_name,
@@ -91,7 +92,21 @@ def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, re
         else:
             run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
     set_tags(run_id, all_tags)
+    if previous is not None and previous.run_id != run_id:
+        supersede(previous, run_id)
     return ParentRun(run_id=run_id, experiment_id=experiment_id, experiment_name=name, previous=previous)
+
+
+def supersede(old: RunRecord, new_run_id: str) -> None:
+    """Close an interrupted parent whose children `new_run_id` takes over.
+
+    A retried `mlflow run` (an Airflow retry, say) creates a new parent; the old one would
+    otherwise stay RUNNING forever, with no children left under it.
+    """
+    client = MlflowClient()
+    client.set_tag(old.run_id, SUPERSEDED_TAG, new_run_id)
+    if old.status not in TERMINAL:
+        client.set_terminated(old.run_id, "KILLED")
 
 
 def create_child(parent: ParentRun, *, run_name: str, tags: Mapping[str, str]) -> str:
