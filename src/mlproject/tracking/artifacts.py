@@ -1,0 +1,203 @@
+"""Artifacts of a run: checkpoints, tokenizer, resolved config, and the best model as a LoggedModel.
+
+Layout inside a run:
+
+    checkpoints/last.pt  checkpoints/best.pt   torch.save checkpoints written by the trainer
+    tokenizer/tokenizer.json                   the run's BPE tokenizer
+    config/resolved.yaml                       sections model/data/train/tracking (RunConfig.load reads it)
+
+plus a LoggedModel (`models:/m-...`) with the tokenizer and a weights-only checkpoint in its
+`extra_files/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+
+from mlproject.errors import MlprojectError
+
+CHECKPOINT_DIR = "checkpoints"
+TOKENIZER_ARTIFACT = "tokenizer/tokenizer.json"
+CONFIG_ARTIFACT = "config/resolved.yaml"
+MODEL_NAME = "model"
+TOKENIZER_FILE = "tokenizer.json"
+MODEL_CHECKPOINT_FILE = "checkpoint.pt"  # weights-only copy of the LoggedModel, next to the pickle
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """No artifact progress bars and no MLflow warning about pickled models inside the block.
+
+    The warning recommends pt2 for safety; `log_model` already ships a weights-only
+    checkpoint beside the pickle for exactly that reason, so the warning would only mislead.
+    """
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    saved_env, pytorch_log = os.environ.get(key), logging.getLogger("mlflow.pytorch")
+    saved_level = pytorch_log.level
+    os.environ[key] = "false"
+    pytorch_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pytorch_log.setLevel(saved_level)
+        if saved_env is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved_env
+
+
+def checkpoint_uri(run_id: str, kind: str) -> str:
+    return f"runs:/{run_id}/{CHECKPOINT_DIR}/{kind}.pt"
+
+
+def log_file_as(client: MlflowClient, run_id: str, local_path: str | Path, artifact_file: str) -> None:
+    """Upload `local_path` to the run as `artifact_file` (its own name may differ)."""
+    local_path = Path(local_path)
+    folder, _, name = artifact_file.rpartition("/")
+    if local_path.name == name:
+        client.log_artifact(run_id, str(local_path), folder or None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / name
+        try:
+            staged.hardlink_to(local_path)
+        except OSError:
+            shutil.copyfile(local_path, staged)
+        client.log_artifact(run_id, str(staged), folder or None)
+
+
+class CheckpointUploader:
+    """Uploads checkpoints in a background thread so training never waits on the artifact store.
+
+    At most one upload per kind waits in the queue: a checkpoint that arrives while an upload
+    of its kind is still waiting adds nothing, because the waiting upload reads the file when
+    it starts and so takes the newest one (the trainer replaces files atomically, so a reader
+    never sees a half-written file).
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlproject-upload")
+        self._lock = threading.Lock()
+        self._queued: set[str] = set()
+        self._futures: list[Future[None]] = []
+        self.uploaded: dict[str, str] = {}  # kind -> runs:/ URI
+
+    def submit(self, path: Path, kind: str) -> None:
+        with self._lock:
+            if kind in self._queued:
+                return
+            self._queued.add(kind)
+        self._futures.append(self._pool.submit(self._upload, Path(path), kind))
+
+    def _upload(self, path: Path, kind: str) -> None:
+        with self._lock:
+            self._queued.discard(kind)
+        log_file_as(self.client, self.run_id, path, f"{CHECKPOINT_DIR}/{kind}.pt")
+        self.uploaded[kind] = checkpoint_uri(self.run_id, kind)
+
+    def flush(self) -> None:
+        """Wait for every queued upload; raise the first upload error."""
+        futures, self._futures = self._futures, []
+        errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def download_checkpoint(run_id: str, dst_dir: str | Path, kinds: tuple[str, ...] = ("last",)) -> Path:
+    """Download the first of `kinds` that the run has (e.g. ("best", "last")) into `dst_dir`."""
+    client = MlflowClient()
+    present = {Path(f.path).name for f in client.list_artifacts(run_id, CHECKPOINT_DIR)}
+    for kind in kinds:
+        if f"{kind}.pt" in present:
+            Path(dst_dir).mkdir(parents=True, exist_ok=True)
+            with quiet():
+                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{kind}.pt",
+                                                            dst_path=str(dst_dir))
+            return Path(local)
+    wanted = " or ".join(f"{CHECKPOINT_DIR}/{k}.pt" for k in kinds)
+    raise MlprojectError(f"run {run_id} has no {wanted} artifact to load")
+
+
+def download_tokenizer(run_id: str, dst_dir: str | Path) -> Path:
+    """The run's `tokenizer/tokenizer.json`, downloaded into `dst_dir`."""
+    try:
+        with quiet():
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TOKENIZER_ARTIFACT,
+                                                        dst_path=str(dst_dir))
+    except mlflow.exceptions.MlflowException:
+        raise MlprojectError(f"run {run_id} has no {TOKENIZER_ARTIFACT} artifact") from None
+    return Path(local)
+
+
+def log_model(model: Any, *, tokenizer_path: str | Path, register_as: str | None, step: int,
+              params: dict[str, Any] | None = None) -> str:
+    """Log `model` as a LoggedModel of the active run; return its models:/ URI.
+
+    Pickle serialization, not MLflow's default pt2 export: an exported graph is traced with
+    one input example and keeps only `forward(idx)`, while the pickled module keeps the KV
+    cache, `config` and any batch size (mlflow.pytorch docs, `serialization_format`). MLflow
+    refuses to unpickle unless MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true, so beside it in
+    `extra_files/` go the tokenizer and a weights-only checkpoint, which `load_logged_model`
+    reads without unpickling anything. Requirements are given explicitly: inferring them
+    loads the model in a subprocess, which costs seconds for nothing.
+    """
+    import torch
+
+    import mlproject
+    from mlproject.training.checkpoint import save_model_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp, quiet():
+        tokenizer = Path(tmp) / TOKENIZER_FILE
+        shutil.copyfile(tokenizer_path, tokenizer)
+        checkpoint = save_model_checkpoint(Path(tmp) / MODEL_CHECKPOINT_FILE, model)
+        info = mlflow.pytorch.log_model(
+            model,
+            name=MODEL_NAME,
+            serialization_format="pickle",
+            extra_files=[str(tokenizer), str(checkpoint)],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlproject=={mlproject.__version__}",
+                              "tokenizers"],
+            registered_model_name=register_as,
+            step=step,
+            params=params,
+        )
+    return info.model_uri
+
+
+def load_logged_model(model_uri: str, dst_dir: str | Path, device: Any = "cpu") -> tuple[Any, Path]:
+    """A LoggedModel or registered model version: (GPT in eval mode, tokenizer.json path).
+
+    Rebuilt from the weights-only checkpoint in its `extra_files/`: no pickle is loaded.
+    """
+    from mlproject.training.checkpoint import load_model_checkpoint
+
+    try:
+        with quiet():
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst_dir)))
+    except mlflow.exceptions.MlflowException as exc:
+        raise MlprojectError(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}") from None
+    extra = local / "extra_files"
+    missing = [name for name in (TOKENIZER_FILE, MODEL_CHECKPOINT_FILE) if not (extra / name).is_file()]
+    if missing:
+        raise MlprojectError(f"model {model_uri!r} has no extra_files/{missing[0]}; it was not logged by "
+                             "`mlproject train`")
+    model, _ = load_model_checkpoint(extra / MODEL_CHECKPOINT_FILE, device)
+    return model, extra / TOKENIZER_FILE

@@ -1,0 +1,64 @@
+"""`run_generate`: text from a run, a `models:/` URI or a local checkpoint.
+
+The model's config always comes from its checkpoint (a model cannot be rebuilt with other
+sizes than it was trained with); size flags are only checked against it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlproject.errors import ConfigError, MlprojectError
+from mlproject.inference.config import GenerateConfig
+from mlproject.tracking.artifacts import download_checkpoint, download_tokenizer, load_logged_model
+
+SIZE_FIELDS = ("n_layer", "n_head", "d_model")
+
+
+def check_sizes(cfg: GenerateConfig, model_config: Any) -> None:
+    """A size flag that disagrees with the checkpoint's config is a one-line error."""
+    for name in SIZE_FIELDS:
+        wanted, actual = getattr(cfg, name), getattr(model_config, name)
+        if wanted is not None and wanted != actual:
+            raise ConfigError(f"generate: {name}={wanted} does not match the checkpoint's {name}={actual}; "
+                              "the model config always comes from the checkpoint (drop the flag)")
+
+
+def load_for_generation(cfg: GenerateConfig, workdir: Path, device: Any) -> tuple[Any, Path]:
+    """(model in eval mode on `device`, tokenizer.json path) from the source `cfg` names."""
+    from mlproject.training.checkpoint import load_model_checkpoint
+
+    if cfg.run_id:
+        checkpoint = download_checkpoint(cfg.run_id, workdir, kinds=("best", "last"))
+        tokenizer = Path(cfg.tokenizer_path) if cfg.tokenizer_path else download_tokenizer(cfg.run_id, workdir)
+        model, _ = load_model_checkpoint(checkpoint, device)
+        return model, tokenizer
+    if cfg.model_uri:
+        model, tokenizer = load_logged_model(cfg.model_uri, workdir, device)
+        return model, Path(cfg.tokenizer_path) if cfg.tokenizer_path else tokenizer
+    if cfg.checkpoint:
+        if not cfg.tokenizer_path:
+            raise ConfigError("generate: --checkpoint needs --tokenizer-path (the run's tokenizer.json)")
+        model, _ = load_model_checkpoint(cfg.checkpoint, device)
+        return model, Path(cfg.tokenizer_path)
+    raise ConfigError("generate: give one of --run-id, --model-uri or --checkpoint (with --tokenizer-path)")
+
+
+def run_generate(cfg: GenerateConfig) -> list[str]:
+    """Load the model and tokenizer `cfg` names, generate from its prompts, print and return the texts."""
+    from mlproject.data.tokenizer import load_tokenizer, special_ids
+    from mlproject.inference.generate import generate_text
+    from mlproject.training.device import select_device
+
+    device = select_device(cfg.device)
+    with tempfile.TemporaryDirectory(prefix="mlproject-generate-") as tmp:
+        model, tokenizer_path = load_for_generation(cfg, Path(tmp), device)
+        check_sizes(cfg, model.config)
+        tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer.get_vocab_size() > model.config.vocab_size:
+        raise MlprojectError(f"tokenizer {tokenizer_path.name} has {tokenizer.get_vocab_size()} tokens but the "
+                             f"model only {model.config.vocab_size}; they are not from the same run")
+    eot_id, _ = special_ids(tokenizer)
+    return generate_text(model, tokenizer, cfg, eot_id)

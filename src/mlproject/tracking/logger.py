@@ -1,0 +1,110 @@
+"""MlflowLogger: the trainer callback that records a run in MLflow.
+
+Metrics go out asynchronously (`MlflowClient.log_batch(..., synchronous=False)`): each call
+queues one batch (all metrics of a step) and returns in well under a millisecond, and MLflow's
+logging thread merges queued batches into few store writes. Checkpoints are uploaded by a
+background thread. The time spent inside these callbacks is measured and reported as the
+summary metric `logging_overhead_share` (of the run's wall time).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from mlproject.tracking.artifacts import CheckpointUploader
+from mlproject.tracking.runs import log_params_once, set_tags
+from mlproject.training.trainer import TrainerCallback, TrainResult
+
+# on_train_start keys recorded as `runtime.*` params (the rest of the run's config is
+# flattened from the resolved dataclasses).
+RUNTIME_KEYS = ("device", "world_size", "precision", "peak_flops", "peak_flops_source", "params_total",
+                "params_non_embedding", "flops_per_token", "total_steps", "steps_per_epoch", "warmup_steps",
+                "tokens_per_step")
+
+
+# Summary entries that mean something else than the per-step metric of the same name.
+SUMMARY_RENAMES = {"tokens_per_sec": "tokens_per_sec_mean"}
+
+
+def _metrics(values: Mapping[str, Any], step: int) -> list[Metric]:
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, step) for key, value in values.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
+
+
+class MlflowLogger(TrainerCallback):
+    """Logs params at the start, metrics with their step, checkpoints as they are written.
+
+    `params_at_start(info)` returns the flattened resolved config (model, data, train,
+    tracking sections) once the trainer has resolved it; runtime facts from `info` are added
+    as `runtime.*`. Nothing here ends the run: `run_training` decides the final status.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str,
+                 params_at_start: Callable[[dict[str, Any]], Mapping[str, Any]],
+                 on_start: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.params_at_start = params_at_start
+        self.on_start = on_start
+        self.uploader = CheckpointUploader(client, run_id)
+        self.changed_params: dict[str, tuple[str, str]] = {}
+        self.overhead_sec = 0.0  # time spent in these callbacks, excluding the one-off start
+        self._last: dict[str, tuple[int, float]] = {}  # key -> (step, value) last logged
+        self._t0 = time.perf_counter()
+
+    def on_train_start(self, info: dict[str, Any]) -> None:
+        self._t0 = time.perf_counter()
+        params = dict(self.params_at_start(info))
+        params.update({f"runtime.{k}": info[k] for k in RUNTIME_KEYS if k in info})
+        self.changed_params = log_params_once(self.client, self.run_id, params)
+        if "device" in info:
+            set_tags(self.client, self.run_id, {"device": info["device"]})
+        if self.on_start is not None:
+            self.on_start(info)
+
+    def _log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        t = time.perf_counter()
+        batch = _metrics(metrics, step)
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+            self._last.update({m.key: (m.step, m.value) for m in batch})
+        self.overhead_sec += time.perf_counter() - t
+
+    def on_log(self, step: int, metrics: dict[str, float]) -> None:
+        self._log(step, metrics)
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        self._log(step, metrics)
+
+    def on_checkpoint(self, path: Path, kind: str, step: int) -> None:
+        t = time.perf_counter()
+        self.uploader.submit(path, kind)
+        self.overhead_sec += time.perf_counter() - t
+
+    def on_train_end(self, result: TrainResult) -> None:
+        """Log the summary metrics (at the final step) and the logging overhead.
+
+        A summary value already logged at this step (tokens_seen, peak_mem_mb) is not repeated.
+        """
+        summary = {SUMMARY_RENAMES.get(k, k): v for k, v in result.summary.items()
+                   if self._last.get(SUMMARY_RENAMES.get(k, k)) != (result.step, float(v))}
+        wall = time.perf_counter() - self._t0
+        if wall > 0:
+            summary["logging_overhead_share"] = self.overhead_sec / wall
+        self._log(result.step, summary)
+
+    def finish(self) -> dict[str, str]:
+        """Wait for queued uploads; return {kind: runs:/ URI} of the uploaded checkpoints."""
+        try:
+            self.uploader.flush()
+        finally:
+            self.uploader.close()
+        return dict(self.uploader.uploaded)

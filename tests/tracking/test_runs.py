@@ -1,0 +1,100 @@
+"""Run setup: which run a step joins, params that are logged once, how a run ends, redaction."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from mlproject.tracking.runs import (ERROR_TAG, Terminated, end_run, git_info, is_run_id, log_params_once, redact,
+                                     sigterm_as_interrupt, start_run)
+
+
+def test_redact_hides_user_and_password_of_a_uri():
+    text = redact("postgresql://alice:s3cret@db:5432/mlflow and https://token@host/x")
+    assert "s3cret" not in text and "alice" not in text and "token" not in text
+    assert "postgresql://***@db:5432/mlflow" in text
+
+
+def test_is_run_id_accepts_32_hex_digits_only():
+    assert is_run_id("0123456789abcdef0123456789abcdef")
+    assert not is_run_id("runs/last.pt")
+    assert not is_run_id("0123456789ABCDEF")
+
+
+def test_git_info_is_empty_outside_a_checkout(tmp_path):
+    assert git_info(tmp_path) == {}
+
+
+def test_a_new_run_goes_to_the_named_experiment(experiment_name):
+    run = start_run(experiment_name=experiment_name, tags={"dataset": "pydocs"})
+    end_run("FINISHED")
+    stored = MlflowClient().get_run(run.run_id)
+    assert MlflowClient().get_experiment(stored.info.experiment_id).name == experiment_name
+    assert stored.data.tags["dataset"] == "pydocs"
+    assert stored.info.status == "FINISHED"
+
+
+def test_mlflow_run_id_in_the_environment_is_joined(experiment_name, monkeypatch):
+    existing = MlflowClient().create_run(MlflowClient().create_experiment(experiment_name)).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", existing)
+    run = start_run(experiment_name="ignored")
+    end_run("FINISHED")
+    assert run.run_id == existing
+    assert MlflowClient().get_experiment_by_name("ignored") is None
+
+
+def test_a_parent_run_id_creates_a_nested_child_even_under_mlflow_run(experiment_name, monkeypatch):
+    client = MlflowClient()
+    parent = client.create_run(client.create_experiment(experiment_name)).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", parent)
+    child = start_run(experiment_name="ignored", parent_run_id=parent)
+    end_run("FINISHED")
+    assert child.run_id != parent
+    assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent
+
+
+def test_an_unknown_run_id_is_a_one_line_error(experiment_name):
+    from mlproject.errors import MlprojectError
+
+    with pytest.raises(MlprojectError, match="does not exist"):
+        start_run(experiment_name=experiment_name, run_id="0" * 32)
+
+
+def test_params_already_logged_are_kept_and_changes_reported(experiment_name):
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment(experiment_name)).info.run_id
+    log_params_once(client, run_id, {"train.max_steps": 10, "model.n_layer": 2})
+    changed = log_params_once(client, run_id, {"train.max_steps": 20, "train.seed": 1})
+    params = client.get_run(run_id).data.params
+    assert params == {"train.max_steps": "10", "model.n_layer": "2", "train.seed": "1"}
+    assert changed == {"train.max_steps": ("10", "20")}
+
+
+def test_params_with_credentials_are_redacted(experiment_name):
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment(experiment_name)).info.run_id
+    log_params_once(client, run_id, {"data.local_path": "https://bob:pw@example.org/corpus.jsonl"})
+    assert client.get_run(run_id).data.params["data.local_path"] == "https://***@example.org/corpus.jsonl"
+
+
+def test_end_run_with_an_error_tags_it_and_keeps_queued_metrics(experiment_name):
+    run = start_run(experiment_name=experiment_name)
+    for step in range(5):
+        mlflow.log_metrics({"train_loss": 5.0 - step}, step=step, synchronous=False)
+    end_run("FAILED", error=RuntimeError("boom\nsecond line"))
+    stored = MlflowClient().get_run(run.run_id)
+    assert stored.info.status == "FAILED"
+    assert stored.data.tags[ERROR_TAG] == "RuntimeError: boom"
+    assert len(MlflowClient().get_metric_history(run.run_id, "train_loss")) == 5
+
+
+def test_sigterm_inside_the_block_raises_terminated_and_the_handler_is_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
