@@ -34,6 +34,7 @@ def test_metrics_are_logged_with_their_step_and_non_finite_values_dropped(experi
     for step in (2, 4, 6):
         logger.on_log(step, {"train_loss": 10.0 / step, "lr": 1e-3, "grad_norm": float("nan")})
     logger.on_eval(6, {"val_loss": 1.5, "val_ppl": 4.48})
+    logger.finish()
     end_run("FINISHED")
     client = MlflowClient()
     history = client.get_metric_history(run_id, "train_loss")
@@ -42,8 +43,24 @@ def test_metrics_are_logged_with_their_step_and_non_finite_values_dropped(experi
     assert client.get_metric_history(run_id, "grad_norm") == []
 
 
+def test_steps_logged_within_the_flush_interval_go_out_as_one_batch(experiment_name, monkeypatch):
+    logger, run_id = _logger(experiment_name)
+    calls = []
+    send = logger.client.log_batch
+    monkeypatch.setattr(logger.client, "log_batch", lambda *a, **k: calls.append(k) or send(*a, **k))
+    for step in range(1, 6):
+        logger.on_log(step, {"train_loss": 1.0 / step, "lr": 1e-3})
+    logger.finish()
+    end_run("FINISHED")
+    assert len(calls) == 1 and len(calls[0]["metrics"]) == 10
+    assert calls[0]["synchronous"] is False
+    assert len(MlflowClient().get_metric_history(run_id, "train_loss")) == 5
+
+
 def test_logging_a_step_does_not_wait_for_the_store(experiment_name, monkeypatch):
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from mlproject.tracking import logger as logger_module
 
     slow_write = SqlAlchemyStore.log_batch
 
@@ -53,11 +70,13 @@ def test_logging_a_step_does_not_wait_for_the_store(experiment_name, monkeypatch
 
     logger, run_id = _logger(experiment_name)
     monkeypatch.setattr(SqlAlchemyStore, "log_batch", log_batch)
+    monkeypatch.setattr(logger_module, "FLUSH_EVERY_SEC", 0.0)  # every step goes to the store
     t = time.perf_counter()
     for step in range(1, 6):
         logger.on_log(step, {"train_loss": 1.0 / step, "lr": 1e-3})
     elapsed = time.perf_counter() - t
-    end_run("FINISHED")  # flushes the queue
+    logger.finish()
+    end_run("FINISHED")  # flushes MLflow's queue
     assert elapsed < 0.2, f"{elapsed * 1e3:.0f} ms for 5 steps: logging waited for the store"
     assert len(MlflowClient().get_metric_history(run_id, "train_loss")) == 5
 
@@ -81,6 +100,7 @@ def test_train_end_logs_the_summary_at_the_final_step_with_the_overhead_share(ex
     logger.on_train_start({"start_step": 0})
     logger.on_train_end(TrainResult("finished", 12, {"val_loss_best": 2.5, "params_total": 1000.0},
                                     Path("last.pt"), None))
+    logger.finish()
     end_run("FINISHED")
     metrics = MlflowClient().get_run(run_id).data.metrics
     assert metrics["val_loss_best"] == 2.5

@@ -1,10 +1,13 @@
 """MlflowLogger: the trainer callback that records a run in MLflow.
 
-Metrics go out asynchronously (`MlflowClient.log_batch(..., synchronous=False)`): each call
-queues one batch (all metrics of a step) and returns in well under a millisecond, and MLflow's
-logging thread merges queued batches into few store writes. Checkpoints are uploaded by a
-background thread. The time spent inside these callbacks is measured and reported as the
-summary metric `logging_overhead_share` (of the run's wall time).
+Metrics are batched and asynchronous. They collect in memory and go out every
+FLUSH_EVERY_SEC as one `MlflowClient.log_batch(..., synchronous=False)`, which queues them for
+MLflow's logging thread and returns at once: the training loop never waits for the store, and
+the store gets one write per few seconds instead of one per step. That second part matters on
+small machines: each write costs the logging thread milliseconds of CPU that the training
+threads would otherwise use. Checkpoints are uploaded by a background thread. The time spent
+inside these callbacks is measured and logged as the summary metric `logging_overhead_share`
+(of the run's wall time).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ RUNTIME_KEYS = ("device", "world_size", "precision", "peak_flops", "peak_flops_s
                 "params_non_embedding", "flops_per_token", "total_steps", "steps_per_epoch", "warmup_steps",
                 "tokens_per_step")
 
+
+FLUSH_EVERY_SEC = 2.0  # the most a metric waits in memory (the UI lags by at most this)
+MAX_BUFFERED = 900  # metrics per log_batch call (MLflow accepts up to 1000)
 
 # Summary entries that mean something else than the per-step metric of the same name.
 SUMMARY_RENAMES = {"tokens_per_sec": "tokens_per_sec_mean"}
@@ -58,10 +64,11 @@ class MlflowLogger(TrainerCallback):
         self.changed_params: dict[str, tuple[str, str]] = {}
         self.overhead_sec = 0.0  # time spent in these callbacks, excluding the one-off start
         self._last: dict[str, tuple[int, float]] = {}  # key -> (step, value) last logged
-        self._t0 = time.perf_counter()
+        self._buffer: list[Metric] = []
+        self._t0 = self._flushed_at = time.perf_counter()
 
     def on_train_start(self, info: dict[str, Any]) -> None:
-        self._t0 = time.perf_counter()
+        self._t0 = self._flushed_at = time.perf_counter()
         params = dict(self.params_at_start(info))
         params.update({f"runtime.{k}": info[k] for k in RUNTIME_KEYS if k in info})
         self.changed_params = log_params_once(self.client, self.run_id, params)
@@ -70,13 +77,20 @@ class MlflowLogger(TrainerCallback):
         if self.on_start is not None:
             self.on_start(info)
 
-    def _log(self, step: int, metrics: Mapping[str, Any]) -> None:
+    def _log(self, step: int, metrics: Mapping[str, Any], *, flush: bool = False) -> None:
         t = time.perf_counter()
         batch = _metrics(metrics, step)
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
-            self._last.update({m.key: (m.step, m.value) for m in batch})
+        self._buffer += batch
+        self._last.update({m.key: (m.step, m.value) for m in batch})
+        if flush or len(self._buffer) >= MAX_BUFFERED or t - self._flushed_at >= FLUSH_EVERY_SEC:
+            self._flush()
         self.overhead_sec += time.perf_counter() - t
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self.client.log_batch(self.run_id, metrics=self._buffer, synchronous=False)
+            self._buffer = []
+        self._flushed_at = time.perf_counter()
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         self._log(step, metrics)
@@ -99,11 +113,15 @@ class MlflowLogger(TrainerCallback):
         wall = time.perf_counter() - self._t0
         if wall > 0:
             summary["logging_overhead_share"] = self.overhead_sec / wall
-        self._log(result.step, summary)
+        self._log(result.step, summary, flush=True)
 
     def finish(self) -> dict[str, str]:
-        """Wait for queued uploads; return {kind: runs:/ URI} of the uploaded checkpoints."""
+        """Send buffered metrics, wait for queued uploads; return {kind: runs:/ URI} of the checkpoints.
+
+        Called on every way out of a run (also after an error), before the run ends.
+        """
         try:
+            self._flush()
             self.uploader.flush()
         finally:
             self.uploader.close()
