@@ -2,7 +2,8 @@
 
 One file, nanoGPT style: `CausalSelfAttention`, `MLP` / `SwiGLUMLP`, `Block`, `GPT`, plus the
 `KVCache` used by generation. Parameter names follow GPT-2 (`transformer.wte`, `transformer.h.0
-.attn.c_attn`, ...) so pretrained weights map over by name (see `mlproject.model.hf`).
+.attn.c_attn`, ...) so pretrained weights map over by name (see `mlproject.model.hf`). The
+projections are `mlproject.model.linear.Linear`: nn.Linear with faster fp32 CPU matmuls.
 
 Shapes: B batch, T new tokens, S attended keys (cached + new), C = d_model, nh heads,
 hs = head dim, V vocabulary.
@@ -20,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mlproject.errors import MlprojectError
 from mlproject.model.config import GPTConfig
+from mlproject.model.linear import Linear
 
 
 def causal_mask(start: int, T: int, window: int | None = None,
@@ -104,8 +106,8 @@ class CausalSelfAttention(nn.Module):
         self.d_model = config.d_model
         self.impl = config.attention_impl
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
-        self.c_proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.c_attn = Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        self.c_proj = Linear(config.d_model, config.d_model, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -142,8 +144,8 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.d_model, config.mlp_hidden, bias=config.bias)
-        self.c_proj = nn.Linear(config.mlp_hidden, config.d_model, bias=config.bias)
+        self.c_fc = Linear(config.d_model, config.mlp_hidden, bias=config.bias)
+        self.c_proj = Linear(config.mlp_hidden, config.d_model, bias=config.bias)
         self.approximate = config.gelu_approximate
         self.dropout = nn.Dropout(config.dropout)
 
@@ -160,8 +162,8 @@ class SwiGLUMLP(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.d_model, 2 * config.mlp_hidden, bias=config.bias)
-        self.c_proj = nn.Linear(config.mlp_hidden, config.d_model, bias=config.bias)
+        self.c_fc = Linear(config.d_model, 2 * config.mlp_hidden, bias=config.bias)
+        self.c_proj = Linear(config.mlp_hidden, config.d_model, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -219,7 +221,7 @@ class GPT(nn.Module):
         modules["h"] = nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)])
         modules["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(modules)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.pos_encoding == "rope":
             self.register_buffer("rope_cos", torch.empty(config.block_size, config.head_dim), persistent=False)
             self.register_buffer("rope_sin", torch.empty(config.block_size, config.head_dim), persistent=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 
 from mlproject.errors import MlprojectError
@@ -71,7 +73,30 @@ def needs_grad_scaler(device: torch.device, precision: str) -> bool:
 
 
 def configure_backends(device: torch.device) -> None:
-    """Allow TF32 tensor-core matmuls for fp32 work on CUDA (about 8x A100 fp32 throughput,
-    10-bit mantissa products with fp32 accumulation; harmless for training)."""
+    """Process-wide speed settings for training on `device`.
+
+    CUDA: allow TF32 tensor-core matmuls for fp32 work (about 8x A100 fp32 throughput, 10-bit
+    mantissa products with fp32 accumulation; harmless for training). CPU: `keep_freed_memory`.
+    """
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
+    elif device.type == "cpu":
+        keep_freed_memory()
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep large freed blocks for reuse instead of returning them to the OS.
+
+    By default glibc maps every block above 32 MiB afresh and unmaps it when freed, so each
+    training step page-faults and zero-fills its large activations and gradients again (the
+    (B*T, V) logits alone are 128 MiB at batch 8, block 256, vocab 16384): 10-15% of a CPU
+    step, more in VMs. With higher mmap and trim thresholds they stay in the heap; the price is
+    that the process keeps its peak memory. Returns False where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30) and mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

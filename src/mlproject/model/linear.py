@@ -1,0 +1,81 @@
+"""`Linear`: nn.Linear whose fp32 CPU matmuls (forward and backward) run on oneDNN.
+
+A kernel choice beside the model, not part of its maths: the model file builds its
+projections from this class and stays readable; results equal nn.Linear's up to fp32
+rounding (tests/performance/test_cpu_kernels.py).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _onednn_inner_product() -> Callable[..., torch.Tensor] | None:
+    """oneDNN's inner product on dense CPU tensors, or None where this torch build lacks it."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+ONEDNN_INNER_PRODUCT = _onednn_inner_product()
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight.T + bias on oneDNN: x (..., in) and weight (out, in), each with a dense last dim."""
+    assert ONEDNN_INNER_PRODUCT is not None
+    return ONEDNN_INNER_PRODUCT(x, weight, bias, "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """y = x W^T + b with the forward and both backward matmuls on oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        x = x.contiguous()  # a no-op for every input in this model but the logits="last" slice
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_2d, x_2d = grad.view(-1, grad.size(-1)), x.view(-1, x.size(-1))  # (N, out), (N, in)
+        grad_x = onednn_linear(grad, weight.t()) if ctx.needs_input_grad[0] else None  # (..., in)
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            # grad^T @ x sums over the N rows, so both operands go in transposed. oneDNN reads its
+            # weight operand in any layout but needs a dense input (a copy), so the wider of the
+            # two goes in as the weight: for the output layer, the (N, V) logits gradient.
+            if grad_2d.size(1) >= x_2d.size(1):
+                grad_w = onednn_linear(x_2d.t(), grad_2d.t()).t()  # (in, out) -> (out, in)
+            else:
+                grad_w = onednn_linear(grad_2d.t(), x_2d.t())      # (out, in)
+        grad_b = grad_2d.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose fp32 CPU matmuls, forward and backward, run on oneDNN.
+
+    PyTorch sends fp32 CPU matmuls to MKL, whose kernels on AMD CPUs (AVX-512 ones included)
+    reach a quarter to a half of the FLOP rate of oneDNN's, which are picked by instruction set:
+    at GPT sizes a training step gets 1.6x faster (benchmarks/README.md). Same parameters, same
+    results up to fp32 rounding. Elsewhere (GPUs, autocast, torch.compile, other dtypes, builds
+    without oneDNN) it is nn.Linear.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (ONEDNN_INNER_PRODUCT is not None and x.device.type == "cpu"
+                and x.dtype == self.weight.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
+            return _OneDNNLinear.apply(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
