@@ -164,3 +164,27 @@ def test_tracking_off_trains_without_any_mlflow_run(tiny_config, experiment_name
     assert MlflowClient().get_experiment_by_name(experiment_name) is None
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == f'{RESULT_PREFIX} {{"step": "train", "run_id": null, "status": "FINISHED"}}'
+
+
+def test_logging_the_dataset_retries_when_a_parallel_sibling_wins_the_insert(monkeypatch):
+    """Parallel sweep children race in the store's dataset insert; the loser must not fail."""
+    from mlflow.exceptions import MlflowException
+
+    from mlproject.tracking import train_run
+
+    calls = []
+    real = mlflow.log_input
+
+    def racing_log_input(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException("UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", racing_log_input)
+    info = {"dataset": "pydocs", "source": "python-stdlib", "digest": "abc123", "train_tokens": 10}
+    with mlflow.start_run() as run:
+        train_run._log_dataset(info)
+    assert len(calls) == 2
+    inputs = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
+    assert [d.dataset.name for d in inputs] == ["pydocs"]

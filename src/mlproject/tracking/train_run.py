@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from mlproject.config import dump_yaml, flatten, to_dict
 from mlproject.errors import MlprojectError
@@ -28,6 +30,7 @@ from mlproject.tracking.runs import (RUN_STATUS, TRAIN_STATUS_TAG, ActiveRun, de
                                      start_run, tracking_uri)
 
 RESULT_PREFIX = "MLPROJECT_RESULT"
+LOG_INPUT_ATTEMPTS = 3
 CHANGED_PARAMS_TAG = "mlproject.changed_params"  # {param: value of the latest session}
 # data.info entries recorded with the dataset input (all of data.info is also logged as `dataset.*` params)
 DATASET_INPUT_TAGS = ("train_tokens", "val_tokens", "train_docs", "val_docs", "vocab_size", "tokenizer_hash")
@@ -127,7 +130,17 @@ def _log_dataset(info: dict[str, Any]) -> None:
     origin = HuggingFaceDatasetSource(path=source) if "/" in source else CodeDatasetSource({"source": source})
     dataset = MetaDataset(origin, name=str(info["dataset"]), digest=str(info["digest"]))
     counts = {k: str(info[k]) for k in DATASET_INPUT_TAGS if k in info}
-    mlflow.log_input(dataset, context="training", tags=counts)
+    # The children of a parallel sweep log the same corpus at the same moment, and the store's
+    # check-then-insert of the dataset row races (UNIQUE experiment, name, digest): the loser
+    # gets an integrity error. Its retry finds the row and only links it to the run.
+    for attempt in range(LOG_INPUT_ATTEMPTS):
+        try:
+            mlflow.log_input(dataset, context="training", tags=counts)
+            return
+        except MlflowException:
+            if attempt == LOG_INPUT_ATTEMPTS - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 def _summary_text(outcome: TrainOutcome, checkpoint_dir: Path | None) -> str:
