@@ -135,7 +135,7 @@ class ActiveRun:
     experiment_id: str
 
 
-def _experiment_id(name: str) -> str:
+def get_or_create_experiment(name: str) -> str:
     """The id of experiment `name`, created if missing (safe against a concurrent creator)."""
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
@@ -182,7 +182,7 @@ def start_run(*, experiment_name: str, run_name: str | None = None, run_id: str 
         _check_run(parent_run_id, "parent run")
         experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
     else:
-        experiment_id = _experiment_id(experiment_name)
+        experiment_id = get_or_create_experiment(experiment_name)
     # A child of `parent_run_id` must not join the run named by MLFLOW_RUN_ID: start_run reads
     # the variable when given no run id (and drops it when it joins, as end_run does).
     os.environ.pop("MLFLOW_RUN_ID", None)

@@ -34,7 +34,7 @@ from mlproject.tracking.queries import (
     get_run,
     latest_sweep_parent,
 )
-from mlproject.tracking.runs import _experiment_id
+from mlproject.tracking.runs import get_or_create_experiment
 
 
 @dataclass
@@ -53,7 +53,7 @@ def ensure_experiment(name: str) -> str:
     Called once before any fan-out: many processes creating a fresh SQLite store at once fail
     in its schema migration.
     """
-    return _experiment_id(name)
+    return get_or_create_experiment(name)
 
 
 def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, resume: bool,

@@ -47,7 +47,8 @@ def table_peak_flops(device_name: str, dtype: str) -> float | None:
     return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name as `lscpu` prints it (from /proc/cpuinfo)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -97,7 +98,7 @@ def _cache_file() -> Path:
 def cpu_peak_flops(dtype: torch.dtype = torch.float32) -> float:
     """The CPU's probed peak, measured once per (CPU model, threads, dtype) and cached as JSON."""
     kernels = "+".join(k.__name__ for k in _matmuls(torch.device("cpu"), dtype))
-    key = f"{_cpu_name()}|threads={torch.get_num_threads()}|{str(dtype).removeprefix('torch.')}|{kernels}"
+    key = f"{cpu_name()}|threads={torch.get_num_threads()}|{str(dtype).removeprefix('torch.')}|{kernels}"
     path = _cache_file()
     try:
         cache = json.loads(path.read_text())
