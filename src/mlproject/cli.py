@@ -64,6 +64,15 @@ def _import_hf(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> int:
     from mlproject.tracking.config import RunConfig
 
+    if args.run_id:  # the child stage of a planned sweep: its config is on its run
+        if args.config:
+            raise MlprojectError(f"--run-id {args.run_id} trains with the config planned on that run; "
+                                 "drop --config (flags such as --num-threads still apply)")
+        from mlproject.research.sweep import train_child
+
+        status = train_child(args.run_id, args)
+        return {"FINISHED": 0, "KILLED": 130}.get(status, 1)
+
     cfg = RunConfig.load(args.config, args)  # validate before importing torch and mlflow
     from mlproject.tracking.train_run import run_training
 
@@ -80,16 +89,47 @@ def _generate(args: argparse.Namespace) -> None:
     run_generate(cfg)
 
 
+def _sweep_stage(args: argparse.Namespace) -> bool:
+    """`--aggregate PARENT` or `--plan-only` of compare/ablate; False when neither is given."""
+    from mlproject.research.sweep import aggregate_sweep, plan_sweep
+
+    if args.aggregate and args.plan_only:
+        raise MlprojectError("--plan-only and --aggregate are two stages of a sweep; give one of them")
+    if args.aggregate:
+        aggregate_sweep(args.aggregate, plots=True)
+        return True
+    if args.plan_only:
+        if args.command == "compare":
+            from mlproject.research.compare import CompareJob as Job
+        else:
+            from mlproject.research.ablation import AblationJob as Job
+        plan_sweep(Job.load(args.config, args).spec())
+        return True
+    return False
+
+
 def _compare(args: argparse.Namespace) -> None:
     from mlproject.research.compare import CompareJob, run_compare
 
-    run_compare(CompareJob.load(args.config, args))
+    if not _sweep_stage(args):
+        run_compare(CompareJob.load(args.config, args))
 
 
 def _ablate(args: argparse.Namespace) -> None:
     from mlproject.research.ablation import AblationJob, run_ablation
 
-    run_ablation(AblationJob.load(args.config, args))
+    if not _sweep_stage(args):
+        run_ablation(AblationJob.load(args.config, args))
+
+
+def _stage_flags(parser: argparse.ArgumentParser) -> None:
+    """The plan and aggregate stages of a sweep (the child stage is `train --run-id`)."""
+    group = parser.add_argument_group("sweep stages (for a scheduler that trains the children itself)")
+    group.add_argument("--plan-only", "--plan_only", nargs="?", const=True, default=False, type=_switch,
+                       metavar="BOOL", help="create the parent and SCHEDULED children, print their run ids, "
+                                            "train nothing")
+    group.add_argument("--aggregate", metavar="PARENT_RUN_ID", default=None,
+                       help="statistics, results and plots of a planned parent from its children's runs")
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -156,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", _train, "train one model, tracked in MLflow")
     _run_sections(p)
+    p.add_argument("--run-id", "--run_id", default=None, metavar="CHILD_RUN_ID",
+                   help="train (or resume) a sweep child planned by `compare/ablate --plan-only`")
 
     from mlproject.inference.config import GenerateConfig
 
@@ -168,10 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("compare", _compare, "fair comparison of model versions across seeds (nested runs)")
     _run_sections(p)
     add_arguments(p, CompareConfig, title="compare")
+    _stage_flags(p)
 
     p = command("ablate", _ablate, "ablation of one architecture axis across seeds (nested runs)")
     _run_sections(p)
     add_arguments(p, AblationConfig, title="ablation")
+    _stage_flags(p)
 
     p = command("plot", _plot, "plot a compare/ablation from the tracking store")
     p.add_argument("--config", help="YAML file with a `plot` section")

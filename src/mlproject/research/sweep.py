@@ -13,6 +13,19 @@ child, and a sweep key. Everything else is shared and lives here:
   unfinished ones continue from their last checkpoint, missing ones are added;
 - the parent gets per-group statistics (mean, std, 95% t CI, n), paired comparisons against
   the baseline, `results.jsonl`/`results.csv`, and a final `MLPROJECT_RESULT` line.
+
+A sweep is three stages, and every way of running one uses these same three functions:
+
+    plan_sweep(spec)        parent + SCHEDULED children, each child's config logged on it
+    train_child(run_id)     train (or resume) one planned child from its own run
+    aggregate_sweep(plan)   statistics, results files and final status of the parent
+
+`run_sweep` chains them in one process (children in-process or as `mlproject train --run-id`
+subprocesses); the CLI exposes them as `compare --plan-only`, `train --run-id CHILD` and
+`compare --aggregate PARENT`; the Airflow DAG runs those commands as a plan task, one mapped
+task per child and an aggregate task. A child needs nothing but its run id and the tracking
+server: its config is the artifact `PLAN_CONFIG` of its run, and its checkpoints live in the
+run's artifacts, so it can train (and resume) on any worker.
 """
 
 from __future__ import annotations
@@ -52,6 +65,8 @@ from mlproject.tracking.config import RunConfig
 # a sweep resumed on another machine (or with --parallel) still matches its children.
 RUNTIME_FIELDS = {"train.device", "train.num_threads", "train.progress", "train.peak_flops",
                   "data.num_workers", "data.cache_dir"}
+PLAN_CONFIG = "plan/config.yaml"   # a child's config as planned (model/data/train/tracking)
+PLAN_FILE = "plan/sweep.json"      # the parent's plan: kind, groups, metrics, children in order
 
 
 @dataclass
@@ -167,6 +182,34 @@ class _Task:
     action: str   # done | new | resume | restart
 
 
+@dataclass
+class SweepPlan:
+    """A planned sweep: the parent run and its children (in the spec's order), as stored on
+    the parent (`PLAN_FILE`), so the aggregate stage can run anywhere from the parent's id."""
+
+    kind: str
+    parent_run_id: str
+    experiment_id: str
+    experiment_name: str
+    groups: list[str]
+    metrics: list[str]
+    children: list[dict[str, Any]]   # {"run_id", "name", "group", "seed", "action"}
+    output_dir: str                  # where the results files are written
+    config_text: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @property
+    def child_run_ids(self) -> list[str]:
+        return [c["run_id"] for c in self.children]
+
+    @property
+    def todo(self) -> list[str]:
+        """Run ids of the children that still have to train."""
+        return [c["run_id"] for c in self.children if c["action"] != "done"]
+
+
 def run_sweep(spec: SweepSpec) -> SweepOutcome:
     """Run (or resume) the sweep; print the summary table and the MLPROJECT_RESULT line.
 
@@ -174,7 +217,35 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
     KeyboardInterrupt (parent KILLED) when interrupted.
     """
     from mlproject.tracking import sweeps
-    from mlproject.tracking.queries import GROUPS_TAG, METRICS_TAG, get_run
+
+    plan, tasks = _plan_stage(spec)
+    try:
+        todo = [t for t in tasks if t.action != "done"]
+        if todo:
+            _prepare_data(spec.base)
+            if spec.parallel > 1 and len(todo) > 1:
+                _run_parallel(todo, spec.parallel, plan)
+            else:
+                _run_sequential(todo)
+    except BaseException as exc:
+        sweeps.set_status(plan.parent_run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    return aggregate_sweep(plan)
+
+
+def plan_sweep(spec: SweepSpec) -> SweepPlan:
+    """Stage 1: the parent run and its SCHEDULED children (with resume: the earlier ones
+    matched); print the plan and a `MLPROJECT_RESULT` line with the children's run ids."""
+    plan, _ = _plan_stage(spec)
+    print(result_line({"step": spec.kind, "stage": "plan", "run_id": plan.parent_run_id,
+                       "experiment_id": plan.experiment_id, "experiment_name": plan.experiment_name,
+                       "children": plan.child_run_ids, "todo": plan.todo}), flush=True)
+    return plan
+
+
+def _plan_stage(spec: SweepSpec) -> tuple[SweepPlan, list[_Task]]:
+    from mlproject.tracking import sweeps
+    from mlproject.tracking.queries import GROUPS_TAG, METRICS_TAG
 
     parent = sweeps.open_parent(
         experiment=spec.experiment, run_name=spec.run_name, kind=spec.kind, sweep_key=spec.key,
@@ -186,41 +257,35 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
         sweeps.log_params_once(parent.run_id, spec.params)
         tasks = _plan(spec, parent)
         _print_plan(spec, tasks)
-        todo = [t for t in tasks if t.action != "done"]
-        if todo:
-            _prepare_data(spec.base)
-            if spec.parallel > 1 and len(todo) > 1:
-                _run_parallel(todo, spec.parallel, parent)
-            else:
-                _run_sequential(todo, parent)
+        plan = SweepPlan(
+            kind=spec.kind, parent_run_id=parent.run_id, experiment_id=parent.experiment_id,
+            experiment_name=parent.experiment_name, groups=list(spec.groups), metrics=list(spec.metrics),
+            children=[{"run_id": t.run_id, "name": t.child.name, "group": t.child.group, "seed": t.child.seed,
+                       "action": t.action} for t in tasks],
+            output_dir=spec.base.tracking.output_dir, config_text=spec.config_text)
+        sweeps.log_text(parent.run_id, plan.to_json(), PLAN_FILE)
     except BaseException as exc:
         sweeps.set_status(parent.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
+    return plan, tasks
 
-    rows = [row_from_run(get_run(t.run_id), spec.metrics) for t in tasks]
-    stats = aggregate(rows, spec.groups, spec.metrics)
-    status = "FINISHED" if all(r["status"] == "FINISHED" for r in rows) else "FAILED"
-    results_dir = _record_results(spec, parent, rows, stats)
-    sweeps.set_status(parent.run_id, status)
 
-    print(format_summary(stats, rows))
-    print(f"results: {results_dir / 'results.jsonl'} (logged to run {parent.run_id})")
-    print(result_line({"step": spec.kind, "run_id": parent.run_id, "experiment_id": parent.experiment_id,
-                       "experiment_name": parent.experiment_name, "status": status, "children": len(rows),
-                       "finished": sum(r["status"] == "FINISHED" for r in rows)}), flush=True)
-    if status != "FINISHED":
-        failed = [f"{t.child.name} ({r['status']})" for t, r in zip(tasks, rows) if r["status"] != "FINISHED"]
-        raise MlprojectError(f"{spec.kind}: {len(failed)} of {len(rows)} child runs did not finish: "
-                             f"{', '.join(failed)}; re-run with --resume to complete them")
-    return SweepOutcome(parent.run_id, parent.experiment_id, parent.experiment_name, status, rows, stats,
-                        results_dir)
+def load_plan(parent_run_id: str) -> SweepPlan:
+    """The plan `plan_sweep` stored on a parent run, or a one-line error naming the run."""
+    from mlproject.tracking import sweeps
+
+    text = sweeps.load_text(parent_run_id, PLAN_FILE)
+    if text is None:
+        raise MlprojectError(f"run {parent_run_id} is not a planned compare/ablation parent (it has no "
+                             f"{PLAN_FILE} artifact); plan one with `mlproject compare --plan-only`")
+    return SweepPlan(**json.loads(text))
 
 
 def _plan(spec: SweepSpec, parent: Any) -> list[_Task]:
-    """Match children to existing runs (with resume) and create the missing ones."""
+    """Match children to existing runs (with resume) and create the missing ones; every child
+    not yet FINISHED gets its config (`PLAN_CONFIG`) logged on its run."""
     from mlproject.tracking import sweeps
-    from mlproject.tracking.artifacts import CHECKPOINT_DIR
-    from mlproject.tracking.queries import GROUP_TAG, KEY_TAG, PARENT_TAG, SEED_TAG, artifact_files, sweep_cells
+    from mlproject.tracking.queries import GROUP_TAG, KEY_TAG, PARENT_TAG, SEED_TAG, sweep_cells
 
     existing = sweep_cells(parent.previous, spec.key) if spec.resume and parent.previous is not None else {}
     tasks = []
@@ -228,20 +293,31 @@ def _plan(spec: SweepSpec, parent: Any) -> list[_Task]:
         run = existing.get((child.group, child.seed))
         if run is None:
             tags = {**child.tags, GROUP_TAG: child.group, SEED_TAG: str(child.seed), KEY_TAG: spec.key}
-            tasks.append(_Task(child, sweeps.create_child(parent, run_name=child.name, tags=tags), "new"))
-            continue
-        if run.tags.get(PARENT_TAG) != parent.run_id:
-            sweeps.adopt_child(run.run_id, parent.run_id)
-        if run.status == "FINISHED":
-            action = "done"
-        elif run.status == "SCHEDULED":  # created by the interrupted sweep, never started
-            action = "new"
-        elif f"{CHECKPOINT_DIR}/last.pt" in artifact_files(run.run_id, CHECKPOINT_DIR):
-            action = "resume"
-        else:  # never got to its first checkpoint: train it again in the same run
-            action = "restart"
-        tasks.append(_Task(child, run.run_id, action))
+            task = _Task(child, sweeps.create_child(parent, run_name=child.name, tags=tags), "new")
+        else:
+            if run.tags.get(PARENT_TAG) != parent.run_id:
+                sweeps.adopt_child(run.run_id, parent.run_id)
+            task = _Task(child, run.run_id, child_action(run))
+        if task.action != "done":
+            sweeps.log_text(task.run_id, dump_yaml(to_dict(_child_run_config(child, parent.experiment_name))),
+                            PLAN_CONFIG)
+        tasks.append(task)
     return tasks
+
+
+def child_action(run: Any) -> str:
+    """What a child run needs: done (FINISHED), new (never started), resume (has a last
+    checkpoint in its artifacts) or restart (started but never reached a checkpoint)."""
+    from mlproject.tracking.artifacts import CHECKPOINT_DIR
+    from mlproject.tracking.queries import artifact_files
+
+    if run.status == "FINISHED":
+        return "done"
+    if run.status == "SCHEDULED":  # created by a plan, never started
+        return "new"
+    if f"{CHECKPOINT_DIR}/last.pt" in artifact_files(run.run_id, CHECKPOINT_DIR):
+        return "resume"
+    return "restart"
 
 
 def _print_plan(spec: SweepSpec, tasks: Sequence[_Task]) -> None:
@@ -252,11 +328,70 @@ def _print_plan(spec: SweepSpec, tasks: Sequence[_Task]) -> None:
           f"{len(spec.groups)} groups x {len({c.seed for c in spec.children})} seeds", flush=True)
 
 
-def _task_config(task: _Task, parent: Any) -> RunConfig:
-    cfg = task.child.cfg
-    tracking = dataclasses.replace(cfg.tracking, experiment_name=parent.experiment_name, run_name=task.child.name,
-                                   resume_from=task.run_id if task.action == "resume" else None)
-    return dataclasses.replace(cfg, tracking=tracking)
+def _child_run_config(child: ChildSpec, experiment_name: str) -> RunConfig:
+    tracking = dataclasses.replace(child.cfg.tracking, experiment_name=experiment_name, run_name=child.name,
+                                   resume_from=None)
+    return dataclasses.replace(child.cfg, tracking=tracking)
+
+
+def planned_config(run_id: str, args: Any = None) -> RunConfig:
+    """A planned child's RunConfig from its run (`PLAN_CONFIG`), with explicit flags in `args`
+    on top (runtime settings such as --num-threads or --device)."""
+    from mlproject.tracking import sweeps
+
+    text = sweeps.load_text(run_id, PLAN_CONFIG)
+    if text is None:
+        raise MlprojectError(f"run {run_id} is not a planned sweep child (it has no {PLAN_CONFIG} artifact); "
+                             "--run-id trains the children that `mlproject compare --plan-only` created")
+    import yaml
+
+    sections = build_sections(RunConfig.SECTIONS, yaml_path=f"run {run_id}: {PLAN_CONFIG}", args=args,
+                              data=yaml.safe_load(text) or {})
+    return RunConfig(**sections)
+
+
+def train_child(run_id: str, args: Any = None) -> str:
+    """Stage 2: train one planned child in its own run, wherever this process is.
+
+    A FINISHED child is left alone (a retried task costs nothing); an unfinished one resumes
+    from the last checkpoint in its artifacts (downloaded from the tracking server), so a
+    killed container's retry continues where the child stopped. Returns the run's status.
+    """
+    from mlproject.tracking import sweeps
+    from mlproject.tracking.queries import PARENT_TAG, get_run
+    from mlproject.tracking.train_run import run_training
+
+    run = get_run(run_id)
+    cfg = planned_config(run_id, args)
+    action = child_action(run)
+    name = cfg.tracking.run_name or run_id
+    if action == "done":
+        print(f"child {name}: run {run_id} is already FINISHED", flush=True)
+        return "FINISHED"
+    print(f"--- child {name} ({action}) run {run_id}", flush=True)
+    if action == "resume":
+        cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, resume_from=run_id))
+    try:
+        outcome = run_training(cfg, parent_run_id=run.tags.get(PARENT_TAG), run_id=run_id)
+    except Exception:
+        sweeps.fail_if_unfinished(run_id)
+        raise
+    return outcome.status
+
+
+def _run_sequential(tasks: Sequence[_Task]) -> None:
+    from mlproject.tracking import sweeps
+
+    for i, task in enumerate(tasks, 1):
+        print(f"--- child {i}/{len(tasks)}: {task.child.name} ({task.action}) run {task.run_id}", flush=True)
+        try:
+            status = train_child(task.run_id)
+        except Exception as exc:  # the run is FAILED with its error tag; the other children still run
+            print(f"child {task.child.name} failed: {type(exc).__name__}: {exc}".splitlines()[0], flush=True)
+            sweeps.fail_if_unfinished(task.run_id)
+            continue
+        if status == "KILLED":  # the trainer stopped on SIGTERM: stop the sweep too
+            raise KeyboardInterrupt(f"child {task.child.name} was interrupted")
 
 
 def _prepare_data(base: RunConfig) -> None:
@@ -266,20 +401,41 @@ def _prepare_data(base: RunConfig) -> None:
     prepare_data(base.data)
 
 
-def _run_sequential(tasks: Sequence[_Task], parent: Any) -> None:
-    from mlproject.tracking import sweeps
-    from mlproject.tracking.train_run import run_training
+def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots: bool = False) -> SweepOutcome:
+    """Stage 3: the parent's statistics, results files and final status from its children's
+    runs; print the summary table and the MLPROJECT_RESULT line.
 
-    for i, task in enumerate(tasks, 1):
-        print(f"--- child {i}/{len(tasks)}: {task.child.name} ({task.action}) run {task.run_id}", flush=True)
-        try:
-            outcome = run_training(_task_config(task, parent), parent_run_id=parent.run_id, run_id=task.run_id)
-        except Exception as exc:  # the run is FAILED with its error tag; the other children still run
-            print(f"child {task.child.name} failed: {type(exc).__name__}: {exc}".splitlines()[0], flush=True)
-            sweeps.fail_if_unfinished(task.run_id)
-            continue
-        if outcome.status == "KILLED":  # the trainer stopped on SIGTERM: stop the sweep too
-            raise KeyboardInterrupt(f"child {task.child.name} was interrupted")
+    `plan` is a SweepPlan or a parent run id (its stored plan); `plots` also draws the
+    parent's charts (as `mlproject plot` does) into the results folder and logs them. Raises
+    MlprojectError after reporting when some children did not finish.
+    """
+    from mlproject.tracking import sweeps
+    from mlproject.tracking.queries import get_run
+
+    if isinstance(plan, str):
+        plan = load_plan(plan)
+    rows = [row_from_run(get_run(run_id), plan.metrics) for run_id in plan.child_run_ids]
+    stats = aggregate(rows, plan.groups, plan.metrics)
+    status = "FINISHED" if all(r["status"] == "FINISHED" for r in rows) else "FAILED"
+    results_dir = _record_results(plan, rows, stats, output_dir or plan.output_dir)
+    sweeps.set_status(plan.parent_run_id, status)
+    if plots and any(r["status"] == "FINISHED" for r in rows):
+        from mlproject.research.config import PlotConfig
+        from mlproject.research.plots import run_plot
+
+        run_plot(PlotConfig(parent_run_id=plan.parent_run_id, output_dir=str(results_dir / "plots")))
+
+    print(format_summary(stats, rows))
+    print(f"results: {results_dir / 'results.jsonl'} (logged to run {plan.parent_run_id})")
+    print(result_line({"step": plan.kind, "run_id": plan.parent_run_id, "experiment_id": plan.experiment_id,
+                       "experiment_name": plan.experiment_name, "status": status, "children": len(rows),
+                       "finished": sum(r["status"] == "FINISHED" for r in rows)}), flush=True)
+    if status != "FINISHED":
+        failed = [f"{c['name']} ({r['status']})" for c, r in zip(plan.children, rows) if r["status"] != "FINISHED"]
+        raise MlprojectError(f"{plan.kind}: {len(failed)} of {len(rows)} child runs did not finish: "
+                             f"{', '.join(failed)}; re-run with --resume to complete them")
+    return SweepOutcome(plan.parent_run_id, plan.experiment_id, plan.experiment_name, status, rows, stats,
+                        results_dir)
 
 
 class _ChildProcess:
@@ -306,15 +462,15 @@ class _ChildProcess:
         return True
 
 
-def _run_parallel(tasks: Sequence[_Task], parallel: int, parent: Any) -> None:
-    """`parallel` children at a time as `mlproject train` processes joined to their runs."""
+def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan) -> None:
+    """`parallel` children at a time as `mlproject train --run-id` processes (the child stage)."""
     from mlproject.tracking import sweeps
     from mlproject.tracking.queries import absolute_tracking_uri
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // parallel)
     base_env = {**os.environ, "MLFLOW_TRACKING_URI": absolute_tracking_uri(),
-                "MLFLOW_EXPERIMENT_ID": parent.experiment_id, "OMP_NUM_THREADS": str(threads)}
+                "MLFLOW_EXPERIMENT_ID": plan.experiment_id, "OMP_NUM_THREADS": str(threads)}
     print(f"running {len(tasks)} children, {parallel} at a time with {threads} torch thread(s) each", flush=True)
     pending = list(tasks)
     running: list[_ChildProcess] = []
@@ -325,10 +481,8 @@ def _run_parallel(tasks: Sequence[_Task], parallel: int, parent: Any) -> None:
                     task = pending.pop(0)
                     folder = Path(tmp) / task.child.name
                     folder.mkdir()
-                    config = folder / "config.yaml"
-                    config.write_text(dump_yaml(to_dict(_task_config(task, parent))), encoding="utf-8")
-                    cmd = [sys.executable, "-m", "mlproject", "train", "--config", str(config),
-                           "--num-threads", str(threads), "--progress", "lines"]
+                    cmd = child_command(task.run_id, python=sys.executable) + [
+                        "--num-threads", str(threads), "--progress", "lines"]
                     running.append(_ChildProcess(task, cmd, {**base_env, "MLFLOW_RUN_ID": task.run_id},
                                                  folder / "train.log"))
                     print(f"started {task.child.name} ({task.action}) run {task.run_id}", flush=True)
@@ -357,7 +511,14 @@ def _stop(running: Sequence[subprocess.Popen], grace_sec: float = 60.0) -> None:
             proc.kill()
 
 
-def _record_results(spec: SweepSpec, parent: Any, rows: list[Row], stats: SweepStats) -> Path:
+def child_command(run_id: str, python: str | None = None) -> list[str]:
+    """The child stage as a command: what `--parallel`, the DAG's mapped tasks and a
+    Kubernetes pod run for one child."""
+    prefix = [python, "-m", "mlproject"] if python else ["mlproject"]
+    return [*prefix, "train", "--run-id", run_id]
+
+
+def _record_results(plan: SweepPlan, rows: list[Row], stats: SweepStats, output_dir: str) -> Path:
     """Statistics as parent metrics; results, summary and the job config as parent artifacts."""
     from mlproject.research.results import atomic_write_text
     from mlproject.tracking import sweeps
@@ -367,11 +528,11 @@ def _record_results(spec: SweepSpec, parent: Any, rows: list[Row], stats: SweepS
         if row.get("params_total") is not None:
             metrics[f"params_total/{metric_key(row['group'])}"] = float(row["params_total"])
     finished = sum(r["status"] == "FINISHED" for r in rows)
-    sweeps.log_metrics(parent.run_id, {**metrics, "children_finished": finished, "children_total": len(rows)},
-                       step=finished)
-    results_dir = Path(spec.base.tracking.output_dir) / "sweeps" / parent.run_id
+    sweeps.log_metrics(plan.parent_run_id, {**metrics, "children_finished": finished,
+                                            "children_total": len(rows)}, step=finished)
+    results_dir = Path(output_dir) / "sweeps" / plan.parent_run_id
     files = list(write_results(rows, results_dir))
     files.append(atomic_write_text(results_dir / "summary.json", json.dumps(stats.as_dict(), indent=2)))
-    files.append(atomic_write_text(results_dir / "sweep.yaml", spec.config_text))
-    sweeps.log_files(parent.run_id, files)
+    files.append(atomic_write_text(results_dir / "sweep.yaml", plan.config_text))
+    sweeps.log_files(plan.parent_run_id, files)
     return results_dir

@@ -183,3 +183,22 @@ def start_run(*, experiment: str | None, run_name: str, tags: Mapping[str, str])
         run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
     set_tags(run_id, tags)
     return run_id, experiment_id
+
+
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    """A small text artifact (a sweep's plan, a child's planned config)."""
+    MlflowClient().log_text(run_id, text, artifact_file)
+
+
+def load_text(run_id: str, artifact_file: str) -> str | None:
+    """A run's text artifact, or None when the run has no such file."""
+    import tempfile
+
+    from mlproject.tracking.queries import artifact_files
+
+    folder = artifact_file.rsplit("/", 1)[0] if "/" in artifact_file else ""
+    if artifact_file not in artifact_files(run_id, folder):
+        return None
+    with tempfile.TemporaryDirectory(prefix="mlproject-artifact-") as tmp:
+        path = MlflowClient().download_artifacts(run_id, artifact_file, tmp)
+        return Path(path).read_text(encoding="utf-8")
