@@ -28,6 +28,20 @@ Settings (environment of the DAG processor and workers):
     MLPROJECT_GPUS             GPUs per step container: "all", a count, or unset for none
     MLPROJECT_RETRIES, MLPROJECT_RETRY_DELAY_S, MLPROJECT_TASK_TIMEOUT_MIN
     MLPROJECT_DAG_SCHEDULE     a cron expression or preset (@daily); unset: manual runs only
+    MLPROJECT_SWEEP_TASKS      mapped (default): a compare/ablation step is a plan task, one
+                               mapped task per child and an aggregate task; single: one
+                               container runs the whole sweep (`mlflow run -e compare`)
+    MLPROJECT_CHILD_OPERATOR   docker (default) or kubernetes: what runs a mapped child task
+    MLPROJECT_K8S_NAMESPACE, MLPROJECT_K8S_CACHE_PVC, MLPROJECT_K8S_SECRET, MLPROJECT_K8S_CPU,
+    MLPROJECT_K8S_MEMORY       the child pods' namespace, the token-cache PersistentVolumeClaim,
+                               a Secret with the MLflow credentials, and their CPU/memory requests
+
+Mapped sweeps: the plan task creates the parent and its SCHEDULED children and pushes their
+run ids; `.expand()` starts one `mlproject train --run-id CHILD` task per child, so the
+executor spreads them over its workers (and retries each alone: a retried child resumes from
+the last checkpoint in its run's artifacts on the tracking server); the aggregate task, with
+the step's id (downstream `{{ steps.<id>.run_id }}` reads its result), runs even when some
+children failed, records what finished and fails the step if anything did not.
 """
 
 from __future__ import annotations
@@ -44,7 +58,9 @@ from airflow.sdk import DAG, Param, task
 from docker.types import DeviceRequest, Mount
 
 from mlproject.errors import ConfigError, MlprojectError
-from mlproject.research.pipeline import load_pipeline, parse_step_result, step_command, step_env
+from mlproject.research.pipeline import (RESUMABLE, load_pipeline, parse_step_result, step_command, step_env,
+                                         sweep_stage_command)
+from mlproject.research.sweep import child_command
 
 DAG_ID = "gpt_research_pipeline"
 REPO = Path(__file__).resolve().parents[2]
@@ -69,6 +85,13 @@ class DagSettings:
     retry_delay_s: float = 30.0
     task_timeout_min: float = 360.0
     schedule: str | None = None
+    sweep_tasks: str = "mapped"
+    child_operator: str = "docker"
+    k8s_namespace: str = "default"
+    k8s_cache_pvc: str | None = None
+    k8s_secret: str | None = None
+    k8s_cpu: str = "2"
+    k8s_memory: str = "8Gi"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DagSettings:
@@ -88,6 +111,10 @@ class DagSettings:
         config_mount = get("MLPROJECT_CONFIG_MOUNT")
         if config_mount is not None and not config_mount.startswith("/"):
             raise ConfigError(f"MLPROJECT_CONFIG_MOUNT={config_mount!r} is not an absolute host directory")
+        choices = {"MLPROJECT_SWEEP_TASKS": ("mapped", "single"), "MLPROJECT_CHILD_OPERATOR": ("docker", "kubernetes")}
+        for name, allowed in choices.items():
+            if get(name) is not None and get(name) not in allowed:
+                raise ConfigError(f"{name}={get(name)!r} is not a valid value; expected one of {', '.join(allowed)}")
         gpus = get("MLPROJECT_GPUS")
         if gpus is not None and gpus != "all" and not gpus.isdigit():
             raise ConfigError(f"MLPROJECT_GPUS={gpus!r} is not a valid value; expected 'all' or a count")
@@ -105,6 +132,13 @@ class DagSettings:
             retry_delay_s=number("MLPROJECT_RETRY_DELAY_S", cls.retry_delay_s),
             task_timeout_min=number("MLPROJECT_TASK_TIMEOUT_MIN", cls.task_timeout_min),
             schedule=get("MLPROJECT_DAG_SCHEDULE"),
+            sweep_tasks=get("MLPROJECT_SWEEP_TASKS", cls.sweep_tasks),
+            child_operator=get("MLPROJECT_CHILD_OPERATOR", cls.child_operator),
+            k8s_namespace=get("MLPROJECT_K8S_NAMESPACE", cls.k8s_namespace),
+            k8s_cache_pvc=get("MLPROJECT_K8S_CACHE_PVC"),
+            k8s_secret=get("MLPROJECT_K8S_SECRET"),
+            k8s_cpu=get("MLPROJECT_K8S_CPU", cls.k8s_cpu),
+            k8s_memory=get("MLPROJECT_K8S_MEMORY", cls.k8s_memory),
         )
 
     def mounts(self) -> list[Mount]:
@@ -144,6 +178,70 @@ def render_step_command(ti: Any, params: Mapping[str, Any], step_id: str, projec
     return repr(step_command(step, project_dir, upstream, resume=ti.try_number > 1))
 
 
+def render_plan_command(ti: Any, params: Mapping[str, Any], step_id: str) -> str:
+    """The plan stage of a mapped compare/ablation step (resumed on a retry)."""
+    pipeline = load_pipeline(params["pipeline_config"])
+    step = pipeline.step(step_id)
+    upstream = {}
+    for ref in sorted(step.references() | set(step.needs)):
+        result = parse_step_result(ti.xcom_pull(task_ids=ref) or "")
+        if result is not None:
+            upstream[ref] = result
+    return repr(sweep_stage_command(step, "plan", upstream, resume=ti.try_number > 1))
+
+
+def render_aggregate_command(ti: Any, params: Mapping[str, Any], step_id: str) -> str:
+    """The aggregate stage: the parent run id comes from the plan task's result."""
+    step = load_pipeline(params["pipeline_config"]).step(step_id)
+    plan = parse_step_result(ti.xcom_pull(task_ids=plan_task_id(step_id)) or "")
+    if plan is None:
+        raise MlprojectError(f"step {step_id}: the plan task {plan_task_id(step_id)} left no MLPROJECT_RESULT line")
+    return repr(sweep_stage_command(step, "aggregate", parent_run_id=plan["run_id"]))
+
+
+def plan_task_id(step_id: str) -> str:
+    return f"{step_id}__plan"
+
+
+def child_commands(plan_output: str | None) -> list[list[str]]:
+    """One `mlproject train --run-id` command per child the plan left to train."""
+    plan = parse_step_result(plan_output or "")
+    if plan is None or "todo" not in plan:
+        raise MlprojectError(f"the plan task left no MLPROJECT_RESULT line with child run ids: {plan_output!r}")
+    return [child_command(run_id) for run_id in plan["todo"]]
+
+
+def child_pod_arguments(settings: DagSettings, environment: Mapping[str, str]) -> dict[str, Any]:
+    """KubernetesPodOperator arguments of a child pod: the step image, the same command
+    (`arguments`, expanded per child), the MLflow settings, GPUs as `nvidia.com/gpu` limits."""
+    from kubernetes.client import models as k8s
+
+    limits = {"cpu": settings.k8s_cpu, "memory": settings.k8s_memory}
+    if settings.gpus:  # Kubernetes counts GPUs: "all" has no meaning for a pod, take one
+        limits["nvidia.com/gpu"] = "1" if settings.gpus == "all" else settings.gpus
+    volumes, mounts = [], []
+    if settings.k8s_cache_pvc:
+        volumes.append(k8s.V1Volume(name="cache", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+            claim_name=settings.k8s_cache_pvc)))
+        mounts.append(k8s.V1VolumeMount(name="cache", mount_path=CACHE_TARGET))
+    return dict(
+        namespace=settings.k8s_namespace,
+        image=settings.image,
+        cmds=["mlproject-step"],
+        env_vars=[k8s.V1EnvVar(name=k, value=v) for k, v in sorted(environment.items())],
+        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.k8s_secret))]
+        if settings.k8s_secret else None,
+        container_resources=k8s.V1ResourceRequirements(
+            requests={"cpu": settings.k8s_cpu, "memory": settings.k8s_memory}, limits=limits),
+        volumes=volumes,
+        volume_mounts=mounts,
+        labels={"mlproject.dag": DAG_ID},
+        get_logs=True,
+        on_finish_action="delete_succeeded_pod",
+        do_xcom_push=False,
+    )
+
+
 def build_dag(settings: DagSettings) -> DAG:
     """The DAG for `settings`: the pipeline's steps, or one task explaining what is wrong."""
     dag = DAG(
@@ -160,6 +258,8 @@ def build_dag(settings: DagSettings) -> DAG:
         user_defined_macros={
             "mlproject_step_command": lambda ti, params, step_id: render_step_command(
                 ti, params, step_id, settings.project_dir),
+            "mlproject_plan_command": render_plan_command,
+            "mlproject_aggregate_command": render_aggregate_command,
         },
         default_args={
             "retries": settings.retries,
@@ -185,30 +285,51 @@ def build_dag(settings: DagSettings) -> DAG:
 
     environment = step_env(base={}, extra={**pipeline.settings.env, "MLFLOW_TRACKING_URI": settings.tracking_uri,
                                            "MLPROJECT_CACHE_DIR": CACHE_TARGET})
-    tasks: dict[str, DockerOperator] = {}
+    def docker_task(task_id: str, step_id: str, command: str, **kwargs: Any) -> DockerOperator:
+        return DockerOperator(task_id=task_id, dag=dag, image=settings.image, command=command,
+                              **docker_arguments(step_id), **kwargs)
+
+    def docker_arguments(step_id: str) -> dict[str, Any]:
+        return dict(environment=dict(environment), private_environment=private_environment(),
+                    mounts=settings.mounts(), network_mode=settings.network_mode,
+                    device_requests=settings.device_requests(),
+                    labels={"mlproject.dag": DAG_ID, "mlproject.step": step_id},
+                    auto_remove="success", mount_tmp_dir=False)
+
+    first: dict[str, Any] = {}   # the task a step starts with (its upstream steps point here)
+    last: dict[str, Any] = {}    # the task whose result is the step's (task id = step id)
     for step in pipeline.steps:
         if not step.enabled:
             continue
-        tasks[step.id] = DockerOperator(
-            task_id=step.id,
-            dag=dag,
-            image=settings.image,
-            command="{{ mlproject_step_command(ti, params, %r) }}" % step.id,
-            environment=dict(environment),
-            private_environment=private_environment(),
-            mounts=settings.mounts(),
-            network_mode=settings.network_mode,
-            device_requests=settings.device_requests(),
-            labels={"mlproject.dag": DAG_ID, "mlproject.step": step.id},
-            auto_remove="success",
-            mount_tmp_dir=False,
-            do_xcom_push=True,
-            doc_md=f"`{step.entry_point}` step; needs: {', '.join(step.needs) or 'nothing'}",
-        )
+        doc = f"`{step.entry_point}` step; needs: {', '.join(step.needs) or 'nothing'}"
+        if settings.sweep_tasks == "mapped" and step.entry_point in RESUMABLE:
+            plan = docker_task(plan_task_id(step.id), step.id,
+                               "{{ mlproject_plan_command(ti, params, %r) }}" % step.id, do_xcom_push=True,
+                               doc_md=f"plan of the {doc}: the parent and its SCHEDULED children")
+            commands = task(task_id=f"{step.id}__children", dag=dag, retries=0)(child_commands)(plan.output)
+            if settings.child_operator == "kubernetes":
+                from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+                children = KubernetesPodOperator.partial(
+                    task_id=f"{step.id}__train", dag=dag, name=f"{step.id}-child",
+                    **child_pod_arguments(settings, environment)).expand(arguments=commands)
+            else:
+                children = DockerOperator.partial(
+                    task_id=f"{step.id}__train", dag=dag, image=settings.image, do_xcom_push=False,
+                    **docker_arguments(step.id)).expand(command=commands)
+            aggregate = docker_task(step.id, step.id, "{{ mlproject_aggregate_command(ti, params, %r) }}" % step.id,
+                                    do_xcom_push=True, trigger_rule="all_done",
+                                    doc_md=f"aggregate of the {doc}: statistics, results, plots")
+            plan >> commands >> children >> aggregate
+            first[step.id], last[step.id] = plan, aggregate
+            continue
+        first[step.id] = last[step.id] = docker_task(
+            step.id, step.id, "{{ mlproject_step_command(ti, params, %r) }}" % step.id, do_xcom_push=True,
+            doc_md=doc)
     for step in pipeline.steps:
         for need in step.needs:
-            if step.id in tasks and need in tasks:
-                tasks[need] >> tasks[step.id]
+            if step.id in first and need in last:
+                last[need] >> first[step.id]
     return dag
 
 

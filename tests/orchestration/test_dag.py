@@ -59,7 +59,9 @@ class FakeTI:
 
 
 def build(dagmod, env: dict[str, str]):
-    return dagmod.build_dag(dagmod.DagSettings.from_env(env))
+    """The DAG with one container per step (MLPROJECT_SWEEP_TASKS=single) unless `env` says
+    otherwise; test_dag_sweep_stages.py covers the mapped form of compare/ablation steps."""
+    return dagmod.build_dag(dagmod.DagSettings.from_env({"MLPROJECT_SWEEP_TASKS": "single", **env}))
 
 
 def render_command(dag, task_id: str, ti: FakeTI, params: dict | None = None) -> list[str]:
@@ -77,6 +79,7 @@ def parse_with_dagbag(monkeypatch, config: Path):
     from airflow.dag_processing.dagbag import DagBag
 
     monkeypatch.setenv("MLPROJECT_PIPELINE_CONFIG", str(config))
+    monkeypatch.setenv("MLPROJECT_SWEEP_TASKS", "single")
     bag = DagBag(dag_folder=str(DAG_FILE.parent))
     return bag
 
@@ -97,7 +100,7 @@ def test_missing_config_parses_to_one_task_that_explains(monkeypatch, tmp_path):
 
 
 def test_default_config_is_the_repos_research_pipeline(dagmod):
-    settings = dagmod.DagSettings.from_env({})
+    settings = dagmod.DagSettings.from_env({"MLPROJECT_SWEEP_TASKS": "single"})
     assert settings.pipeline_config.endswith("configs/pipeline/research_small_repro.yaml")
     dag = dagmod.build_dag(settings)
     pipeline = load_pipeline(settings.pipeline_config)

@@ -111,7 +111,7 @@ def test_dag_runs_compare_and_plot_in_containers_and_a_killed_step_resumes(
         env = {**airflow_env, "MLFLOW_TRACKING_URI": url, "MLPROJECT_PIPELINE_CONFIG": str(pipeline),
                "MLPROJECT_IMAGE": step_image, "MLPROJECT_DOCKER_NETWORK": "host",
                "MLPROJECT_CACHE_VOLUME": str(cache), "MLPROJECT_CONFIG_MOUNT": str(configs),
-               "MLPROJECT_RETRIES": "2", "MLPROJECT_RETRY_DELAY_S": "1"}
+               "MLPROJECT_RETRIES": "2", "MLPROJECT_RETRY_DELAY_S": "1", "MLPROJECT_SWEEP_TASKS": "single"}
 
         stop, killed = threading.Event(), {}
         killer = threading.Thread(target=kill_mid_training, args=(docker_engine, client, stop, killed), daemon=True)

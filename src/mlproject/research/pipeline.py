@@ -225,6 +225,38 @@ def step_command(step: PipelineStep, project_dir: str = ".",
     return cmd
 
 
+SWEEP_COMMANDS = {"compare": "compare", "ablation": "ablate"}  # entry point -> CLI subcommand
+
+
+def sweep_stage_command(step: PipelineStep, stage: Literal["plan", "aggregate"],
+                        upstream_results: Mapping[str, Mapping[str, Any]] | None = None, *,
+                        parent_run_id: str | None = None, resume: bool = False) -> list[str]:
+    """A compare/ablation step's plan or aggregate stage as an `mlproject` command (the child
+    stage is `research.sweep.child_command`); the DAG's mapped form of the step runs these.
+
+    Not `mlflow run`: it would end the parent run when the plan's process exits, while the
+    children still train in other tasks. The parameters become the same flags `mlflow run`
+    would pass (`--key value`), so both forms of a step train the same sweep.
+    """
+    if step.entry_point not in SWEEP_COMMANDS:
+        raise ConfigError(f"step {step.id}: entry_point={step.entry_point!r} has no sweep stages; "
+                          f"expected one of {', '.join(SWEEP_COMMANDS)}")
+    cmd = ["mlproject", SWEEP_COMMANDS[step.entry_point]]
+    if stage == "aggregate":
+        if not parent_run_id:
+            raise MlprojectError(f"step {step.id}: the aggregate stage needs the plan's parent run id")
+        return cmd + ["--aggregate", parent_run_id]
+    if step.experiment_name:
+        cmd += ["--experiment-name", step.experiment_name]
+    params = dict(step.parameters)
+    if resume:  # a retried plan keeps the children it created before
+        params["resume"] = True
+    for key, value in params.items():
+        if value is not None:
+            cmd += [f"--{key}", substitute(_text(value), upstream_results or {}, step.id)]
+    return cmd + ["--plan-only"]
+
+
 def result_line(result: Mapping[str, Any]) -> str:
     """The line a step prints last for the pipeline and the DAG: `MLPROJECT_RESULT {json}`."""
     return f"{RESULT_PREFIX} {json.dumps(dict(result))}"
