@@ -132,6 +132,12 @@ def _stage_flags(parser: argparse.ArgumentParser) -> None:
                        help="statistics, results and plots of a planned parent from its children's runs")
 
 
+def _tune(args: argparse.Namespace) -> None:
+    from mlproject.research.tune import TuneJob, run_tune
+
+    run_tune(TuneJob.load(args.config, args))
+
+
 def _plot(args: argparse.Namespace) -> None:
     from mlproject.config import build_sections
     from mlproject.research.config import PlotConfig
@@ -216,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     _run_sections(p)
     add_arguments(p, AblationConfig, title="ablation")
     _stage_flags(p)
+
+    from mlproject.research.tune import TuneConfig
+
+    p = command("tune", _tune, "hyperparameter search with Optuna; each trial a nested run")
+    _run_sections(p)
+    add_arguments(p, TuneConfig, title="tune")
 
     p = command("plot", _plot, "plot a compare/ablation from the tracking store")
     p.add_argument("--config", help="YAML file with a `plot` section")

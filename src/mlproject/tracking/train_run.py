@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,13 +55,15 @@ def result_line(run_id: str | None, status: str) -> str:
 
 
 def run_training(cfg: RunConfig, *, parent_run_id: str | None = None,
-                 extra_tags: dict[str, str] | None = None, run_id: str | None = None) -> TrainOutcome:
+                 extra_tags: dict[str, str] | None = None, run_id: str | None = None,
+                 callbacks: Sequence[Any] = ()) -> TrainOutcome:
     """Train one model as one MLflow run; see `runs.start_run` for which run that is.
 
     `cfg.tracking.resume_from` is a run id (continue that run from its `checkpoints/last.pt`)
     or a checkpoint path. Under torchrun every rank prepares data and trains; only rank 0
     talks to MLflow and shares the run id (for the checkpoint folder) and the resume
-    checkpoint with the others.
+    checkpoint with the others. `callbacks` are extra trainer callbacks of a tracked run (the
+    tune step's pruner).
     """
     from mlproject.training.device import select_device
     from mlproject.training.distributed import cleanup, init_distributed, rank_info
@@ -74,7 +77,8 @@ def run_training(cfg: RunConfig, *, parent_run_id: str | None = None,
             return _train_replica(cfg)
         if not cfg.tracking.log_to_mlflow:
             return _train_untracked(cfg)
-        return _train_tracked(cfg, parent_run_id=parent_run_id, extra_tags=extra_tags, run_id=run_id)
+        return _train_tracked(cfg, parent_run_id=parent_run_id, extra_tags=extra_tags, run_id=run_id,
+                              callbacks=callbacks)
     finally:
         cleanup(created)
 
@@ -204,7 +208,7 @@ def _train_untracked(cfg: RunConfig) -> TrainOutcome:
 # ----------------------------------------------------------------------------- tracked
 
 def _train_tracked(cfg: RunConfig, *, parent_run_id: str | None, extra_tags: dict[str, str] | None,
-                   run_id: str | None) -> TrainOutcome:
+                   run_id: str | None, callbacks: Sequence[Any] = ()) -> TrainOutcome:
     from mlproject.data.prepare import prepare_data
     from mlproject.training.trainer import train
 
@@ -235,7 +239,7 @@ def _train_tracked(cfg: RunConfig, *, parent_run_id: str | None, extra_tags: dic
                 return {**params, **flatten(data.info, "dataset")}
 
             logger = MlflowLogger(client, run.run_id, params_at_start, on_start=lambda info: _log_dataset(data.info))
-            result = train(cfg.model, data, cfg.train, checkpoint_dir=checkpoint_dir, callbacks=[logger],
+            result = train(cfg.model, data, cfg.train, checkpoint_dir=checkpoint_dir, callbacks=[logger, *callbacks],
                            resume_from=resume_path)
             outcome.checkpoint_uris = logger.finish()
             outcome.summary = dict(result.summary)

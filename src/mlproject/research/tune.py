@@ -1,0 +1,424 @@
+"""`mlproject tune`: hyperparameter search with Optuna, every trial a nested MLflow run.
+
+    search_space:
+      train.learning_rate: {type: float, low: 1.0e-4, high: 3.0e-2, log: true}
+      train.warmup:        {type: int, low: 0, high: 40}
+      model.dropout:       {type: float, low: 0.0, high: 0.2}
+      train.batch_size:    {type: categorical, choices: [8, 16]}
+
+Any field of the model/data/train sections can be searched. The sampler is TPE by default;
+the pruner (median or successive halving) sees the val loss of every evaluation through a
+trainer callback, so bad trials stop early. The study lives in a SQL database
+(`tracking/tune_runs.study_storage`): several workers (`--parallel` processes, containers,
+Airflow mapped tasks with `--parent-run-id`) share it, and a re-run with the same study name
+continues it up to `--n-trials` in all. The parent run gets the best value and params and
+Optuna's optimization-history and parameter-importance plots; `--then-compare` re-trains
+the best config over seeds as a compare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from mlproject.config import check_types, dump_yaml, field, flatten, from_dict, merge, to_dict
+from mlproject.errors import ConfigError, MlprojectError
+from mlproject.research.pipeline import result_line
+from mlproject.research.sweep import experiment_for, load_job, sweep_key
+from mlproject.tracking.config import RunConfig
+
+SEARCHABLE = ("model", "data", "train")  # sections a search space may change
+_TYPES = ("float", "int", "categorical")
+
+
+@dataclass
+class TuneConfig:
+    """The `tune:` section: how many trials, how they are sampled, pruned and shared."""
+
+    n_trials: int = field(20, help="trials of the study in all; a re-run of the same study continues up to this")
+    timeout: float | None = field(None, help="start no new trial after this many seconds")
+    parallel: int = field(1, help="worker processes sharing the study")
+    study_name: str | None = field(None, help="Optuna study (default: tune-<hash of config and space>); "
+                                              "the same name continues the study")
+    storage: str | None = field(None, help="SQLAlchemy URL of the study (default: a SQLite file beside a "
+                                           "SQLite tracking store)")
+    sampler: Literal["tpe", "random"] = field("tpe", help="Optuna sampler")
+    pruner: Literal["median", "successive_halving", "none"] = field("median", help="prunes on each eval's val_loss")
+    metric: str = field("val_loss_best", help="child summary metric to minimize")
+    sampler_seed: int = field(0, help="seed of the sampler (worker i of --parallel uses seed + i)")
+    then_compare: bool = field(False, help="re-train the best config over --compare-seeds as a compare")
+    compare_seeds: list[int] = field(default_factory=lambda: [42, 43, 44], help="seeds of --then-compare")
+    parent_run_name: str | None = field(None, help="name of the parent run")
+    parent_run_id: str | None = field(None, help="join this tune parent as one more worker of its study "
+                                                 "(another process, container or mapped task)")
+
+    def validate(self) -> None:
+        check_types(self, source="tune")
+        if self.n_trials < 1:
+            raise ConfigError(f"tune: n_trials={self.n_trials} must be >= 1")
+        if self.parallel < 1:
+            raise ConfigError(f"tune: parallel={self.parallel} must be >= 1")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError(f"tune: timeout={self.timeout} must be > 0 seconds")
+
+
+@dataclass
+class Dimension:
+    """One searched field: `section.field` with its distribution."""
+
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    def suggest(self, trial: Any) -> Any:
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.name, self.choices)
+        if self.type == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log,
+                                     step=int(self.step or 1))
+        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log, step=self.step)
+
+    def corners(self) -> list[Any]:
+        """Values a config is validated at before anything runs."""
+        return list(self.choices) if self.type == "categorical" else [self.low, self.high]
+
+
+def parse_space(raw: Any, source: str) -> list[Dimension]:
+    """Validate `search_space: {section.field: {type, low, high, log, step | choices}}`."""
+    where = f"{source}: search_space"
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(f"{where} must be a non-empty mapping of section.field to a distribution")
+    dims = []
+    for name, spec in raw.items():
+        section, _, fname = str(name).partition(".")
+        cls = RunConfig.SECTIONS.get(section)
+        if section not in SEARCHABLE or cls is None:
+            raise ConfigError(f"{where}.{name}: expected section.field with section one of {', '.join(SEARCHABLE)}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if fname not in fields:
+            raise ConfigError(f"{where}.{name}: unknown field {fname!r} of section {section}; "
+                              f"allowed: {', '.join(sorted(fields))}")
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"{where}.{name} must be a mapping with type and low/high or choices")
+        unknown = set(spec) - {"type", "low", "high", "log", "step", "choices"}
+        if unknown:
+            raise ConfigError(f"{where}.{name}: unknown key {sorted(unknown)[0]!r}; "
+                              "allowed: type, low, high, log, step, choices")
+        dim = Dimension(name=str(name), type=str(spec.get("type", "")), low=spec.get("low"), high=spec.get("high"),
+                        log=bool(spec.get("log", False)), step=spec.get("step"), choices=spec.get("choices"))
+        if dim.type not in _TYPES:
+            raise ConfigError(f"{where}.{name}: type={dim.type!r}; expected one of {', '.join(_TYPES)}")
+        if dim.type == "categorical":
+            if not isinstance(dim.choices, list) or not dim.choices:
+                raise ConfigError(f"{where}.{name}: a categorical needs a non-empty list of choices")
+        else:
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (dim.low, dim.high)):
+                raise ConfigError(f"{where}.{name}: low and high must be numbers, got {dim.low!r} and {dim.high!r}")
+            if not dim.low < dim.high:
+                raise ConfigError(f"{where}.{name}: low={dim.low} must be below high={dim.high}")
+            if dim.log and dim.low <= 0:
+                raise ConfigError(f"{where}.{name}: a log scale needs low > 0, got {dim.low}")
+        dims.append(dim)
+    return dims
+
+
+def trial_config(base: RunConfig, values: Mapping[str, Any], *, run_name: str | None = None,
+                 experiment: str | None = None, source: str = "trial") -> RunConfig:
+    """`base` with the sampled `values` ({section.field: value}), validated like a config file."""
+    sections: dict[str, Any] = {}
+    for section in SEARCHABLE:
+        changes = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(section + ".")}
+        current = getattr(base, section)
+        sections[section] = (from_dict(type(current), merge(to_dict(current), changes), source=f"{source}: {section}")
+                             if changes else current)
+    tracking = dataclasses.replace(base.tracking, run_name=run_name or base.tracking.run_name,
+                                   experiment_name=experiment or base.tracking.experiment_name, resume_from=None)
+    cfg = RunConfig(**sections, tracking=tracking)
+    cfg.model.resolved()
+    return cfg
+
+
+@dataclass
+class TuneJob:
+    run: RunConfig
+    tune: TuneConfig
+    space: list[Dimension]
+    space_raw: dict[str, Any]
+    source: str = "flags"
+
+    @classmethod
+    def load(cls, yaml_path: str | os.PathLike[str] | None = None, args: Any = None) -> TuneJob:
+        """From a YAML file (model/data/train/tracking/tune/search_space) with flags overriding it;
+        the space is checked at its bounds and choices before any run exists."""
+        run, tune, extras = load_job(yaml_path, args, "tune", TuneConfig, extra_keys=("search_space",))
+        source = str(yaml_path) if yaml_path else "flags"
+        space = parse_space(extras.get("search_space"), source)
+        for dim in space:
+            for value in dim.corners():
+                trial_config(run, {dim.name: value}, source=f"{source}: search_space.{dim.name}={value!r}")
+        return cls(run, tune, space, dict(extras["search_space"]), source)
+
+    @property
+    def key(self) -> str:
+        return sweep_key("tune", self.run, drop=[d.name for d in self.space],
+                         extra={"space": self.space_raw, "metric": self.tune.metric})
+
+    @property
+    def study_name(self) -> str:
+        return self.tune.study_name or f"tune-{self.key}"
+
+    def config_text(self, **tune_changes: Any) -> str:
+        sections = {name: to_dict(getattr(self.run, name)) for name in RunConfig.SECTIONS}
+        tune = to_dict(dataclasses.replace(self.tune, **tune_changes))
+        return dump_yaml({**sections, "tune": tune, "search_space": self.space_raw})
+
+
+@dataclass
+class TuneOutcome:
+    parent_run_id: str
+    study_name: str
+    best_value: float
+    best_params: dict[str, Any]
+    trials: dict[str, int]       # trials by state: COMPLETE, PRUNED, FAIL
+    compare_run_id: str | None = None
+
+
+def _pruner(trial: Any) -> Any:
+    """A trainer callback that reports each evaluation's val_loss to the trial and raises
+    TrialPruned when Optuna says so (built here so that importing this module needs no torch)."""
+    import optuna
+
+    from mlproject.training.trainer import TrainerCallback
+
+    class Pruner(TrainerCallback):
+        def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+            trial.report(metrics["val_loss"], step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step} (val_loss {metrics['val_loss']:.4f})")
+
+    return Pruner()
+
+
+def _study(job: TuneJob, storage: str, seed: int) -> Any:
+    import optuna
+
+    sampler = (optuna.samplers.TPESampler(seed=seed) if job.tune.sampler == "tpe"
+               else optuna.samplers.RandomSampler(seed=seed))
+    pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+              "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
+              "none": lambda: optuna.pruners.NopPruner()}[job.tune.pruner]()
+    try:
+        return optuna.create_study(study_name=job.study_name, storage=storage, direction="minimize",
+                                   sampler=sampler, pruner=pruner, load_if_exists=True)
+    except Exception as exc:  # an unreachable or foreign database
+        raise MlprojectError(f"tune: cannot open study {job.study_name!r} in {storage.split('@')[-1]}: "
+                             f"{str(exc).splitlines()[0]}") from None
+
+
+def _counted(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)))
+
+
+def _optimize(job: TuneJob, study: Any, parent: Any) -> None:
+    """Run trials in this process until the study holds n_trials (counting other workers')."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from mlproject.tracking import sweeps
+    from mlproject.tracking.train_run import run_training
+    from mlproject.tracking.tune_runs import STATE_TAG, STUDY_TAG, TRIAL_TAG, WORKER_TAG
+
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def objective(trial: Any) -> float:
+        values = {d.name: d.suggest(trial) for d in job.space}
+        name = f"trial-{trial.number}"
+        cfg = trial_config(job.run, values, run_name=name, experiment=parent.experiment_name, source=name)
+        run_id = sweeps.create_child(parent, run_name=name, tags={
+            STUDY_TAG: job.study_name, TRIAL_TAG: str(trial.number), WORKER_TAG: worker})
+        trial.set_user_attr("run_id", run_id)
+        print(f"--- {name}: {json.dumps(values)} run {run_id}", flush=True)
+        try:
+            outcome = run_training(cfg, parent_run_id=parent.run_id, run_id=run_id, callbacks=[_pruner(trial)])
+        except optuna.TrialPruned:
+            sweeps.set_status(run_id, "KILLED")  # stopped on purpose; the tag says why
+            sweeps.set_tags(run_id, {STATE_TAG: "PRUNED"})
+            raise
+        except BaseException:
+            sweeps.set_tags(run_id, {STATE_TAG: "FAIL"})
+            raise
+        if outcome.status == "KILLED":  # SIGINT/SIGTERM: stop the search (a re-run continues it)
+            sweeps.set_tags(run_id, {STATE_TAG: "FAIL"})
+            raise KeyboardInterrupt(f"{name} was interrupted")
+        value = outcome.summary.get(job.tune.metric)
+        if value is None or not math.isfinite(value):
+            sweeps.set_tags(run_id, {STATE_TAG: "FAIL"})
+            raise MlprojectError(f"{name}: metric {job.tune.metric!r} is {value!r}; expected a finite number")
+        sweeps.set_tags(run_id, {STATE_TAG: "COMPLETE"})
+        return float(value)
+
+    if _counted(study) >= job.tune.n_trials:
+        print(f"tune: study {job.study_name!r} already has {job.tune.n_trials} trials", flush=True)
+        return
+    limit = optuna.study.MaxTrialsCallback(job.tune.n_trials,
+                                           states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    # A failing trial (a diverging learning rate, say) is recorded as FAIL; the search goes on.
+    study.optimize(objective, timeout=job.tune.timeout, callbacks=[limit], catch=(MlprojectError, RuntimeError))
+
+
+def _run_workers(job: TuneJob, parent: Any, storage: str) -> None:
+    """`parallel` worker processes of the same study, each joined to the parent run."""
+    from mlproject.tracking.queries import absolute_tracking_uri
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // job.tune.parallel)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": absolute_tracking_uri(), "OMP_NUM_THREADS": str(threads)}
+    env.pop("MLFLOW_RUN_ID", None)
+    print(f"tune: {job.tune.parallel} workers share study {job.study_name!r}, {threads} torch thread(s) each",
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="mlproject-tune-") as tmp:
+        procs = []
+        for i in range(job.tune.parallel):
+            config = Path(tmp) / f"worker{i}.yaml"
+            config.write_text(job.config_text(parallel=1, parent_run_id=parent.run_id, study_name=job.study_name,
+                                              storage=storage, sampler_seed=job.tune.sampler_seed + i,
+                                              then_compare=False), encoding="utf-8")
+            procs.append(subprocess.Popen([sys.executable, "-m", "mlproject", "tune", "--config", str(config),
+                                           "--num-threads", str(threads)], env=env))
+        try:
+            codes = [p.wait() for p in procs]
+        except BaseException:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait()
+            raise
+    if any(codes):
+        raise MlprojectError(f"tune: worker exit codes {codes}; re-run the same command to continue the study")
+
+
+def run_tune(job: TuneJob) -> TuneOutcome | None:
+    """Open (or continue) the study and its parent run, run the trials, log the best."""
+    from mlproject.data.prepare import prepare_data
+    from mlproject.tracking import sweeps, tune_runs
+
+    storage = tune_runs.study_storage(job.tune.storage)
+    if job.tune.parent_run_id:  # one more worker of a study another process opened
+        parent = tune_runs.join_parent(job.tune.parent_run_id, job.study_name)
+        _optimize(job, _study(job, storage, job.tune.sampler_seed), parent)
+        return None
+
+    parent = tune_runs.open_parent(experiment=job.run.tracking.experiment_name or experiment_for(job.run),
+                                   run_name=job.tune.parent_run_name or job.study_name, study_name=job.study_name,
+                                   tags={})
+    print(f"tune: study {job.study_name!r} ({storage.split('@')[-1]}), parent run {parent.run_id} "
+          f"in experiment {parent.experiment_name!r}", flush=True)
+    try:
+        params = {k: v for name in SEARCHABLE for k, v in flatten(getattr(job.run, name), name).items()}
+        params.update(flatten({k: v for k, v in to_dict(job.tune).items()
+                               if k not in ("parent_run_id", "storage")}, "tune"))
+        params["tune.search_space"] = json.dumps(job.space_raw, sort_keys=True)
+        sweeps.log_params_once(parent.run_id, params)
+        sweeps.log_text(parent.run_id, job.config_text(), "tune.yaml")
+        study = _study(job, storage, job.tune.sampler_seed)
+        prepare_data(job.run.data)  # once, before any worker
+        if job.tune.parallel > 1:
+            _run_workers(job, parent, storage)
+        else:
+            _optimize(job, study, parent)
+        outcome = _record_best(job, study, parent)
+    except BaseException as exc:
+        sweeps.set_status(parent.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    if job.tune.then_compare:
+        outcome.compare_run_id = _then_compare(job, outcome)
+    print(result_line({"step": "tune", "run_id": parent.run_id, "experiment_id": parent.experiment_id,
+                       "experiment_name": parent.experiment_name, "status": "FINISHED",
+                       "study": job.study_name, "best_value": outcome.best_value,
+                       "best_params": outcome.best_params, "trials": outcome.trials,
+                       "compare_run_id": outcome.compare_run_id}), flush=True)
+    return outcome
+
+
+def _record_best(job: TuneJob, study: Any, parent: Any) -> TuneOutcome:
+    """Best value and params, trial counts and Optuna's plots on the parent; FINISHED."""
+    from optuna.trial import TrialState
+
+    from mlproject.tracking import sweeps
+    from mlproject.tracking.tune_runs import BEST_TAG
+
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                                  TrialState.FAIL)}
+    if counts["COMPLETE"] == 0:
+        raise MlprojectError(f"tune: study {job.study_name!r} has no complete trial ({counts}); "
+                             "widen the search space or raise --n-trials")
+    best = study.best_trial
+    metrics = {"best_value": best.value, "best_trial": best.number,
+               **{f"trials_{k.lower()}": v for k, v in counts.items()},
+               **{f"best/{k}": float(v) for k, v in best.params.items() if isinstance(v, (int, float))}}
+    sweeps.log_metrics(parent.run_id, metrics, step=len(trials))
+    sweeps.set_tags(parent.run_id, {BEST_TAG: json.dumps(best.params, sort_keys=True),
+                                    "mlproject.best_run_id": str(best.user_attrs.get("run_id", ""))})
+    sweeps.log_text(parent.run_id, json.dumps({"value": best.value, "params": best.params, "trial": best.number,
+                                               "run_id": best.user_attrs.get("run_id")}, indent=2),
+                    "best_params.json")
+    _log_plots(study, parent.run_id)
+    sweeps.set_status(parent.run_id, "FINISHED")
+    print(f"tune: best {job.tune.metric} {best.value:.4f} at trial {best.number}: {json.dumps(best.params)} "
+          f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed)", flush=True)
+    return TuneOutcome(parent.run_id, job.study_name, float(best.value), dict(best.params), counts)
+
+
+def _log_plots(study: Any, run_id: str) -> None:
+    """Optuna's optimization history and parameter importances as PNG artifacts under plots/."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    import optuna.visualization.matplotlib as ovm
+
+    from mlproject.tracking.tune_runs import log_figure
+
+    for name, draw in (("optimization_history", ovm.plot_optimization_history),
+                       ("param_importances", ovm.plot_param_importances)):
+        try:
+            with warnings.catch_warnings():  # "experimental" since Optuna 2.2; the plots are stable
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = draw(study)
+        except (ValueError, RuntimeError) as exc:  # e.g. importances need two complete trials
+            print(f"note: no {name} plot: {exc}", file=sys.stderr)
+            continue
+        figure = axes.figure
+        log_figure(run_id, figure, f"plots/{name}.png")
+        plt.close(figure)
+
+
+def _then_compare(job: TuneJob, outcome: TuneOutcome) -> str:
+    """The best config re-trained over seeds: a compare with the tuned model version alone."""
+    from mlproject.research.compare import CompareJob, run_compare
+    from mlproject.research.config import CompareConfig
+
+    best = trial_config(job.run, outcome.best_params, source="best trial")
+    compare = CompareConfig(models=[best.model.model_version], seeds=list(job.tune.compare_seeds),
+                            parent_run_name=f"{job.study_name}-best")
+    compare.validate()
+    return run_compare(CompareJob(best, compare, source=f"best of study {job.study_name}")).parent_run_id

@@ -1,0 +1,77 @@
+"""The tune step's runs and study storage: one parent run per study, one nested run per trial.
+
+Optuna keeps the study in a SQL database. It cannot share MLflow's own database: both
+migrate their schema with alembic and both name its version table `alembic_version`, so
+each would take the other's schema version for its own. The default is therefore a
+sibling of the tracking store: `sqlite:///DIR/mlflow.db` -> `sqlite:///DIR/mlflow-optuna.db`;
+with a tracking server, pass a database on the same database server (`--storage
+postgresql://.../optuna`) so every worker (process, container, mapped task) reaches it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from mlproject.errors import MlprojectError
+from mlproject.tracking import sweeps
+from mlproject.tracking.queries import KIND_TAG, ROLE_TAG, absolute_tracking_uri, experiment_name, get_run, search
+from mlproject.tracking.sweeps import ParentRun
+
+STUDY_TAG = "mlproject.study"            # parent and trials: the Optuna study name
+TRIAL_TAG = "mlproject.trial_number"     # trial run: Optuna's trial number
+STATE_TAG = "mlproject.trial_state"      # trial run: COMPLETE | PRUNED | FAIL
+WORKER_TAG = "mlproject.tune_worker"     # trial run: host:pid of the worker that ran it
+BEST_TAG = "mlproject.best_params"       # parent: JSON of the best trial's params
+
+
+def study_storage(explicit: str | None) -> str:
+    """The study's storage URL: `explicit`, else a SQLite file beside a SQLite tracking store."""
+    if explicit:
+        return explicit
+    uri = absolute_tracking_uri()
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        path = uri[len(prefix):]
+        stem, _ = os.path.splitext(path)
+        return f"{prefix}{stem}-optuna.db"
+    raise MlprojectError(f"tune: no study storage for tracking URI {uri.split('@')[-1]!r}; pass --storage with a "
+                         "SQLAlchemy URL every worker can reach (e.g. postgresql://HOST/optuna beside the "
+                         "tracking server's database)")
+
+
+def open_parent(*, experiment: str, run_name: str, study_name: str, tags: Mapping[str, str]) -> ParentRun:
+    """The study's parent run: `MLFLOW_RUN_ID`'s (under `mlflow run`), else the newest parent
+    of this study in the experiment (a re-run continues it), else a new run."""
+    client = MlflowClient()
+    env_run_id = os.environ.get("MLFLOW_RUN_ID")
+    all_tags = {ROLE_TAG: "tune_parent", KIND_TAG: "tune", STUDY_TAG: study_name, **tags}
+    if env_run_id:
+        run = get_run(env_run_id)
+        experiment_id, run_id = run.experiment_id, env_run_id
+    else:
+        experiment_id = sweeps.ensure_experiment(experiment)
+        previous = search([experiment_id], f"tags.`{ROLE_TAG}` = 'tune_parent' and tags.`{STUDY_TAG}` = "
+                                           f"'{study_name}'")
+        run_id = previous[0].run_id if previous else client.create_run(experiment_id, run_name=run_name).info.run_id
+    client.update_run(run_id, status="RUNNING")
+    sweeps.set_tags(run_id, all_tags)
+    return ParentRun(run_id=run_id, experiment_id=experiment_id, experiment_name=experiment_name(experiment_id),
+                     previous=None)
+
+
+def join_parent(run_id: str, study_name: str) -> ParentRun:
+    """An extra worker's handle on a parent another process opened (`--parent-run-id`)."""
+    run = get_run(run_id)
+    if run.tags.get(STUDY_TAG) != study_name:
+        raise MlprojectError(f"--parent-run-id {run_id} is not the parent of study {study_name!r} "
+                             f"(its study tag is {run.tags.get(STUDY_TAG)!r})")
+    return ParentRun(run_id=run_id, experiment_id=run.experiment_id,
+                     experiment_name=experiment_name(run.experiment_id), previous=None)
+
+
+def log_figure(run_id: str, figure: Any, artifact_file: str) -> None:
+    MlflowClient().log_figure(run_id, figure, artifact_file)
