@@ -285,15 +285,18 @@ def build_dag(settings: DagSettings) -> DAG:
 
     environment = step_env(base={}, extra={**pipeline.settings.env, "MLFLOW_TRACKING_URI": settings.tracking_uri,
                                            "MLPROJECT_CACHE_DIR": CACHE_TARGET})
-    def docker_task(task_id: str, step_id: str, command: str, **kwargs: Any) -> DockerOperator:
+    def docker_task(task_id: str, step_id: str, command: str, stage: str | None = None,
+                    **kwargs: Any) -> DockerOperator:
         return DockerOperator(task_id=task_id, dag=dag, image=settings.image, command=command,
-                              **docker_arguments(step_id), **kwargs)
+                              **docker_arguments(step_id, stage), **kwargs)
 
-    def docker_arguments(step_id: str) -> dict[str, Any]:
+    def docker_arguments(step_id: str, stage: str | None = None) -> dict[str, Any]:
+        labels = {"mlproject.dag": DAG_ID, "mlproject.step": step_id}
+        if stage:  # plan | train | aggregate: which stage of a mapped sweep a container runs
+            labels["mlproject.stage"] = stage
         return dict(environment=dict(environment), private_environment=private_environment(),
                     mounts=settings.mounts(), network_mode=settings.network_mode,
-                    device_requests=settings.device_requests(),
-                    labels={"mlproject.dag": DAG_ID, "mlproject.step": step_id},
+                    device_requests=settings.device_requests(), labels=labels,
                     auto_remove="success", mount_tmp_dir=False)
 
     first: dict[str, Any] = {}   # the task a step starts with (its upstream steps point here)
@@ -304,7 +307,7 @@ def build_dag(settings: DagSettings) -> DAG:
         doc = f"`{step.entry_point}` step; needs: {', '.join(step.needs) or 'nothing'}"
         if settings.sweep_tasks == "mapped" and step.entry_point in RESUMABLE:
             plan = docker_task(plan_task_id(step.id), step.id,
-                               "{{ mlproject_plan_command(ti, params, %r) }}" % step.id, do_xcom_push=True,
+                               "{{ mlproject_plan_command(ti, params, %r) }}" % step.id, "plan", do_xcom_push=True,
                                doc_md=f"plan of the {doc}: the parent and its SCHEDULED children")
             commands = task(task_id=f"{step.id}__children", dag=dag, retries=0)(child_commands)(plan.output)
             if settings.child_operator == "kubernetes":
@@ -316,9 +319,9 @@ def build_dag(settings: DagSettings) -> DAG:
             else:
                 children = DockerOperator.partial(
                     task_id=f"{step.id}__train", dag=dag, image=settings.image, do_xcom_push=False,
-                    **docker_arguments(step.id)).expand(command=commands)
+                    **docker_arguments(step.id, "train")).expand(command=commands)
             aggregate = docker_task(step.id, step.id, "{{ mlproject_aggregate_command(ti, params, %r) }}" % step.id,
-                                    do_xcom_push=True, trigger_rule="all_done",
+                                    "aggregate", do_xcom_push=True, trigger_rule="all_done",
                                     doc_md=f"aggregate of the {doc}: statistics, results, plots")
             plan >> commands >> children >> aggregate
             first[step.id], last[step.id] = plan, aggregate

@@ -49,7 +49,7 @@ class TuneConfig:
     n_trials: int = field(20, help="trials of the study in all; a re-run of the same study continues up to this")
     timeout: float | None = field(None, help="start no new trial after this many seconds")
     parallel: int = field(1, help="worker processes sharing the study")
-    study_name: str | None = field(None, help="Optuna study (default: tune-<hash of config and space>); "
+    study_name: str | None = field(None, help="Optuna study (default: tune-<hash of config, space, experiment>); "
                                               "the same name continues the study")
     storage: str | None = field(None, help="SQLAlchemy URL of the study (default: a SQLite file beside a "
                                            "SQLite tracking store)")
@@ -174,9 +174,15 @@ class TuneJob:
         return cls(run, tune, space, dict(extras["search_space"]), source)
 
     @property
+    def experiment(self) -> str:
+        return self.run.tracking.experiment_name or experiment_for(self.run)
+
+    @property
     def key(self) -> str:
+        """What makes two searches one study: config, space, metric and experiment (not the
+        trial budget or the worker count, so a re-run with more trials continues it)."""
         return sweep_key("tune", self.run, drop=[d.name for d in self.space],
-                         extra={"space": self.space_raw, "metric": self.tune.metric})
+                         extra={"space": self.space_raw, "metric": self.tune.metric, "experiment": self.experiment})
 
     @property
     def study_name(self) -> str:
@@ -325,7 +331,7 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
         _optimize(job, _study(job, storage, job.tune.sampler_seed), parent)
         return None
 
-    parent = tune_runs.open_parent(experiment=job.run.tracking.experiment_name or experiment_for(job.run),
+    parent = tune_runs.open_parent(experiment=job.experiment,
                                    run_name=job.tune.parent_run_name or job.study_name, study_name=job.study_name,
                                    tags={})
     print(f"tune: study {job.study_name!r} ({storage.split('@')[-1]}), parent run {parent.run_id} "

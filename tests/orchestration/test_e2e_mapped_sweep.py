@@ -1,0 +1,173 @@
+"""End to end with a real scheduler: `airflow standalone` (LocalExecutor, parallelism 4) runs a
+compare step as a plan task, 4 mapped child containers and an aggregate task, against a real
+tracking server with proxied artifacts; one child container is killed mid-training and only
+that child's task is retried, resuming from the checkpoint in its run's artifacts.
+
+Needs the Docker engine and a step image with this source (MLPROJECT_IMAGE, e.g.
+`IMAGE=mlproject-step:i14 bash docker/build_image.sh`); skipped without them, except in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+DAG_ID = "gpt_research_pipeline"
+DAGS = Path(__file__).resolve().parents[2] / "airflow" / "dags"
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+EXPERIMENT = "e2e-mapped"
+
+# nano-sized children, 120 steps with a checkpoint every 10: long enough to be caught mid-run.
+COMPARE = {
+    "model": {"n_layer": 2, "n_head": 2, "d_model": 64, "block_size": 32},
+    "data": {"dataset": "pydocs", "vocab_size": 512, "max_train_docs": 200, "max_val_docs": 20},
+    "train": {"batch_size": 4, "max_steps": 120, "eval_interval": 40, "eval_batches": 2, "log_interval": 5,
+              "save_every": 10, "warmup": 2, "device": "cpu", "num_threads": 1, "progress": "lines"},
+    "tracking": {"experiment_name": EXPERIMENT, "log_model": False},
+    "compare": {"models": ["gpt2", "gpt3"], "seeds": [42, 43]},
+}
+
+
+def write_pipeline(root: Path) -> Path:
+    compare = root / "compare.yaml"
+    compare.write_text(yaml.safe_dump(COMPARE))
+    pipeline = root / "mapped.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "pipeline": {"name": "e2e_mapped", "experiment_name": EXPERIMENT},
+        "steps": [{"id": "compare", "entry_point": "compare", "parameters": {"config": str(compare)}}],
+    }, sort_keys=False))
+    return pipeline
+
+
+def kill_one_child(docker: str, client, stop: threading.Event, killed: dict) -> None:
+    """SIGKILL one child container once its run has a checkpoint in the artifact store."""
+    from mlproject.tracking.queries import artifact_files
+
+    while not stop.is_set():
+        time.sleep(0.25)
+        ids = subprocess.run([docker, "ps", "-q", "--filter", "label=mlproject.stage=train"],
+                             capture_output=True, text=True).stdout.split()
+        for container in ids:
+            cmd = json.loads(subprocess.run([docker, "inspect", "--format", "{{json .Config.Cmd}}", container],
+                                            capture_output=True, text=True).stdout or "[]")
+            run_id = cmd[-1] if cmd else ""
+            if len(run_id) == 32 and "checkpoints/last.pt" in artifact_files(run_id, "checkpoints"):
+                subprocess.run([docker, "kill", container], capture_output=True)
+                killed.update(run_id=run_id, container=container)
+                return
+
+
+def wait_for_run(env: dict[str, str], run_id: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([AIRFLOW, "dags", "list-runs", DAG_ID, "-o", "json"], env=env,
+                             capture_output=True, text=True).stdout
+        try:
+            runs = json.loads(out[out.index("["):]) if "[" in out else []
+        except ValueError:
+            runs = []
+        state = next((r["state"] for r in runs if r["run_id"] == run_id), None)
+        if state in ("success", "failed"):
+            return state
+        time.sleep(3)
+    raise AssertionError(f"DAG run {run_id} did not end in {timeout} s")
+
+
+def test_mapped_children_run_in_parallel_containers_and_a_killed_child_alone_resumes(
+        tmp_path, monkeypatch, start_server, docker_engine, skip_or_fail):
+    from mlflow import MlflowClient
+
+    image = os.environ.get("MLPROJECT_IMAGE", "mlproject-step:latest")
+    if subprocess.run([docker_engine, "image", "inspect", image], capture_output=True).returncode != 0:
+        skip_or_fail(f"step image {image} is not built (IMAGE={image} bash docker/build_image.sh)")
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    pipeline = write_pipeline(configs)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o777)  # the containers run as the image's non-root user
+    home = tmp_path / "airflow-home"
+    home.mkdir()
+    api_port = free_port()
+
+    with start_server(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "mlartifacts") as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        client = MlflowClient(tracking_uri=server.url)
+        env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+               "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS), "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+               "AIRFLOW__CORE__PARALLELISM": "4", "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
+               "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+               "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+               "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(api_port),
+               "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+               "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+               "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+               "MLFLOW_TRACKING_URI": server.url, "MLPROJECT_PIPELINE_CONFIG": str(pipeline),
+               "MLPROJECT_IMAGE": image, "MLPROJECT_DOCKER_NETWORK": "host", "MLPROJECT_CACHE_VOLUME": str(cache),
+               "MLPROJECT_CONFIG_MOUNT": str(configs), "MLPROJECT_RETRIES": "2", "MLPROJECT_RETRY_DELAY_S": "1",
+               "MLPROJECT_SWEEP_TASKS": "mapped"}
+        env.pop("MLFLOW_RUN_ID", None)
+        log = open(tmp_path / "standalone.log", "w")
+        airflow = subprocess.Popen([AIRFLOW, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        stop, killed = threading.Event(), {}
+        try:
+            deadline = time.monotonic() + 300
+            while True:  # the DAG is parsed and serialized
+                assert airflow.poll() is None, (tmp_path / "standalone.log").read_text()[-4000:]
+                listed = subprocess.run([AIRFLOW, "dags", "list", "-o", "json"], env=env, capture_output=True,
+                                        text=True).stdout
+                if DAG_ID in listed:
+                    break
+                assert time.monotonic() < deadline, "the DAG was never parsed"
+                time.sleep(3)
+            killer = threading.Thread(target=kill_one_child, args=(docker_engine, client, stop, killed), daemon=True)
+            killer.start()
+            run_id = "e2e-mapped-1"
+            subprocess.run([AIRFLOW, "dags", "trigger", DAG_ID, "--run-id", run_id], env=env, check=True,
+                           capture_output=True, timeout=120)
+            state = wait_for_run(env, run_id, timeout=1200)
+        finally:
+            stop.set()
+            os.killpg(airflow.pid, 15)
+            try:
+                airflow.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(airflow.pid, 9)
+            log.close()
+        assert state == "success", (tmp_path / "standalone.log").read_text()[-4000:]
+
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        (parent,) = client.search_runs([experiment.experiment_id], "tags.`mlproject.role` = 'sweep_parent'")
+        children = client.search_runs([experiment.experiment_id], "tags.`mlflow.parentRunId` != ''")
+        assert parent.info.status == "FINISHED"
+        assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+        assert parent.data.metrics["children_finished"] == 4
+        assert {"val_loss_best/gpt2/mean", "val_loss_best/gpt3/mean"} <= set(parent.data.metrics)
+
+        # At least two children trained at once (4 containers, parallelism 4).
+        spans = sorted((c.info.start_time, c.info.end_time) for c in children)
+        assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
+
+        # The killed child was retried alone and resumed in its own run; no other child ran twice.
+        assert killed, "no child container was caught mid-training"
+        with sqlite3.connect(home / "airflow.db") as db:
+            tries = dict(db.execute("select map_index, try_number from task_instance "
+                                    "where task_id = 'compare__train' and run_id = ?", (run_id,)).fetchall())
+        assert sorted(tries.values()) == [1, 1, 1, 2], tries
+        history = client.get_metric_history(killed["run_id"], "train_loss")
+        assert killed["run_id"] in {c.info.run_id for c in children}
+        assert max(m.step for m in history) == COMPARE["train"]["max_steps"]
