@@ -107,7 +107,8 @@ def mapped_dag(root: Path, config: Path, env: dict[str, str], image: str) -> flo
         while True:
             out = subprocess.run([AIRFLOW, "dags", "list-runs", DAG_ID, "-o", "json"], env=env,
                                  capture_output=True, text=True).stdout
-            runs = json.loads(out[out.index("["):]) if "[" in out else []
+            lines = [line for line in out.splitlines() if line.startswith("[")]  # warnings print first
+            runs = json.loads(lines[-1]) if lines else []
             state = next((r["state"] for r in runs if r["run_id"] == "bench"), None)
             if state in ("success", "failed"):
                 break
