@@ -13,6 +13,7 @@ from mlproject.research.ablation import AblationJob
 from mlproject.research.compare import CompareJob
 from mlproject.research.config import PlotConfig
 from mlproject.research.pipeline import load_pipeline
+from mlproject.research.tune import TuneJob
 from mlproject.tracking.config import RunConfig
 from sweep_helpers import REPO
 
@@ -26,6 +27,7 @@ LOADERS = {
     "ablation": AblationJob.load,
     "plot": lambda path: build_sections({"plot": PlotConfig}, yaml_path=path)["plot"],
     "pipeline": load_pipeline,
+    "tune": TuneJob.load,
 }
 
 
@@ -56,7 +58,7 @@ def test_offline_pipeline_steps_point_at_offline_configs():
 
 def test_mlproject_entry_points_default_to_offline_configs():
     entry_points = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
-    assert set(entry_points) == {"train", "compare", "ablation", "plot", "generate", "pipeline"}
+    assert set(entry_points) == {"train", "compare", "ablation", "plot", "generate", "pipeline", "tune"}
     for name, entry in entry_points.items():
         config = entry["parameters"].get("config")
         if config is not None:
@@ -76,3 +78,11 @@ def test_an_unknown_key_names_file_key_and_allowed_keys(tmp_path):
     path.write_text("compare:\n  modles: [gpt2]\n")
     with pytest.raises(ConfigError, match=rf"{path}: compare: unknown key 'modles'; allowed keys: .*models"):
         CompareJob.load(path)
+
+
+def test_the_tune_search_ships_offline_for_2_cores_beside_a_hub_variant():
+    offline = TuneJob.load(CONFIGS / "tune/lr_search_offline.yaml")
+    hub = TuneJob.load(CONFIGS / "tune/lr_search.yaml")
+    assert offline.run.data.dataset == "pydocs" and hub.run.data.dataset != "pydocs"
+    assert [d.name for d in offline.space] == ["train.learning_rate", "train.warmup"]
+    assert offline.space[0].log and offline.tune.sampler == "tpe"
