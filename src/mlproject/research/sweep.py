@@ -173,9 +173,11 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
     Raises MlprojectError after reporting when some children did not finish, and
     KeyboardInterrupt (parent KILLED) when interrupted.
     """
+    from mlproject.research.distinct import check_groups_differ
     from mlproject.tracking import sweeps
     from mlproject.tracking.queries import GROUPS_TAG, METRICS_TAG, get_run
 
+    check_groups_differ(spec)  # before any run exists: a sweep must not compare a model with itself
     parent = sweeps.open_parent(
         experiment=spec.experiment, run_name=spec.run_name, kind=spec.kind, sweep_key=spec.key,
         resume=spec.resume, tags={GROUPS_TAG: json.dumps(spec.groups), METRICS_TAG: json.dumps(spec.metrics),
@@ -201,6 +203,9 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
     stats = aggregate(rows, spec.groups, spec.metrics)
     status = "FINISHED" if all(r["status"] == "FINISHED" for r in rows) else "FAILED"
     results_dir = _record_results(spec, parent, rows, stats)
+    from mlproject.compat import export_sweep_results
+
+    export_sweep_results(spec.kind, parent.experiment_name, rows)  # research_runs/<kind>/<experiment>/
     sweeps.set_status(parent.run_id, status)
 
     print(format_summary(stats, rows))

@@ -257,6 +257,11 @@ def _train_tracked(cfg: RunConfig, *, parent_run_id: str | None, extra_tags: dic
             end_run(outcome.status, error=exc)
             _report(outcome, checkpoint_dir)
             raise
+    if parent_run_id is None:  # a standalone train: the original suite's checkpoints/<run-name>.* copies
+        from mlproject.compat import export_checkpoints
+
+        export_checkpoints(cfg.tracking.run_name or client.get_run(run.run_id).info.run_name or run.run_id,
+                           last=result.last_checkpoint, best=result.best_checkpoint, tokenizer=data.tokenizer_path)
     _report(outcome, checkpoint_dir)
     return outcome
 
