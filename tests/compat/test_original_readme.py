@@ -205,6 +205,17 @@ def test_pipeline_runs_outside_the_repository_root(sh: Shell, tmp_path: Path):
     assert list((tmp_path / "plots").glob("compare_*.png"))
 
 
+def test_pipeline_without_a_project_says_what_to_do(sh: Shell, tmp_path: Path):
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(yaml.safe_dump({"pipeline": {"name": "nowhere", "project_dir": str(tmp_path)},
+                                        "steps": [{"id": "train", "entry_point": "train"}]}))
+    ran = sh.run(f"mlproject pipeline --config {pipeline} --dry-run", cwd=tmp_path, check=False)
+    assert ran.returncode == 2
+    (line,) = ran.output.strip().splitlines()
+    assert f"project_dir={str(tmp_path)!r} has no MLproject file" in line
+    assert "set pipeline.project_dir to the repository" in line
+
+
 # ----------------------------------------------------------------------------- Airflow
 
 def _dag_module():
