@@ -48,7 +48,8 @@ class GPTConfig:
     """Architecture of a decoder-only transformer. Fields left None are resolved by `resolved()`."""
 
     model_version: Literal["gpt2", "gpt3"] = field("gpt2", help="architecture preset: gpt2 or gpt3")
-    preset: str | None = field("nano", help=f"size preset: {', '.join(PRESETS)}", aliases=("--model-preset", "--model_preset"))
+    preset: str | None = field("nano", help=f"size preset: {', '.join(PRESETS)}",
+                               aliases=("--model-preset", "--model_preset"))
     n_layer: int | None = field(None, help="transformer blocks (overrides the preset)")
     n_head: int | None = field(None, help="attention heads (overrides the preset)")
     d_model: int | None = field(None, help="embedding width (overrides the preset)")
