@@ -15,7 +15,8 @@ VENV_BIN = Path(sys.executable).parent
 DATA_SHRINK = "--vocab-size 512 --max-train-docs 200 --max-val-docs 20"
 # Appended to an original command: the same command at a size two CPU cores train in seconds.
 # Later flags win, so these override the original's sizes without editing them.
-SHRINK = f"--n-layer 2 --n-head 2 --d-model 64 --block-size 32 --batch-size 4 --max-steps 4 --eval-batches 2 {DATA_SHRINK}"
+SHRINK = ("--n-layer 2 --n-head 2 --d-model 64 --block-size 32 --batch-size 4 --max-steps 4 --eval-batches 2 "
+          + DATA_SHRINK)
 
 
 @dataclass
