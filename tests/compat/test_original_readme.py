@@ -89,6 +89,7 @@ def test_compare_writes_results_jsonl_and_csv_under_research_runs(sh: Shell, com
     gpt2 = {r["seed"]: r["val_loss_best"] for r in rows if r["group"] == "gpt2"}
     gpt3 = {r["seed"]: r["val_loss_best"] for r in rows if r["group"] == "gpt3"}
     assert all(gpt2[s] != gpt3[s] for s in gpt2)  # two different models, not one model twice
+    assert not list((sh.workdir / "checkpoints").glob("gpt2-s42.*"))  # children keep theirs in MLflow only
 
 
 # ----------------------------------------------------------------------------- 3. ablations
