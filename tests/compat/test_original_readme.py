@@ -187,7 +187,7 @@ def test_pipeline_runs_outside_the_repository_root(sh: Shell, tmp_path: Path):
     pipeline = tmp_path / "research_small_repro.yaml"
     tiny = {"n_layer": 2, "n_head": 2, "d_model": 64, "block_size": 32, "batch_size": 4, "max_steps": 3,
             "eval_batches": 2, "vocab_size": 512, "max_train_docs": 200, "max_val_docs": 20, "seeds": 42,
-            "parallel": 1, "log_model": "false"}
+            "parallel": 1, "log_model": "false", "output_dir": str(tmp_path / "runs")}
     pipeline.write_text(yaml.safe_dump({
         "pipeline": {"name": "outside_root", "experiment_name": "outside_root",
                      "run_dir": str(tmp_path / "pipeline_runs")},
