@@ -16,6 +16,8 @@ Settings (environment of the DAG processor and workers):
 
     MLPROJECT_PIPELINE_CONFIG  pipeline YAML (default configs/pipeline/research_small_repro.yaml);
                                the DAG param `pipeline_config` overrides it for one run
+                               (the original suite's GPT_PIPELINE_CONFIG is read when it is unset;
+                               its GPT_PYTHON_BIN no longer applies and only logs a warning)
     MLFLOW_TRACKING_URI        tracking server the steps log to (http://127.0.0.1:5000)
     MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN   passed to the steps, never logged
     MLPROJECT_IMAGE            step image (mlproject-step:latest)
@@ -46,6 +48,7 @@ children failed, records what finished and fails the step if anything did not.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,6 +65,7 @@ from mlproject.research.pipeline import (RESUMABLE, load_pipeline, parse_step_re
                                          sweep_stage_command)
 from mlproject.research.sweep import child_command
 
+log = logging.getLogger(__name__)
 DAG_ID = "gpt_research_pipeline"
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "pipeline" / "research_small_repro.yaml"
@@ -119,8 +123,11 @@ class DagSettings:
         if gpus is not None and gpus != "all" and not gpus.isdigit():
             raise ConfigError(f"MLPROJECT_GPUS={gpus!r} is not a valid value; expected 'all' or a count")
 
+        if get("GPT_PYTHON_BIN"):
+            log.warning("GPT_PYTHON_BIN=%s is ignored: every step runs `mlproject` in the step image "
+                        "(MLPROJECT_IMAGE), with that image's Python", get("GPT_PYTHON_BIN"))
         return cls(
-            pipeline_config=get("MLPROJECT_PIPELINE_CONFIG", str(DEFAULT_CONFIG)),
+            pipeline_config=get("MLPROJECT_PIPELINE_CONFIG", get("GPT_PIPELINE_CONFIG", str(DEFAULT_CONFIG))),
             tracking_uri=get("MLFLOW_TRACKING_URI", cls.tracking_uri),
             image=get("MLPROJECT_IMAGE", cls.image),
             network_mode=get("MLPROJECT_DOCKER_NETWORK", cls.network_mode),

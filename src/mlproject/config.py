@@ -36,14 +36,15 @@ _FALSE = {"false", "0", "no", "n", "off"}
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str = "", cli: bool = True,
-          aliases: tuple[str, ...] = (), split: bool = True,
+          aliases: tuple[str, ...] = (), split: bool = True, bare: bool = False,
           default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with the metadata the CLI generator reads.
 
     `split=False` keeps a single string whole for a list field (free text such as prompts)
-    instead of splitting it on spaces and commas.
+    instead of splitting it on spaces and commas. `bare=True` lets the flag stand alone, meaning
+    the field's default (the original suite's `--val-checking` switch).
     """
-    meta = {"help": help, "cli": cli, "aliases": aliases, "split": split}
+    meta = {"help": help, "cli": cli, "aliases": aliases, "split": split, "bare": bare}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -270,6 +271,8 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, title: st
             continue
         flag_type, extra = _flag_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
+        if f.metadata.get("bare") and not extra:
+            extra = {"nargs": "?", "const": str(default)}
         helptext = f.metadata.get("help", "")
         helptext = f"{helptext} [{_type_name(hints[f.name])}; default: {default}]".strip()
         spellings = [f"--{f.name.replace('_', '-')}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from mlproject.config import check_types, field
 from mlproject.errors import ConfigError
@@ -22,11 +23,16 @@ class GenerateConfig:
     temperature: float = field(1.0, help="softmax temperature; 0 means greedy")
     top_k: int | None = field(None, help="sample only from the k most likely tokens")
     top_p: float | None = field(None, help="nucleus sampling: smallest set with this probability mass")
+    strategy: Literal["greedy", "sample", "topk", "topp"] | None = field(
+        None, help="the original's sampling switch: greedy (temperature 0), sample (full distribution), "
+                   "topk (needs --top-k), topp (needs --top-p); a flag that contradicts it is an error")
     repetition_penalty: float = field(1.0, help="> 1 discourages tokens already present (CTRL, Keskar et al. 2019)")
     seed: int | None = field(None, help="sampling seed")
     stop_at_eos: bool = field(True, help="stop a sequence at <|endoftext|>")
     stream: bool | None = field(None, help="print tokens as they come (default: on a terminal)")
-    use_ckpt_config: bool = field(True, help="kept for the original flag; the config always comes from the checkpoint")
+    use_ckpt_config: bool = field(True, help="build the model from the checkpoint's stored config (the only way: "
+                                             "weights fit only the shape they were trained with); a size flag "
+                                             "that contradicts the checkpoint is an error")
     n_layer: int | None = field(None, help="must match the checkpoint if given")
     n_head: int | None = field(None, help="must match the checkpoint if given")
     d_model: int | None = field(None, help="must match the checkpoint if given")
@@ -47,3 +53,25 @@ class GenerateConfig:
             raise ConfigError(f"repetition_penalty={self.repetition_penalty} must be positive")
         if self.max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens={self.max_new_tokens} must be >= 0")
+        if not self.use_ckpt_config:
+            raise ConfigError("generate: use_ckpt_config=false is not supported: a checkpoint's weights fit only "
+                              "the config stored with them; drop the flag (size flags are checked against it)")
+        self._apply_strategy()
+
+    def _apply_strategy(self) -> None:
+        """Map `strategy` onto temperature/top_k/top_p; a flag that contradicts it is an error."""
+        if self.strategy is None:
+            return
+        wants = {"greedy": (), "sample": (), "topk": ("top_k",), "topp": ("top_p",)}[self.strategy]
+        for name in ("top_k", "top_p"):
+            value = getattr(self, name)
+            if value is not None and name not in wants:
+                raise ConfigError(f"generate: {name}={value} contradicts strategy={self.strategy!r}; drop it or use "
+                                  f"strategy={'topk' if name == 'top_k' else 'topp'}")
+            if value is None and name in wants:
+                raise ConfigError(f"generate: strategy={self.strategy!r} needs {name} (--{name.replace('_', '-')})")
+        if self.strategy == "greedy":
+            self.temperature = 0.0
+        elif self.temperature == 0:
+            raise ConfigError(f"generate: temperature=0 (greedy) contradicts strategy={self.strategy!r}; "
+                              "use strategy=greedy or a positive temperature")

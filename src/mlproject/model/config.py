@@ -8,6 +8,7 @@ model is built from and that runs record.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,12 +29,27 @@ PRESETS: dict[str, tuple[int, int, int]] = {
 DEFAULT_BLOCK_SIZE = {"gpt2": 1024, "gpt3": 2048}
 
 
+def default_window(block_size: int) -> int:
+    """Band width of GPT-3's locally banded layers when the config leaves it unset: isqrt(block_size).
+
+    GPT-3 (Brown et al., 2020, section 2.1) uses "alternating dense and locally banded sparse
+    attention patterns ... similar to the Sparse Transformer" but does not publish the band.
+    The Sparse Transformer (Child et al., 2019, section 4.3) chooses its local window l close to
+    sqrt(n): each banded layer then costs O(n sqrt(n)) and, with the dense layers in between,
+    any position still reaches any other in two hops. Deriving it from block_size keeps the band
+    binding at every context length (a constant such as 256 would make GPT-3 exactly GPT-2 at
+    block_size <= 256): 1024 -> 32, 2048 -> 45, 256 -> 16, 64 -> 8.
+    """
+    return max(1, math.isqrt(block_size))
+
+
 @dataclass
 class GPTConfig:
     """Architecture of a decoder-only transformer. Fields left None are resolved by `resolved()`."""
 
     model_version: Literal["gpt2", "gpt3"] = field("gpt2", help="architecture preset: gpt2 or gpt3")
-    preset: str | None = field("nano", help=f"size preset: {', '.join(PRESETS)}")
+    preset: str | None = field("nano", help=f"size preset: {', '.join(PRESETS)}",
+                               aliases=("--model-preset", "--model_preset"))
     n_layer: int | None = field(None, help="transformer blocks (overrides the preset)")
     n_head: int | None = field(None, help="attention heads (overrides the preset)")
     d_model: int | None = field(None, help="embedding width (overrides the preset)")
@@ -54,7 +70,8 @@ class GPTConfig:
     attention_pattern: Literal["dense", "alternating"] | None = field(
         None, help="dense everywhere, or GPT-3's alternating dense / banded layers "
                    "(default: dense gpt2, alternating gpt3)")
-    attention_window: int = field(256, help="window of the banded (locally sparse) layers")
+    attention_window: int | None = field(
+        None, help="window of the banded (locally sparse) layers (default: isqrt(block_size), see default_window)")
     tie_embeddings: bool = field(True, help="share the token embedding with the output head")
     gradient_checkpointing: bool = field(False, help="recompute block activations in backward")
 
@@ -75,7 +92,17 @@ class GPTConfig:
             cfg.block_size = DEFAULT_BLOCK_SIZE[cfg.model_version]
         if cfg.attention_pattern is None:
             cfg.attention_pattern = "alternating" if cfg.model_version == "gpt3" else "dense"
+        if cfg.attention_window is None:
+            cfg.attention_window = default_window(cfg.block_size)
         cfg.validate()
+        if (cfg.attention_pattern == "alternating" and cfg.attention_window is not None
+                and cfg.attention_window >= cfg.block_size):
+            # A band as wide as the context masks nothing: every "banded" layer is dense and the
+            # model is GPT-2 under another name (a compare would measure a model against itself).
+            raise ConfigError(
+                f"attention_window={cfg.attention_window} is not below block_size={cfg.block_size}, so the "
+                f"banded layers of attention_pattern='alternating' attend the whole context; lower "
+                f"attention_window (or leave it unset) or set attention_pattern: dense")
         return cfg
 
     @property

@@ -202,7 +202,8 @@ class GPT(nn.Module):
     - attention alternates between dense and locally banded sparse layers, as in the Sparse
       Transformer (Child et al., 2019): here the odd layers (`GPTConfig.layer_is_banded`) let
       each token attend only the last `attention_window` positions, itself included (the paper
-      does not publish the band width, so it is a config field);
+      does not publish the band width: a config field, by default isqrt(block_size) as in the
+      Sparse Transformer, see `config.default_window`);
     - the context is 2048 tokens.
     `attention_pattern="dense"` turns the banded layers off.
 

@@ -19,7 +19,7 @@ class CompareConfig:
     seeds: list[int] = field(default_factory=lambda: [42, 43, 44], help="seeds; each model runs every seed")
     fair_recipe: bool = field(True, help="one training recipe for every model (false: per-version recipes)")
     metrics: list[str] = field(default_factory=lambda: ["val_loss_best"], aliases=("--metric",),
-                               help="child summary metrics to aggregate (mean, std, 95%% CI, paired test)")
+                               help="child summary metrics to aggregate (mean, std, 95% CI, paired test)")
     parallel: int = field(1, help="children trained at once in separate processes")
     resume: bool = field(False, help="skip FINISHED children, resume KILLED/FAILED ones, add the rest")
     parent_run_name: str | None = field(None, help="name of the parent run")

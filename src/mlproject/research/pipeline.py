@@ -340,7 +340,9 @@ class _Report:
 
 def run_pipeline(config_path: str | os.PathLike[str], options: PipelineOptions) -> int:
     """Run the pipeline; return 0 if every step that ran succeeded, else 1."""
-    pipeline = load_pipeline(config_path)
+    from mlproject.research.project import localize
+
+    pipeline = localize(load_pipeline(config_path))  # runs from any directory, not only the repo root
     selected = {s for item in options.steps for s in item.replace(",", " ").split()}  # -P step="a b"
     for step_id in selected:
         pipeline.step(step_id)

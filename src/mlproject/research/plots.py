@@ -193,15 +193,18 @@ def _from_file(path: str) -> _Source:
 def _from_store(cfg: PlotConfig, metric: str) -> _Source:
     from mlproject.research.sweep import row_from_run
     from mlproject.tracking.queries import (GROUPS_TAG, KEY_TAG, KIND_TAG, ROLE_TAG, experiment_id_by_name,
-                                            experiment_name, get_run, latest_sweep_parent, sweep_cells)
+                                            experiment_name, get_run, sweep_cells)
 
     if cfg.parent_run_id:
         parent = get_run(cfg.parent_run_id)
     elif cfg.experiment_name:
         experiment_id = experiment_id_by_name(cfg.experiment_name)
-        parent = latest_sweep_parent(experiment_id) if experiment_id is not None else None
+        parent = _newest_with_finished_children(experiment_id) if experiment_id is not None else None
         if parent is None:
-            raise MlprojectError(f"experiment {cfg.experiment_name!r} has no compare/ablation parent run")
+            raise MlprojectError(f"experiment {cfg.experiment_name!r} has no compare/ablation parent run "
+                                 "with a finished child run")
+        print(f"plot: experiment {cfg.experiment_name!r}: parent run {parent.run_id} ({parent.run_name}, "
+              f"{parent.status}), the newest with finished child runs", flush=True)
     else:
         raise MlprojectError("plot: give parent_run_id, experiment_name or results (a results.jsonl/csv file)")
     if parent.tags.get(ROLE_TAG) != "sweep_parent":
@@ -213,6 +216,18 @@ def _from_store(cfg: PlotConfig, metric: str) -> _Source:
     groups = json.loads(parent.tags.get(GROUPS_TAG, "[]")) or list(dict.fromkeys(r["group"] for r in rows))
     name = f"{experiment_name(parent.experiment_id)}, run {parent.run_id[:8]}"
     return _Source(rows, groups, parent.tags.get(KIND_TAG, "compare"), name, parent.run_id, children)
+
+
+def _newest_with_finished_children(experiment_id: str) -> Any:
+    """The newest sweep parent of the experiment that has a FINISHED child (a FAILED or
+    interrupted newer parent with nothing to plot is passed over)."""
+    from mlproject.tracking.queries import KEY_TAG, ROLE_TAG, search, sweep_cells
+
+    for parent in search([experiment_id], f"tags.`{ROLE_TAG}` = 'sweep_parent'"):  # newest first
+        cells = sweep_cells(parent, parent.tags.get(KEY_TAG, ""))
+        if any(c.status == "FINISHED" for c in cells.values()):
+            return parent
+    return None
 
 
 def _histories(children: Sequence[Any]) -> tuple[dict[str, dict[str, list[dict[int, float]]]],
@@ -239,6 +254,10 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
     source = _from_file(cfg.results) if cfg.results else _from_store(cfg, cfg.metric)
     if cfg.kind == "curves" and cfg.results:
         raise MlprojectError("plot: kind=curves needs the tracking store (metric histories), not a results file")
+    if cfg.kind in ("compare", "ablation") and cfg.kind != source.kind:
+        raise MlprojectError(f"plot: kind={cfg.kind} but {cfg.results or 'run ' + str(source.parent_run_id)} holds "
+                             f"{source.kind} results (groups {', '.join(source.groups)}); use --kind "
+                             f"{source.kind} or auto")
     groups = order_groups(source.groups, source.kind)
     out = Path(cfg.output_dir)
     written: list[Path] = []

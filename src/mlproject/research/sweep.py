@@ -244,9 +244,11 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
 
 
 def _plan_stage(spec: SweepSpec) -> tuple[SweepPlan, list[_Task]]:
+    from mlproject.research.distinct import check_groups_differ
     from mlproject.tracking import sweeps
     from mlproject.tracking.queries import GROUPS_TAG, METRICS_TAG
 
+    check_groups_differ(spec)  # before any run exists: a sweep must not compare a model with itself
     parent = sweeps.open_parent(
         experiment=spec.experiment, run_name=spec.run_name, kind=spec.kind, sweep_key=spec.key,
         resume=spec.resume, tags={GROUPS_TAG: json.dumps(spec.groups), METRICS_TAG: json.dumps(spec.metrics),
@@ -418,6 +420,9 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
     stats = aggregate(rows, plan.groups, plan.metrics)
     status = "FINISHED" if all(r["status"] == "FINISHED" for r in rows) else "FAILED"
     results_dir = _record_results(plan, rows, stats, output_dir or plan.output_dir)
+    from mlproject.compat import export_sweep_results
+
+    export_sweep_results(plan.kind, plan.experiment_name, rows)  # research_runs/<kind>/<experiment>/
     sweeps.set_status(plan.parent_run_id, status)
     if plots and any(r["status"] == "FINISHED" for r in rows):
         from mlproject.research.config import PlotConfig

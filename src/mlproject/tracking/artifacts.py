@@ -136,6 +136,15 @@ def download_checkpoint(run_id: str, dst_dir: str | Path, kinds: tuple[str, ...]
     raise MlprojectError(f"run {run_id} has no {wanted} artifact to load")
 
 
+def download_artifact_uri(uri: str, dst_dir: str | Path) -> Path:
+    """One artifact by URI (`runs:/<id>/checkpoints/last.pt`, `mlflow-artifacts:/...`), downloaded into `dst_dir`."""
+    try:
+        with quiet():
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst_dir)))
+    except Exception as exc:  # MlflowException (no such run or artifact) or a malformed URI
+        raise MlprojectError(f"cannot download {uri!r}: {str(exc).strip().splitlines()[0]}") from None
+
+
 def download_tokenizer(run_id: str, dst_dir: str | Path) -> Path:
     """The run's `tokenizer/tokenizer.json`, downloaded into `dst_dir`."""
     try:

@@ -12,7 +12,8 @@ from typing import Any
 
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.inference.config import GenerateConfig
-from mlproject.tracking.artifacts import download_checkpoint, download_tokenizer, load_logged_model
+from mlproject.tracking.artifacts import (download_artifact_uri, download_checkpoint, download_tokenizer,
+                                          load_logged_model)
 
 SIZE_FIELDS = ("n_layer", "n_head", "d_model")
 
@@ -38,6 +39,13 @@ def load_for_generation(cfg: GenerateConfig, workdir: Path, device: Any) -> tupl
     if cfg.model_uri:
         model, tokenizer = load_logged_model(cfg.model_uri, workdir, device)
         return model, Path(cfg.tokenizer_path) if cfg.tokenizer_path else tokenizer
+    if cfg.checkpoint and cfg.checkpoint.startswith("runs:/"):
+        # The URI train prints (runs:/<id>/checkpoints/last.pt): the tokenizer defaults to that run's.
+        checkpoint = download_artifact_uri(cfg.checkpoint, workdir / "checkpoint")
+        run_id = cfg.checkpoint[len("runs:/"):].split("/", 1)[0]
+        tokenizer = Path(cfg.tokenizer_path) if cfg.tokenizer_path else download_tokenizer(run_id, workdir)
+        model, _ = load_model_checkpoint(checkpoint, device)
+        return model, tokenizer
     if cfg.checkpoint:
         if not cfg.tokenizer_path:
             raise ConfigError("generate: --checkpoint needs --tokenizer-path (the run's tokenizer.json)")

@@ -261,6 +261,12 @@ def _train_tracked(cfg: RunConfig, *, parent_run_id: str | None, extra_tags: dic
             end_run(outcome.status, error=exc)
             _report(outcome, checkpoint_dir)
             raise
+    recorded = client.get_run(run.run_id)
+    if "mlflow.parentRunId" not in recorded.data.tags:  # a standalone train (not a sweep child, in or out
+        from mlproject.compat import export_checkpoints  # of process): the original's checkpoints/<name>.*
+
+        export_checkpoints(cfg.tracking.run_name or recorded.info.run_name or run.run_id,
+                           last=result.last_checkpoint, best=result.best_checkpoint, tokenizer=data.tokenizer_path)
     _report(outcome, checkpoint_dir)
     return outcome
 

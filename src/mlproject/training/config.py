@@ -28,7 +28,8 @@ class TrainConfig:
         None, help="optimizer recipe defaults (default: the model version's)")
     grad_clip: float = field(1.0, help="global gradient-norm clip (0 disables)")
     label_smoothing: float = field(0.0, help="cross-entropy label smoothing")
-    eval_interval: int = field(100, help="validate every N optimizer steps", aliases=("--val-checking",))
+    eval_interval: int = field(100, help="validate every N optimizer steps (a bare --val-checking: the default)",
+                               aliases=("--val-checking", "--val_checking"), bare=True)
     eval_batches: int = field(20, help="validation batches per evaluation (0: the full split)")
     early_stopping_patience: int | None = field(None, help="stop after N evaluations without improvement")
     log_interval: int = field(10, help="log metrics every N steps")

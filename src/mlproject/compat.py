@@ -1,0 +1,89 @@
+"""The original suite's local files, written beside the MLflow runs that hold the real data.
+
+The original `scripts/*.py` wrote their outputs to fixed local paths, and its README chains
+commands through them (`plot --results research_runs/compare/<name>/results.jsonl`,
+`generate --checkpoint checkpoints/<run-name>.last.pt`). Here every output is an MLflow
+artifact first; this module only mirrors the ones those commands read, under the working
+directory, so the original commands run as written:
+
+    research_runs/compare/<experiment>/results.{jsonl,csv}     copy of the parent run's results.*
+    research_runs/ablations/<experiment>/results.{jsonl,csv}   the same for an ablation
+    checkpoints/<run-name>.last.pt, .best.pt                    copies of the run's checkpoints/*.pt
+    checkpoints/<run-name>.tokenizer.json                       copy of the run's tokenizer/tokenizer.json
+
+The MLflow run stays the source of truth: a copy is rewritten by the next run of the same
+name, never read back by the suite itself except where a user passes its path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS_ROOT = Path("research_runs")
+CHECKPOINTS_ROOT = Path("checkpoints")
+SWEEP_FOLDERS = {"compare": "compare", "ablation": "ablations"}  # the original's folder names
+
+
+def _safe_name(name: str) -> str:
+    """A run or experiment name as one path component (MLflow allows `/` in names)."""
+    cleaned = name.replace("/", "_").replace("\\", "_").strip()
+    return cleaned if cleaned not in ("", ".", "..") else "unnamed"
+
+
+def results_dir(kind: str, experiment_name: str) -> Path:
+    """`research_runs/compare/<experiment>` or `research_runs/ablations/<experiment>`."""
+    return RESULTS_ROOT / SWEEP_FOLDERS[kind] / _safe_name(experiment_name)
+
+
+def export_sweep_results(kind: str, experiment_name: str, rows: Sequence[Any]) -> Path:
+    """Write the sweep's `results.jsonl`/`.csv` where the original put them; print and return the folder."""
+    from mlproject.research.results import write_results
+
+    folder = results_dir(kind, experiment_name)
+    jsonl, _ = write_results(rows, folder)
+    print(f"local copy (original suite's path): {jsonl} and results.csv", flush=True)
+    return folder
+
+
+def _copy_atomic(src: Path, dst: Path) -> Path:
+    """`dst` becomes a snapshot of `src`: a hard link when possible (no bytes copied), else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:  # another file system, or links not allowed
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def export_checkpoints(run_name: str, *, last: Path | None, best: Path | None,
+                       tokenizer: str | os.PathLike[str] | None) -> dict[str, Path]:
+    """Copy a finished run's checkpoints and tokenizer to `checkpoints/<run-name>.*`; print the paths.
+
+    The tokenizer copy is what `generate --tokenizer-path` takes with `--checkpoint`.
+    """
+    name = _safe_name(run_name)
+    written: dict[str, Path] = {}
+    for kind, src in (("last", last), ("best", best)):
+        if src is not None and Path(src).is_file():
+            written[kind] = _copy_atomic(Path(src), CHECKPOINTS_ROOT / f"{name}.{kind}.pt")
+    if tokenizer is not None and Path(tokenizer).is_file():
+        written["tokenizer"] = _copy_atomic(Path(tokenizer), CHECKPOINTS_ROOT / f"{name}.tokenizer.json")
+    if written:
+        print("local copies (original suite's paths): "
+              + ", ".join(f"{k}={p}" for k, p in written.items()), flush=True)
+        if "tokenizer" in written:
+            print(f"tokenizer: {written['tokenizer']} (for generate --tokenizer-path)", flush=True)
+    return written
