@@ -214,12 +214,12 @@ def _train_tracked(cfg: RunConfig, *, parent_run_id: str | None, extra_tags: dic
     tags = {"model_version": cfg.model.model_version, "dataset": cfg.data.dataset,
             **git_info(), **environment_tags(), **(extra_tags or {})}
     experiment = cfg.tracking.experiment_name or default_experiment_name(cfg.data.dataset)
+    ensure_store()  # before the first client: it opens (and on a new SQLite file migrates) the store
     client = MlflowClient()
     checkpoint_dir: Path | None = None
     logger: MlflowLogger | None = None
     with sigterm_as_interrupt():
         # Everything that can fail on the config alone fails here, before a run exists.
-        ensure_store()
         data = prepare_data(cfg.data)
         check_fits(cfg.model, cfg.train, data)
         run: ActiveRun = start_run(experiment_name=experiment, run_name=cfg.tracking.run_name, run_id=run_id,
