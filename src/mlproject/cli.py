@@ -10,6 +10,7 @@ Bad input ends with one line on stderr (`mlproject: error: ...`) and exit code 2
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -17,6 +18,7 @@ from mlproject.config import add_arguments
 from mlproject.errors import MlprojectError
 
 Handler = Callable[[argparse.Namespace], object]
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 def _run_sections(parser: argparse.ArgumentParser) -> None:
@@ -162,6 +164,15 @@ def _server(args: argparse.Namespace) -> int:
     return run_server(from_dict(ServerConfig, section_overrides(args, ServerConfig), source="flags"))
 
 
+def _tracking_failure(exc: BaseException) -> str | None:
+    """One line for an error caused by the tracking server not answering (None for others)."""
+    if "mlflow" not in sys.modules:  # no tracking was involved
+        return None
+    from mlproject.tracking.store import connection_failure
+
+    return connection_failure(exc)
+
+
 # ----------------------------------------------------------------------------- parser
 
 def _switch(text: str) -> bool:
@@ -177,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(handler=handler)
+        # argparse reads `-1e-3` as a flag (its number pattern has no exponent): `--lr -1e-3`
+        # would fail with "expected one argument" instead of the config's own message.
+        p._negative_number_matcher = _NEGATIVE_NUMBER
         return p
 
     p = command("datasets", _datasets, "list the dataset registry and which token caches exist")
@@ -253,11 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from mlproject.tracking.secrets import quiet_mlflow_run_links
+
+    quiet_mlflow_run_links()
     try:
         result = args.handler(args)
     except MlprojectError as exc:
         print(f"mlproject: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        line = _tracking_failure(exc)
+        if line is None:
+            raise
+        print(f"mlproject: error: {line}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mlproject: interrupted", file=sys.stderr)
         return 130

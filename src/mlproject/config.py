@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import types
 import typing
@@ -148,7 +149,9 @@ def coerce(value: Any, tp: Any, *, key: str, source: str = "config") -> Any:
     raise fail()
 
 
+@functools.lru_cache(maxsize=None)
 def _hints(cls: type) -> dict[str, Any]:
+    # get_type_hints evaluates every annotation string (ms per class); configs are validated often
     return typing.get_type_hints(cls)
 
 
@@ -224,11 +227,22 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                          "save the config as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the config file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{p}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character: its message has no mark
+            where, problem = f" (offset {exc.position})", f"unacceptable character {exc.character!r}"
+        else:
+            problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"{p}: invalid YAML{where}: {' '.join(str(problem).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -315,7 +329,7 @@ def build_sections(sections: Mapping[str, type], *, yaml_path: str | os.PathLike
     source = str(yaml_path) if yaml_path else "flags"
     unknown = set(data) - set(sections)
     if unknown:
-        raise ConfigError(f"{source}: unknown section {sorted(unknown)[0]!r}; "
+        raise ConfigError(f"{source}: unknown section {sorted(unknown, key=str)[0]!r}; "
                           f"allowed sections: {', '.join(sections)}")
     out = {}
     for name, cls in sections.items():

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -147,4 +148,9 @@ def load_hf_dir(model_dir: str | os.PathLike[str]) -> GPT:
         hf_model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise MlprojectError(f"{path}: cannot load the model: {str(exc).splitlines()[0]}") from None
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused to run the file's code
+        blocked = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "")
+        raise MlprojectError(f"{path}: the weights file holds more than tensors and was refused by the "
+                             f"weights-only loader{f' ({blocked})' if blocked else ''}; convert it to "
+                             "safetensors from a trusted copy") from None
     return from_hf(hf_model)

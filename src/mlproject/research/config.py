@@ -32,6 +32,8 @@ class CompareConfig:
             raise ConfigError("compare: seeds is empty; expected at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"compare: seeds={self.seeds} has duplicates")
+        if min(self.seeds) < 0:
+            raise ConfigError(f"compare: seeds={self.seeds}: seed {min(self.seeds)} must be >= 0")
         if self.parallel < 1:
             raise ConfigError(f"compare: parallel={self.parallel} must be >= 1")
 
@@ -56,6 +58,8 @@ class AblationConfig:
             raise ConfigError("ablation: ablation_values is empty")
         if not self.seeds:
             raise ConfigError("ablation: seeds is empty; expected at least one seed")
+        if min(self.seeds) < 0:
+            raise ConfigError(f"ablation: seeds={self.seeds}: seed {min(self.seeds)} must be >= 0")
         if self.parallel < 1:
             raise ConfigError(f"ablation: parallel={self.parallel} must be >= 1")
 

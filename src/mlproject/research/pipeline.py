@@ -435,8 +435,11 @@ def _run_step(step: PipelineStep, pipeline: Pipeline, results: dict[str, dict[st
         with log_path.open("w", encoding="utf-8") as log, subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
                 errors="replace") as proc:
+            from mlproject.tracking.secrets import scrub
+
             assert proc.stdout is not None
             for line in proc.stdout:
+                line = scrub(line)  # the step log is logged to the pipeline run
                 sys.stdout.write(line)
                 log.write(line)
                 tail.append(line)

@@ -247,8 +247,11 @@ def _plan_stage(spec: SweepSpec) -> tuple[SweepPlan, list[_Task]]:
     from mlproject.research.distinct import check_groups_differ
     from mlproject.tracking import sweeps
     from mlproject.tracking.queries import GROUPS_TAG, METRICS_TAG
+    from mlproject.tracking.store import ensure_store
 
     check_groups_differ(spec)  # before any run exists: a sweep must not compare a model with itself
+    ensure_store()
+    _check_children(spec)  # before the parent exists: a child that cannot train leaves no stray runs
     parent = sweeps.open_parent(
         experiment=spec.experiment, run_name=spec.run_name, kind=spec.kind, sweep_key=spec.key,
         resume=spec.resume, tags={GROUPS_TAG: json.dumps(spec.groups), METRICS_TAG: json.dumps(spec.metrics),
@@ -320,6 +323,16 @@ def child_action(run: Any) -> str:
     if f"{CHECKPOINT_DIR}/last.pt" in artifact_files(run.run_id, CHECKPOINT_DIR):
         return "resume"
     return "restart"
+
+
+def _check_children(spec: SweepSpec) -> None:
+    """Prepare the shared data once and check every child's model and batch shape against it."""
+    from mlproject.data.prepare import prepare_data
+    from mlproject.training.preflight import check_fits
+
+    data = prepare_data(spec.base.data)
+    for child in spec.children:
+        check_fits(child.cfg.model, child.cfg.train, data, where=f"{spec.kind} child {child.name}")
 
 
 def _print_plan(spec: SweepSpec, tasks: Sequence[_Task]) -> None:
@@ -454,9 +467,12 @@ class _ChildProcess:
         self._pump.start()
 
     def _copy(self) -> None:
+        from mlproject.tracking.secrets import scrub
+
         assert self.proc.stdout is not None
         with self.log.open("w", encoding="utf-8") as out:
             for line in self.proc.stdout:
+                line = scrub(line)  # this log becomes the child's logs/train.log artifact
                 out.write(line)
                 print(f"[{self.task.child.name}] {line}", end="", flush=True)
 

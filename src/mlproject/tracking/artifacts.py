@@ -18,7 +18,8 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -78,13 +79,22 @@ def log_file_as(client: MlflowClient, run_id: str, local_path: str | Path, artif
         client.log_artifact(run_id, str(staged), folder or None)
 
 
+def _pin(path: Path) -> Path:
+    """A hard link (or copy) of `path` beside it, unaffected by the trainer replacing `path`."""
+    pinned = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}.upload")
+    try:
+        os.link(path, pinned)
+    except OSError:
+        shutil.copyfile(path, pinned)
+    return pinned
+
+
 class CheckpointUploader:
     """Uploads checkpoints in a background thread so training never waits on the artifact store.
 
     At most one upload per kind waits in the queue: a checkpoint that arrives while an upload
-    of its kind is still waiting adds nothing, because the waiting upload reads the file when
-    it starts and so takes the newest one (the trainer replaces files atomically, so a reader
-    never sees a half-written file).
+    of its kind is still waiting replaces that upload's file, so the newest one goes up (the
+    trainer replaces files atomically, so a reader never sees a half-written file).
     """
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
@@ -92,21 +102,38 @@ class CheckpointUploader:
         self.run_id = run_id
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlproject-upload")
         self._lock = threading.Lock()
-        self._queued: set[str] = set()
+        self._jobs: dict[str, tuple[Path, Callable[[], None] | None, bool]] = {}  # kind -> the waiting upload
         self._futures: list[Future[None]] = []
         self.uploaded: dict[str, str] = {}  # kind -> runs:/ URI
 
-    def submit(self, path: Path, kind: str) -> None:
-        with self._lock:
-            if kind in self._queued:
-                return
-            self._queued.add(kind)
-        self._futures.append(self._pool.submit(self._upload, Path(path), kind))
+    def submit(self, path: Path, kind: str, before: Callable[[], None] | None = None) -> None:
+        """Queue an upload of `path` as `kind`; `before` runs in the upload thread first.
 
-    def _upload(self, path: Path, kind: str) -> None:
+        With `before`, the file is pinned now (a hard link): the upload sends exactly this
+        checkpoint after `before` returned, never a newer file that `before` did not cover.
+        """
+        path, pinned = Path(path), before is not None
+        if pinned:
+            path = _pin(path)
         with self._lock:
-            self._queued.discard(kind)
-        log_file_as(self.client, self.run_id, path, f"{CHECKPOINT_DIR}/{kind}.pt")
+            waiting = self._jobs.get(kind)
+            self._jobs[kind] = (path, before, pinned)
+        if waiting is not None:  # the waiting upload takes this newer job when it starts
+            if waiting[2]:
+                waiting[0].unlink(missing_ok=True)
+            return
+        self._futures.append(self._pool.submit(self._upload, kind))
+
+    def _upload(self, kind: str) -> None:
+        with self._lock:
+            path, before, pinned = self._jobs.pop(kind)
+        try:
+            if before is not None:
+                before()
+            log_file_as(self.client, self.run_id, path, f"{CHECKPOINT_DIR}/{kind}.pt")
+        finally:
+            if pinned:
+                path.unlink(missing_ok=True)
         self.uploaded[kind] = checkpoint_uri(self.run_id, kind)
 
     def flush(self) -> None:

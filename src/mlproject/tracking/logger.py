@@ -39,6 +39,25 @@ MAX_BUFFERED = 900  # metrics per log_batch call (MLflow accepts up to 1000)
 SUMMARY_RENAMES = {"tokens_per_sec": "tokens_per_sec_mean"}
 
 
+def _done(op: Any) -> bool:
+    return all(f.done() for f in getattr(op, "_operation_futures", ()))
+
+
+def steps_logged_since(client: MlflowClient, run_id: str, start_step: int) -> dict[str, set[int]]:
+    """{metric key: steps >= start_step} the run already has: a resumed session does not log them again.
+
+    After a hard kill the store can hold points past the checkpoint the run resumes from; the
+    resumed session recomputes the same values there, and logging them twice would duplicate
+    the points of those steps.
+    """
+    out: dict[str, set[int]] = {}
+    for key in client.get_run(run_id).data.metrics:
+        steps = {m.step for m in client.get_metric_history(run_id, key) if m.step >= start_step}
+        if steps:
+            out[key] = steps
+    return out
+
+
 def _metrics(values: Mapping[str, Any], step: int) -> list[Metric]:
     now = int(time.time() * 1000)
     return [Metric(key, float(value), now, step) for key, value in values.items()
@@ -65,10 +84,16 @@ class MlflowLogger(TrainerCallback):
         self.overhead_sec = 0.0  # time spent in these callbacks, excluding the one-off start
         self._last: dict[str, tuple[int, float]] = {}  # key -> (step, value) last logged
         self._buffer: list[Metric] = []
+        self._pending: list[Any] = []  # RunOperations of queued batches not known to be written
+        self._already: dict[str, set[int]] = {}  # key -> steps the run had before this session (resume)
+        self.started = False  # on_train_start ran: training of this session begins
         self._t0 = self._flushed_at = time.perf_counter()
 
     def on_train_start(self, info: dict[str, Any]) -> None:
+        self.started = True
         self._t0 = self._flushed_at = time.perf_counter()
+        if info.get("start_step"):
+            self._already = steps_logged_since(self.client, self.run_id, int(info["start_step"]))
         params = dict(self.params_at_start(info))
         params.update({f"runtime.{k}": info[k] for k in RUNTIME_KEYS if k in info})
         self.changed_params = log_params_once(self.client, self.run_id, params)
@@ -79,7 +104,7 @@ class MlflowLogger(TrainerCallback):
 
     def _log(self, step: int, metrics: Mapping[str, Any], *, flush: bool = False) -> None:
         t = time.perf_counter()
-        batch = _metrics(metrics, step)
+        batch = [m for m in _metrics(metrics, step) if m.step not in self._already.get(m.key, ())]
         self._buffer += batch
         self._last.update({m.key: (m.step, m.value) for m in batch})
         if flush or len(self._buffer) >= MAX_BUFFERED or t - self._flushed_at >= FLUSH_EVERY_SEC:
@@ -88,9 +113,27 @@ class MlflowLogger(TrainerCallback):
 
     def _flush(self) -> None:
         if self._buffer:
-            self.client.log_batch(self.run_id, metrics=self._buffer, synchronous=False)
+            self._pending = [op for op in self._pending if not _done(op)]
+            self._pending.append(self.client.log_batch(self.run_id, metrics=self._buffer, synchronous=False))
             self._buffer = []
         self._flushed_at = time.perf_counter()
+
+    def _metrics_written(self) -> Callable[[], None]:
+        """A wait for every metric batch queued so far (run by the uploader before last.pt goes up).
+
+        A resume starts after the step of the uploaded last.pt: if that checkpoint reached the
+        store before the metrics of its steps, a SIGKILL in between would lose those points.
+        """
+        pending = list(self._pending)
+
+        def wait() -> None:
+            for op in pending:
+                try:
+                    op.wait()
+                except Exception:  # MLflow already reported it; the checkpoint must still go up
+                    pass
+
+        return wait
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         self._log(step, metrics)
@@ -100,7 +143,11 @@ class MlflowLogger(TrainerCallback):
 
     def on_checkpoint(self, path: Path, kind: str, step: int) -> None:
         t = time.perf_counter()
-        self.uploader.submit(path, kind)
+        if kind == "last":
+            self._flush()
+            self.uploader.submit(path, kind, before=self._metrics_written())
+        else:
+            self.uploader.submit(path, kind)
         self.overhead_sec += time.perf_counter() - t
 
     def on_train_end(self, result: TrainResult) -> None:

@@ -29,6 +29,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag
 
 from mlproject.errors import MlprojectError
+from mlproject.tracking.secrets import scrub
+from mlproject.tracking.store import ensure_store
 
 # Trainer status -> MLflow run status. An interrupted run (SIGTERM, Ctrl-C) wrote a final
 # checkpoint and can be resumed, so it is KILLED, never FAILED.
@@ -38,15 +40,13 @@ ERROR_TAG = "mlproject.error"
 TRAIN_STATUS_TAG = "mlproject.train_status"
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-# scheme://user:password@host -> scheme://***@host (also a bare token: scheme://token@host)
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/@\s]+@")
 _MAX_TAG_VALUE = 5000
 _PARAMS_PER_BATCH = 100  # MLflow's limit on params in one log_batch call
 
 
 def redact(text: str) -> str:
-    """`text` with the user-info part of any URI (`user:password@`) replaced by `***@`."""
-    return _USERINFO.sub(r"\g<scheme>***@", text)
+    """`text` without credentials: URI user-info (`user:password@`) and credential env values."""
+    return scrub(text)
 
 
 def is_run_id(text: str) -> bool:
@@ -133,10 +133,13 @@ class ActiveRun:
 
     run_id: str
     experiment_id: str
+    previous_status: str | None = None  # of a joined run, before this step started it again
+    previous_end_time: int | None = None
 
 
 def get_or_create_experiment(name: str) -> str:
     """The id of experiment `name`, created if missing (safe against a concurrent creator)."""
+    ensure_store()
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -153,13 +156,14 @@ def get_or_create_experiment(name: str) -> str:
         return experiment.experiment_id
 
 
-def _check_run(run_id: str, what: str) -> None:
+def _check_run(run_id: str, what: str) -> Any:
     try:
         run = MlflowClient().get_run(run_id)
     except mlflow.exceptions.MlflowException:
         raise MlprojectError(f"{what} {run_id!r} does not exist in the tracking store {tracking_uri()}") from None
     if run.info.lifecycle_stage == "deleted":
         raise MlprojectError(f"{what} {run_id!r} is deleted; restore it first")
+    return run
 
 
 def tracking_uri() -> str:
@@ -171,13 +175,14 @@ def start_run(*, experiment_name: str, run_name: str | None = None, run_id: str 
               parent_run_id: str | None = None, resume_run_id: str | None = None,
               tags: Mapping[str, str] | None = None) -> ActiveRun:
     """Start or join the step's run (see the module docstring for the order) as the active run."""
+    ensure_store()
     join = run_id or (None if parent_run_id else os.environ.get("MLFLOW_RUN_ID") or resume_run_id)
     nested = mlflow.active_run() is not None
     if join:
-        _check_run(join, "run")
+        before = _check_run(join, "run").info
         run = mlflow.start_run(run_id=join, nested=nested, run_name=run_name)
         set_tags(MlflowClient(), join, tags or {})
-        return ActiveRun(join, run.info.experiment_id)
+        return ActiveRun(join, run.info.experiment_id, before.status, before.end_time)
     if parent_run_id:
         _check_run(parent_run_id, "parent run")
         experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id
@@ -203,7 +208,25 @@ def end_run(status: str, *, error: BaseException | None = None) -> None:
         if error is not None:
             message = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
             MlflowClient().set_tag(run.info.run_id, ERROR_TAG, redact(message)[:_MAX_TAG_VALUE])
+        elif status == "FINISHED" and ERROR_TAG in MlflowClient().get_run(run.info.run_id).data.tags:
+            # an earlier session's error (a failed or killed attempt) no longer describes the run
+            MlflowClient().delete_tag(run.info.run_id, ERROR_TAG)
         mlflow.end_run(status=status)
+
+
+def restore_finished(run: ActiveRun) -> None:
+    """End the active run as the FINISHED run it was before this step joined it (end time too).
+
+    A resume of a finished run that fails before training starts (a corrupt checkpoint, a
+    contradicting model flag) must not turn its result into a failure.
+    """
+    if mlflow.active_run() is None:
+        return
+    try:
+        mlflow.flush_async_logging()
+    finally:
+        mlflow.end_run(status="FINISHED")
+        MlflowClient().set_terminated(run.run_id, "FINISHED", end_time=run.previous_end_time)
 
 
 # ----------------------------------------------------------------------------- signals

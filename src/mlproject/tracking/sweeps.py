@@ -35,6 +35,7 @@ from mlproject.tracking.queries import (
     latest_sweep_parent,
 )
 from mlproject.tracking.runs import get_or_create_experiment
+from mlproject.tracking.store import ensure_store
 
 
 @dataclass
@@ -64,6 +65,7 @@ def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, re
     newest parent of the experiment with the same sweep key, else a new run. With `resume`,
     `previous` is the parent whose children are taken over.
     """
+    ensure_store()
     client = MlflowClient()
     env_run_id = os.environ.get("MLFLOW_RUN_ID")
     all_tags = {ROLE_TAG: "sweep_parent", KIND_TAG: kind, KEY_TAG: sweep_key, **tags}
@@ -173,6 +175,7 @@ def start_run(*, experiment: str | None, run_name: str, tags: Mapping[str, str])
 
     Returns (run_id, experiment_id).
     """
+    ensure_store()
     client = MlflowClient()
     env_run_id = os.environ.get("MLFLOW_RUN_ID")
     if env_run_id:

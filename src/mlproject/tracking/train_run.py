@@ -27,8 +27,10 @@ from mlproject.tracking.artifacts import (CHECKPOINT_DIR, CONFIG_ARTIFACT, TOKEN
 from mlproject.tracking.config import RunConfig
 from mlproject.tracking.logger import MlflowLogger
 from mlproject.tracking.runs import (RUN_STATUS, TRAIN_STATUS_TAG, ActiveRun, default_experiment_name, end_run,
-                                     environment_tags, git_info, is_run_id, set_tags, sigterm_as_interrupt,
-                                     start_run, tracking_uri)
+                                     environment_tags, git_info, is_run_id, restore_finished, set_tags,
+                                     sigterm_as_interrupt, start_run, tracking_uri)
+from mlproject.tracking.store import ensure_store
+from mlproject.training.preflight import check_fits
 
 RESULT_PREFIX = "MLPROJECT_RESULT"
 LOG_INPUT_ATTEMPTS = 3
@@ -216,10 +218,14 @@ def _train_tracked(cfg: RunConfig, *, parent_run_id: str | None, extra_tags: dic
     tags = {"model_version": cfg.model.model_version, "dataset": cfg.data.dataset,
             **git_info(), **environment_tags(), **(extra_tags or {})}
     experiment = cfg.tracking.experiment_name or default_experiment_name(cfg.data.dataset)
+    ensure_store()  # before the first client: it opens (and on a new SQLite file migrates) the store
     client = MlflowClient()
     checkpoint_dir: Path | None = None
     logger: MlflowLogger | None = None
     with sigterm_as_interrupt():
+        # Everything that can fail on the config alone fails here, before a run exists.
+        data = prepare_data(cfg.data)
+        check_fits(cfg.model, cfg.train, data)
         run: ActiveRun = start_run(experiment_name=experiment, run_name=cfg.tracking.run_name, run_id=run_id,
                                    parent_run_id=parent_run_id, resume_run_id=resume_run_id, tags=tags)
         outcome = TrainOutcome(run.run_id, run.experiment_id, "FAILED")
@@ -227,7 +233,6 @@ def _train_tracked(cfg: RunConfig, *, parent_run_id: str | None, extra_tags: dic
             checkpoint_dir = Path(cfg.tracking.output_dir) / run.run_id / CHECKPOINT_DIR
             if resume_run_id is not None:
                 resume_path = _download_resume(resume_run_id, checkpoint_dir)
-            data = prepare_data(cfg.data)
             _share((run.run_id, resume_path))
             log_file_as(client, run.run_id, data.tokenizer_path, TOKENIZER_ARTIFACT)
 
@@ -252,6 +257,11 @@ def _train_tracked(cfg: RunConfig, *, parent_run_id: str | None, extra_tags: dic
                 outcome.model_uri = _log_best_model(model_checkpoint, data.tokenizer_path, cfg, result.step)
             end_run(outcome.status)
         except BaseException as exc:
+            if run.previous_status == "FINISHED" and not (logger is not None and logger.started):
+                # No new training started: the finished result stands, the error is only reported.
+                restore_finished(run)
+                print(f"note: run {run.run_id} stays FINISHED; nothing was trained", file=sys.stderr)
+                raise
             outcome.status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             if logger is not None:
                 try:

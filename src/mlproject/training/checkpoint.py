@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -64,19 +65,38 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     `os.replace` swaps it in: a crash mid-write leaves the previous checkpoint intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write (disk full) as RuntimeError
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise MlprojectError(f"could not write checkpoint {path}: {_write_failure(exc, path.parent)}; "
+                             f"{'the previous one is unchanged' if path.exists() else 'no checkpoint was written'}"
+                             ) from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_failure(exc: BaseException, folder: Path) -> str:
+    """Why a write failed, in words: the OS error, or the free space left where torch hides it."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "the write failed"
+    return f"the write failed ({free / 2**20:.1f} MiB free on that disk; is it full?)"
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:

@@ -59,5 +59,8 @@ class TrainConfig:
             raise ConfigError(f"warmup={self.warmup} must be >= 0 (a fraction < 1 or a step count)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        for name in ("seed", "data_seed"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (numpy and torch seeds are unsigned)")
         if self.eval_batches < 0 or self.save_every < 0 or self.grad_clip < 0:
             raise ConfigError("eval_batches, save_every and grad_clip must be >= 0")

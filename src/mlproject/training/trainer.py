@@ -358,6 +358,7 @@ def _train(model_cfg: GPTConfig, data: Any, cfg: TrainConfig, checkpoint_dir: Pa
             "scaler": scaler.state_dict(), "step": step, "rng": rng, "sampler": sampler.state_dict(),
             "best_val_loss": best_val_loss, "tokens_seen": tokens_seen,
             "elapsed_sec": elapsed_base + time.perf_counter() - t_start, "no_improve_evals": no_improve_evals,
+            "train_loss": float(step_loss.item()),  # a run resumed at its final step reports it
         })
         wrote_last = True
         for cb in callbacks:
@@ -397,7 +398,7 @@ def _train(model_cfg: GPTConfig, data: Any, cfg: TrainConfig, checkpoint_dir: Pa
     batch_iter = batches()
     window_loss = torch.zeros((), device=device)
     window_steps = 0
-    step_loss = torch.full((), float("nan"), device=device)
+    step_loss = torch.full((), float(ckpt.get("train_loss", float("nan")) if ckpt else float("nan")), device=device)
     grad_norm = torch.zeros((), device=device)
     status, evaluated_at = "finished", -1
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
