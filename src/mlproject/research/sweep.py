@@ -85,6 +85,7 @@ class SweepSpec:
     parallel: int = 1
     resume: bool = False
     tags: dict[str, str] = field(default_factory=dict)
+    register_best: str | None = None  # register the best child's model under this name
 
 
 @dataclass
@@ -163,8 +164,19 @@ def row_from_run(record: Any, metrics: Sequence[str] = ()) -> Row:
 @dataclass
 class _Task:
     child: ChildSpec
-    run_id: str
+    run_id: str   # "" until a new child's run is created, when its training starts
     action: str   # done | new | resume | restart
+    tags: dict[str, str] = field(default_factory=dict)  # of the run still to create
+
+
+def _ensure_run(task: _Task, parent: Any) -> None:
+    """Create a new child's run now, as its training starts: MLflow takes the run's start time
+    from its creation, so a child created when the sweep was planned showed its queue time
+    as training time."""
+    from mlproject.tracking import sweeps
+
+    if not task.run_id:
+        task.run_id = sweeps.create_child(parent, run_name=task.child.name, tags=task.tags)
 
 
 def run_sweep(spec: SweepSpec) -> SweepOutcome:
@@ -173,6 +185,7 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
     Raises MlprojectError after reporting when some children did not finish, and
     KeyboardInterrupt (parent KILLED) when interrupted.
     """
+    from mlproject.research.describe import finish_parent, parent_params
     from mlproject.tracking import sweeps
     from mlproject.tracking.queries import GROUPS_TAG, METRICS_TAG, get_run
 
@@ -183,7 +196,7 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
     print(f"{spec.kind}: parent run {parent.run_id} in experiment {parent.experiment_name!r} "
           f"(id {parent.experiment_id})", flush=True)
     try:
-        sweeps.log_params_once(parent.run_id, spec.params)
+        sweeps.log_params_once(parent.run_id, parent_params(spec))
         tasks = _plan(spec, parent)
         _print_plan(spec, tasks)
         todo = [t for t in tasks if t.action != "done"]
@@ -201,13 +214,18 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
     stats = aggregate(rows, spec.groups, spec.metrics)
     status = "FINISHED" if all(r["status"] == "FINISHED" for r in rows) else "FAILED"
     results_dir = _record_results(spec, parent, rows, stats)
+    try:
+        best = finish_parent(spec, parent.run_id, rows, stats)
+    except BaseException:
+        sweeps.set_status(parent.run_id, "FAILED")
+        raise
     sweeps.set_status(parent.run_id, status)
 
     print(format_summary(stats, rows))
     print(f"results: {results_dir / 'results.jsonl'} (logged to run {parent.run_id})")
     print(result_line({"step": spec.kind, "run_id": parent.run_id, "experiment_id": parent.experiment_id,
                        "experiment_name": parent.experiment_name, "status": status, "children": len(rows),
-                       "finished": sum(r["status"] == "FINISHED" for r in rows)}), flush=True)
+                       "finished": sum(r["status"] == "FINISHED" for r in rows), **best}), flush=True)
     if status != "FINISHED":
         failed = [f"{t.child.name} ({r['status']})" for t, r in zip(tasks, rows) if r["status"] != "FINISHED"]
         raise MlprojectError(f"{spec.kind}: {len(failed)} of {len(rows)} child runs did not finish: "
@@ -228,7 +246,7 @@ def _plan(spec: SweepSpec, parent: Any) -> list[_Task]:
         run = existing.get((child.group, child.seed))
         if run is None:
             tags = {**child.tags, GROUP_TAG: child.group, SEED_TAG: str(child.seed), KEY_TAG: spec.key}
-            tasks.append(_Task(child, sweeps.create_child(parent, run_name=child.name, tags=tags), "new"))
+            tasks.append(_Task(child, "", "new", tags))
             continue
         if run.tags.get(PARENT_TAG) != parent.run_id:
             sweeps.adopt_child(run.run_id, parent.run_id)
@@ -271,6 +289,7 @@ def _run_sequential(tasks: Sequence[_Task], parent: Any) -> None:
     from mlproject.tracking.train_run import run_training
 
     for i, task in enumerate(tasks, 1):
+        _ensure_run(task, parent)
         print(f"--- child {i}/{len(tasks)}: {task.child.name} ({task.action}) run {task.run_id}", flush=True)
         try:
             outcome = run_training(_task_config(task, parent), parent_run_id=parent.run_id, run_id=task.run_id)
@@ -323,6 +342,7 @@ def _run_parallel(tasks: Sequence[_Task], parallel: int, parent: Any) -> None:
             while pending or running:
                 while pending and len(running) < parallel:
                     task = pending.pop(0)
+                    _ensure_run(task, parent)
                     folder = Path(tmp) / task.child.name
                     folder.mkdir()
                     config = folder / "config.yaml"

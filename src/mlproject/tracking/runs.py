@@ -169,14 +169,17 @@ def tracking_uri() -> str:
 
 def start_run(*, experiment_name: str, run_name: str | None = None, run_id: str | None = None,
               parent_run_id: str | None = None, resume_run_id: str | None = None,
-              tags: Mapping[str, str] | None = None) -> ActiveRun:
+              tags: Mapping[str, str] | None = None, log_system_metrics: bool | None = None) -> ActiveRun:
     """Start or join the step's run (see the module docstring for the order) as the active run."""
+    from mlproject.tracking.run_context import add_standard_tags
+
     join = run_id or (None if parent_run_id else os.environ.get("MLFLOW_RUN_ID") or resume_run_id)
     nested = mlflow.active_run() is not None
     if join:
         _check_run(join, "run")
-        run = mlflow.start_run(run_id=join, nested=nested, run_name=run_name)
+        run = mlflow.start_run(run_id=join, nested=nested, run_name=run_name, log_system_metrics=log_system_metrics)
         set_tags(MlflowClient(), join, tags or {})
+        add_standard_tags(join)
         return ActiveRun(join, run.info.experiment_id)
     if parent_run_id:
         _check_run(parent_run_id, "parent run")
@@ -187,8 +190,9 @@ def start_run(*, experiment_name: str, run_name: str | None = None, run_id: str 
     # the variable when given no run id (and drops it when it joins, as end_run does).
     os.environ.pop("MLFLOW_RUN_ID", None)
     run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id,
-                           nested=nested or bool(parent_run_id))
+                           nested=nested or bool(parent_run_id), log_system_metrics=log_system_metrics)
     set_tags(MlflowClient(), run.info.run_id, tags or {})
+    add_standard_tags(run.info.run_id)
     return ActiveRun(run.info.run_id, run.info.experiment_id)
 
 

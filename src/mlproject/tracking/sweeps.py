@@ -34,6 +34,7 @@ from mlproject.tracking.queries import (
     get_run,
     latest_sweep_parent,
 )
+from mlproject.tracking.run_context import add_standard_tags, standard_tags
 from mlproject.tracking.runs import get_or_create_experiment
 
 
@@ -92,6 +93,7 @@ def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, re
         else:
             run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
     set_tags(run_id, all_tags)
+    add_standard_tags(run_id)
     if previous is not None and previous.run_id != run_id:
         supersede(previous, run_id)
     return ParentRun(run_id=run_id, experiment_id=experiment_id, experiment_name=name, previous=previous)
@@ -113,7 +115,7 @@ def create_child(parent: ParentRun, *, run_name: str, tags: Mapping[str, str]) -
     """A SCHEDULED child run nested under `parent`; the trainer joins it by id."""
     client = MlflowClient()
     run = client.create_run(parent.experiment_id, run_name=run_name,
-                            tags={PARENT_TAG: parent.run_id, ROLE_TAG: "sweep_child", **tags})
+                            tags={**standard_tags(), PARENT_TAG: parent.run_id, ROLE_TAG: "sweep_child", **tags})
     client.update_run(run.info.run_id, status="SCHEDULED")
     return run.info.run_id
 
@@ -182,4 +184,5 @@ def start_run(*, experiment: str | None, run_name: str, tags: Mapping[str, str])
         experiment_id = ensure_experiment(experiment or "Default")
         run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
     set_tags(run_id, tags)
+    add_standard_tags(run_id)
     return run_id, experiment_id
