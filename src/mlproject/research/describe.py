@@ -25,8 +25,12 @@ _HIGHER_IS_BETTER = ("tokens_per_sec", "mfu", "accuracy", "acc")
 
 
 def child_params(cfg: Any) -> dict[str, Any]:
-    """The model/data/train params of one child config, with the model's preset sizes resolved."""
-    sections = {"model": cfg.model.resolved(), "data": cfg.data, "train": cfg.train}
+    """The model/data/train params of one child config, resolved as its trainer resolves them
+    (preset sizes, the recipe's optimizer settings)."""
+    from mlproject.training.optim import resolve_recipe
+
+    sections = {"model": cfg.model.resolved(), "data": cfg.data,
+                "train": resolve_recipe(cfg.train, cfg.model.model_version)}
     return {k: v for name, section in sections.items() for k, v in flatten(section, name).items()}
 
 
