@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -100,8 +101,6 @@ def load_artifacts(folder: str | Path, device: Any = "cpu") -> tuple[Any, Path]:
 
 def prompts_of(model_input: Any) -> list[str]:
     """Prompts from a list/tuple of strings, a string, a Series or a DataFrame (`prompt` column)."""
-    import pandas as pd
-
     if isinstance(model_input, str):
         return [model_input]
     if isinstance(model_input, pd.DataFrame):
@@ -145,8 +144,9 @@ class TextGenerationModel(mlflow.pyfunc.PythonModel):
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.eot_id, _ = special_ids(self.tokenizer)
 
-    # No type hints on predict: MLflow would derive a second signature from them.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    # pd.DataFrame: what MLflow hands over after enforcing the signature (a list of prompts
+    # becomes a one-column frame); MLflow infers no second signature from this hint.
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
         from mlproject.inference.generate import complete
 
         cfg = generate_config(prompts_of(model_input), params)
