@@ -178,3 +178,23 @@ def test_a_tampered_logged_model_runs_no_code_through_any_loader(trained, tmp_pa
 
     torch.load(stored / "data" / "model.pth", weights_only=False)  # the payload is live: unpickling runs it
     assert marker.exists()
+
+
+def test_a_generate_run_logs_its_settings_and_a_table_of_prompts_and_outputs(trained, tmp_path):
+    experiment = "test-generate-run"
+    done = subprocess.run(
+        [str(BIN / "mlflow"), "run", str(REPO), "-e", "generate", "--env-manager", "local",
+         "--experiment-name", experiment, "-P", f"model_uri=models:/tiny-gpt/{_version()}",
+         "-P", "prompts=The module", "-P", "max_new_tokens=6", "-P", "temperature=0", "-P", "device=cpu"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    client = MlflowClient()
+    run = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])[0]
+    assert run.data.params["generate.temperature"] == "0.0" and run.data.params["generate.max_new_tokens"] == "6"
+    local = client.download_artifacts(run.info.run_id, "generations.json", str(tmp_path))
+    table = json.loads(Path(local).read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert [r["prompt"] for r in rows] == ["The module"]
+    assert rows[0]["output"] == _greedy(f"models:/tiny-gpt/{_version()}", ["The module"])[0]
+    assert run.info.run_name == "generate" and "generations.json" in run.data.tags["mlflow.note.content"]
