@@ -5,8 +5,8 @@ groups (model versions or axis values, baseline first), one fully resolved `RunC
 child, and a sweep key. Everything else is shared and lives here:
 
 - every child config is validated before the parent or any child run exists;
-- the parent is the run `mlflow run` created (`MLFLOW_RUN_ID`) or a new one; children are
-  created up front (SCHEDULED, nested) and trained one by one in this process
+- the parent is the run `mlflow run` created (`MLFLOW_RUN_ID`) or a new one; each child run is
+  created (nested) as its training starts, so its start time is that, and trained one by one in this process
   (`run_training(..., run_id=child)`) or `parallel` at a time as `mlproject train`
   subprocesses, after the data cache is prepared once;
 - `resume` picks up the newest parent with the same sweep key: FINISHED children are kept,

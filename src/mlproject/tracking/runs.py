@@ -2,7 +2,7 @@
 
 One training step is exactly one MLflow run. Which one is decided here, in this order:
 
-1. an explicit `run_id` (a child run created up front by compare/ablation): join it;
+1. an explicit `run_id` (a child run created by compare/ablation): join it;
 2. a `parent_run_id`: create a nested child of it;
 3. `MLFLOW_RUN_ID` in the environment (set by `mlflow run`): join that run;
 4. `tracking.resume_from` naming a run id: join that run (resume continues the same run);

@@ -4,8 +4,8 @@ The sweep engine (research/sweep.py) drives these through `MlflowClient`, never 
 `mlflow.start_run` stack: the in-process trainer owns that stack while it trains a child, and
 a parent held there would turn every `start_run` of the trainer into an error or a grandchild.
 
-Children are created up front with status SCHEDULED and the tag `mlflow.parentRunId`, so the
-UI nests them under the parent, a parallel fan-out can hand each process its run id
+Children are created (as their training starts) with status SCHEDULED and the tag
+`mlflow.parentRunId`, so the UI nests them under the parent, a parallel fan-out can hand each process its run id
 (`MLFLOW_RUN_ID`), and `mlflow.start_run(run_id=...)` in the trainer flips them to RUNNING.
 """
 
