@@ -10,6 +10,7 @@ script `mlproject` (MLflow's main file) lives in the venv, outside any checkout.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,6 +54,8 @@ def configure_system_metrics(tracking: Any) -> bool | None:
     if not tracking.system_metrics:
         return False
     mlflow.set_system_metrics_sampling_interval(tracking.system_metrics_interval)
+    # Its start/stop INFO lines would land in every child's log; warnings still show.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     return True
 
 
