@@ -156,7 +156,7 @@ def test_dag_runs_compare_and_plot_in_containers_and_a_killed_step_resumes(
             checkpoint = client.download_artifacts(child.info.run_id, "checkpoints/last.pt", str(downloads))
             assert Path(checkpoint).stat().st_size > 0
 
-        assert plot["run_id"] == parent.info.run_id  # the plot step plotted the compare step's parent
+        assert plot["plotted_run_id"] == parent.info.run_id  # the plot step plotted the compare step's parent
         plots = [f.path for f in client.list_artifacts(parent.info.run_id, "plots")]
         assert any(p.endswith(".png") for p in plots), plots
         png = client.download_artifacts(parent.info.run_id, next(p for p in plots if p.endswith(".png")),

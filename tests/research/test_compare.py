@@ -80,6 +80,8 @@ def test_compare_prints_the_summary_and_ends_with_its_result_line(compare_sweep)
     assert "val_loss_best (95% t CI" in out
     assert lines[-1].startswith("MLPROJECT_RESULT ")
     result = json.loads(lines[-1].split(" ", 1)[1])
+    model_uri = result.pop("model_uri")  # the best child's LoggedModel (no --register-best here)
+    assert model_uri.startswith("models:/m-")
     assert result == {"step": "compare", "run_id": outcome.parent_run_id, "experiment_id": outcome.experiment_id,
                       "experiment_name": outcome.experiment_name, "status": "FINISHED", "children": 4, "finished": 4}
 

@@ -133,6 +133,20 @@ def generate_text(model: torch.nn.Module, tokenizer: Any, cfg: GenerateConfig, e
     streamed prompts run one at a time. An empty prompt starts from `eot_id`, the document
     separator, as GPT-2 does for unconditional samples. Returns the texts.
     """
+    stream = cfg.stream if cfg.stream is not None else (sys.stdout.isatty() and len(cfg.prompts) == 1)
+    if not stream:
+        texts = complete(model, tokenizer, cfg, eot_id)
+        for i, text in enumerate(texts):
+            print(f"--- sample {i + 1}/{len(texts)}" if len(texts) > 1 else "---")
+            print(text, flush=True)
+        return texts
+    return complete(model, tokenizer, cfg, eot_id, stream=True)
+
+
+def complete(model: torch.nn.Module, tokenizer: Any, cfg: GenerateConfig, eot_id: int | None, *,
+             stream: bool = False) -> list[str]:
+    """The texts (prompt + continuation) for `cfg.prompts`, as one batch; streamed to stdout
+    one prompt at a time with `stream`. The pyfunc model and the CLI both generate here."""
     device = next(model.parameters()).device
     prompts = []
     for text in cfg.prompts:
@@ -143,7 +157,6 @@ def generate_text(model: torch.nn.Module, tokenizer: Any, cfg: GenerateConfig, e
             ids = [eot_id]
         prompts.append(ids)
     generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
-    stream = cfg.stream if cfg.stream is not None else (sys.stdout.isatty() and len(prompts) == 1)
     block_size = model.config.block_size
     options = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                    repetition_penalty=cfg.repetition_penalty, eot_id=eot_id if cfg.stop_at_eos else None,
@@ -163,8 +176,4 @@ def generate_text(model: torch.nn.Module, tokenizer: Any, cfg: GenerateConfig, e
             sys.stdout.flush()
         return texts
     outputs = generate(model, prompts, cfg.max_new_tokens, use_cache=all(fits(p) for p in prompts), **options)
-    texts = [tokenizer.decode(ids + new) for ids, new in zip(prompts, outputs)]
-    for i, text in enumerate(texts):
-        print(f"--- sample {i + 1}/{len(texts)}" if len(texts) > 1 else "---")
-        print(text, flush=True)
-    return texts
+    return [tokenizer.decode(ids + new) for ids, new in zip(prompts, outputs)]

@@ -108,7 +108,7 @@ class AblationJob:
             experiment=experiment_for(self.run),
             key=sweep_key("ablation", self.run, drop=[f"model.{a.ablation_axis}"], extra={"axis": a.ablation_axis}),
             groups=groups, metrics=self.metrics, children=self.children(), base=self.run, params=params,
-            parallel=a.parallel, resume=a.resume, tags={AXIS_TAG: a.ablation_axis},
+            parallel=a.parallel, resume=a.resume, tags={AXIS_TAG: a.ablation_axis}, register_best=a.register_best,
             config_text=dump_yaml({**sections, "ablation": to_dict(a)}))
 
 

@@ -99,7 +99,7 @@ class CompareJob:
             key=sweep_key("compare", self.run, drop=["model.model_version"],
                           extra={"fair_recipe": c.fair_recipe, "per_model": self.per_model}),
             groups=list(c.models), metrics=list(c.metrics), children=self.children(), base=self.run,
-            params=params, parallel=c.parallel, resume=c.resume,
+            params=params, parallel=c.parallel, resume=c.resume, register_best=c.register_best,
             config_text=dump_yaml({**sections, "compare": to_dict(c), "per_model": self.per_model}))
 
 

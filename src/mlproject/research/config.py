@@ -23,6 +23,7 @@ class CompareConfig:
     parallel: int = field(1, help="children trained at once in separate processes")
     resume: bool = field(False, help="skip FINISHED children, resume KILLED/FAILED ones, add the rest")
     parent_run_name: str | None = field(None, help="name of the parent run")
+    register_best: str | None = field(None, help="register the best child's model under this name (alias `best`)")
 
     def validate(self) -> None:
         check_types(self, source="compare")
@@ -51,6 +52,7 @@ class AblationConfig:
     parallel: int = field(1, help="children trained at once in separate processes")
     resume: bool = field(False, help="skip FINISHED children, resume KILLED/FAILED ones, add the rest")
     parent_run_name: str | None = field(None, help="name of the parent run")
+    register_best: str | None = field(None, help="register the best child's model under this name (alias `best`)")
 
     def validate(self) -> None:
         check_types(self, source="ablation")

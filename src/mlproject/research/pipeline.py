@@ -472,6 +472,11 @@ def _finish_run(run_id: str, report: _Report, status: str, created: bool) -> Non
     tags = {f"mlproject.step.{s['id']}.status": s["status"] for s in report.data["steps"]}
     tags.update({f"mlproject.step.{s['id']}.run_id": s["run_id"] for s in report.data["steps"] if s["run_id"]})
     sweeps.set_tags(run_id, tags)
+    from mlproject.research.describe import pipeline_note
+    from mlproject.tracking.run_context import describe_run
+
+    describe_run(run_id, name=report.data["pipeline"],
+                 note=pipeline_note(report.data["pipeline"], status, report.data["steps"]))
     logs = [Path(s["log"]) for s in report.data["steps"] if s["log"] and Path(s["log"]).is_file()]
     sweeps.log_files(run_id, [report.path])
     if logs:
@@ -524,5 +529,9 @@ def _print_summary(pipeline: Pipeline, report: _Report, tracking_uri: str) -> No
         print(line)
         for plot in result.get("plots", []):
             print(f"      plot: {plot}")
+        if result.get("model_uri"):
+            print(f"      model: {result['model_uri']}")
+            print("      predict: python -c \"import mlflow; print(mlflow.pyfunc.load_model("
+                  f"'{result['model_uri']}').predict(['The module'], params={{'max_new_tokens': 20}}))\"")
     print(f"report: {report.path.resolve()}")
     print(f"browse: mlflow ui --backend-store-uri {redact(tracking_uri)}", flush=True)

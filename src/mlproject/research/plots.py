@@ -279,7 +279,10 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
         print(f"wrote {path}")
     if logged_to:
         print(f"logged to run(s) {', '.join(logged_to)} under plots/")
-    print(result_line({"step": "plot", "run_id": source.parent_run_id, "status": "FINISHED",
+    # run_id is the plot step's own run under `mlflow run` (the pipeline links it as the step's
+    # run); the plotted parent is plotted_run_id.
+    print(result_line({"step": "plot", "run_id": os.environ.get("MLFLOW_RUN_ID") or source.parent_run_id,
+                       "plotted_run_id": source.parent_run_id, "status": "FINISHED",
                        "plots": [str(p) for p in written if p.suffix == ".png"], "summary_csv": str(written[-1])}),
           flush=True)
     return written
@@ -300,5 +303,10 @@ def _log(cfg: PlotConfig, source: _Source, files: Sequence[Path]) -> list[str]:
     for run_id in targets:
         sweeps.log_files(run_id, files, "plots")
     if step_run and source.parent_run_id and step_run != source.parent_run_id:
+        from mlproject.research.describe import plot_note
+        from mlproject.tracking.run_context import describe_run
+
         sweeps.set_tags(step_run, {"mlproject.plotted_run_id": source.parent_run_id})
+        describe_run(step_run, name=f"plot-{source.kind}-{source.parent_run_id[:8]}",
+                     note=plot_note(source.kind, source.name, source.parent_run_id, files))
     return targets

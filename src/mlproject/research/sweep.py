@@ -5,8 +5,8 @@ groups (model versions or axis values, baseline first), one fully resolved `RunC
 child, and a sweep key. Everything else is shared and lives here:
 
 - every child config is validated before the parent or any child run exists;
-- the parent is the run `mlflow run` created (`MLFLOW_RUN_ID`) or a new one; children are
-  created up front (SCHEDULED, nested) and trained one by one in this process
+- the parent is the run `mlflow run` created (`MLFLOW_RUN_ID`) or a new one; each child run is
+  created (nested) as its training starts, so its start time is that, and trained one by one in this process
   (`run_training(..., run_id=child)`) or `parallel` at a time as `mlproject train`
   subprocesses, after the data cache is prepared once;
 - `resume` picks up the newest parent with the same sweep key: FINISHED children are kept,
@@ -100,6 +100,7 @@ class SweepSpec:
     parallel: int = 1
     resume: bool = False
     tags: dict[str, str] = field(default_factory=dict)
+    register_best: str | None = None  # register the best child's model under this name
 
 
 @dataclass
@@ -178,8 +179,33 @@ def row_from_run(record: Any, metrics: Sequence[str] = ()) -> Row:
 @dataclass
 class _Task:
     child: ChildSpec
-    run_id: str
+    run_id: str   # "" until a new child's run is created, when its training starts
     action: str   # done | new | resume | restart
+    tags: dict[str, str] = field(default_factory=dict)  # of the run still to create
+    parent: Any = None  # the sweep's ParentRun
+
+
+def _ensure_run(task: _Task) -> None:
+    """Create a new child's run (SCHEDULED, nested, with its planned config).
+
+    The local engine calls this as the child's training starts: MLflow takes a run's start
+    time from its creation and offers no way to move it, so a child created when the sweep
+    was planned would show its queue time as training time. `--plan-only` must hand out run
+    ids, so it creates every child up front.
+    """
+    from mlproject.tracking import sweeps
+
+    if not task.run_id:
+        task.run_id = sweeps.create_child(task.parent, run_name=task.child.name, tags=task.tags)
+        _log_child_config(task)
+
+
+def _log_child_config(task: _Task) -> None:
+    """The child's RunConfig on its run (`PLAN_CONFIG`): `train --run-id` trains it from that."""
+    from mlproject.tracking import sweeps
+
+    sweeps.log_text(task.run_id, dump_yaml(to_dict(_child_run_config(task.child, task.parent.experiment_name))),
+                    PLAN_CONFIG)
 
 
 @dataclass
@@ -196,6 +222,8 @@ class SweepPlan:
     children: list[dict[str, Any]]   # {"run_id", "name", "group", "seed", "action"}
     output_dir: str                  # where the results files are written
     config_text: str = ""
+    run_name: str | None = None      # the parent's readable name
+    register_best: str | None = None  # register the best child's model under this name
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -218,7 +246,7 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
     """
     from mlproject.tracking import sweeps
 
-    plan, tasks = _plan_stage(spec)
+    plan, tasks = _plan_stage(spec, eager=False)
     try:
         todo = [t for t in tasks if t.action != "done"]
         if todo:
@@ -230,20 +258,23 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
     except BaseException as exc:
         sweeps.set_status(plan.parent_run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
+    finally:  # the children created while training, so `--aggregate PARENT` finds them
+        _store_plan(plan, tasks)
     return aggregate_sweep(plan)
 
 
 def plan_sweep(spec: SweepSpec) -> SweepPlan:
     """Stage 1: the parent run and its SCHEDULED children (with resume: the earlier ones
     matched); print the plan and a `MLPROJECT_RESULT` line with the children's run ids."""
-    plan, _ = _plan_stage(spec)
+    plan, _ = _plan_stage(spec, eager=True)
     print(result_line({"step": spec.kind, "stage": "plan", "run_id": plan.parent_run_id,
                        "experiment_id": plan.experiment_id, "experiment_name": plan.experiment_name,
                        "children": plan.child_run_ids, "todo": plan.todo}), flush=True)
     return plan
 
 
-def _plan_stage(spec: SweepSpec) -> tuple[SweepPlan, list[_Task]]:
+def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
+    from mlproject.research.describe import parent_params
     from mlproject.research.distinct import check_groups_differ
     from mlproject.tracking import sweeps
     from mlproject.tracking.queries import GROUPS_TAG, METRICS_TAG
@@ -259,20 +290,28 @@ def _plan_stage(spec: SweepSpec) -> tuple[SweepPlan, list[_Task]]:
     print(f"{spec.kind}: parent run {parent.run_id} in experiment {parent.experiment_name!r} "
           f"(id {parent.experiment_id})", flush=True)
     try:
-        sweeps.log_params_once(parent.run_id, spec.params)
-        tasks = _plan(spec, parent)
+        sweeps.log_params_once(parent.run_id, parent_params(spec))
+        tasks = _plan(spec, parent, eager)
         _print_plan(spec, tasks)
         plan = SweepPlan(
             kind=spec.kind, parent_run_id=parent.run_id, experiment_id=parent.experiment_id,
             experiment_name=parent.experiment_name, groups=list(spec.groups), metrics=list(spec.metrics),
-            children=[{"run_id": t.run_id, "name": t.child.name, "group": t.child.group, "seed": t.child.seed,
-                       "action": t.action} for t in tasks],
-            output_dir=spec.base.tracking.output_dir, config_text=spec.config_text)
-        sweeps.log_text(parent.run_id, plan.to_json(), PLAN_FILE)
+            children=[], output_dir=spec.base.tracking.output_dir, config_text=spec.config_text,
+            run_name=spec.run_name, register_best=spec.register_best)
+        _store_plan(plan, tasks)
     except BaseException as exc:
         sweeps.set_status(parent.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     return plan, tasks
+
+
+def _store_plan(plan: SweepPlan, tasks: Sequence[_Task]) -> None:
+    """The children as they stand (a child still to create has run id ""), logged on the parent."""
+    from mlproject.tracking import sweeps
+
+    plan.children = [{"run_id": t.run_id, "name": t.child.name, "group": t.child.group, "seed": t.child.seed,
+                      "action": t.action} for t in tasks]
+    sweeps.log_text(plan.parent_run_id, plan.to_json(), PLAN_FILE)
 
 
 def load_plan(parent_run_id: str) -> SweepPlan:
@@ -286,9 +325,10 @@ def load_plan(parent_run_id: str) -> SweepPlan:
     return SweepPlan(**json.loads(text))
 
 
-def _plan(spec: SweepSpec, parent: Any) -> list[_Task]:
-    """Match children to existing runs (with resume) and create the missing ones; every child
-    not yet FINISHED gets its config (`PLAN_CONFIG`) logged on its run."""
+def _plan(spec: SweepSpec, parent: Any, eager: bool) -> list[_Task]:
+    """Match children to existing runs (with resume); the missing ones are created now when
+    `eager`, else as they start (`_ensure_run`). Every child not yet FINISHED gets its config
+    (`PLAN_CONFIG`) logged on its run."""
     from mlproject.tracking import sweeps
     from mlproject.tracking.queries import GROUP_TAG, KEY_TAG, PARENT_TAG, SEED_TAG, sweep_cells
 
@@ -298,14 +338,15 @@ def _plan(spec: SweepSpec, parent: Any) -> list[_Task]:
         run = existing.get((child.group, child.seed))
         if run is None:
             tags = {**child.tags, GROUP_TAG: child.group, SEED_TAG: str(child.seed), KEY_TAG: spec.key}
-            task = _Task(child, sweeps.create_child(parent, run_name=child.name, tags=tags), "new")
+            task = _Task(child, "", "new", tags, parent)
+            if eager:
+                _ensure_run(task)
         else:
             if run.tags.get(PARENT_TAG) != parent.run_id:
                 sweeps.adopt_child(run.run_id, parent.run_id)
-            task = _Task(child, run.run_id, child_action(run))
-        if task.action != "done":
-            sweeps.log_text(task.run_id, dump_yaml(to_dict(_child_run_config(child, parent.experiment_name))),
-                            PLAN_CONFIG)
+            task = _Task(child, run.run_id, child_action(run), parent=parent)
+            if task.action != "done":
+                _log_child_config(task)
         tasks.append(task)
     return tasks
 
@@ -398,6 +439,7 @@ def _run_sequential(tasks: Sequence[_Task]) -> None:
     from mlproject.tracking import sweeps
 
     for i, task in enumerate(tasks, 1):
+        _ensure_run(task)
         print(f"--- child {i}/{len(tasks)}: {task.child.name} ({task.action}) run {task.run_id}", flush=True)
         try:
             status = train_child(task.run_id)
@@ -427,8 +469,14 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
     from mlproject.tracking import sweeps
     from mlproject.tracking.queries import get_run
 
+    from mlproject.research.describe import finish_parent
+
     if isinstance(plan, str):
         plan = load_plan(plan)
+    missing = [c["name"] for c in plan.children if not c["run_id"]]
+    if missing:
+        raise MlprojectError(f"{plan.kind}: {len(missing)} planned child runs were never started "
+                             f"({', '.join(missing)}); re-run the sweep with --resume to train them")
     rows = [row_from_run(get_run(run_id), plan.metrics) for run_id in plan.child_run_ids]
     stats = aggregate(rows, plan.groups, plan.metrics)
     status = "FINISHED" if all(r["status"] == "FINISHED" for r in rows) else "FAILED"
@@ -436,6 +484,11 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
     from mlproject.compat import export_sweep_results
 
     export_sweep_results(plan.kind, plan.experiment_name, rows)  # research_runs/<kind>/<experiment>/
+    try:
+        best = finish_parent(plan, plan.parent_run_id, rows, stats)
+    except BaseException:
+        sweeps.set_status(plan.parent_run_id, "FAILED")
+        raise
     sweeps.set_status(plan.parent_run_id, status)
     if plots and any(r["status"] == "FINISHED" for r in rows):
         from mlproject.research.config import PlotConfig
@@ -447,7 +500,7 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
     print(f"results: {results_dir / 'results.jsonl'} (logged to run {plan.parent_run_id})")
     print(result_line({"step": plan.kind, "run_id": plan.parent_run_id, "experiment_id": plan.experiment_id,
                        "experiment_name": plan.experiment_name, "status": status, "children": len(rows),
-                       "finished": sum(r["status"] == "FINISHED" for r in rows)}), flush=True)
+                       "finished": sum(r["status"] == "FINISHED" for r in rows), **best}), flush=True)
     if status != "FINISHED":
         failed = [f"{c['name']} ({r['status']})" for c, r in zip(plan.children, rows) if r["status"] != "FINISHED"]
         raise MlprojectError(f"{plan.kind}: {len(failed)} of {len(rows)} child runs did not finish: "
@@ -500,6 +553,7 @@ def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan) -> Non
             while pending or running:
                 while pending and len(running) < parallel:
                     task = pending.pop(0)
+                    _ensure_run(task)
                     folder = Path(tmp) / task.child.name
                     folder.mkdir()
                     cmd = child_command(task.run_id, python=sys.executable) + [

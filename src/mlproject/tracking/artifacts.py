@@ -6,8 +6,8 @@ Layout inside a run:
     tokenizer/tokenizer.json                   the run's BPE tokenizer
     config/resolved.yaml                       sections model/data/train/tracking (RunConfig.load reads it)
 
-plus a LoggedModel (`models:/m-...`) with the tokenizer and a weights-only checkpoint in its
-`extra_files/`.
+plus a LoggedModel (`models:/m-...`): a pyfunc text-generation model with safetensors weights,
+its config and the tokenizer (tracking/textgen.py), loaded without unpickling anything.
 """
 
 from __future__ import annotations
@@ -32,20 +32,13 @@ from mlproject.errors import MlprojectError
 CHECKPOINT_DIR = "checkpoints"
 TOKENIZER_ARTIFACT = "tokenizer/tokenizer.json"
 CONFIG_ARTIFACT = "config/resolved.yaml"
-MODEL_NAME = "model"
-TOKENIZER_FILE = "tokenizer.json"
-MODEL_CHECKPOINT_FILE = "checkpoint.pt"  # weights-only copy of the LoggedModel, next to the pickle
 
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """No artifact progress bars and no MLflow warning about pickled models inside the block.
-
-    The warning recommends pt2 for safety; `log_model` already ships a weights-only
-    checkpoint beside the pickle for exactly that reason, so the warning would only mislead.
-    """
+    """No artifact progress bars inside the block (they flood logs that become artifacts)."""
     key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    saved_env, pytorch_log = os.environ.get(key), logging.getLogger("mlflow.pytorch")
+    saved_env, pytorch_log = os.environ.get(key), logging.getLogger("mlflow.pyfunc")
     saved_level = pytorch_log.level
     os.environ[key] = "false"
     pytorch_log.setLevel(logging.ERROR)
@@ -185,55 +178,29 @@ def download_tokenizer(run_id: str, dst_dir: str | Path) -> Path:
 
 def log_model(model: Any, *, tokenizer_path: str | Path, register_as: str | None, step: int,
               params: dict[str, Any] | None = None) -> str:
-    """Log `model` as a LoggedModel of the active run; return its models:/ URI.
+    """Log `model` as a pyfunc text-generation LoggedModel of the active run; return its models:/ URI.
 
-    Pickle serialization, not MLflow's default pt2 export: an exported graph is traced with
-    one input example and keeps only `forward(idx)`, while the pickled module keeps the KV
-    cache, `config` and any batch size (mlflow.pytorch docs, `serialization_format`). MLflow
-    refuses to unpickle unless MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true, so beside it in
-    `extra_files/` go the tokenizer and a weights-only checkpoint, which `load_logged_model`
-    reads without unpickling anything. Requirements are given explicitly: inferring them
-    loads the model in a subprocess, which costs seconds for nothing.
+    A "models from code" pyfunc with safetensors weights (tracking/textgen.py): loading it
+    never unpickles anything, whatever MLFLOW_ALLOW_PICKLE_DESERIALIZATION says (MLflow 3.17
+    lets it default to true, so a pickled `mlflow.pytorch` model would run a tampered pickle).
     """
-    import torch
+    from mlproject.tracking.textgen import log_text_model
 
-    import mlproject
-    from mlproject.training.checkpoint import save_model_checkpoint
-
-    with tempfile.TemporaryDirectory() as tmp, quiet():
-        tokenizer = Path(tmp) / TOKENIZER_FILE
-        shutil.copyfile(tokenizer_path, tokenizer)
-        checkpoint = save_model_checkpoint(Path(tmp) / MODEL_CHECKPOINT_FILE, model)
-        info = mlflow.pytorch.log_model(
-            model,
-            name=MODEL_NAME,
-            serialization_format="pickle",
-            extra_files=[str(tokenizer), str(checkpoint)],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlproject=={mlproject.__version__}",
-                              "tokenizers"],
-            registered_model_name=register_as,
-            step=step,
-            params=params,
-        )
-    return info.model_uri
+    with quiet():
+        return log_text_model(model, tokenizer_path=tokenizer_path, register_as=register_as, step=step,
+                              params=params)
 
 
 def load_logged_model(model_uri: str, dst_dir: str | Path, device: Any = "cpu") -> tuple[Any, Path]:
-    """A LoggedModel or registered model version: (GPT in eval mode, tokenizer.json path).
-
-    Rebuilt from the weights-only checkpoint in its `extra_files/`: no pickle is loaded.
-    """
-    from mlproject.training.checkpoint import load_model_checkpoint
+    """A LoggedModel or registered model version (`models:/NAME@alias` too): (GPT in eval mode,
+    tokenizer.json path), read from its safetensors weights and JSON config; no code is run."""
+    from mlproject.tracking.textgen import load_artifacts
 
     try:
         with quiet():
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst_dir)))
     except mlflow.exceptions.MlflowException as exc:
         raise MlprojectError(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}") from None
-    extra = local / "extra_files"
-    missing = [name for name in (TOKENIZER_FILE, MODEL_CHECKPOINT_FILE) if not (extra / name).is_file()]
-    if missing:
-        raise MlprojectError(f"model {model_uri!r} has no extra_files/{missing[0]}; it was not logged by "
-                             "`mlproject train`")
-    model, _ = load_model_checkpoint(extra / MODEL_CHECKPOINT_FILE, device)
-    return model, extra / TOKENIZER_FILE
+    if not (local / "artifacts").is_dir():
+        raise MlprojectError(f"model {model_uri!r} has no artifacts/ folder; it was not logged by `mlproject`")
+    return load_artifacts(local / "artifacts", device)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from mlproject.config import build_sections, check_types, field
 from mlproject.data.config import DataConfig
+from mlproject.errors import ConfigError
 from mlproject.model.config import GPTConfig
 from mlproject.training.config import TrainConfig
 
@@ -23,9 +24,13 @@ class TrackingConfig:
     output_dir: str = field("runs", help="local directory for checkpoints before they are logged")
     log_model: bool = field(True, help="log the best model as an MLflow LoggedModel at the end")
     log_to_mlflow: bool = field(True, help="false disables tracking (benchmarks, debugging)")
+    system_metrics: bool = field(True, help="log MLflow system metrics (CPU, memory; GPU with nvidia-ml-py)")
+    system_metrics_interval: float = field(10.0, help="seconds between system metrics samples")
 
     def validate(self) -> None:
         check_types(self, source="tracking")
+        if not self.system_metrics_interval > 0:
+            raise ConfigError(f"tracking: system_metrics_interval={self.system_metrics_interval} must be > 0 (seconds)")
 
 
 @dataclass

@@ -69,4 +69,37 @@ def run_generate(cfg: GenerateConfig) -> list[str]:
         raise MlprojectError(f"tokenizer {tokenizer_path.name} has {tokenizer.get_vocab_size()} tokens but the "
                              f"model only {model.config.vocab_size}; they are not from the same run")
     eot_id, _ = special_ids(tokenizer)
-    return generate_text(model, tokenizer, cfg, eot_id)
+    texts = generate_text(model, tokenizer, cfg, eot_id)
+    log_generations(cfg, texts)
+    return texts
+
+
+GENERATIONS_TABLE = "generations.json"
+
+
+def log_generations(cfg: GenerateConfig, texts: list[str]) -> None:
+    """Under `mlflow run -e generate` (MLFLOW_RUN_ID set): the settings as params and prompts,
+    settings and outputs as an MLflow table (the UI's Evaluation/Artifacts view shows it)."""
+    import os
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from mlproject.config import to_dict
+    from mlproject.tracking.run_context import describe_run
+    from mlproject.tracking.runs import log_params_once
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    settings = {k: v for k, v in to_dict(cfg).items() if k != "prompts"}
+    log_params_once(MlflowClient(), run_id, {**{f"generate.{k}": v for k, v in settings.items()},
+                                             "generate.num_prompts": len(cfg.prompts)})
+    n = len(texts)
+    table = {"prompt": list(cfg.prompts), "output": texts,
+             "completion": [t[len(p):] if t.startswith(p) else t for p, t in zip(cfg.prompts, texts)],
+             **{k: [None if settings[k] is None else settings[k]] * n
+                for k in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")}}
+    mlflow.log_table(table, artifact_file=GENERATIONS_TABLE, run_id=run_id)
+    source = cfg.model_uri or (f"run {cfg.run_id}" if cfg.run_id else cfg.checkpoint)
+    describe_run(run_id, name="generate", note=f"{n} sample(s) from `{source}`; see `{GENERATIONS_TABLE}`.")

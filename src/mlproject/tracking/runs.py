@@ -2,7 +2,7 @@
 
 One training step is exactly one MLflow run. Which one is decided here, in this order:
 
-1. an explicit `run_id` (a child run created up front by compare/ablation): join it;
+1. an explicit `run_id` (a child run created by compare/ablation): join it;
 2. a `parent_run_id`: create a nested child of it;
 3. `MLFLOW_RUN_ID` in the environment (set by `mlflow run`): join that run;
 4. `tracking.resume_from` naming a run id: join that run (resume continues the same run);
@@ -173,15 +173,18 @@ def tracking_uri() -> str:
 
 def start_run(*, experiment_name: str, run_name: str | None = None, run_id: str | None = None,
               parent_run_id: str | None = None, resume_run_id: str | None = None,
-              tags: Mapping[str, str] | None = None) -> ActiveRun:
+              tags: Mapping[str, str] | None = None, log_system_metrics: bool | None = None) -> ActiveRun:
     """Start or join the step's run (see the module docstring for the order) as the active run."""
+    from mlproject.tracking.run_context import add_standard_tags
+
     ensure_store()
     join = run_id or (None if parent_run_id else os.environ.get("MLFLOW_RUN_ID") or resume_run_id)
     nested = mlflow.active_run() is not None
     if join:
         before = _check_run(join, "run").info
-        run = mlflow.start_run(run_id=join, nested=nested, run_name=run_name)
+        run = mlflow.start_run(run_id=join, nested=nested, run_name=run_name, log_system_metrics=log_system_metrics)
         set_tags(MlflowClient(), join, tags or {})
+        add_standard_tags(join)
         return ActiveRun(join, run.info.experiment_id, before.status, before.end_time)
     if parent_run_id:
         _check_run(parent_run_id, "parent run")
@@ -192,8 +195,9 @@ def start_run(*, experiment_name: str, run_name: str | None = None, run_id: str 
     # the variable when given no run id (and drops it when it joins, as end_run does).
     os.environ.pop("MLFLOW_RUN_ID", None)
     run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id,
-                           nested=nested or bool(parent_run_id))
+                           nested=nested or bool(parent_run_id), log_system_metrics=log_system_metrics)
     set_tags(MlflowClient(), run.info.run_id, tags or {})
+    add_standard_tags(run.info.run_id)
     return ActiveRun(run.info.run_id, run.info.experiment_id)
 
 

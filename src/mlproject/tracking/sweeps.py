@@ -4,8 +4,8 @@ The sweep engine (research/sweep.py) drives these through `MlflowClient`, never 
 `mlflow.start_run` stack: the in-process trainer owns that stack while it trains a child, and
 a parent held there would turn every `start_run` of the trainer into an error or a grandchild.
 
-Children are created up front with status SCHEDULED and the tag `mlflow.parentRunId`, so the
-UI nests them under the parent, a parallel fan-out can hand each process its run id
+Children are created (as their training starts) with status SCHEDULED and the tag
+`mlflow.parentRunId`, so the UI nests them under the parent, a parallel fan-out can hand each process its run id
 (`MLFLOW_RUN_ID`), and `mlflow.start_run(run_id=...)` in the trainer flips them to RUNNING.
 """
 
@@ -34,6 +34,7 @@ from mlproject.tracking.queries import (
     get_run,
     latest_sweep_parent,
 )
+from mlproject.tracking.run_context import add_standard_tags, standard_tags
 from mlproject.tracking.runs import get_or_create_experiment
 from mlproject.tracking.store import ensure_store
 
@@ -94,6 +95,7 @@ def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, re
         else:
             run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
     set_tags(run_id, all_tags)
+    add_standard_tags(run_id)
     if previous is not None and previous.run_id != run_id:
         supersede(previous, run_id)
     return ParentRun(run_id=run_id, experiment_id=experiment_id, experiment_name=name, previous=previous)
@@ -115,7 +117,7 @@ def create_child(parent: ParentRun, *, run_name: str, tags: Mapping[str, str]) -
     """A SCHEDULED child run nested under `parent`; the trainer joins it by id."""
     client = MlflowClient()
     run = client.create_run(parent.experiment_id, run_name=run_name,
-                            tags={PARENT_TAG: parent.run_id, ROLE_TAG: "sweep_child", **tags})
+                            tags={**standard_tags(), PARENT_TAG: parent.run_id, ROLE_TAG: "sweep_child", **tags})
     client.update_run(run.info.run_id, status="SCHEDULED")
     return run.info.run_id
 
@@ -185,6 +187,7 @@ def start_run(*, experiment: str | None, run_name: str, tags: Mapping[str, str])
         experiment_id = ensure_experiment(experiment or "Default")
         run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
     set_tags(run_id, tags)
+    add_standard_tags(run_id)
     return run_id, experiment_id
 
 

@@ -26,6 +26,7 @@ from mlproject.tracking.artifacts import (CHECKPOINT_DIR, CONFIG_ARTIFACT, TOKEN
                                           log_file_as, log_model)
 from mlproject.tracking.config import RunConfig
 from mlproject.tracking.logger import MlflowLogger
+from mlproject.tracking.run_context import configure_system_metrics
 from mlproject.tracking.runs import (RUN_STATUS, TRAIN_STATUS_TAG, ActiveRun, default_experiment_name, end_run,
                                      environment_tags, git_info, is_run_id, restore_finished, set_tags,
                                      sigterm_as_interrupt, start_run, tracking_uri)
@@ -227,7 +228,8 @@ def _train_tracked(cfg: RunConfig, *, parent_run_id: str | None, extra_tags: dic
         data = prepare_data(cfg.data)
         check_fits(cfg.model, cfg.train, data)
         run: ActiveRun = start_run(experiment_name=experiment, run_name=cfg.tracking.run_name, run_id=run_id,
-                                   parent_run_id=parent_run_id, resume_run_id=resume_run_id, tags=tags)
+                                   parent_run_id=parent_run_id, resume_run_id=resume_run_id, tags=tags,
+                                   log_system_metrics=configure_system_metrics(cfg.tracking))
         outcome = TrainOutcome(run.run_id, run.experiment_id, "FAILED")
         try:
             checkpoint_dir = Path(cfg.tracking.output_dir) / run.run_id / CHECKPOINT_DIR

@@ -1,0 +1,155 @@
+"""What runs say about themselves: a sweep parent's params, description and best child; the
+descriptions of the pipeline and plot runs.
+
+- `parent_params`: the params every child shares (from the children's resolved configs),
+  plus the job's own settings (`compare.models`, `compare.seeds`, `ablation.axis`, ...), which
+  name the varied axis and its values. Never one child's seed or model version: a search
+  such as `params.model.model_version='gpt2' and params.train.seed='42'` finds children only.
+- `summary_markdown`: the summary table as Markdown, the parent's description in the UI.
+- `best_row`: the child that is best by the sweep's first metric.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from mlproject.config import flatten
+from mlproject.research.results import Row, SweepStats
+
+# The seed fields always vary with the sweep (`<kind>.seeds` lists them); model.vocab_size is the
+# model default until the tokenizer fixes it per child, so the data section's value stands for it.
+_NEVER_SHARED = {"train.seed", "train.data_seed", "model.vocab_size"}
+_HIGHER_IS_BETTER = ("tokens_per_sec", "mfu", "accuracy", "acc")
+
+
+def child_params(cfg: Any) -> dict[str, Any]:
+    """The model/data/train params of one child config, resolved as its trainer resolves them
+    (preset sizes, the recipe's optimizer settings)."""
+    from mlproject.training.optim import resolve_recipe
+
+    sections = {"model": cfg.model.resolved(), "data": cfg.data,
+                "train": resolve_recipe(cfg.train, cfg.model.model_version)}
+    return {k: v for name, section in sections.items() for k, v in flatten(section, name).items()}
+
+
+def parent_params(spec: Any) -> dict[str, Any]:
+    """Params shared by every child, plus the job's settings (the keys outside model/data/train)."""
+    per_child = [child_params(child.cfg) for child in spec.children]
+    shared: dict[str, Any] = {}
+    if per_child:
+        first = per_child[0]
+        shared = {k: v for k, v in first.items()
+                  if k not in _NEVER_SHARED and all(k in p and p[k] == v for p in per_child[1:])}
+    job = {k: v for k, v in spec.params.items() if k.split(".", 1)[0] not in ("model", "data", "train")}
+    return {**shared, **job}
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses, perplexities and bits per byte go down; throughput and accuracies go up."""
+    return not any(word in metric for word in _HIGHER_IS_BETTER)
+
+
+def best_row(rows: Sequence[Row], metric: str) -> Row | None:
+    """The FINISHED child with the best value of `metric` (None if no child has one)."""
+    scored = [r for r in rows if r.get("status") == "FINISHED" and isinstance(r.get(metric), (int, float))
+              and not math.isnan(r[metric])]
+    if not scored:
+        return None
+    sign = 1.0 if lower_is_better(metric) else -1.0
+    return min(scored, key=lambda r: sign * float(r[metric]))
+
+
+def _num(x: float | None, fmt: str = ".4f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def summary_markdown(kind: str, stats: SweepStats, rows: Sequence[Row], best: Row | None = None,
+                     model_uri: str | None = None) -> str:
+    """The parent's description: per metric a Markdown table of mean, std, 95% CI, n and the
+    paired difference against the baseline, then the children and the best model."""
+    finished = sum(r.get("status") == "FINISHED" for r in rows)
+    seeds = sorted({int(r["seed"]) for r in rows})
+    lines = [f"**{kind}** of {', '.join(stats.groups)} over seeds {', '.join(map(str, seeds))} "
+             f"({finished}/{len(rows)} children finished; baseline {stats.baseline}).", ""]
+    for metric in stats.metrics:
+        lines += [f"#### {metric}", "",
+                  "| group | n | mean | std | 95% CI | diff vs baseline | diff 95% CI | p |",
+                  "| --- | ---: | ---: | ---: | --- | ---: | --- | ---: |"]
+        for group in stats.groups:
+            s = stats.summaries.get(metric, {}).get(group)
+            if s is None:
+                lines.append(f"| {group} | 0 | – | – | – | – | – | – |")
+                continue
+            p = stats.paired.get(metric, {}).get(group)
+            ci = f"[{_num(s.ci_low)}, {_num(s.ci_high)}]" if s.ci_low is not None else "–"
+            dci = f"[{_num(p.ci_low, '+.4f')}, {_num(p.ci_high, '+.4f')}]" if p and p.ci_low is not None else "–"
+            lines.append(f"| {group} | {s.n} | {s.mean:.4f} | {_num(s.std)} | {ci} | "
+                         f"{_num(p.mean_diff, '+.4f') if p else '–'} | {dci} | {_num(p.p_value, '.3g') if p else '–'} |")
+        lines.append("")
+    if best is not None and stats.metrics:
+        metric = stats.metrics[0]
+        lines.append(f"Best child by {metric}: {best['group']} seed {best['seed']} "
+                     f"({metric} {best[metric]:.4f}, run `{best['run_id']}`)"
+                     + (f", model `{model_uri}`." if model_uri else "."))
+    return "\n".join(lines)
+
+
+def finish_parent(spec: Any, parent_run_id: str, rows: Sequence[Row], stats: SweepStats) -> dict[str, str]:
+    """After the sweep: the best child's model logged (and registered with `register_best`), the
+    parent's description written. Returns the fields this adds to the MLPROJECT_RESULT line."""
+    from mlproject.errors import MlprojectError
+    from mlproject.tracking.best_model import publish_best
+    from mlproject.tracking.run_context import describe_run
+
+    metric = spec.metrics[0]
+    best = best_row(rows, metric)
+    published = None
+    if best is not None:
+        try:
+            published = publish_best(parent_run_id, best["run_id"], spec.register_best, metric=metric,
+                                     value=float(best[metric]))
+        except Exception as exc:  # MLflow errors too: one line, the sweep's results are kept
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MlprojectError(f"{spec.kind}: the best child's model could not be logged or registered: "
+                                 f"{first}") from None
+    describe_run(parent_run_id, name=spec.run_name,
+                 note=summary_markdown(spec.kind, stats, rows, best,
+                                       published and (published.alias_uri or published.model_uri)))
+    if published is None:
+        return {}
+    print(f"best model: {best['group']} seed {best['seed']} ({metric} {best[metric]:.4f}), run {best['run_id']}: "
+          f"{published.model_uri}")
+    fields = {"model_uri": published.model_uri}
+    if published.alias_uri:
+        print(f"registered: {published.registered_uri} (alias {published.alias_uri})")
+        print("predict: python -c \"import mlflow; print(mlflow.pyfunc.load_model("
+              f"'{published.alias_uri}').predict(['The module'], params={{'max_new_tokens': 20}}))\"")
+        fields.update(model_uri=published.alias_uri, registered_model_uri=published.registered_uri)
+    return fields
+
+
+def plot_note(kind: str, name: str, parent_run_id: str, files: Sequence[Any]) -> str:
+    """The plot run's description: what it plotted and the files it logged under plots/."""
+    from pathlib import Path
+
+    lines = [f"Charts of the {kind} parent run `{parent_run_id}` ({name}), logged under `plots/` here "
+             "and on that run:", ""]
+    lines += [f"- `plots/{Path(f).name}`" for f in files]
+    return "\n".join(lines)
+
+
+def pipeline_note(name: str, status: str, steps: Sequence[dict[str, Any]]) -> str:
+    """The pipeline run's description: one Markdown row per step with its status and run id."""
+    lines = [f"Pipeline **{name}**: {status}.", "", "| step | entry point | status | run | seconds |",
+             "| --- | --- | --- | --- | ---: |"]
+    for s in steps:
+        run = f"`{s['run_id']}`" if s.get("run_id") else "–"
+        seconds = s.get("duration_sec")
+        lines.append(f"| {s['id']} | {s.get('entry_point', '')} | {s['status']} | {run} | "
+                     f"{'' if seconds is None else seconds} |")
+    model = next((r.get("model_uri") for r in ((s.get("result") or {}) for s in steps) if r.get("model_uri")), None)
+    if model:
+        lines += ["", f"Best model: `{model}`."]
+    return "\n".join(lines)
