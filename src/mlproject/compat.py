@@ -11,8 +11,10 @@ directory, so the original commands run as written:
     checkpoints/<run-name>.last.pt, .best.pt                    copies of the run's checkpoints/*.pt
     checkpoints/<run-name>.tokenizer.json                       copy of the run's tokenizer/tokenizer.json
 
-The MLflow run stays the source of truth: a copy is rewritten by the next run of the same
-name, never read back by the suite itself except where a user passes its path.
+They go under the working directory, or under `$MLPROJECT_LOCAL_DIR` when it is set (under
+`mlflow run` the working directory is the project). The MLflow run stays the source of truth:
+a copy is rewritten by the next run of the same name, never read back by the suite itself
+except where a user passes its path.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Any
 
 RESULTS_ROOT = Path("research_runs")
 CHECKPOINTS_ROOT = Path("checkpoints")
+# Under `mlflow run` the working directory is the project; this variable puts the copies elsewhere.
+LOCAL_DIR_ENV = "MLPROJECT_LOCAL_DIR"
 SWEEP_FOLDERS = {"compare": "compare", "ablation": "ablations"}  # the original's folder names
 
 
@@ -35,9 +39,15 @@ def _safe_name(name: str) -> str:
     return cleaned if cleaned not in ("", ".", "..") else "unnamed"
 
 
+def _local(path: Path) -> Path:
+    """`path` under $MLPROJECT_LOCAL_DIR if set, else under the working directory (relative)."""
+    root = os.environ.get(LOCAL_DIR_ENV, "").strip()
+    return Path(root).expanduser() / path if root else path
+
+
 def results_dir(kind: str, experiment_name: str) -> Path:
     """`research_runs/compare/<experiment>` or `research_runs/ablations/<experiment>`."""
-    return RESULTS_ROOT / SWEEP_FOLDERS[kind] / _safe_name(experiment_name)
+    return _local(RESULTS_ROOT / SWEEP_FOLDERS[kind] / _safe_name(experiment_name))
 
 
 def export_sweep_results(kind: str, experiment_name: str, rows: Sequence[Any]) -> Path:
@@ -78,9 +88,9 @@ def export_checkpoints(run_name: str, *, last: Path | None, best: Path | None,
     written: dict[str, Path] = {}
     for kind, src in (("last", last), ("best", best)):
         if src is not None and Path(src).is_file():
-            written[kind] = _copy_atomic(Path(src), CHECKPOINTS_ROOT / f"{name}.{kind}.pt")
+            written[kind] = _copy_atomic(Path(src), _local(CHECKPOINTS_ROOT / f"{name}.{kind}.pt"))
     if tokenizer is not None and Path(tokenizer).is_file():
-        written["tokenizer"] = _copy_atomic(Path(tokenizer), CHECKPOINTS_ROOT / f"{name}.tokenizer.json")
+        written["tokenizer"] = _copy_atomic(Path(tokenizer), _local(CHECKPOINTS_ROOT / f"{name}.tokenizer.json"))
     if written:
         print("local copies (original suite's paths): "
               + ", ".join(f"{k}={p}" for k, p in written.items()), flush=True)

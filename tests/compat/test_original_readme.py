@@ -190,7 +190,9 @@ def test_pipeline_runs_outside_the_repository_root(sh: Shell, tmp_path: Path):
             "parallel": 1, "log_model": "false", "output_dir": str(tmp_path / "runs")}
     pipeline.write_text(yaml.safe_dump({
         "pipeline": {"name": "outside_root", "experiment_name": "outside_root",
-                     "run_dir": str(tmp_path / "pipeline_runs")},
+                     "run_dir": str(tmp_path / "pipeline_runs"),
+                     # `mlflow run` works in the project: the original's local copies go here instead.
+                     "env": {"MLPROJECT_LOCAL_DIR": str(tmp_path)}},
         "steps": [
             {"id": "compare", "entry_point": "compare",
              "parameters": {"config": "configs/compare/gpt2_vs_gpt3_small_fair_offline.yaml", **tiny}},
@@ -204,6 +206,7 @@ def test_pipeline_runs_outside_the_repository_root(sh: Shell, tmp_path: Path):
     ran = sh.run(f"mlproject pipeline --config {pipeline}", cwd=elsewhere)
     assert json.loads(ran.line("MLPROJECT_RESULT"))["status"] == "succeeded"
     assert list((tmp_path / "plots").glob("compare_*.png"))
+    assert (tmp_path / "research_runs" / "compare" / "outside_root" / "results.jsonl").is_file()
 
 
 def test_pipeline_without_a_project_says_what_to_do(sh: Shell, tmp_path: Path):
