@@ -159,6 +159,23 @@ def test_report_is_logged_to_the_pipeline_run(fake_mlflow, tmp_path):
     assert run.data.tags["mlproject.step.compare.run_id"] == "run-compare"
 
 
+def test_a_pipeline_run_made_by_mlflow_run_gets_the_pipelines_name_and_a_step_table(fake_mlflow, tmp_path,
+                                                                                    monkeypatch):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    experiment_id = client.create_experiment(f"pipe-named-{tmp_path.name}")
+    pipeline_run = client.create_run(experiment_id).info.run_id  # a random name, as `mlflow run` gives
+    monkeypatch.setenv("MLFLOW_RUN_ID", pipeline_run)
+    path = write_pipeline(tmp_path / "p.yaml", STEPS)
+    assert run_pipeline(path, PipelineOptions()) == 0
+    run = client.get_run(pipeline_run)
+    assert run.info.run_name == report_of(tmp_path)["pipeline"]
+    note = run.data.tags["mlflow.note.content"]
+    assert "| compare | compare | succeeded | `run-compare` |" in note
+    assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.name"]
+
+
 def test_steps_do_not_inherit_the_pipelines_own_mlflow_run(fake_mlflow, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 

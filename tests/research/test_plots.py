@@ -27,6 +27,19 @@ def test_plot_reads_the_tracking_store_and_logs_pngs_to_the_parent(compare_sweep
     assert result["run_id"] == outcome.parent_run_id and len(result["plots"]) == 2
 
 
+def test_a_plot_step_under_mlflow_run_reports_and_names_its_own_run(compare_sweep, research_env, tmp_path, capsys,
+                                                                     monkeypatch):
+    outcome, _ = compare_sweep
+    step_run = MlflowClient().create_run(outcome.experiment_id).info.run_id  # as `mlflow run -e plot` would
+    monkeypatch.setenv("MLFLOW_RUN_ID", step_run)
+    run_plot(PlotConfig(parent_run_id=outcome.parent_run_id, output_dir=str(tmp_path / "plots")))
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1].split(" ", 1)[1])
+    assert result["run_id"] == step_run and result["plotted_run_id"] == outcome.parent_run_id
+    run = MlflowClient().get_run(step_run)
+    assert run.info.run_name == f"plot-compare-{outcome.parent_run_id[:8]}"
+    assert outcome.parent_run_id in run.data.tags["mlflow.note.content"]
+
+
 def test_plot_by_experiment_name_uses_its_latest_parent(compare_sweep, research_env, tmp_path):
     outcome, _ = compare_sweep
     written = run_plot(PlotConfig(experiment_name=outcome.experiment_name, kind="compare", log_to_run=False,

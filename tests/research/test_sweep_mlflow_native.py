@@ -104,3 +104,15 @@ def test_a_queued_child_starts_when_its_training_starts(registered_sweep):
     children = sorted(children_of(outcome.parent_run_id), key=lambda r: r.info.start_time)
     first_end = min(c.info.end_time for c in children[:2])
     assert all(c.info.start_time >= first_end for c in children[2:])
+
+
+def test_publishing_the_same_best_model_again_adds_no_version(registered_sweep):
+    """A resumed sweep whose best child did not change keeps the registered version."""
+    from mlproject.tracking.best_model import publish_best
+
+    outcome, _, name = registered_sweep
+    client = MlflowClient()
+    before = client.get_model_version_by_alias(name, "best")
+    again = publish_best(outcome.parent_run_id, before.run_id, name, metric="val_loss_best", value=1.0)
+    assert again.registered_uri == f"models:/{name}/{before.version}"
+    assert len(client.search_model_versions(f"name='{name}'")) == 1

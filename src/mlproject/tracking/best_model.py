@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from mlproject.tracking.artifacts import download_checkpoint, download_tokenizer, log_model
 from mlproject.tracking.runs import set_tags
@@ -64,6 +65,16 @@ def log_child_model(run_id: str) -> str:
     return uri
 
 
+def _current_best(name: str, model_uri: str):  # -> ModelVersion | None
+    """The version the `best` alias points at, if it is already `model_uri`."""
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, BEST_ALIAS)
+    except MlflowException:  # no such model or alias yet
+        return None
+    same = version.source == model_uri or getattr(version, "model_id", None) == model_uri.rsplit("/", 1)[-1]
+    return version if same else None
+
+
 def publish_best(parent_run_id: str, run_id: str, register_as: str | None, *, metric: str,
                  value: float) -> BestModel:
     """The best child's model (logged if it has none), registered as `register_as` with alias `best`."""
@@ -71,9 +82,11 @@ def publish_best(parent_run_id: str, run_id: str, register_as: str | None, *, me
     best = BestModel(run_id=run_id, model_uri=child_model_uri(run_id) or log_child_model(run_id))
     tags = {BEST_RUN_TAG: run_id, BEST_MODEL_TAG: best.model_uri}
     if register_as:
-        version = mlflow.register_model(best.model_uri, register_as,
-                                        tags={"sweep_parent_run_id": parent_run_id, metric: f"{value:.6g}"})
-        client.set_registered_model_alias(register_as, BEST_ALIAS, version.version)
+        version = _current_best(register_as, best.model_uri)  # a resumed sweep registers nothing new
+        if version is None:
+            version = mlflow.register_model(best.model_uri, register_as,
+                                            tags={"sweep_parent_run_id": parent_run_id, metric: f"{value:.6g}"})
+            client.set_registered_model_alias(register_as, BEST_ALIAS, version.version)
         best.registered_uri = f"models:/{register_as}/{version.version}"
         best.alias_uri = f"models:/{register_as}@{BEST_ALIAS}"
         tags[REGISTERED_TAG] = best.registered_uri
