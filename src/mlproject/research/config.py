@@ -23,6 +23,8 @@ class CompareConfig:
     parallel: int = field(1, help="children trained at once in separate processes")
     resume: bool = field(False, help="skip FINISHED children, resume KILLED/FAILED ones, add the rest")
     parent_run_name: str | None = field(None, help="name of the parent run")
+    eval_datasets: list[str] = field(default_factory=list, help="evaluate every child on these datasets "
+                                     "after training; the parent aggregates eval/<dataset>/bpb")
 
     def validate(self) -> None:
         check_types(self, source="compare")
@@ -49,6 +51,8 @@ class AblationConfig:
     parallel: int = field(1, help="children trained at once in separate processes")
     resume: bool = field(False, help="skip FINISHED children, resume KILLED/FAILED ones, add the rest")
     parent_run_name: str | None = field(None, help="name of the parent run")
+    eval_datasets: list[str] = field(default_factory=list, help="evaluate every child on these datasets "
+                                     "after training; the parent aggregates eval/<dataset>/bpb")
 
     def validate(self) -> None:
         check_types(self, source="ablation")

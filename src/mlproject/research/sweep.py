@@ -85,6 +85,7 @@ class SweepSpec:
     parallel: int = 1
     resume: bool = False
     tags: dict[str, str] = field(default_factory=dict)
+    eval_datasets: list[str] = field(default_factory=list)  # evaluated after training (research.eval_metrics)
 
 
 @dataclass
@@ -193,6 +194,11 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
                 _run_parallel(todo, spec.parallel, parent)
             else:
                 _run_sequential(todo, parent)
+        if spec.eval_datasets:
+            from mlproject.research.eval_metrics import evaluate_children
+
+            evaluate_children([t.run_id for t in tasks], spec.eval_datasets, cache_dir=spec.base.data.cache_dir,
+                              device=spec.base.train.device)
     except BaseException as exc:
         sweeps.set_status(parent.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
