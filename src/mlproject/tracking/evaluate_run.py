@@ -249,12 +249,17 @@ def run_export_hf(cfg: ExportConfig) -> Path:
 
 def _log_transformers(run_id: str, folder: Path) -> str:
     """The export as an MLflow transformers-flavor model of the run (a text-generation pipeline)."""
+    import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    # Explicit requirements: inferring them imports every optional package transformers knows of.
+    requirements = [f"transformers=={transformers.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+                    "tokenizers", "safetensors"]
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), quiet():
         info = mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer}, name="hf_model",
-                                             task="text-generation")
+                                             task="text-generation", pip_requirements=requirements)
     print(f"export-hf: transformers model {info.model_uri}", flush=True)
     return info.model_uri
