@@ -85,3 +85,15 @@ def test_per_token_eval_metrics_across_datasets_warn(capsys):
     metrics = with_eval_metrics(["val_bpb_best", "eval/pydocs/loss"], ["pydocs", "wikitext2"])
     assert metrics == ["val_bpb_best", "eval/pydocs/loss", "eval/pydocs/bpb", "eval/wikitext2/bpb"]
     assert "not comparable across corpora" in capsys.readouterr().err
+
+
+def test_plot_draws_val_bpb_best_from_the_tracking_store(compare_sweep, research_env, tmp_path):
+    from mlproject.research.config import PlotConfig
+    from mlproject.research.plots import run_plot
+
+    outcome, printed = compare_sweep
+    written = run_plot(PlotConfig(parent_run_id=outcome.parent_run_id, kind="compare", metric="val_bpb_best",
+                                  log_to_run=False, output_dir=str(tmp_path)))
+    assert [p.name for p in written if p.suffix == ".png"] == ["compare_val_bpb_best.png"]
+    summary = (tmp_path / "compare_val_bpb_best_summary.csv").read_text().splitlines()
+    assert [line.split(",")[1] for line in summary[1:]] == ["gpt2", "gpt3"]

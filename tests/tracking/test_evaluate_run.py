@@ -200,7 +200,6 @@ metric_list:
 
 def test_lm_eval_runs_a_local_task_end_to_end_offline_and_logs_metrics_with_stderr(run, tmp_path, monkeypatch,
                                                                                     capsys):
-    pytest.importorskip("lm_eval", reason="the optional extra `eval` (lm-eval) is not installed")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     rows = [{"question": "def f(x):\n    return", "choices": [" x", " zzzz"], "answer": 0},
             {"question": "import", "choices": [" os", " !!!!"], "answer": 0},
