@@ -15,13 +15,21 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
 
-from conftest import write_config
 from mlproject.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# The tracking tests' tiny run (conftest.TINY), with a LoggedModel.
+TINY = {
+    "model": {"model_version": "gpt2", "n_layer": 2, "n_head": 2, "d_model": 64, "block_size": 32},
+    "data": {"dataset": "pydocs", "vocab_size": 512, "max_train_docs": 200, "max_val_docs": 20},
+    "train": {"batch_size": 4, "max_steps": 12, "eval_interval": 4, "eval_batches": 2, "log_interval": 2,
+              "save_every": 4, "warmup": 2, "device": "cpu", "num_threads": 1, "progress": "lines"},
+    "tracking": {"log_model": True, "experiment_name": "test-evaluate"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +45,8 @@ def run(tmp_path_factory, store_uri, cache_dir):
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.delenv("MLFLOW_RUN_ID", raising=False)
         mlflow.set_tracking_uri(store_uri)
-        path = write_config(tmp / "train.yaml", "test-evaluate", tracking={"log_model": True})
+        path = tmp / "train.yaml"
+        path.write_text(yaml.safe_dump({**TINY, "tracking": {**TINY["tracking"], "output_dir": str(tmp / "runs")}}))
         outcome = run_training(RunConfig.load(path))
         mlflow.set_tracking_uri(None)
     assert outcome.status == "FINISHED"
