@@ -85,6 +85,9 @@ def test_evaluate_on_the_runs_windows_reproduces_its_val_loss_and_bpb(run, tmp_p
     for name in ("loss", "ppl", "bpb", "token_acc"):
         assert m[f"eval/pydocs/{name}_ci95_low"] <= m[f"eval/pydocs/{name}"] <= m[f"eval/pydocs/{name}_ci95_high"]
     assert m["eval/pydocs/batches"] == 2 and m["eval/pydocs/tokens"] == 256
+    result = json.loads(out.strip().splitlines()[-1].split(" ", 1)[1])  # the line the pipeline runner reads
+    assert result == {"step": "evaluate", "run_id": run.run_id, "evaluated_run": run.run_id, "status": "FINISHED",
+                      "checkpoint_sha256": sha256_of(run.checkpoint_uris["best"], tmp_path)}
 
 
 def test_evaluate_records_the_sha256_of_the_checkpoint_it_evaluated(run, tmp_path):

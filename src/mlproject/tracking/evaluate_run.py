@@ -11,6 +11,7 @@ Metrics go to the evaluated run, prefixed by the dataset (`eval/wikitext2/bpb`),
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from mlproject.errors import ConfigError, MlprojectError
 from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
 from mlproject.tracking.artifacts import (CONFIG_ARTIFACT, MODEL_CHECKPOINT_FILE, TOKENIZER_FILE, download_checkpoint,
                                           download_tokenizer, quiet)
+from mlproject.tracking.train_run import RESULT_PREFIX
 
 EVALUATED_RUN_TAG = "mlproject.evaluated_run"   # on a separate evaluation run: the run it evaluated
 SHA_TAG = "mlproject.eval.checkpoint_sha256"    # sha256 of the checkpoint file last evaluated
@@ -219,6 +221,9 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateOutcome:
         tags.update({f"mlproject.eval.{name}.checkpoint_sha256": source.sha256 for name in names})
         sweeps.set_tags(target, tags)
         print(f"evaluate: logged {len(metrics)} metrics to run {target}", flush=True)
+    # the machine-readable last line the pipeline runner and the DAG read
+    print(f"{RESULT_PREFIX} " + json.dumps({"step": "evaluate", "run_id": target, "evaluated_run": source.run_id,
+                                            "checkpoint_sha256": source.sha256, "status": "FINISHED"}), flush=True)
     return EvaluateOutcome(target, source.sha256, metrics)
 
 
