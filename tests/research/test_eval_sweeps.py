@@ -3,7 +3,6 @@ val_bpb_best` and `--eval-datasets` aggregate across seeds like the training met
 
 from __future__ import annotations
 
-import pytest
 from mlflow import MlflowClient
 
 from sweep_helpers import children_of, unique, write_yaml

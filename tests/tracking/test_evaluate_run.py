@@ -54,7 +54,8 @@ def run(tmp_path_factory, store_uri, cache_dir):
 
 
 def sha256_of(uri: str, tmp_path: Path) -> str:
-    return hashlib.sha256(Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path))).read_bytes()).hexdigest()
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path)))
+    return hashlib.sha256(local.read_bytes()).hexdigest()
 
 
 def metrics_of(run_id: str) -> dict[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from mlproject.config import check_types, field
 from mlproject.errors import ConfigError
@@ -28,9 +29,11 @@ class EvaluateConfig:
     tokenizer_path: str | None = field(None, help="tokenizer.json (with --checkpoint)")
     datasets: list[str] = field(default_factory=list, aliases=("--eval-datasets", "--dataset"),
                                 help="registry keys to evaluate on (default: the run's own dataset)")
-    split: str = field("val", help="val, train, or all (every document; the default for --local-path)")
+    split: Literal["val", "train", "all"] = field("val", help="split of the registry datasets: val, train, or all "
+                                                              "(every document; local files are always read whole)")
     local_path: str | None = field(None, help="local JSONL/text files to evaluate on as one more dataset")
-    local_format: str | None = field(None, help="json or text (default: $LOCAL_TEXT_DATA_FORMAT or json)")
+    local_format: Literal["json", "text"] | None = field(
+        None, help="json or text (default: $LOCAL_TEXT_DATA_FORMAT or json)")
     local_name: str | None = field(None, help="metric name of the local files (default: the first file's stem)")
     max_tokens: int = field(65536, help="token budget per dataset: the first max_tokens target tokens of the split")
     block_size: int | None = field(None, help="evaluation context (default: the model's block_size)")
@@ -50,8 +53,6 @@ class EvaluateConfig:
     def validate(self) -> None:
         check_types(self, source="evaluate")
         _one_source("evaluate", self.run_id, self.model_uri, self.checkpoint)
-        if self.split not in ("val", "train", "all"):
-            raise ConfigError(f"evaluate: split={self.split!r} is not valid; expected val, train or all")
         for name in ("max_tokens", "batch_size", "block_size", "max_docs", "limit"):
             value = getattr(self, name)
             if value is not None and value <= 0:
