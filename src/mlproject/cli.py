@@ -110,6 +110,22 @@ def _sweep_stage(args: argparse.Namespace) -> bool:
     return False
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from mlproject.config import build_sections
+    from mlproject.inference.eval_config import EvaluateConfig
+    from mlproject.tracking.evaluate_run import run_evaluate
+
+    run_evaluate(build_sections({"evaluate": EvaluateConfig}, yaml_path=args.config, args=args)["evaluate"])
+
+
+def _export_hf(args: argparse.Namespace) -> None:
+    from mlproject.config import from_dict, section_overrides
+    from mlproject.inference.eval_config import ExportConfig
+    from mlproject.tracking.evaluate_run import run_export_hf
+
+    run_export_hf(from_dict(ExportConfig, section_overrides(args, ExportConfig), source="flags"))
+
+
 def _compare(args: argparse.Namespace) -> None:
     from mlproject.research.compare import CompareJob, run_compare
 
@@ -224,6 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("generate", _generate, "generate text from a run, a models:/ URI or a checkpoint")
     p.add_argument("--config", help="YAML file with a `generate` section")
     add_arguments(p, GenerateConfig, title="generate")
+
+    from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
+
+    p = command("evaluate", _evaluate, "evaluate a run, a models:/ URI or a checkpoint: loss, ppl, bpb, "
+                "accuracy with confidence intervals; lm-eval tasks")
+    p.add_argument("--config", help="YAML file with an `evaluate` section")
+    add_arguments(p, EvaluateConfig, title="evaluate")
+
+    p = command("export-hf", _export_hf, "export a run, a models:/ URI or a checkpoint to a Hugging Face folder")
+    add_arguments(p, ExportConfig, title="export-hf")
 
     from mlproject.research.config import AblationConfig, CompareConfig, PlotConfig
 

@@ -56,9 +56,16 @@ def test_offline_pipeline_steps_point_at_offline_configs():
         assert (REPO / config).is_file() and config.endswith("_offline.yaml")
 
 
+def test_the_main_job_reports_val_bpb_best_in_its_summary_table_and_plot():
+    compare = yaml.safe_load((CONFIGS / "compare/gpt2_vs_gpt3_small_fair_offline.yaml").read_text())["compare"]
+    plot = yaml.safe_load((CONFIGS / "plot/compare_plot_offline.yaml").read_text())["plot"]
+    assert "val_bpb_best" in compare["metrics"] and plot["metric"] == "val_bpb_best"
+
+
 def test_mlproject_entry_points_default_to_offline_configs():
     entry_points = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
-    assert set(entry_points) == {"train", "compare", "ablation", "plot", "generate", "pipeline", "tune"}
+    assert set(entry_points) == {"train", "compare", "ablation", "plot", "generate", "evaluate", "pipeline",
+                                 "tune"}
     for name, entry in entry_points.items():
         config = entry["parameters"].get("config")
         if config is not None:

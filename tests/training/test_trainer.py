@@ -23,7 +23,7 @@ LOG_KEYS = {"train_loss", "lr", "grad_norm", "tokens_per_sec", "ms_per_step", "m
             "peak_mem_mb", "tokens_seen", "epoch"}
 START_KEYS = {"params_total", "params_non_embedding", "flops_per_token", "total_steps", "steps_per_epoch",
               "start_step", "device", "world_size", "precision", "peak_flops", "model_config", "train_config"}
-SUMMARY_KEYS = {"val_loss_best", "val_ppl_best", "train_loss_last", "tokens_seen", "elapsed_sec", "params_total",
+SUMMARY_KEYS = {"val_loss_best", "val_ppl_best", "val_bpb_best", "train_loss_last", "tokens_seen", "elapsed_sec", "params_total",
                 "tokens_per_sec", "peak_mem_mb"}
 
 
@@ -77,7 +77,9 @@ def test_train_calls_back_in_order_with_the_documented_keys(data, model_cfg, tmp
                           ("checkpoint", "last", 4), ("log", 6), ("log", 8), ("eval", 8),
                           ("checkpoint", "best", 8), ("checkpoint", "last", 8), ("end", "finished")]
     assert all(set(m) == LOG_KEYS for m in rec.logs.values())
-    assert set(rec.evals[8]) == {"val_loss", "val_ppl", "val_token_acc"}
+    assert set(rec.evals[8]) == {"val_loss", "val_ppl", "val_token_acc", "val_bpb"}
+    best = min(rec.evals.values(), key=lambda m: m["val_loss"])
+    assert result.summary["val_bpb_best"] == best["val_bpb"]
     assert rec.evals[8]["val_ppl"] == pytest.approx(math.exp(rec.evals[8]["val_loss"]))
     assert result.status == "finished" and result.step == 8 and rec.result is result
     assert set(result.summary) == SUMMARY_KEYS

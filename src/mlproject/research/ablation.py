@@ -10,6 +10,7 @@ tokens/s and peak memory, so the ablation shows the cost next to the loss.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import typing
 from dataclasses import dataclass
@@ -18,14 +19,17 @@ from typing import Any
 from mlproject.config import coerce, dump_yaml, flatten, from_dict, to_dict
 from mlproject.errors import ConfigError
 from mlproject.model.config import GPTConfig
+from mlproject.data.config import DataConfig
 from mlproject.research.config import AblationConfig
+from mlproject.research.eval_metrics import check_eval_datasets, prefer_bpb, with_eval_metrics
 from mlproject.research.sweep import (ChildSpec, SweepOutcome, SweepSpec, child_config, experiment_for, load_job,
                                       run_sweep, sweep_key, with_context)
 from mlproject.tracking.config import RunConfig
 from mlproject.tracking.queries import AXIS_TAG, MODEL_TAG, VALUE_TAG
 
 AXES = ("norm_type", "mlp_type", "pos_encoding", "attention_impl", "gradient_checkpointing", "dropout",
-        "n_layer", "n_head", "d_model", "mlp_expansion", "attention_pattern", "attention_window")
+        "n_layer", "n_head", "d_model", "mlp_expansion", "attention_pattern", "attention_window", "vocab_size")
+DATA_AXES = {"vocab_size"}  # axes of the data section: each value trains its own tokenizer
 SPEED_AXES = {"attention_impl": ("tokens_per_sec", "peak_mem_mb"),
               "gradient_checkpointing": ("tokens_per_sec", "peak_mem_mb")}
 
@@ -43,7 +47,7 @@ def parse_values(axis: str, raw: list[str], source: str = "ablation") -> list[An
     """Values of `axis` parsed by its GPTConfig annotation; unknown axis or duplicates are errors."""
     if axis not in AXES:
         raise ConfigError(f"{source}: ablation_axis={axis!r} is not an ablation axis; expected one of: {', '.join(AXES)}")
-    tp = typing.get_type_hints(GPTConfig)[axis]
+    tp = typing.get_type_hints(DataConfig if axis in DATA_AXES else GPTConfig)[axis]
     values = [coerce(v, tp, key=f"ablation_values ({axis})", source=source) for v in raw]
     labels = [value_label(v) for v in values]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
@@ -67,19 +71,27 @@ class AblationJob:
         value is validated against the model config here, before anything runs."""
         run, ablation, _ = load_job(yaml_path, args, "ablation", AblationConfig)
         source = str(yaml_path) if yaml_path else "flags"
+        if ablation.ablation_axis == "vocab_size":
+            if run.data.tokenizer_path:
+                raise ConfigError(f"{source}: ablation over vocab_size trains one tokenizer per value; "
+                                  f"drop data.tokenizer_path={run.data.tokenizer_path!r}")
+            ablation = dataclasses.replace(ablation, metrics=prefer_bpb(ablation.metrics, "ablation over vocab_size"))
         job = cls(run, ablation, parse_values(ablation.ablation_axis, ablation.ablation_values, f"{source}: ablation"),
                   source)
         job.children()
+        check_eval_datasets(ablation.eval_datasets, f"{source}: ablation")
         return job
 
     @property
     def metrics(self) -> list[str]:
         extra = SPEED_AXES.get(self.ablation.ablation_axis, ())
-        return list(dict.fromkeys([*self.ablation.metrics, *extra]))
+        return with_eval_metrics(list(dict.fromkeys([*self.ablation.metrics, *extra])), self.ablation.eval_datasets)
 
     def children(self) -> list[ChildSpec]:
         """One child per seed x value (seed-major, so finished pairs accumulate early)."""
         axis = self.ablation.ablation_axis
+        if axis in DATA_AXES:
+            return self._data_children()
         models = {}
         for value in self.values:
             label = value_label(value)
@@ -95,20 +107,39 @@ class AblationJob:
                           tags={AXIS_TAG: axis, VALUE_TAG: label, MODEL_TAG: model.model_version})
                 for seed in self.ablation.seeds for label, model in models.items()]
 
+    def _data_children(self) -> list[ChildSpec]:
+        """Children of a data axis: the same model, each value's own data section (and tokenizer)."""
+        axis = self.ablation.ablation_axis
+        bases = {}
+        for value in self.values:
+            label = value_label(value)
+            try:
+                data = from_dict(DataConfig, {**to_dict(self.run.data), axis: value},
+                                 source=f"{self.source}: ablation {axis}={label}")
+            except ConfigError as exc:
+                raise with_context(f"{self.source}: ablation {axis}={label}", exc) from None
+            bases[label] = dataclasses.replace(self.run, data=data)
+        return [ChildSpec(group=label, seed=seed,
+                          cfg=child_config(base, model=self.run.model, train=self.run.train, seed=seed),
+                          tags={AXIS_TAG: axis, VALUE_TAG: label, MODEL_TAG: self.run.model.model_version})
+                for seed in self.ablation.seeds for label, base in bases.items()]
+
     def spec(self) -> SweepSpec:
         a = self.ablation
+        section = "data" if a.ablation_axis in DATA_AXES else "model"
         groups = [value_label(v) for v in self.values]
         params = {k: v for name in ("model", "data", "train") for k, v in flatten(getattr(self.run, name), name).items()}
-        params.pop(f"model.{a.ablation_axis}", None)  # varies per child
+        params.pop(f"{section}.{a.ablation_axis}", None)  # varies per child
         params.update(flatten({"axis": a.ablation_axis, "values": " ".join(groups),
                                "seeds": " ".join(map(str, a.seeds)), "metrics": " ".join(self.metrics)}, "ablation"))
         sections = {name: to_dict(getattr(self.run, name)) for name in RunConfig.SECTIONS}
         return SweepSpec(
             kind="ablation", run_name=a.parent_run_name or f"ablation-{a.ablation_axis}",
             experiment=experiment_for(self.run),
-            key=sweep_key("ablation", self.run, drop=[f"model.{a.ablation_axis}"], extra={"axis": a.ablation_axis}),
+            key=sweep_key("ablation", self.run, drop=[f"{section}.{a.ablation_axis}"], extra={"axis": a.ablation_axis}),
             groups=groups, metrics=self.metrics, children=self.children(), base=self.run, params=params,
             parallel=a.parallel, resume=a.resume, tags={AXIS_TAG: a.ablation_axis}, register_best=a.register_best,
+            eval_datasets=list(a.eval_datasets),
             config_text=dump_yaml({**sections, "ablation": to_dict(a)}))
 
 

@@ -21,6 +21,7 @@ from mlproject.config import dump_yaml, flatten, from_dict, merge, to_dict
 from mlproject.errors import ConfigError
 from mlproject.model.config import DEFAULT_BLOCK_SIZE, GPTConfig
 from mlproject.research.config import CompareConfig
+from mlproject.research.eval_metrics import check_eval_datasets, with_eval_metrics
 from mlproject.research.sweep import (ChildSpec, SweepOutcome, SweepSpec, child_config, experiment_for, load_job,
                                       run_sweep, sweep_key, with_context)
 from mlproject.tracking.config import RunConfig
@@ -51,6 +52,7 @@ class CompareJob:
         source = str(yaml_path) if yaml_path else "flags"
         job = cls(run, compare, _per_model(extras.get("per_model"), compare.models, source), source)
         job.children()
+        check_eval_datasets(compare.eval_datasets, f"{source}: compare")
         return job
 
     def children(self) -> list[ChildSpec]:
@@ -91,6 +93,8 @@ class CompareJob:
         params = {k: v for name in ("model", "data", "train") for k, v in flatten(getattr(self.run, name), name).items()}
         params.update(flatten({"models": " ".join(c.models), "seeds": " ".join(map(str, c.seeds)),
                                "fair_recipe": c.fair_recipe, "metrics": " ".join(c.metrics)}, "compare"))
+        if c.eval_datasets:
+            params["compare.eval_datasets"] = " ".join(c.eval_datasets)
         if self.per_model:
             params["compare.per_model"] = json.dumps(self.per_model, sort_keys=True)
         return SweepSpec(
@@ -98,8 +102,9 @@ class CompareJob:
             experiment=experiment_for(self.run),
             key=sweep_key("compare", self.run, drop=["model.model_version"],
                           extra={"fair_recipe": c.fair_recipe, "per_model": self.per_model}),
-            groups=list(c.models), metrics=list(c.metrics), children=self.children(), base=self.run,
-            params=params, parallel=c.parallel, resume=c.resume, register_best=c.register_best,
+            groups=list(c.models), metrics=with_eval_metrics(c.metrics, c.eval_datasets), children=self.children(),
+            base=self.run, params=params, parallel=c.parallel, resume=c.resume, register_best=c.register_best,
+            eval_datasets=list(c.eval_datasets),
             config_text=dump_yaml({**sections, "compare": to_dict(c), "per_model": self.per_model}))
 
 

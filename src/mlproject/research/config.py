@@ -24,6 +24,8 @@ class CompareConfig:
     resume: bool = field(False, help="skip FINISHED children, resume KILLED/FAILED ones, add the rest")
     parent_run_name: str | None = field(None, help="name of the parent run")
     register_best: str | None = field(None, help="register the best child's model under this name (alias `best`)")
+    eval_datasets: list[str] = field(default_factory=list, help="evaluate every child on these datasets "
+                                     "after training; the parent aggregates eval/<dataset>/bpb")
 
     def validate(self) -> None:
         check_types(self, source="compare")
@@ -53,6 +55,8 @@ class AblationConfig:
     resume: bool = field(False, help="skip FINISHED children, resume KILLED/FAILED ones, add the rest")
     parent_run_name: str | None = field(None, help="name of the parent run")
     register_best: str | None = field(None, help="register the best child's model under this name (alias `best`)")
+    eval_datasets: list[str] = field(default_factory=list, help="evaluate every child on these datasets "
+                                     "after training; the parent aggregates eval/<dataset>/bpb")
 
     def validate(self) -> None:
         check_types(self, source="ablation")

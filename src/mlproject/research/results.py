@@ -25,7 +25,7 @@ from mlproject.research.stats import PairedComparison, Summary, paired_compariso
 # Columns every row has, in file order. `group` is what statistics are grouped by: the model
 # version in a compare, the axis value in an ablation (`axis`/`value` are empty in a compare).
 ID_COLUMNS = ["run_id", "status", "group", "model_version", "seed", "axis", "value"]
-SUMMARY_COLUMNS = ["params_total", "val_loss_best", "val_ppl_best", "train_loss_last", "tokens_seen",
+SUMMARY_COLUMNS = ["params_total", "val_loss_best", "val_ppl_best", "val_bpb_best", "train_loss_last", "tokens_seen",
                    "elapsed_sec", "tokens_per_sec", "peak_mem_mb"]
 CHECKPOINT_COLUMNS = ["checkpoint_last", "checkpoint_best"]
 RESULT_COLUMNS = ID_COLUMNS + SUMMARY_COLUMNS + CHECKPOINT_COLUMNS

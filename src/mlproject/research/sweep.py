@@ -101,6 +101,7 @@ class SweepSpec:
     resume: bool = False
     tags: dict[str, str] = field(default_factory=dict)
     register_best: str | None = None  # register the best child's model under this name
+    eval_datasets: list[str] = field(default_factory=list)  # evaluated after training (research.eval_metrics)
 
 
 @dataclass
@@ -224,6 +225,9 @@ class SweepPlan:
     config_text: str = ""
     run_name: str | None = None      # the parent's readable name
     register_best: str | None = None  # register the best child's model under this name
+    eval_datasets: list[str] = field(default_factory=list)  # evaluated in the aggregate stage
+    cache_dir: str | None = None     # of the data, for those evaluations
+    device: str = "auto"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -297,7 +301,8 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
             kind=spec.kind, parent_run_id=parent.run_id, experiment_id=parent.experiment_id,
             experiment_name=parent.experiment_name, groups=list(spec.groups), metrics=list(spec.metrics),
             children=[], output_dir=spec.base.tracking.output_dir, config_text=spec.config_text,
-            run_name=spec.run_name, register_best=spec.register_best)
+            run_name=spec.run_name, register_best=spec.register_best,
+            eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device)
         _store_plan(plan, tasks)
     except BaseException as exc:
         sweeps.set_status(parent.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
@@ -477,6 +482,10 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
     if missing:
         raise MlprojectError(f"{plan.kind}: {len(missing)} planned child runs were never started "
                              f"({', '.join(missing)}); re-run the sweep with --resume to train them")
+    if plan.eval_datasets:  # held-out evaluations of the finished children (skips those already done)
+        from mlproject.research.eval_metrics import evaluate_children
+
+        evaluate_children(plan.child_run_ids, plan.eval_datasets, cache_dir=plan.cache_dir, device=plan.device)
     rows = [row_from_run(get_run(run_id), plan.metrics) for run_id in plan.child_run_ids]
     stats = aggregate(rows, plan.groups, plan.metrics)
     status = "FINISHED" if all(r["status"] == "FINISHED" for r in rows) else "FAILED"

@@ -152,7 +152,7 @@ def _log_dataset(info: dict[str, Any]) -> None:
 
 def _summary_text(outcome: TrainOutcome, checkpoint_dir: Path | None) -> str:
     parts = [f"run {outcome.run_id or '(not tracked)'}: {outcome.status}"]
-    for key in ("val_loss_best", "val_ppl_best", "train_loss_last", "tokens_seen", "elapsed_sec"):
+    for key in ("val_loss_best", "val_ppl_best", "val_bpb_best", "train_loss_last", "tokens_seen", "elapsed_sec"):
         if key in outcome.summary:
             parts.append(f"{key}={outcome.summary[key]:.4g}")
     lines = ["  ".join(parts)]

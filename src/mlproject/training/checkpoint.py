@@ -6,7 +6,7 @@ Format (version 1):
      "model_config": dict (resolved GPTConfig), "model": state_dict (unwrapped),
      # training checkpoints (last.pt) also hold everything needed to continue exactly:
      "train_config", "optimizer", "scheduler", "scaler", "step", "rng", "sampler",
-     "best_val_loss", "tokens_seen", "elapsed_sec", "no_improve_evals"}
+     "best_val_loss", "best_val_bpb", "tokens_seen", "elapsed_sec", "no_improve_evals"}
 
 Only tensors, dicts, lists, tuples and primitives are stored, so loading never unpickles
 arbitrary objects (`torch.load(weights_only=True)`), and a checkpoint from an untrusted run

@@ -51,7 +51,7 @@ class TrainerCallback:
         peak_mem_mb, tokens_seen, epoch."""
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
-        """val_loss, val_ppl, val_token_acc."""
+        """val_loss, val_ppl, val_token_acc, val_bpb."""
 
     def on_checkpoint(self, path: Path, kind: str, step: int) -> None:
         """A checkpoint was written; kind is "last" or "best"."""
@@ -64,7 +64,7 @@ class TrainerCallback:
 class TrainResult:
     status: str                  # "finished" | "early_stopped" | "interrupted"
     step: int
-    summary: dict[str, float]    # val_loss_best, val_ppl_best, train_loss_last, tokens_seen,
+    summary: dict[str, float]    # val_loss_best, val_ppl_best, val_bpb_best, train_loss_last, tokens_seen,
                                  # elapsed_sec, params_total, tokens_per_sec (mean), peak_mem_mb
     last_checkpoint: Path | None
     best_checkpoint: Path | None
@@ -155,14 +155,20 @@ def eval_windows(num_tokens: int, block_size: int, batch_size: int, eval_batches
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, tokens: Any, starts: torch.Tensor, block_size: int, batch_size: int,
-             device: torch.device, amp: torch.dtype | None, info: D.DistInfo) -> dict[str, float]:
-    """val_loss (mean token cross-entropy), val_ppl and val_token_acc over `starts`, sharded by rank."""
+             device: torch.device, amp: torch.dtype | None, info: D.DistInfo,
+             token_bytes: torch.Tensor | None = None) -> dict[str, float]:
+    """val_loss (mean token cross-entropy), val_ppl and val_token_acc over `starts`, sharded by rank.
+
+    With `token_bytes` (UTF-8 bytes per token id, `data.bpb.token_byte_lengths`) also val_bpb:
+    the summed nats over ln 2 times the bytes of the evaluated targets (see `data.bpb`).
+    """
     from mlproject.data.batches import get_batch
+    from mlproject.data.bpb import bits_per_byte
 
     was_training = model.training
     model.eval()
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    sums = torch.zeros(3, dtype=acc_dtype, device=device)  # loss sum, correct, tokens
+    sums = torch.zeros(4, dtype=acc_dtype, device=device)  # loss sum, correct, tokens, target bytes
     mine = starts[info.rank::info.world_size]
     for i in range(0, len(mine), batch_size):
         x, y = get_batch(tokens, mine[i:i + batch_size], block_size)
@@ -174,10 +180,15 @@ def evaluate(model: torch.nn.Module, tokens: Any, starts: torch.Tensor, block_si
         sums[0] += F.cross_entropy(logits, y, reduction="sum")
         sums[1] += (logits.argmax(dim=-1) == y).sum()
         sums[2] += y.numel()
+        if token_bytes is not None:
+            sums[3] += token_bytes[y].sum()
     D.all_reduce_sum_(sums, info)
     model.train(was_training)
     loss = (sums[0] / sums[2]).item()
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)), "val_token_acc": (sums[1] / sums[2]).item()}
+    out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)), "val_token_acc": (sums[1] / sums[2]).item()}
+    if token_bytes is not None:
+        out["val_bpb"] = bits_per_byte(sums[0].item(), sums[3].item())
+    return out
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -303,12 +314,19 @@ def _train(model_cfg: GPTConfig, data: Any, cfg: TrainConfig, checkpoint_dir: Pa
         raise MlprojectError(f"the validation split ({len(val_tokens):,} tokens) is shorter than one "
                              f"window of block_size={block_size} + 1")
 
+    token_bytes = None  # bytes per token id, for val_bpb (a PreparedData carries its tokenizer)
+    if getattr(data, "tokenizer", None) is not None:
+        from mlproject.data.bpb import token_byte_lengths
+
+        token_bytes = torch.from_numpy(token_byte_lengths(data.tokenizer)).to(device)
+
     optimizer = build_optimizer(raw_model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(device, cfg.precision))
 
     step, tokens_seen, elapsed_base = 0, 0, 0.0
     best_val_loss, no_improve_evals = float("inf"), 0
+    best_val_bpb = float("nan")  # val_bpb of the evaluation with the best val_loss
     if ckpt is not None:  # the sampler refuses a checkpoint of another data or batch layout
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -318,6 +336,7 @@ def _train(model_cfg: GPTConfig, data: Any, cfg: TrainConfig, checkpoint_dir: Pa
         step, tokens_seen = int(ckpt["step"]), int(ckpt["tokens_seen"])
         elapsed_base = float(ckpt["elapsed_sec"])
         best_val_loss, no_improve_evals = float(ckpt["best_val_loss"]), int(ckpt["no_improve_evals"])
+        best_val_bpb = float(ckpt.get("best_val_bpb", float("nan")))
         _set_rng_state(ckpt["rng"][info.rank], device)  # last: the model init above drew from the RNG
 
     tokens_per_step = cfg.batch_size * block_size * cfg.grad_accum_steps * info.world_size
@@ -356,7 +375,7 @@ def _train(model_cfg: GPTConfig, data: Any, cfg: TrainConfig, checkpoint_dir: Pa
             **model_state(raw_model), "train_config": dataclasses.asdict(cfg),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "step": step, "rng": rng, "sampler": sampler.state_dict(),
-            "best_val_loss": best_val_loss, "tokens_seen": tokens_seen,
+            "best_val_loss": best_val_loss, "best_val_bpb": best_val_bpb, "tokens_seen": tokens_seen,
             "elapsed_sec": elapsed_base + time.perf_counter() - t_start, "no_improve_evals": no_improve_evals,
             "train_loss": float(step_loss.item()),  # a run resumed at its final step reports it
         })
@@ -365,14 +384,17 @@ def _train(model_cfg: GPTConfig, data: Any, cfg: TrainConfig, checkpoint_dir: Pa
             cb.on_checkpoint(last_path, "last", step)
 
     def run_eval() -> None:
-        nonlocal best_val_loss, no_improve_evals, wrote_best
-        metrics = evaluate(eval_model, val_tokens, val_starts, block_size, cfg.batch_size, device, amp, info)
+        nonlocal best_val_loss, best_val_bpb, no_improve_evals, wrote_best
+        metrics = evaluate(eval_model, val_tokens, val_starts, block_size, cfg.batch_size, device, amp, info,
+                           token_bytes)
         improved = metrics["val_loss"] < best_val_loss
         if improved:
             best_val_loss, no_improve_evals = metrics["val_loss"], 0
+            best_val_bpb = metrics.get("val_bpb", float("nan"))
         else:
             no_improve_evals += 1
-        progress.write(f"step {step}: val_loss {metrics['val_loss']:.4f} | val_ppl {metrics['val_ppl']:.2f} | "
+        bpb = f" | val_bpb {metrics['val_bpb']:.4f}" if "val_bpb" in metrics else ""
+        progress.write(f"step {step}: val_loss {metrics['val_loss']:.4f} | val_ppl {metrics['val_ppl']:.2f}{bpb} | "
                        f"val_acc {metrics['val_token_acc']:.3f}{' (best)' if improved else ''}")
         for cb in callbacks:
             cb.on_eval(step, metrics)
@@ -475,6 +497,7 @@ def _train(model_cfg: GPTConfig, data: Any, cfg: TrainConfig, checkpoint_dir: Pa
         summary={
             "val_loss_best": best_val_loss if math.isfinite(best_val_loss) else float("nan"),
             "val_ppl_best": math.exp(min(best_val_loss, 700.0)) if math.isfinite(best_val_loss) else float("nan"),
+            "val_bpb_best": best_val_bpb,
             "train_loss_last": train_loss_last, "tokens_seen": float(tokens_seen),
             "elapsed_sec": elapsed_base + time.perf_counter() - t_start,
             "params_total": float(start_info["params_total"]),
