@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from mlproject.data.cache import TokenCacheWriter, open_token_cache
+from mlproject.data.cache import FORMAT_VERSION, CorruptTokenCache, TokenCacheWriter, content_hash, open_token_cache
 from mlproject.data.config import DataConfig
 from mlproject.data.prepare import prepare_data
 from mlproject.data.sources import resolve_corpus
@@ -171,3 +172,69 @@ def test_saved_tokenizer_loads_back_identically(small_pydocs):
     data = prepare_data(small_pydocs(), **QUIET)
     text = "Return the number of items in a container."
     assert load_tokenizer(data.tokenizer_path).encode(text).ids == data.tokenizer.encode(text).ids
+
+
+# ----------------------------------------------------------------------------- content hashes
+
+def test_cache_overwritten_with_zeros_at_the_same_size_is_refused_and_rebuilt(small_pydocs):
+    first = prepare_data(small_pydocs(), **QUIET)
+    expected = np.asarray(first.train.tokens).copy()
+    size = first.train.path.stat().st_size
+    first.train.path.write_bytes(bytes(size))
+    with pytest.raises(CorruptTokenCache, match="content hash"):
+        open_token_cache(first.train.path)
+    logs: list[str] = []
+    again = prepare_data(small_pydocs(), log=logs.append)
+    assert any("rebuilding the token caches" in line and "content hash" in line for line in logs)
+    assert np.array_equal(np.asarray(again.train.tokens), expected)
+    assert again.info["digest"] == first.info["digest"]
+
+
+def test_cache_with_out_of_range_ids_is_refused_and_rebuilt(small_pydocs):
+    first = prepare_data(small_pydocs(), **QUIET)
+    expected = np.asarray(first.val.tokens).copy()
+    tokens = np.memmap(first.val.path, dtype=np.uint16, mode="r+")
+    tokens[:5] = 65000  # far past the 512-token vocabulary
+    tokens.flush()
+    del tokens
+    again = prepare_data(small_pydocs(), **QUIET)
+    assert np.array_equal(np.asarray(again.val.tokens), expected)
+    assert int(np.asarray(again.val.tokens).max()) < again.vocab_size
+
+
+def test_header_records_the_content_hash_of_the_file(small_pydocs):
+    data = prepare_data(small_pydocs(), **QUIET)
+    for cache in (data.train, data.val):
+        assert cache.header["content_hash"] == content_hash(cache.path)
+        assert cache.header["content_hash"].startswith("xxh3_128:")
+        assert cache.header["format_version"] == FORMAT_VERSION == 2
+
+
+def test_dataset_digest_comes_from_content_not_counts(small_pydocs, seeded_cache):
+    first = prepare_data(small_pydocs(), **QUIET)
+    # The digest logged with mlflow.log_input is a hash of the tokenizer and both files' bytes.
+    assert first.info["digest"] == hashlib.sha256(
+        f"{first.info['tokenizer_hash']}:{first.train.header['content_hash']}:"
+        f"{first.val.header['content_hash']}".encode()).hexdigest()[:12]
+    other = prepare_data(small_pydocs(split_seed=7), **QUIET)
+    assert other.info["digest"] != first.info["digest"]
+
+
+def test_version_1_header_without_a_content_hash_is_not_read(tmp_path):
+    writer = TokenCacheWriter(tmp_path / "train.bin", vocab_size=1000, eot_id=1, meta={})
+    writer.write([[2, 3]])
+    writer.close()
+    header_path = tmp_path / "train.json"
+    header = json.loads(header_path.read_text())
+    del header["content_hash"]
+    header["format_version"] = 1
+    header_path.write_text(json.dumps(header))
+    with pytest.raises(CorruptTokenCache, match="content_hash"):
+        open_token_cache(tmp_path / "train.bin")
+
+
+def test_writer_refuses_ids_outside_the_vocabulary(tmp_path):
+    writer = TokenCacheWriter(tmp_path / "train.bin", vocab_size=1000, eot_id=1, meta={})
+    with pytest.raises(MlprojectError, match="token id 1000 is out of range for vocab_size=1000"):
+        writer.write([[2, 1000]])
+    writer.abort()

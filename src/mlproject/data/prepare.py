@@ -29,7 +29,7 @@ from pathlib import Path
 from tokenizers import Encoding, Tokenizer
 from tqdm import tqdm
 
-from mlproject.data.cache import TokenCache, TokenCacheWriter, file_lock, open_token_cache
+from mlproject.data.cache import CorruptTokenCache, TokenCache, TokenCacheWriter, file_lock, open_token_cache
 from mlproject.data.config import DataConfig
 from mlproject.data.sources import SPLITS, Corpus, check_hub, resolve_corpus
 from mlproject.data.tokenizer import load_tokenizer, save_tokenizer, special_ids, tokenizer_hash, train_tokenizer
@@ -66,12 +66,17 @@ def prepare_data(cfg: DataConfig, *, log: Log = print) -> PreparedData:
         token_dir = root / "tokens" / f"{name}-{tok_hash}"
         try:
             train, val = (open_token_cache(token_dir / f"{split}.bin") for split in SPLITS)
-            log(f"data: reusing token caches in {token_dir}")
-        except MlprojectError:
+            log(f"data: reusing token caches in {token_dir} (content hashes verified)")
+        except CorruptTokenCache as exc:
+            log(f"data: rebuilding the token caches: {exc}")
+            train, val = build_token_caches(corpus, tokenizer, tok_hash, token_dir, cfg.num_workers, log)
+        except MlprojectError:  # not built yet
             train, val = build_token_caches(corpus, tokenizer, tok_hash, token_dir, cfg.num_workers, log)
     eot_id, pad_id = special_ids(tokenizer)
     vocab_size = tokenizer.get_vocab_size()
-    digest = hashlib.sha256(f"{corpus.key}:{tok_hash}:{len(train)}:{len(val)}".encode()).hexdigest()[:12]
+    # From the bytes the model trains on (and the tokenizer that gives them meaning), not from counts.
+    content = f"{tok_hash}:{train.header['content_hash']}:{val.header['content_hash']}"
+    digest = hashlib.sha256(content.encode()).hexdigest()[:12]
     info: dict[str, str | int | float] = {
         "dataset": corpus.spec.key, "source": corpus.spec.source, "val_split": corpus.val_split,
         "vocab_size": vocab_size, "tokenizer": origin, "tokenizer_hash": tok_hash,
