@@ -238,3 +238,23 @@ def test_writer_refuses_ids_outside_the_vocabulary(tmp_path):
     with pytest.raises(MlprojectError, match="token id 1000 is out of range for vocab_size=1000"):
         writer.write([[2, 1000]])
     writer.abort()
+
+
+# ----------------------------------------------------------------------------- tokenizer sample bound
+
+def test_tokenizer_trains_on_a_bounded_sample_recorded_in_its_cache_key(small_pydocs):
+    logs: list[str] = []
+    sampled = prepare_data(small_pydocs(max_train_docs=300, tokenizer_sample_mb=0.05), log=logs.append)
+    trained = next(line for line in logs if "tokenizer trained on" in line)
+    assert "the first 0.05 MB of the split" in trained
+    docs = int(trained.split("tokenizer trained on ")[1].split()[0])
+    assert 0 < docs < sampled.info["train_docs"]  # caches still hold the whole split
+    assert sampled.tokenizer_path.name.endswith("-s0.05mb.json")
+    full = prepare_data(small_pydocs(max_train_docs=300, tokenizer_sample_mb=1000), **QUIET)
+    assert full.tokenizer_path != sampled.tokenizer_path
+    assert full.info["tokenizer_hash"] != sampled.info["tokenizer_hash"]
+
+
+def test_non_positive_tokenizer_sample_is_rejected():
+    with pytest.raises(ConfigError, match="tokenizer_sample_mb=0"):
+        DataConfig(dataset="pydocs", tokenizer_sample_mb=0).validate()
