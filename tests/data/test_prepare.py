@@ -13,6 +13,7 @@ import pytest
 
 from mlproject.data.cache import FORMAT_VERSION, CorruptTokenCache, TokenCacheWriter, content_hash, open_token_cache
 from mlproject.data.config import DataConfig
+from mlproject.data.fast_encode import fast_encoder, hf_encoder
 from mlproject.data.prepare import prepare_data
 from mlproject.data.sources import resolve_corpus
 from mlproject.data.tokenizer import EOT, PAD, load_tokenizer
@@ -258,3 +259,31 @@ def test_tokenizer_trains_on_a_bounded_sample_recorded_in_its_cache_key(small_py
 def test_non_positive_tokenizer_sample_is_rejected():
     with pytest.raises(ConfigError, match="tokenizer_sample_mb=0"):
         DataConfig(dataset="pydocs", tokenizer_sample_mb=0).validate()
+
+
+# ----------------------------------------------------------------------------- fast encoding
+
+def test_tiktoken_encoder_gives_exactly_the_tokenizer_ids_on_the_whole_corpus(pydocs_full, pydocs_corpus):
+    cfg = DataConfig(dataset="pydocs", cache_dir=str(pydocs_corpus.parents[1]))
+    texts = [text for _, text in resolve_corpus(cfg).documents()]
+    encode = fast_encoder(pydocs_full.tokenizer, np.dtype(np.uint16), texts[:20])
+    assert encode is not None
+    expected = hf_encoder(pydocs_full.tokenizer, np.dtype(np.uint16))(texts)
+    got = encode(texts)
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected)) and len(got) == len(expected)
+    special = f"before {EOT} after"  # tokenizers turns the literal into the special id; so must we
+    assert encode([special])[0].tolist() == pydocs_full.tokenizer.encode(special).ids
+
+
+def test_caches_are_encoded_with_tiktoken_and_say_so(small_pydocs):
+    logs: list[str] = []
+    prepare_data(small_pydocs(), log=logs.append)
+    assert any("on tiktoken" in line and "memory bounded by" in line for line in logs)
+
+
+def test_a_tokenizer_tiktoken_cannot_run_falls_back_to_tokenizers(small_pydocs, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    wordlevel = Tokenizer(models.WordLevel({"a": 0, EOT: 1, "[UNK]": 2}, unk_token="[UNK]"))
+    wordlevel.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert fast_encoder(wordlevel, np.dtype(np.uint16), ["a a"]) is None

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_writes_every_figure(tmp_path):
     out = tmp_path / "gpu_check.json"
     # The script runs with the test's interpreter (PYTHON) and installs nothing in a dry run.

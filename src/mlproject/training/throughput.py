@@ -59,11 +59,11 @@ def cpu_name() -> str:
 
 
 def _matmuls(device: torch.device, dtype: torch.dtype) -> list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
-    """The matmul kernels the model can use: torch's, plus oneDNN's for fp32 on CPU (model.linear.Linear)."""
+    """The matmul kernels the model can use: torch's, plus oneDNN's for fp32 and bf16 on CPU (model.linear.Linear)."""
     from mlproject.model.linear import ONEDNN_INNER_PRODUCT, onednn_linear
 
     kernels: list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = [torch.matmul]
-    if device.type == "cpu" and dtype == torch.float32 and ONEDNN_INNER_PRODUCT is not None:
+    if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and ONEDNN_INNER_PRODUCT is not None:
         kernels.append(onednn_linear)  # a @ b.T: the same FLOPs on square random inputs
     return kernels
 
