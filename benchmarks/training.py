@@ -7,8 +7,9 @@ the trainer does (`model(x, y)`); Hugging Face's gets the leanest equivalent, F.
 on its logits. fp32, no dropout, random tokens (throughput does not depend on the text).
 
 Per size, one interleaved group: our gpt2, HF GPT-2, our gpt3 with dense attention, our gpt3
-with its alternating dense/banded layers (window block_size / 2, so the band binds), and the
-2048 x 2048 fp32 matmul probe whose best rate is the peak for MFU.
+with its alternating dense/banded layers (window block_size / 2, so the band binds), our gpt2
+in bf16 autocast (the trainer's `--precision bf16`: fp32 master weights and AdamW state), and
+the 2048 x 2048 fp32 and bf16 matmul probes whose best rates are the peaks for MFU.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import statistics
 import sys
 from collections.abc import Callable
 from types import SimpleNamespace
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +39,9 @@ class TrainStep:
     """One side: a model, the trainer's optimizer over its parameters, and a fixed batch."""
 
     def __init__(self, model: torch.nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 size: Size, seed: int = 0) -> None:
+                 size: Size, seed: int = 0, bf16: bool = False) -> None:
         self.model = model.train()
+        self.bf16 = bf16
         self.loss = loss
         # GPT.optim_groups only reads model.parameters(): the same decay groups for HF's model
         groups = GPT.optim_groups(model, OPTIM.weight_decay)
@@ -48,17 +52,18 @@ class TrainStep:
         self.tokens = size.batch_size * size.block_size
 
     def step(self) -> None:
-        loss = self.loss(self.x, self.y)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext():
+            loss = self.loss(self.x, self.y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def _ours(size: Size, model_version: str = "gpt2", **fields: object) -> TrainStep:
+def _ours(size: Size, model_version: str = "gpt2", bf16: bool = False, **fields: object) -> TrainStep:
     torch.manual_seed(0)
     model = GPT(size.gpt_config(model_version, **fields))
-    return TrainStep(model, lambda x, y: model(x, y)[1], size)
+    return TrainStep(model, lambda x, y: model(x, y)[1], size, bf16=bf16)
 
 
 def _hf(size: Size) -> TrainStep:
@@ -79,6 +84,7 @@ def bench_size(size: Size, settings: Settings) -> list[Figure]:
         "hf": _hf(size),
         "gpt3_dense": _ours(size, "gpt3", attention_pattern="dense"),
         "gpt3_banded": _ours(size, "gpt3", attention_pattern="alternating", attention_window=size.block_size // 2),
+        "gpt2_bf16": _ours(size, bf16=True),
     }
     flops_per_token = sides["gpt2"].model.flops_per_token()
     for side in sides.values():
@@ -88,12 +94,14 @@ def bench_size(size: Size, settings: Settings) -> list[Figure]:
     timed: dict[str, Callable[[], float]] = {
         name: (lambda s=side: seconds_per_call(s.step, settings.steps)) for name, side in sides.items()}
     timed["peak"] = lambda: probe_peak_flops(torch.device("cpu"), n=probe_n)
+    timed["peak_bf16"] = lambda: probe_peak_flops(torch.device("cpu"), torch.bfloat16, n=probe_n)
     print(f"  train {size.name}: {len(sides)} models x {settings.repeats} rounds of {settings.steps} steps",
           file=sys.stderr, flush=True)
     results = interleaved(timed, settings.repeats)
     tokens = sides["gpt2"].tokens
     rate = {name: tokens / statistics.median(results[name]) for name in sides}  # tokens/s
     peak = max(results["peak"])  # the best probe: the most demanding peak
+    peak_bf16 = max(results["peak_bf16"])
     label = (f"{size.name} ({size.n_layer}L {size.d_model}d), block {size.block_size}, batch {size.batch_size}, "
              f"vocab {size.vocab_size}")
     return [
@@ -106,6 +114,13 @@ def bench_size(size: Size, settings: Settings) -> list[Figure]:
                "tok/s", rate["gpt3_banded"], rate["gpt2"], 0.95),
         Figure(f"mfu_{size.name}", f"CPU MFU, our gpt2 {size.name}: model FLOP/s / {probe_n}^2 matmul peak",
                "GFLOP/s", flops_per_token * rate["gpt2"] / 1e9, peak / 1e9, 0.60),
+        Figure(f"train_bf16_vs_fp32_{size.name}", f"train tokens/s, our gpt2 bf16 autocast / fp32, {size.name}",
+               "tok/s", rate["gpt2_bf16"], rate["gpt2"], 1.6),
+        Figure(f"mfu_bf16_{size.name}",
+               f"CPU MFU, our gpt2 {size.name} bf16: model FLOP/s / {probe_n}^2 bf16 matmul peak",
+               "GFLOP/s", flops_per_token * rate["gpt2_bf16"] / 1e9, peak_bf16 / 1e9, 0.40,
+               note=f"fp32 peak {peak / 1e9:.0f}, bf16 peak {peak_bf16 / 1e9:.0f} GFLOP/s "
+                    f"({peak_bf16 / peak:.2f}x)"),
     ]
 
 

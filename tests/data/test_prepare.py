@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -10,8 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from mlproject.data.cache import TokenCacheWriter, open_token_cache
+from mlproject.data.cache import FORMAT_VERSION, CorruptTokenCache, TokenCacheWriter, content_hash, open_token_cache
 from mlproject.data.config import DataConfig
+from mlproject.data.fast_encode import fast_encoder, hf_encoder
 from mlproject.data.prepare import prepare_data
 from mlproject.data.sources import resolve_corpus
 from mlproject.data.tokenizer import EOT, PAD, load_tokenizer
@@ -171,3 +173,117 @@ def test_saved_tokenizer_loads_back_identically(small_pydocs):
     data = prepare_data(small_pydocs(), **QUIET)
     text = "Return the number of items in a container."
     assert load_tokenizer(data.tokenizer_path).encode(text).ids == data.tokenizer.encode(text).ids
+
+
+# ----------------------------------------------------------------------------- content hashes
+
+def test_cache_overwritten_with_zeros_at_the_same_size_is_refused_and_rebuilt(small_pydocs):
+    first = prepare_data(small_pydocs(), **QUIET)
+    expected = np.asarray(first.train.tokens).copy()
+    size = first.train.path.stat().st_size
+    first.train.path.write_bytes(bytes(size))
+    with pytest.raises(CorruptTokenCache, match="content hash"):
+        open_token_cache(first.train.path)
+    logs: list[str] = []
+    again = prepare_data(small_pydocs(), log=logs.append)
+    assert any("rebuilding the token caches" in line and "content hash" in line for line in logs)
+    assert np.array_equal(np.asarray(again.train.tokens), expected)
+    assert again.info["digest"] == first.info["digest"]
+
+
+def test_cache_with_out_of_range_ids_is_refused_and_rebuilt(small_pydocs):
+    first = prepare_data(small_pydocs(), **QUIET)
+    expected = np.asarray(first.val.tokens).copy()
+    tokens = np.memmap(first.val.path, dtype=np.uint16, mode="r+")
+    tokens[:5] = 65000  # far past the 512-token vocabulary
+    tokens.flush()
+    del tokens
+    again = prepare_data(small_pydocs(), **QUIET)
+    assert np.array_equal(np.asarray(again.val.tokens), expected)
+    assert int(np.asarray(again.val.tokens).max()) < again.vocab_size
+
+
+def test_header_records_the_content_hash_of_the_file(small_pydocs):
+    data = prepare_data(small_pydocs(), **QUIET)
+    for cache in (data.train, data.val):
+        assert cache.header["content_hash"] == content_hash(cache.path)
+        assert cache.header["content_hash"].startswith("xxh3_128:")
+        assert cache.header["format_version"] == FORMAT_VERSION == 2
+
+
+def test_dataset_digest_comes_from_content_not_counts(small_pydocs, seeded_cache):
+    first = prepare_data(small_pydocs(), **QUIET)
+    # The digest logged with mlflow.log_input is a hash of the tokenizer and both files' bytes.
+    assert first.info["digest"] == hashlib.sha256(
+        f"{first.info['tokenizer_hash']}:{first.train.header['content_hash']}:"
+        f"{first.val.header['content_hash']}".encode()).hexdigest()[:12]
+    other = prepare_data(small_pydocs(split_seed=7), **QUIET)
+    assert other.info["digest"] != first.info["digest"]
+
+
+def test_version_1_header_without_a_content_hash_is_not_read(tmp_path):
+    writer = TokenCacheWriter(tmp_path / "train.bin", vocab_size=1000, eot_id=1, meta={})
+    writer.write([[2, 3]])
+    writer.close()
+    header_path = tmp_path / "train.json"
+    header = json.loads(header_path.read_text())
+    del header["content_hash"]
+    header["format_version"] = 1
+    header_path.write_text(json.dumps(header))
+    with pytest.raises(CorruptTokenCache, match="content_hash"):
+        open_token_cache(tmp_path / "train.bin")
+
+
+def test_writer_refuses_ids_outside_the_vocabulary(tmp_path):
+    writer = TokenCacheWriter(tmp_path / "train.bin", vocab_size=1000, eot_id=1, meta={})
+    with pytest.raises(MlprojectError, match="token id 1000 is out of range for vocab_size=1000"):
+        writer.write([[2, 1000]])
+    writer.abort()
+
+
+# ----------------------------------------------------------------------------- tokenizer sample bound
+
+def test_tokenizer_trains_on_a_bounded_sample_recorded_in_its_cache_key(small_pydocs):
+    logs: list[str] = []
+    sampled = prepare_data(small_pydocs(max_train_docs=300, tokenizer_sample_mb=0.05), log=logs.append)
+    trained = next(line for line in logs if "tokenizer trained on" in line)
+    assert "the first 0.05 MB of the split" in trained
+    docs = int(trained.split("tokenizer trained on ")[1].split()[0])
+    assert 0 < docs < sampled.info["train_docs"]  # caches still hold the whole split
+    assert sampled.tokenizer_path.name.endswith("-s0.05mb.json")
+    full = prepare_data(small_pydocs(max_train_docs=300, tokenizer_sample_mb=1000), **QUIET)
+    assert full.tokenizer_path != sampled.tokenizer_path
+    assert full.info["tokenizer_hash"] != sampled.info["tokenizer_hash"]
+
+
+def test_non_positive_tokenizer_sample_is_rejected():
+    with pytest.raises(ConfigError, match="tokenizer_sample_mb=0"):
+        DataConfig(dataset="pydocs", tokenizer_sample_mb=0).validate()
+
+
+# ----------------------------------------------------------------------------- fast encoding
+
+def test_tiktoken_encoder_gives_exactly_the_tokenizer_ids_on_the_whole_corpus(pydocs_full, pydocs_corpus):
+    cfg = DataConfig(dataset="pydocs", cache_dir=str(pydocs_corpus.parents[1]))
+    texts = [text for _, text in resolve_corpus(cfg).documents()]
+    encode = fast_encoder(pydocs_full.tokenizer, np.dtype(np.uint16), texts[:20])
+    assert encode is not None
+    expected = hf_encoder(pydocs_full.tokenizer, np.dtype(np.uint16))(texts)
+    got = encode(texts)
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected)) and len(got) == len(expected)
+    special = f"before {EOT} after"  # tokenizers turns the literal into the special id; so must we
+    assert encode([special])[0].tolist() == pydocs_full.tokenizer.encode(special).ids
+
+
+def test_caches_are_encoded_with_tiktoken_and_say_so(small_pydocs):
+    logs: list[str] = []
+    prepare_data(small_pydocs(), log=logs.append)
+    assert any("on tiktoken" in line and "memory bounded by" in line for line in logs)
+
+
+def test_a_tokenizer_tiktoken_cannot_run_falls_back_to_tokenizers(small_pydocs, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    wordlevel = Tokenizer(models.WordLevel({"a": 0, EOT: 1, "[UNK]": 2}, unk_token="[UNK]"))
+    wordlevel.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert fast_encoder(wordlevel, np.dtype(np.uint16), ["a a"]) is None

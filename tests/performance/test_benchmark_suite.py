@@ -15,6 +15,8 @@ FIGURES = {
     "train_gpt2_vs_hf_nano", "train_gpt3_dense_vs_gpt2_nano", "train_gpt3_banded_vs_gpt2_nano", "mfu_nano",
     "train_gpt2_vs_hf_small", "train_gpt3_dense_vs_gpt2_small", "train_gpt3_banded_vs_gpt2_small", "mfu_small",
     "generate_vs_hf_b1", "generate_vs_hf_b8", "tracking_overhead", "data_loading_share",
+    "train_bf16_vs_fp32_nano", "mfu_bf16_nano", "train_bf16_vs_fp32_small", "mfu_bf16_small",
+    "generate_bf16_vs_fp32_b1", "generate_bf16_vs_fp32_b8",
 }
 
 

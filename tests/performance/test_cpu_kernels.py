@@ -60,13 +60,48 @@ def test_onednn_linear_runs_on_fp32_cpu_tensors(monkeypatch):
     assert len(calls) == 2  # no input gradient for an input that needs none
 
 
-def test_linear_under_cpu_autocast_computes_in_bf16_like_nn_linear():
-    ours, plain = _linear_pair(bias=True)
-    x = torch.randn(2, 24)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_under_cpu_autocast_computes_in_bf16_like_nn_linear(bias):
+    ours, plain = _linear_pair(bias)
+    x = torch.randn(3, 5, 24)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn(3, 5, 40)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ya, yb = ours(x), plain(x)
+        ya, yb = ours(xa), plain(xb)
     assert ya.dtype == yb.dtype == torch.bfloat16
-    assert torch.equal(ya, yb)
+    ya.backward(grad.bfloat16())
+    yb.backward(grad.bfloat16())
+    # The fp32 master weights get fp32 gradients; values agree up to bf16 rounding (8-bit mantissa).
+    assert ours.weight.grad.dtype == xa.grad.dtype == torch.float32
+    tol = {"atol": 0.05, "rtol": 0.02}
+    assert torch.allclose(ya.float(), yb.float(), **tol)
+    assert torch.allclose(xa.grad, xb.grad, **tol)
+    assert torch.allclose(ours.weight.grad, plain.weight.grad, **tol)
+    if bias:
+        assert ours.bias.grad.dtype == torch.float32
+        assert torch.allclose(ours.bias.grad, plain.bias.grad, **tol)
+
+
+@needs_onednn
+def test_linear_under_cpu_bf16_autocast_runs_on_onednn_in_bf16(monkeypatch):
+    dtypes = []
+    monkeypatch.setattr(linear, "onednn_linear", lambda *a: dtypes.append((a[0].dtype, a[1].dtype)) or F.linear(*a))
+    ours, _ = _linear_pair(bias=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ours(torch.randn(2, 24, requires_grad=True))
+    y.float().sum().backward()
+    assert dtypes == [(torch.bfloat16, torch.bfloat16)] * 3  # forward, input gradient, weight gradient
+
+
+@needs_onednn
+def test_linear_of_a_bf16_model_runs_on_onednn(monkeypatch):
+    calls = []
+    monkeypatch.setattr(linear, "onednn_linear", lambda *a: calls.append(a[0].dtype) or F.linear(*a))
+    ours, plain = _linear_pair(bias=True)
+    x = torch.randn(2, 24).bfloat16()
+    with torch.no_grad():
+        assert torch.allclose(ours.bfloat16()(x).float(), plain.bfloat16()(x).float(), atol=0.05, rtol=0.02)
+    assert calls == [torch.bfloat16]
 
 
 def test_linear_in_float64_is_nn_linear():

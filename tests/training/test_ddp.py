@@ -15,7 +15,7 @@ import pytest
 
 CHILD = Path(__file__).with_name("train_child.py")
 TRAIN = dict(max_steps=6, eval_interval=3, eval_batches=2, log_interval=1, save_every=3, warmup=1,
-             device="cpu", num_threads=1, progress="lines", peak_flops=1e11, seed=7)
+             device="cpu", precision="fp32", num_threads=1, progress="lines", peak_flops=1e11, seed=7)
 
 
 def free_port() -> int:

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from mlproject.errors import MlprojectError
+from mlproject.model import linear
+from mlproject.training import device
 from mlproject.training.device import autocast_dtype, needs_grad_scaler, precision_name, select_device
 
 CUDA = torch.device("cuda")
@@ -68,9 +70,32 @@ def test_auto_precision_is_fp32_on_cuda_without_bf16(fake_cuda):
     assert autocast_dtype(CUDA, "auto") is None
 
 
-def test_auto_precision_is_fp32_on_cpu():
+def test_auto_precision_is_fp32_on_cpu_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
     assert autocast_dtype(CPU, "auto") is None
     assert precision_name(autocast_dtype(CPU, "auto")) == "fp32"
+
+
+def test_auto_precision_is_bf16_on_cpu_with_native_bf16(monkeypatch):
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    assert autocast_dtype(CPU, "auto") == torch.bfloat16
+    assert precision_name(autocast_dtype(CPU, "auto")) == "bf16"
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("fpu sse avx512f avx512_bf16 avx512_vnni", True),
+    ("fpu sse amx_tile amx_bf16", True),
+    ("fpu sse avx2 avx512f avx512bw", False),  # bf16 only emulated: slower than fp32
+])
+def test_cpu_bf16_support_is_read_from_the_cpu_flags(tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n")
+    has_onednn = linear.ONEDNN_INNER_PRODUCT is not None
+    assert device.cpu_has_bf16(str(cpuinfo)) is (expected and has_onednn)
+
+
+def test_cpu_without_cpuinfo_has_no_native_bf16(tmp_path):
+    assert device.cpu_has_bf16(str(tmp_path / "absent")) is False
 
 
 def test_bf16_on_cpu_only_when_asked():
@@ -99,3 +124,10 @@ def test_bf16_on_a_gpu_without_bf16_is_an_error(fake_cuda):
 ])
 def test_grad_scaler_only_for_fp16_on_cuda(fake_cuda, device, precision, expected):
     assert needs_grad_scaler(device, precision) is expected
+
+
+def test_auto_precision_on_this_cpu_follows_its_flags():
+    flags = open("/proc/cpuinfo").read() if device.Path("/proc/cpuinfo").is_file() else ""
+    native = linear.ONEDNN_INNER_PRODUCT is not None and any(f in flags.split() for f in device.CPU_BF16_FLAGS)
+    assert device.cpu_has_bf16() is native
+    assert autocast_dtype(CPU, "auto") == (torch.bfloat16 if native else None)

@@ -16,6 +16,8 @@ from mlproject.training.throughput import StepTimer, mfu, peak_flops, peak_memor
     ("NVIDIA H100 80GB HBM3", "bf16", 989.4e12),
     ("NVIDIA H100 PCIe", "bf16", 756e12),
     ("NVIDIA H200", "bf16", 989.4e12),
+    ("NVIDIA H200 NVL", "bf16", 835.5e12),
+    ("NVIDIA H200 NVL", "tf32", 417.5e12),
     ("NVIDIA A100-SXM4-80GB", "bf16", 312e12),
     ("NVIDIA A100-PCIE-40GB", "tf32", 156e12),
     ("NVIDIA L4", "bf16", 121e12),

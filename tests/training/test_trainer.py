@@ -58,7 +58,7 @@ class Recorder(TrainerCallback):
 
 def tcfg(**overrides) -> TrainConfig:
     base = dict(batch_size=4, max_steps=8, eval_interval=4, eval_batches=2, log_interval=2, save_every=4,
-                warmup=2, device="cpu", num_threads=1, progress="lines", peak_flops=1e11)
+                warmup=2, device="cpu", precision="fp32", num_threads=1, progress="lines", peak_flops=1e11)
     return TrainConfig(**{**base, **overrides})
 
 
@@ -242,3 +242,12 @@ def test_bf16_autocast_trains_on_cpu_when_asked(data, model_cfg, tmp_path):
     result = train(model_cfg, data, tcfg(max_steps=2, precision="bf16"), checkpoint_dir=tmp_path, callbacks=[rec])
     assert rec.start["precision"] == "bf16"
     assert math.isfinite(result.summary["train_loss_last"]) and math.isfinite(result.summary["val_loss_best"])
+
+
+def test_auto_precision_records_the_choice_made_for_this_cpu(data, model_cfg, tmp_path):
+    from mlproject.training.device import cpu_has_bf16
+
+    rec = Recorder()
+    train(model_cfg, data, tcfg(max_steps=2, precision="auto"), checkpoint_dir=tmp_path, callbacks=[rec])
+    assert rec.start["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
+    assert rec.start["train_config"].precision == "auto"  # the request; the choice is `precision`

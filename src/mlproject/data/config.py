@@ -36,6 +36,9 @@ class DataConfig:
     local_field: str | None = field(None, help="local_jsonl: text field of JSON records "
                                                "(default: $LOCAL_TEXT_FIELD or text)")
     num_workers: int | None = field(None, help="tokenizer worker threads (default: all cores)")
+    tokenizer_sample_mb: float = field(
+        500.0, help="train the BPE on at most this many MB of the train split's text (its first documents); "
+                    "part of the tokenizer's cache key")
 
     @property
     def cache_root(self) -> Path:
@@ -49,6 +52,8 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name}={value} must be positive")
+        if not self.tokenizer_sample_mb > 0:
+            raise ConfigError(f"tokenizer_sample_mb={self.tokenizer_sample_mb} must be positive (MB of text)")
         if self.vocab_size is not None and self.vocab_size < 258:
             raise ConfigError(f"vocab_size={self.vocab_size} is too small; expected at least 258 "
                               "(256 byte tokens + <|endoftext|> + <|pad|>)")

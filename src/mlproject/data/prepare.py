@@ -3,7 +3,7 @@
 Cache layout under the cache root (`DataConfig.cache_dir`, `$MLPROJECT_CACHE_DIR`, ~/.cache/mlproject):
 
     corpora/pydocs-py3.X-v1.jsonl                 the offline corpus, built once
-    tokenizers/<dataset>-<corpus key>-v<vocab>.json
+    tokenizers/<dataset>-<corpus key>-v<vocab>-s<sample MB>mb.json
     tokens/<dataset>-<corpus key>-<tokenizer hash>/{train,val}.{bin,json}
     locks/<dataset>-<corpus key>.lock
 
@@ -26,16 +26,21 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from tokenizers import Encoding, Tokenizer
+import numpy as np
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from mlproject.data.cache import TokenCache, TokenCacheWriter, file_lock, open_token_cache
+from mlproject.data.cache import CorruptTokenCache, TokenCache, TokenCacheWriter, file_lock, open_token_cache
 from mlproject.data.config import DataConfig
+from mlproject.data.fast_encode import fast_encoder, hf_encoder
+from mlproject.data.pydocs import corpus_name
 from mlproject.data.sources import SPLITS, Corpus, check_hub, resolve_corpus
 from mlproject.data.tokenizer import load_tokenizer, save_tokenizer, special_ids, tokenizer_hash, train_tokenizer
 from mlproject.errors import ConfigError, MlprojectError
 
 DOCS_PER_BATCH = 256  # documents per encode_batch call: large enough to keep every core busy
+SAMPLE_DOCS = 200  # documents on which the fast encoder must give exactly the tokenizer's ids
+BATCH_BYTES = 1 << 20  # ... and at most about 1 MB of text, so memory does not grow with document size
 
 Log = Callable[[str], object]
 
@@ -66,12 +71,17 @@ def prepare_data(cfg: DataConfig, *, log: Log = print) -> PreparedData:
         token_dir = root / "tokens" / f"{name}-{tok_hash}"
         try:
             train, val = (open_token_cache(token_dir / f"{split}.bin") for split in SPLITS)
-            log(f"data: reusing token caches in {token_dir}")
-        except MlprojectError:
+            log(f"data: reusing token caches in {token_dir} (content hashes verified)")
+        except CorruptTokenCache as exc:
+            log(f"data: rebuilding the token caches: {exc}")
+            train, val = build_token_caches(corpus, tokenizer, tok_hash, token_dir, cfg.num_workers, log)
+        except MlprojectError:  # not built yet
             train, val = build_token_caches(corpus, tokenizer, tok_hash, token_dir, cfg.num_workers, log)
     eot_id, pad_id = special_ids(tokenizer)
     vocab_size = tokenizer.get_vocab_size()
-    digest = hashlib.sha256(f"{corpus.key}:{tok_hash}:{len(train)}:{len(val)}".encode()).hexdigest()[:12]
+    # From the bytes the model trains on (and the tokenizer that gives them meaning), not from counts.
+    content = f"{tok_hash}:{train.header['content_hash']}:{val.header['content_hash']}"
+    digest = hashlib.sha256(content.encode()).hexdigest()[:12]
     info: dict[str, str | int | float] = {
         "dataset": corpus.spec.key, "source": corpus.spec.source, "val_split": corpus.val_split,
         "vocab_size": vocab_size, "tokenizer": origin, "tokenizer_hash": tok_hash,
@@ -92,46 +102,99 @@ def _tokenizer(cfg: DataConfig, corpus: Corpus, folder: Path, name: str, log: Lo
                               f"({tokenizer.get_vocab_size()} tokens); drop one of them")
         return tokenizer, path, "file"
     vocab_size = cfg.vocab_size or corpus.spec.vocab_size
-    path = folder / f"{name}-v{vocab_size}.json"
+    path = folder / f"{name}-v{vocab_size}-s{cfg.tokenizer_sample_mb:g}mb.json"  # the sample bound is in the key
     if path.is_file():
         log(f"data: reusing tokenizer {path}")
         return load_tokenizer(path), path, "trained"
     check_hub(corpus.spec)  # before announcing work that needs the Hub
     log(f"data: training a {vocab_size}-token byte-level BPE on the {corpus.spec.key} train split")
     t0 = time.perf_counter()
-    counter = _Counter()
+    counter = _Counter(limit_bytes=int(cfg.tokenizer_sample_mb * 1e6))
     texts = counter.count(text for _, text in corpus.documents(("train",)))
     tokenizer = train_tokenizer(tqdm(texts, desc="training BPE", unit="doc", disable=None), vocab_size)
     if counter.docs == 0:
         raise MlprojectError(f"dataset {corpus.spec.key!r}: the train split has no documents")
     save_tokenizer(tokenizer, path)
-    log(f"data: tokenizer trained on {counter.docs} documents ({counter.bytes / 1e6:.1f} MB) in "
+    sampled = f", the first {cfg.tokenizer_sample_mb:g} MB of the split" if counter.truncated else ""
+    log(f"data: tokenizer trained on {counter.docs} documents ({counter.bytes / 1e6:.1f} MB{sampled}) in "
         f"{time.perf_counter() - t0:.1f}s: {tokenizer.get_vocab_size()} tokens -> {path}")
     return load_tokenizer(path), path, "trained"
 
 
 class _Counter:
-    """Counts documents and UTF-8 bytes flowing through an iterator."""
+    """Counts documents and UTF-8 bytes flowing through an iterator; stops once `limit_bytes` passed.
 
-    def __init__(self) -> None:
+    The bound keeps BPE training on a 40 GB corpus to minutes and its memory (word counts) flat:
+    merges learnt from a few hundred MB of text are the ones a larger sample would learn.
+    """
+
+    def __init__(self, limit_bytes: int | None = None) -> None:
         self.docs = 0
         self.bytes = 0
+        self.limit = limit_bytes
+        self.truncated = False
 
     def count(self, texts: Iterable[str]) -> Iterator[str]:
         for text in texts:
+            if self.limit is not None and self.bytes >= self.limit:
+                self.truncated = True
+                return
             self.docs += 1
             self.bytes += len(text.encode("utf-8"))
             yield text
 
 
-def _encode(tokenizer: Tokenizer, texts: list[str]) -> list[Encoding]:
-    # Our separators are explicit <|endoftext|> ids: no tokenizer-added BOS/EOS.
-    return tokenizer.encode_batch(texts, add_special_tokens=False)
+def _batches(docs: Iterable[tuple[str, str]]) -> Iterator[tuple[list[tuple[str, str]], int]]:
+    """(documents, their UTF-8 bytes) in batches of at most BATCH_BYTES or DOCS_PER_BATCH."""
+    batch: list[tuple[str, str]] = []
+    size = 0
+    for doc in docs:
+        batch.append(doc)
+        size += len(doc[1].encode("utf-8"))
+        if size >= BATCH_BYTES or len(batch) >= DOCS_PER_BATCH:
+            yield batch, size
+            batch, size = [], 0
+    if batch:
+        yield batch, size
+
+
+def corpus_bytes(corpus: Corpus) -> int | None:
+    """Bytes of the corpus files on disk (an estimate of its text, for the ETA), or None (the Hub)."""
+    if corpus.local is not None:
+        return sum(p.stat().st_size for p in corpus.local.paths)
+    if corpus.spec.key == "pydocs":
+        path = corpus.cache_root / "corpora" / corpus_name()
+        return path.stat().st_size if path.is_file() else None
+    return None
+
+
+def in_flight_batches(workers: int) -> int:
+    """Batches encoded or queued at once: enough to keep every worker busy while the writer catches up."""
+    return 2 * workers + 1
+
+
+def memory_bound_mb(workers: int) -> float:
+    """Upper bound of the encoder's working set in MB, whatever the corpus size.
+
+    Each in-flight batch holds at most BATCH_BYTES of text (plus one document) as Python str
+    (up to 4 bytes a character) and its ids as uint32 (at most one per byte); the encoder's
+    own objects of one batch per worker exist only inside the worker (`tokenizers`' Encoding:
+    about 100 bytes a token).
+    """
+    text, ids, encodings = 4 * BATCH_BYTES, 4 * BATCH_BYTES, 100 * BATCH_BYTES
+    return (in_flight_batches(workers) * (text + ids) + workers * encodings) / 1e6
 
 
 def build_token_caches(corpus: Corpus, tokenizer: Tokenizer, tok_hash: str, token_dir: Path,
                         num_workers: int | None, log: Log) -> tuple[TokenCache, TokenCache]:
-    """Tokenize both splits in one pass, in ordered parallel batches, writing incrementally."""
+    """Tokenize both splits in one streaming pass, in ordered parallel batches, writing incrementally.
+
+    Memory stays within `memory_bound_mb(workers)` for any corpus size: documents are read
+    lazily, at most `in_flight_batches` batches of BATCH_BYTES exist at once, and ids go to
+    the token files as soon as their batch is done. Encoding runs on tiktoken where it gives the
+    tokenizer's exact ids (`fast_encode`), else on `tokenizers`; both release the GIL, so the
+    workers keep every core busy.
+    """
     eot_id, _ = special_ids(tokenizer)
     for split in SPLITS:  # a stale header must never describe the new file
         (token_dir / f"{split}.json").unlink(missing_ok=True)
@@ -139,21 +202,32 @@ def build_token_caches(corpus: Corpus, tokenizer: Tokenizer, tok_hash: str, toke
             "tokenizer_hash": tok_hash}
     writers = {split: TokenCacheWriter(token_dir / f"{split}.bin", vocab_size=tokenizer.get_vocab_size(),
                                        eot_id=eot_id, meta={**meta, "split": split}) for split in SPLITS}
+    dtype = writers["train"].dtype
     workers = num_workers or os.cpu_count() or 1
+    sample = [text for _, text in islice(corpus.documents(SPLITS), SAMPLE_DOCS)]
+    encode = fast_encoder(tokenizer, dtype, sample)
+    engine = "tiktoken" if encode is not None else "tokenizers"
+    encode = encode or hf_encoder(tokenizer, dtype)
+    log(f"data: tokenizing with {workers} worker(s) on {engine}, memory bounded by {memory_bound_mb(workers):.0f} MB")
     t0 = time.perf_counter()
-    docs = iter(corpus.documents(SPLITS))
     try:
-        # encode_batch releases the GIL; a bounded queue of futures keeps order and flat memory.
-        pending: deque[tuple[list[tuple[str, str]], Future[list[Encoding]]]] = deque()
-        with ThreadPoolExecutor(workers) as pool, tqdm(desc=f"tokenizing {corpus.spec.key}", unit="doc",
+        # A bounded queue of futures keeps the order and the memory flat.
+        pending: deque[tuple[list[tuple[str, str]], int, Future[list[np.ndarray]]]] = deque()
+        with ThreadPoolExecutor(workers) as pool, tqdm(desc=f"tokenizing {corpus.spec.key}", unit="B",
+                                                       unit_scale=True, unit_divisor=1000, total=corpus_bytes(corpus),
                                                        disable=None) as bar:
-            while batch := list(islice(docs, DOCS_PER_BATCH)):
-                pending.append((batch, pool.submit(_encode, tokenizer, [text for _, text in batch])))
-                while len(pending) > 2 * workers or (pending and pending[0][1].done()):
-                    _write_batch(writers, *pending.popleft())
-                bar.update(len(batch))
+
+            def write_oldest() -> None:
+                batch, size, future = pending.popleft()
+                _write_batch(writers, batch, future)
+                bar.update(size)  # tqdm shows MB/s and, with a known total, the ETA
+
+            for batch, size in _batches(corpus.documents(SPLITS)):
+                pending.append((batch, size, pool.submit(encode, [text for _, text in batch])))
+                while len(pending) >= in_flight_batches(workers) or (pending and pending[0][2].done()):
+                    write_oldest()
             while pending:
-                _write_batch(writers, *pending.popleft())
+                write_oldest()
         for split, writer in writers.items():
             if writer.num_docs == 0:
                 raise MlprojectError(f"dataset {corpus.spec.key!r}: the {split} split has no documents "
@@ -172,9 +246,9 @@ def build_token_caches(corpus: Corpus, tokenizer: Tokenizer, tok_hash: str, toke
 
 
 def _write_batch(writers: dict[str, TokenCacheWriter], batch: list[tuple[str, str]],
-                 future: Future[list[Encoding]]) -> None:
-    encodings = future.result()
+                 future: Future[list[np.ndarray]]) -> None:
+    ids = future.result()
     for split, writer in writers.items():
         rows = [i for i, (s, _) in enumerate(batch) if s == split]
         if rows:
-            writer.write([encodings[i].ids for i in rows], sum(len(batch[i][1].encode("utf-8")) for i in rows))
+            writer.write([ids[i] for i in rows], sum(len(batch[i][1].encode("utf-8")) for i in rows))

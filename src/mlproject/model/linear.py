@@ -1,8 +1,9 @@
-"""`Linear`: nn.Linear whose fp32 CPU matmuls (forward and backward) run on oneDNN.
+"""`Linear`: nn.Linear whose CPU matmuls (forward and backward) run on oneDNN, fp32 and bf16.
 
 A kernel choice beside the model, not part of its maths: the model file builds its
 projections from this class and stays readable; results equal nn.Linear's up to fp32
-rounding (tests/performance/test_cpu_kernels.py).
+rounding, and under bf16 autocast nn.Linear's under autocast up to bf16 rounding
+(tests/performance/test_cpu_kernels.py).
 """
 
 from __future__ import annotations
@@ -63,19 +64,31 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    # The fp32 parameter stays the master copy: the cast is differentiable, so its gradient
+    # arrives in fp32 (as under autocast, which also casts weights on every forward).
+    return t if t.dtype == torch.bfloat16 else t.to(torch.bfloat16)
+
+
 class Linear(nn.Linear):
-    """nn.Linear whose fp32 CPU matmuls, forward and backward, run on oneDNN.
+    """nn.Linear whose CPU matmuls, forward and backward, run on oneDNN: fp32, and bf16 autocast.
 
     PyTorch sends fp32 CPU matmuls to MKL, whose kernels on AMD CPUs (AVX-512 ones included)
     reach a quarter to a half of the FLOP rate of oneDNN's, which are picked by instruction set:
-    at GPT sizes a training step gets 1.6x faster (benchmarks/README.md). Same parameters, same
-    results up to fp32 rounding. Elsewhere (GPUs, autocast, torch.compile, other dtypes, builds
-    without oneDNN) it is nn.Linear.
+    at GPT sizes a training step gets 1.6x faster (benchmarks/README.md). Under CPU autocast to
+    bf16 the inputs, weight and bias are cast to bf16 (what autocast does for nn.Linear) and the
+    three matmuls run on oneDNN's bf16 inner product (AVX512_BF16 / AMX where the CPU has them),
+    as do those of a model cast to bf16 (inference). Elsewhere (GPUs,
+    torch.compile, other dtypes, builds without oneDNN) it is nn.Linear.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (ONEDNN_INNER_PRODUCT is not None and x.device.type == "cpu"
-                and x.dtype == self.weight.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
-            return _OneDNNLinear.apply(x, self.weight, self.bias)
+        if ONEDNN_INNER_PRODUCT is not None and x.device.type == "cpu" and not torch.compiler.is_compiling():
+            if not torch.is_autocast_enabled("cpu"):
+                if x.dtype == self.weight.dtype and x.dtype in (torch.float32, torch.bfloat16):
+                    return _OneDNNLinear.apply(x, self.weight, self.bias)
+            elif torch.get_autocast_dtype("cpu") == torch.bfloat16 and self.weight.dtype == torch.float32:
+                bias = None if self.bias is None else _bf16(self.bias)
+                with torch.autocast("cpu", enabled=False):  # the casts are explicit above
+                    return _OneDNNLinear.apply(_bf16(x), _bf16(self.weight), bias)
         return F.linear(x, self.weight, self.bias)

@@ -38,7 +38,7 @@ class TrainConfig:
     data_seed: int | None = field(None, help="seed of the batch order (default: seed); independent of init")
     device: str = field("auto", help="auto, cpu, cuda, cuda:N or mps")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
-        "auto", help="auto: bf16 autocast on CUDA when supported, else fp32")
+        "auto", help="auto: bf16 autocast on CUDA GPUs and CPUs that support it natively, else fp32")
     compile: bool = field(False, help="torch.compile the model")
     peak_flops: float | None = field(None, help="peak FLOP/s for MFU (default: device table or CPU probe)")
     num_threads: int | None = field(None, help="torch intra-op threads (default: torch's choice)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import functools
+from pathlib import Path
 
 import torch
 
@@ -41,14 +43,17 @@ def select_device(spec: str) -> torch.device:
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """The autocast dtype for `precision` on `device`, or None for plain fp32.
 
-    auto: bf16 on CUDA GPUs that support it (Ampere and newer), else fp32. bf16 keeps fp32's
-    exponent range, so it needs no loss scaling; fp16 (only when asked, CUDA only) does. On
-    CPU and MPS auto means fp32: CPU bf16 autocast is slower than fp32 on most CPUs without AMX.
+    auto: bf16 on CUDA GPUs that support it (Ampere and newer) and on CPUs with bf16 matmul
+    instructions (`cpu_has_bf16`), else fp32. bf16 keeps fp32's exponent range, so it needs no
+    loss scaling; fp16 (only when asked, CUDA only) does. Elsewhere (MPS, CPUs without them,
+    where bf16 is emulated and slower than fp32) auto means fp32.
     """
     if precision == "fp32":
         return None
     if precision == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cpu" and cpu_has_bf16():
             return torch.bfloat16
         return None
     if precision == "bf16":
@@ -60,6 +65,26 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
             raise MlprojectError(f"precision='fp16' needs CUDA (loss scaling); use bf16 or fp32 on {device.type}")
         return torch.float16
     raise MlprojectError(f"precision={precision!r} is unknown; expected auto, fp32, bf16 or fp16")
+
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of the native bf16 dot products
+
+
+@functools.cache
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU multiplies bf16 natively (AVX512_BF16 or AMX-BF16) and oneDNN can use it.
+
+    Without these instructions oneDNN emulates bf16 through fp32 and a bf16 step is slower
+    than an fp32 one. Read from the kernel's CPU flags (Linux x86); False elsewhere.
+    """
+    from mlproject.model.linear import ONEDNN_INNER_PRODUCT
+
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path(cpuinfo).read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return ONEDNN_INNER_PRODUCT is not None and any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

@@ -27,7 +27,8 @@ import torch
 PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
     (r"H100.*PCIe", {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51.2e12}),
     (r"H100", {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12}),  # SXM
-    (r"H200", {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12}),
+    (r"H200.*NVL", {"bf16": 835.5e12, "fp16": 835.5e12, "tf32": 417.5e12, "fp32": 60e12}),
+    (r"H200", {"bf16": 989.4e12, "fp16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12}),  # SXM
     (r"A100", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
     (r"L40S", {"bf16": 362e12, "fp16": 362e12, "tf32": 183e12, "fp32": 91.6e12}),
     (r"\bL4\b", {"bf16": 121e12, "fp16": 121e12, "tf32": 60e12, "fp32": 30.3e12}),
@@ -59,11 +60,11 @@ def cpu_name() -> str:
 
 
 def _matmuls(device: torch.device, dtype: torch.dtype) -> list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
-    """The matmul kernels the model can use: torch's, plus oneDNN's for fp32 on CPU (model.linear.Linear)."""
+    """The matmul kernels the model can use: torch's, plus oneDNN's for fp32 and bf16 on CPU (model.linear.Linear)."""
     from mlproject.model.linear import ONEDNN_INNER_PRODUCT, onednn_linear
 
     kernels: list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = [torch.matmul]
-    if device.type == "cpu" and dtype == torch.float32 and ONEDNN_INNER_PRODUCT is not None:
+    if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and ONEDNN_INNER_PRODUCT is not None:
         kernels.append(onednn_linear)  # a @ b.T: the same FLOPs on square random inputs
     return kernels
 
