@@ -130,7 +130,7 @@ def test_models_uri_is_evaluated_and_logged_to_the_run_it_came_from(run, tmp_pat
     tags = MlflowClient().get_run(run.run_id).data.tags
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=run.model_uri, dst_path=str(tmp_path)))
     assert tags["mlproject.eval.source.checkpoint_sha256"] == hashlib.sha256(
-        (local / "extra_files" / "checkpoint.pt").read_bytes()).hexdigest()
+        (local / "artifacts" / "model.safetensors").read_bytes()).hexdigest()  # the weights evaluated
     assert "eval/source/bpb" in metrics_of(run.run_id)
 
 

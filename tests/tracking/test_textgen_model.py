@@ -150,8 +150,7 @@ def test_a_tampered_logged_model_runs_no_code_through_any_loader(trained, tmp_pa
     model, _ = load_model_checkpoint(Path(MlflowClient().download_artifacts(
         trained.run_id, "checkpoints/last.pt", str(tmp_path))))
     tokenizer = download_tokenizer(trained.run_id, tmp_path)
-    mlflow.set_experiment("test-tampered")
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=MlflowClient().create_experiment("test-tampered")):
         uri = log_model(model, tokenizer_path=tokenizer, register_as=None, step=0)
     location = MlflowClient().get_logged_model(uri.split("/")[-1]).artifact_location
     stored = Path(location.removeprefix("file://"))

@@ -52,15 +52,16 @@ def check_groups_differ(spec: Any) -> None:
         return
     first: dict[str, Any] = {}
     for child in spec.children:
-        first.setdefault(child.group, child.cfg.model)
+        first.setdefault(child.group, child.cfg)
     seen: dict[str, str] = {}  # architecture key -> group
-    for group, model_cfg in first.items():
-        arch = architecture(model_cfg)
-        key = repr(sorted(arch.items()))
+    for group, cfg in first.items():
+        arch = architecture(cfg.model)
+        # The data section too: another vocab_size trains another tokenizer, so another function.
+        key = repr(sorted(arch.items())) + repr(sorted(to_dict(cfg.data).items()))
         if key in seen:
             other = seen[key]
             hint = ""
-            if {first[other].model_version, model_cfg.model_version} == {"gpt2", "gpt3"}:
+            if {first[other].model.model_version, cfg.model.model_version} == {"gpt2", "gpt3"}:
                 hint = ("; gpt3 differs from gpt2 only by its banded layers, so give it attention_pattern "
                         "alternating, n_layer >= 2 and attention_window below block_size (or leave it unset)")
             raise ConfigError(

@@ -23,8 +23,8 @@ from mlflow import MlflowClient
 
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
-from mlproject.tracking.artifacts import (CONFIG_ARTIFACT, MODEL_CHECKPOINT_FILE, TOKENIZER_FILE, download_checkpoint,
-                                          download_tokenizer, quiet)
+from mlproject.tracking.artifacts import CONFIG_ARTIFACT, download_checkpoint, download_tokenizer, quiet
+from mlproject.tracking.textgen import TOKENIZER_FILE, WEIGHTS_FILE
 from mlproject.tracking.train_run import RESULT_PREFIX
 
 EVALUATED_RUN_TAG = "mlproject.evaluated_run"   # on a separate evaluation run: the run it evaluated
@@ -82,12 +82,12 @@ def resolve_source(run_id: str | None, model_uri: str | None, checkpoint: str | 
                 local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(workdir)))
         except mlflow.exceptions.MlflowException as exc:
             raise MlprojectError(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}") from None
-        extra = local / "extra_files"
-        if not (extra / MODEL_CHECKPOINT_FILE).is_file():
-            raise MlprojectError(f"model {model_uri!r} has no extra_files/{MODEL_CHECKPOINT_FILE}; it was not "
-                                 "logged by `mlproject train`")
-        tokenizer = Path(tokenizer_path) if tokenizer_path else extra / TOKENIZER_FILE
-        source = Source(extra / MODEL_CHECKPOINT_FILE, tokenizer, owner, model_uri)
+        folder = local / "artifacts"
+        if not (folder / WEIGHTS_FILE).is_file():
+            raise MlprojectError(f"model {model_uri!r} has no artifacts/{WEIGHTS_FILE}; it was not "
+                                 "logged by `mlproject`")
+        tokenizer = Path(tokenizer_path) if tokenizer_path else folder / TOKENIZER_FILE
+        source = Source(folder / WEIGHTS_FILE, tokenizer, owner, model_uri)
     else:
         assert checkpoint is not None
         path = Path(checkpoint).expanduser()
@@ -98,6 +98,19 @@ def resolve_source(run_id: str | None, model_uri: str | None, checkpoint: str | 
         source = Source(path, Path(tokenizer_path), None, str(path.resolve()))
     source.sha256 = sha256_file(source.checkpoint)
     return source
+
+
+def load_source(source: Source, device: Any) -> tuple[Any, dict[str, Any]]:
+    """(model, checkpoint state) from the very file `resolve_source` hashed: a checkpoint, or the
+    safetensors weights of a logged model (read with its JSON config, never unpickled)."""
+    from mlproject.training.checkpoint import load_model_checkpoint
+
+    if source.checkpoint.name == WEIGHTS_FILE:
+        from mlproject.tracking.textgen import load_artifacts
+
+        model, _ = load_artifacts(source.checkpoint.parent, device)
+        return model, {}
+    return load_model_checkpoint(source.checkpoint, device)
 
 
 def _run_data_section(run_id: str, workdir: Path) -> dict[str, Any] | None:
@@ -184,7 +197,6 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateOutcome:
     from mlproject.data.tokenizer import load_tokenizer, special_ids
     from mlproject.inference.evaluate import evaluate_text, format_metrics
     from mlproject.tracking import sweeps
-    from mlproject.training.checkpoint import load_model_checkpoint
     from mlproject.training.device import select_device
 
     device = select_device(cfg.device)
@@ -194,7 +206,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateOutcome:
         if cfg.expected_sha256 and cfg.expected_sha256 != source.sha256:
             raise MlprojectError(f"evaluate: {source.uri} has sha256 {source.sha256}, not expected_sha256="
                                  f"{cfg.expected_sha256}")
-        model, state = load_model_checkpoint(source.checkpoint, device)  # the file just hashed
+        model, state = load_source(source, device)  # the file just hashed
         tokenizer = load_tokenizer(source.tokenizer)
         eot_id, _ = special_ids(tokenizer)
         block_size = cfg.block_size or model.config.block_size
@@ -232,11 +244,10 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateOutcome:
 def run_export_hf(cfg: ExportConfig) -> Path:
     """Write the HF folder; log it to the run as `hf/` (and as a transformers model if asked)."""
     from mlproject.model.hf_export import export_hf
-    from mlproject.training.checkpoint import load_model_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="mlproject-export-") as tmp:
         source = resolve_source(cfg.run_id, cfg.model_uri, cfg.checkpoint, cfg.tokenizer_path, Path(tmp))
-        model, _ = load_model_checkpoint(source.checkpoint, "cpu")
+        model, _ = load_source(source, "cpu")
         cls = export_hf(model, source.tokenizer, cfg.output)
     out = Path(cfg.output)
     print(f"export-hf: {source.uri} -> {out} ({cls}, sha256 {source.sha256[:16]}...)", flush=True)
