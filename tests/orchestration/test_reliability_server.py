@@ -62,7 +62,7 @@ def server(backend: str, artifacts: Path, port: int, log: Path) -> Iterator[subp
     """`mlproject server` on `port` until the block ends (or the test kills it)."""
     out = open(log, "a")
     proc = subprocess.Popen([str(BIN / "mlproject"), "server", "--port", str(port), "--backend-store-uri", backend,
-                             "--artifacts-destination", str(artifacts), "--workers", "2"],
+                             "--artifacts-destination", str(artifacts), "--workers", "1"],
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120

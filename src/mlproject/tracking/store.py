@@ -29,7 +29,7 @@ import mlflow
 from mlproject.errors import MlprojectError
 from mlproject.tracking.secrets import scrub
 
-PROBE_ATTEMPTS = 3  # ~6 s in all: a server that is just starting gets a moment
+PROBE_ATTEMPTS = 3  # ~3 s in all: a server that is just starting gets a moment
 
 _READY: set[str] = set()  # stores this process has checked (the check costs one open)
 
@@ -113,7 +113,8 @@ def check_server(uri: str) -> None:
             reason = f"HTTP {exc.code}"
         except (OSError, ValueError) as exc:
             reason = str(getattr(exc, "reason", exc))
-        time.sleep(1.0 + attempt)
+        if attempt < PROBE_ATTEMPTS - 1:
+            time.sleep(1.0 + attempt)
     raise MlprojectError(f"the tracking server at {scrub(uri)} is not reachable ({scrub(reason)}): "
                          "is it running? start one with `mlproject server` or set MLFLOW_TRACKING_URI")
 
