@@ -71,9 +71,12 @@ def start_server(root: Path) -> tuple[subprocess.Popen, str]:
 
 def local_parallel(config: Path, env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mlproject", "compare", "--config", str(config), "--parallel", "2"],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    done = subprocess.run([sys.executable, "-m", "mlproject", "compare", "--config", str(config), "--parallel", "2"],
+                          env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"the local compare failed:\n{(done.stdout + done.stderr)[-4000:]}")
+    return wall
 
 
 def mapped_dag(root: Path, config: Path, env: dict[str, str], image: str) -> float:
