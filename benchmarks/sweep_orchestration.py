@@ -107,7 +107,8 @@ def mapped_dag(root: Path, config: Path, env: dict[str, str], image: str) -> flo
         t0 = time.perf_counter()
         subprocess.run([AIRFLOW, "dags", "trigger", DAG_ID, "--run-id", "bench"], env=env, check=True,
                        capture_output=True)
-        while True:
+        deadline, state = time.monotonic() + 1200, None
+        while time.monotonic() < deadline:
             out = subprocess.run([AIRFLOW, "dags", "list-runs", DAG_ID, "-o", "json"], env=env,
                                  capture_output=True, text=True).stdout
             lines = [line for line in out.splitlines() if line.startswith("[")]  # warnings print first
@@ -161,6 +162,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mlproject-bench-") as tmp:
         root = Path(tmp)
+        root.chmod(0o755)  # mounted into the step containers, whose user is not this one
         server, url = start_server(root)
         env = {**os.environ, "MLFLOW_TRACKING_URI": url, "MLPROJECT_CACHE_DIR": str(root / "cache"),
                "HF_HUB_OFFLINE": "1"}
