@@ -71,16 +71,19 @@ def start_server(root: Path) -> tuple[subprocess.Popen, str]:
 
 def local_parallel(config: Path, env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mlproject", "compare", "--config", str(config), "--parallel", "2"],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    done = subprocess.run([sys.executable, "-m", "mlproject", "compare", "--config", str(config), "--parallel", "2"],
+                          env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"the local compare failed:\n{(done.stdout + done.stderr)[-4000:]}")
+    return wall
 
 
 def mapped_dag(root: Path, config: Path, env: dict[str, str], image: str) -> float:
     pipeline = root / "pipeline.yaml"
     pipeline.write_text(yaml.safe_dump({"pipeline": {"name": "bench"}, "steps": [
         {"id": "compare", "entry_point": "compare", "parameters": {"config": str(config)}}]}))
-    cache = root / "cache"
+    cache = root / "cache-containers"  # not the local run's: its files belong to this user
     cache.mkdir(exist_ok=True)
     cache.chmod(0o777)
     home = root / "airflow-home"
@@ -104,7 +107,8 @@ def mapped_dag(root: Path, config: Path, env: dict[str, str], image: str) -> flo
         t0 = time.perf_counter()
         subprocess.run([AIRFLOW, "dags", "trigger", DAG_ID, "--run-id", "bench"], env=env, check=True,
                        capture_output=True)
-        while True:
+        deadline, state = time.monotonic() + 1200, None
+        while time.monotonic() < deadline:
             out = subprocess.run([AIRFLOW, "dags", "list-runs", DAG_ID, "-o", "json"], env=env,
                                  capture_output=True, text=True).stdout
             lines = [line for line in out.splitlines() if line.startswith("[")]  # warnings print first
@@ -158,12 +162,14 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mlproject-bench-") as tmp:
         root = Path(tmp)
+        root.chmod(0o755)  # mounted into the step containers, whose user is not this one
         server, url = start_server(root)
         env = {**os.environ, "MLFLOW_TRACKING_URI": url, "MLPROJECT_CACHE_DIR": str(root / "cache"),
                "HF_HUB_OFFLINE": "1"}
         env.pop("MLFLOW_RUN_ID", None)
         try:
             local = local_parallel(compare_config(root, "bench-local", args.steps), env)
+            print(f"local --parallel 2: {local:.1f} s", flush=True)
             mapped = mapped_dag(root, compare_config(root, "bench-mapped", args.steps), env, args.image)
             start = container_start(args.image)
             up, down, size = checkpoint_transfer(url, "bench-local", root)

@@ -108,7 +108,8 @@ def test_mapped_children_run_in_parallel_containers_and_a_killed_child_alone_res
     home.mkdir()
     api_port = free_port()
 
-    with start_server(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "mlartifacts") as server:
+    # a generous start-up limit: on a busy shared machine the server takes a while to import
+    with start_server(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "mlartifacts", timeout=300) as server:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         client = MlflowClient(tracking_uri=server.url)
         env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
