@@ -37,7 +37,7 @@ class DataConfig:
                                                "(default: $LOCAL_TEXT_FIELD or text)")
     num_workers: int | None = field(None, help="tokenizer worker threads (default: all cores)")
     tokenizer_sample_mb: float = field(
-        500.0, help="train the BPE on at most this many MB of the train split's text (its first documents); "
+        100.0, help="train the BPE on at most this many MB of the train split's text (its first documents); "
                     "part of the tokenizer's cache key")
 
     @property
