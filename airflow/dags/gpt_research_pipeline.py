@@ -175,26 +175,25 @@ def render_step_command(ti: Any, params: Mapping[str, Any], step_id: str, projec
     Built from the run's `pipeline_config` param with the upstream steps' results from XCom,
     and with resume=true on a retry (a compare/ablation retry keeps its finished children).
     """
-    pipeline = load_pipeline(params["pipeline_config"])
-    step = pipeline.step(step_id)
-    upstream = {}
-    for ref in sorted(step.references() | set(step.needs)):
-        result = parse_step_result(ti.xcom_pull(task_ids=ref) or "")
-        if result is not None:
-            upstream[ref] = result
+    step, upstream = _step_and_upstream(ti, params, step_id)
     return repr(step_command(step, project_dir, upstream, resume=ti.try_number > 1))
 
 
 def render_plan_command(ti: Any, params: Mapping[str, Any], step_id: str) -> str:
     """The plan stage of a mapped compare/ablation step (resumed on a retry)."""
-    pipeline = load_pipeline(params["pipeline_config"])
-    step = pipeline.step(step_id)
+    step, upstream = _step_and_upstream(ti, params, step_id)
+    return repr(sweep_stage_command(step, "plan", upstream, resume=ti.try_number > 1))
+
+
+def _step_and_upstream(ti: Any, params: Mapping[str, Any], step_id: str) -> tuple[Any, dict[str, Any]]:
+    """The step of the run's pipeline and the results (from XCom) of the steps it references."""
+    step = load_pipeline(params["pipeline_config"]).step(step_id)
     upstream = {}
     for ref in sorted(step.references() | set(step.needs)):
         result = parse_step_result(ti.xcom_pull(task_ids=ref) or "")
         if result is not None:
             upstream[ref] = result
-    return repr(sweep_stage_command(step, "plan", upstream, resume=ti.try_number > 1))
+    return step, upstream
 
 
 def render_aggregate_command(ti: Any, params: Mapping[str, Any], step_id: str) -> str:
