@@ -41,7 +41,7 @@ def model(**fields) -> GPT:
     (dict(model_version="gpt2"), "GPT2LMHeadModel"),
     (dict(model_version="gpt2", bias=False, tie_embeddings=False, gelu_approximate="none", n_layer=3),
      "GPT2LMHeadModel"),
-    (dict(model_version="gpt3", attention_window=64), "GPT2LMHeadModel"),  # the band covers the context: dense
+    (dict(model_version="gpt3", attention_pattern="dense"), "GPT2LMHeadModel"),  # no banded layer: GPT-2
     (dict(model_version="gpt3", bias=False), "GPTNeoForCausalLM"),
     (dict(model_version="gpt3", bias=False, n_layer=3, tie_embeddings=False), "GPTNeoForCausalLM"),
     (dict(LLAMA_LIKE), "LlamaForCausalLM"),
