@@ -89,7 +89,8 @@ def mapped_dag(root: Path, config: Path, env: dict[str, str], image: str) -> flo
     home = root / "airflow-home"
     home.mkdir()
     port = free_port()
-    env = {**env, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    env = {**env, "PATH": f"{Path(AIRFLOW).parent}{os.pathsep}{env.get('PATH', '')}",  # standalone runs `airflow`
+           "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "airflow" / "dags"), "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
            "AIRFLOW__CORE__PARALLELISM": "2", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True", "AIRFLOW__API__HOST": "127.0.0.1",
