@@ -27,7 +27,8 @@ TINY = {
     "model": {"model_version": "gpt2", "n_layer": 2, "n_head": 2, "d_model": 64, "block_size": 32},
     "data": {"dataset": "pydocs", "vocab_size": 512, "max_train_docs": 200, "max_val_docs": 20},
     "train": {"batch_size": 4, "max_steps": 12, "eval_interval": 4, "eval_batches": 2, "log_interval": 2,
-              "save_every": 4, "warmup": 2, "device": "cpu", "num_threads": 1, "progress": "lines"},
+              "save_every": 4, "warmup": 2, "device": "cpu", "precision": "fp32", "num_threads": 1,
+              "progress": "lines"},  # evaluate runs fp32: the trainer's figures must be fp32 to match to 1e-5
     "tracking": {"log_model": True, "experiment_name": "test-evaluate"},
 }
 

@@ -27,7 +27,7 @@ def free_port() -> int:
 
 def train_args(experiment: str, output_dir: Path, **train) -> list[str]:
     flags = {**TINY_MODEL, **TINY_DATA, "max_steps": STEPS, "eval_interval": 3, "log_interval": 1, "save_every": 3,
-             "warmup": 1, "device": "cpu", "num_threads": 1, "progress": "lines", "seed": 7,
+             "warmup": 1, "device": "cpu", "precision": "fp32", "num_threads": 1, "progress": "lines", "seed": 7,
              "experiment_name": experiment, "output_dir": str(output_dir), "log_model": "false", **train}
     return ["train", *[a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", str(v))]]
 
