@@ -83,8 +83,16 @@ def server(backend: str, artifacts: Path, port: int, log: Path) -> Iterator[subp
 
 
 def kill_group(proc: subprocess.Popen, sig: int) -> None:
-    """Signal the server and its workers (its own process group)."""
+    """Signal the server and its workers: `mlproject server`'s group and the group of the MLflow
+    server it starts (in a session of its own), so SIGKILL really takes the server down."""
+    import psutil
+
     if proc.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            groups = {os.getpgid(c.pid) for c in psutil.Process(proc.pid).children(recursive=True)}
+            for pgid in groups - {proc.pid}:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, sig)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         try:
