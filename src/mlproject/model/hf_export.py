@@ -119,13 +119,19 @@ def _zeros_like_bias(weight: torch.Tensor) -> torch.Tensor:
     return torch.zeros(weight.size(0), dtype=weight.dtype)
 
 
-def _gpt2_state(src: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tensor]:
+def _embeddings_and_head(src: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tensor]:
+    """The tensors GPT-2 and GPT-Neo name alike: token and position embeddings, final norm, head."""
     sd = {"transformer.wte.weight": src["transformer.wte.weight"],
           "transformer.wpe.weight": src["transformer.wpe.weight"],
           "transformer.ln_f.weight": src["transformer.ln_f.weight"],
           "transformer.ln_f.bias": src.get("transformer.ln_f.bias", _zeros_like_bias(src["transformer.ln_f.weight"]))}
     if not cfg.tie_embeddings:
         sd["lm_head.weight"] = src["lm_head.weight"]
+    return sd
+
+
+def _gpt2_state(src: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tensor]:
+    sd = _embeddings_and_head(src, cfg)
     for i in range(cfg.n_layer):
         p = f"transformer.h.{i}."
         for name in ("ln_1", "ln_2"):
@@ -140,12 +146,7 @@ def _gpt2_state(src: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch
 
 def _neo_state(src: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, torch.Tensor]:
     C = cfg.d_model
-    sd = {"transformer.wte.weight": src["transformer.wte.weight"],
-          "transformer.wpe.weight": src["transformer.wpe.weight"],
-          "transformer.ln_f.weight": src["transformer.ln_f.weight"],
-          "transformer.ln_f.bias": src.get("transformer.ln_f.bias", _zeros_like_bias(src["transformer.ln_f.weight"]))}
-    if not cfg.tie_embeddings:
-        sd["lm_head.weight"] = src["lm_head.weight"]
+    sd = _embeddings_and_head(src, cfg)
     for i in range(cfg.n_layer):
         p, a = f"transformer.h.{i}.", f"transformer.h.{i}.attn.attention."
         for name in ("ln_1", "ln_2"):
