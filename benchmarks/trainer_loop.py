@@ -63,7 +63,7 @@ def bench_trainer_loop(settings: Settings) -> list[Figure]:
 
     from mlproject.config import flatten
     from mlproject.tracking.logger import MlflowLogger
-    from mlproject.tracking.runs import end_run, start_run
+    from mlproject.tracking.client import end_run, start_run
 
     size: Size = QUICK_NANO if settings.quick else NANO
     warmup = settings.warmup + 1  # the first step also builds the optimizer state

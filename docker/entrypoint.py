@@ -8,7 +8,7 @@ Airflow's DockerOperator pushes the container's last log line to XCom, and `mlfl
 logs its own "Run ... succeeded" line after the step printed `MLPROJECT_RESULT {json}`. So
 the command's output (stdout and stderr, merged in order) passes through unchanged, and the
 last MLPROJECT_RESULT line it printed is printed once more at the end, where the DAG's
-downstream tasks read it (`mlproject.research.pipeline.parse_step_result`).
+downstream tasks read it (`mlproject.protocol.parse_step_result`).
 
 SIGTERM/SIGINT (`docker stop`, Airflow's on_kill) are forwarded to the command, so MLflow
 can mark its runs KILLED before the container exits.
@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 
-from mlproject.research.pipeline import parse_step_result
+from mlproject.protocol import parse_step_result
 
 
 def main(argv: list[str]) -> int:

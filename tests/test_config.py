@@ -9,7 +9,7 @@ from mlproject.config import build_sections, coerce, flatten, from_dict, load_ya
 from mlproject.errors import ConfigError
 from mlproject.model.config import GPTConfig
 from mlproject.research.config import CompareConfig
-from mlproject.tracking.config import RunConfig
+from mlproject.app.config import RunConfig
 from mlproject.training.config import TrainConfig
 
 

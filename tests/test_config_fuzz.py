@@ -21,7 +21,7 @@ from mlproject.config import _hints
 from mlproject.errors import MlprojectError
 from mlproject.research.compare import CompareJob
 from mlproject.research.config import CompareConfig
-from mlproject.tracking.config import RunConfig
+from mlproject.app.config import RunConfig
 
 CASES = 3000
 BUDGET_SEC = 90.0

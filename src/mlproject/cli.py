@@ -23,7 +23,7 @@ _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 def _run_sections(parser: argparse.ArgumentParser) -> None:
     """Flags of every section of a training run (model, data, train, tracking)."""
-    from mlproject.tracking.config import RunConfig
+    from mlproject.app.config import RunConfig
 
     parser.add_argument("--config", help="YAML file with sections model/data/train/tracking; flags override it")
     for name, cls in RunConfig.SECTIONS.items():
@@ -64,7 +64,7 @@ def _import_hf(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mlproject.tracking.config import RunConfig
+    from mlproject.app.config import RunConfig
 
     if args.run_id:  # the child stage of a planned sweep: its config is on its run
         if args.config:
@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace) -> int:
         return {"FINISHED": 0, "KILLED": 130}.get(status, 1)
 
     cfg = RunConfig.load(args.config, args)  # validate before importing torch and mlflow
-    from mlproject.tracking.train_run import run_training
+    from mlproject.app.train import run_training
 
     outcome = run_training(cfg)
     return 130 if outcome.status == "KILLED" else 0  # interrupted (resumable): not a success
@@ -85,7 +85,7 @@ def _train(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> None:
     from mlproject.config import build_sections
     from mlproject.inference.config import GenerateConfig
-    from mlproject.tracking.generate_run import run_generate
+    from mlproject.app.generate import run_generate
 
     cfg = build_sections({"generate": GenerateConfig}, yaml_path=args.config, args=args)["generate"]
     run_generate(cfg)
@@ -113,7 +113,7 @@ def _sweep_stage(args: argparse.Namespace) -> bool:
 def _evaluate(args: argparse.Namespace) -> None:
     from mlproject.config import build_sections
     from mlproject.inference.eval_config import EvaluateConfig
-    from mlproject.tracking.evaluate_run import run_evaluate
+    from mlproject.app.evaluate import run_evaluate
 
     run_evaluate(build_sections({"evaluate": EvaluateConfig}, yaml_path=args.config, args=args)["evaluate"])
 
@@ -121,7 +121,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _export_hf(args: argparse.Namespace) -> None:
     from mlproject.config import from_dict, section_overrides
     from mlproject.inference.eval_config import ExportConfig
-    from mlproject.tracking.evaluate_run import run_export_hf
+    from mlproject.app.evaluate import run_export_hf
 
     run_export_hf(from_dict(ExportConfig, section_overrides(args, ExportConfig), source="flags"))
 
@@ -165,7 +165,7 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from mlproject.research.pipeline import PipelineOptions, run_pipeline
+    from mlproject.orchestration.pipeline import PipelineOptions, run_pipeline
 
     options = PipelineOptions(steps=args.step or [], dry_run=args.dry_run,
                               continue_on_error=args.continue_on_error, resume=args.resume)
@@ -174,8 +174,8 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 def _server(args: argparse.Namespace) -> int:
     from mlproject.config import from_dict, section_overrides
-    from mlproject.tracking.config import ServerConfig
-    from mlproject.tracking.server import run_server
+    from mlproject.app.config import ServerConfig
+    from mlproject.app.server import run_server
 
     return run_server(from_dict(ServerConfig, section_overrides(args, ServerConfig), source="flags"))
 
@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                    **switch)
     p.add_argument("--resume", help="skip steps that finished in the last report", **switch)
 
-    from mlproject.tracking.config import ServerConfig
+    from mlproject.app.config import ServerConfig
 
     p = command("server", _server, "start an MLflow tracking server (127.0.0.1 by default)")
     add_arguments(p, ServerConfig, title="server")
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from mlproject.tracking.secrets import quiet_mlflow_run_links
+    from mlproject.secrets import quiet_mlflow_run_links
 
     quiet_mlflow_run_links()
     try:

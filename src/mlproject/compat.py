@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from mlproject.io import atomic_path
 
 RESULTS_ROOT = Path("research_runs")
 CHECKPOINTS_ROOT = Path("checkpoints")
@@ -62,19 +63,11 @@ def export_sweep_results(kind: str, experiment_name: str, rows: Sequence[Any]) -
 
 def _copy_atomic(src: Path, dst: Path) -> Path:
     """`dst` becomes a snapshot of `src`: a hard link when possible (no bytes copied), else a copy."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.unlink(tmp)
+    with atomic_path(dst) as tmp:
         try:
             os.link(src, tmp)
         except OSError:  # another file system, or links not allowed
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dst
 
 

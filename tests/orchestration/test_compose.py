@@ -57,8 +57,8 @@ def test_stack_has_database_server_and_airflow(stack):
 def test_tracking_server_uses_postgres_and_accepts_its_service_name(stack):
     from mlproject.cli import build_parser
     from mlproject.config import from_dict, section_overrides
-    from mlproject.tracking.config import ServerConfig
-    from mlproject.tracking.server import server_command
+    from mlproject.app.config import ServerConfig
+    from mlproject.app.server import server_command
 
     command = stack["services"]["mlflow"]["command"]
     assert command[:2] == ["mlproject", "server"]

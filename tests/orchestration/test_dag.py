@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from mlproject.errors import MlprojectError
-from mlproject.research.pipeline import load_pipeline, step_command
+from mlproject.orchestration.pipeline import load_pipeline, step_command
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "airflow" / "dags" / "gpt_research_pipeline.py"
 PARENT = "0123456789abcdef0123456789abcdef"

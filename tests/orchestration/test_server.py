@@ -9,8 +9,8 @@ import pytest
 
 from mlproject.cli import main
 from mlproject.errors import ConfigError
-from mlproject.tracking.config import ServerConfig
-from mlproject.tracking.server import allowed_hosts, run_server, server_command, server_environment
+from mlproject.app.config import ServerConfig
+from mlproject.app.server import allowed_hosts, run_server, server_command, server_environment
 
 SECRET_URI = "postgresql://mlflow:s3cret-pw@db:5432/mlflow"
 

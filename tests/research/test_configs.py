@@ -12,9 +12,9 @@ from mlproject.errors import ConfigError
 from mlproject.research.ablation import AblationJob
 from mlproject.research.compare import CompareJob
 from mlproject.research.config import PlotConfig
-from mlproject.research.pipeline import load_pipeline
+from mlproject.orchestration.pipeline import load_pipeline
 from mlproject.research.tune import TuneJob
-from mlproject.tracking.config import RunConfig
+from mlproject.app.config import RunConfig
 from sweep_helpers import REPO
 
 CONFIGS = REPO / "configs"

@@ -100,7 +100,7 @@ def test_plot_draws_val_bpb_best_from_the_tracking_store(compare_sweep, research
 
 
 def test_a_pipeline_step_can_evaluate_the_run_an_upstream_step_trained():
-    from mlproject.research.pipeline import PipelineStep, step_command
+    from mlproject.orchestration.pipeline import PipelineStep, step_command
 
     step = PipelineStep(id="eval", entry_point="evaluate", needs=["train"],
                         parameters={"run_id": "{{ steps.train.run_id }}", "datasets": ["pydocs", "wikitext2"]})

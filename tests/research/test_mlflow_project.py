@@ -7,7 +7,7 @@ import subprocess
 
 from mlflow import MlflowClient
 
-from mlproject.research.pipeline import parse_step_result
+from mlproject.protocol import parse_step_result
 from sweep_helpers import REPO, VENV_BIN, children_of, unique, write_yaml
 
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from mlproject.errors import ConfigError, MlprojectError
-from mlproject.research.pipeline import (PipelineOptions, PipelineStep, load_pipeline, parse_step_result,
+from mlproject.orchestration.pipeline import (PipelineOptions, PipelineStep, load_pipeline, parse_step_result,
                                          run_pipeline, step_command)
 
 FAKE_MLFLOW = textwrap.dedent('''\

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from sweep_helpers import unique, write_yaml
 from mlproject.cli import main
-from mlproject.research.pipeline import parse_step_result
+from mlproject.protocol import parse_step_result
 from mlproject.training.checkpoint import load_checkpoint
 
 

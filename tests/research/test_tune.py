@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from sweep_helpers import children_of, unique, write_yaml
 from mlproject.cli import main
-from mlproject.research.pipeline import parse_step_result
+from mlproject.protocol import parse_step_result
 
 LOW, HIGH = 1.0e-5, 3.0e-1
 SPACE = {"train.learning_rate": {"type": "float", "low": LOW, "high": HIGH, "log": True}}

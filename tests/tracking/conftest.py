@@ -81,7 +81,7 @@ def write_config(path: Path, experiment: str, **sections: dict) -> Path:
 @pytest.fixture
 def tiny_config(tmp_path: Path, experiment_name: str):
     """`tiny_config(**sections)`: a RunConfig of the tiny model in this test's experiment."""
-    from mlproject.tracking.config import RunConfig
+    from mlproject.app.config import RunConfig
 
     def make(**sections: dict) -> RunConfig:
         return RunConfig.load(write_config(tmp_path / "train.yaml", experiment_name, **sections))
@@ -98,8 +98,8 @@ def tiny_yaml(tmp_path: Path, experiment_name: str):
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory, store_uri: str, cache_dir: Path):
     """One finished run with a LoggedModel registered as `tiny-gpt`, shared by the read-only tests."""
-    from mlproject.tracking.config import RunConfig
-    from mlproject.tracking.train_run import run_training
+    from mlproject.app.config import RunConfig
+    from mlproject.app.train import run_training
 
     tmp = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as mp:

@@ -15,7 +15,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from mlproject.cli import main
-from mlproject.tracking.train_run import RESULT_PREFIX
+from mlproject.protocol import RESULT_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

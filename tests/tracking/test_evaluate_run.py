@@ -36,8 +36,8 @@ TINY = {
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, store_uri, cache_dir):
     """One finished tiny run with a LoggedModel, owned by this module (its tests log into it)."""
-    from mlproject.tracking.config import RunConfig
-    from mlproject.tracking.train_run import run_training
+    from mlproject.app.config import RunConfig
+    from mlproject.app.train import run_training
 
     tmp = tmp_path_factory.mktemp("evaluated")
     with pytest.MonkeyPatch.context() as mp:

@@ -8,7 +8,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from mlproject.tracking.logger import MlflowLogger
-from mlproject.tracking.runs import end_run, start_run
+from mlproject.tracking.client import end_run, start_run
 from mlproject.training.trainer import TrainResult
 
 

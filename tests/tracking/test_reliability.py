@@ -18,8 +18,8 @@ import pytest
 from mlflow import MlflowClient
 
 from mlproject.errors import MlprojectError
-from mlproject.tracking.runs import ERROR_TAG
-from mlproject.tracking.train_run import run_training
+from mlproject.tracking.client import ERROR_TAG
+from mlproject.app.train import run_training
 
 BIN = Path(sys.executable).parent
 

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 
 from mlproject.cli import main
 from mlproject.inference.config import GenerateConfig
-from mlproject.tracking.generate_run import run_generate
+from mlproject.app.generate import run_generate
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

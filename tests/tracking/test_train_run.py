@@ -14,9 +14,10 @@ import torch
 from mlflow import MlflowClient
 
 from mlproject.config import replace
-from mlproject.tracking.config import RunConfig
-from mlproject.tracking.runs import ERROR_TAG
-from mlproject.tracking.train_run import CHANGED_PARAMS_TAG, RESULT_PREFIX, run_training
+from mlproject.app.config import RunConfig
+from mlproject.tracking.client import ERROR_TAG
+from mlproject.protocol import RESULT_PREFIX
+from mlproject.app.train import CHANGED_PARAMS_TAG, run_training
 
 
 def test_a_finished_run_reports_finished_with_summary_and_checkpoint_uris(trained):
@@ -105,7 +106,7 @@ def test_the_best_model_is_registered_under_register_as(trained):
 
 def test_a_run_resumed_by_id_continues_the_same_run(tiny_config, monkeypatch):
     """SIGTERM at step 6 (the trainer stops with a checkpoint), then --resume-from RUN_ID."""
-    from mlproject.tracking import train_run
+    from mlproject.app import train as train_run
     from mlproject.tracking.logger import MlflowLogger
 
     class InterruptAtStep6(MlflowLogger):
@@ -168,7 +169,7 @@ def test_logging_the_dataset_retries_when_a_parallel_sibling_wins_the_insert(mon
     """Parallel sweep children race in the store's dataset insert; the loser must not fail."""
     from mlflow.exceptions import MlflowException
 
-    from mlproject.tracking import train_run
+    from mlproject.app import train as train_run
 
     calls = []
     real = mlflow.log_input

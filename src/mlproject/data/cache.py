@@ -19,7 +19,6 @@ import fcntl
 import json
 import mmap
 import os
-import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import xxhash
 
 from mlproject.errors import MlprojectError
+from mlproject.io import atomic_write_bytes, temp_path
 
 # 2: headers carry `content_hash`. Part of the corpus key, so version-1 caches (size-checked
 # only) are never opened: they sit under other names and a new cache is built beside them.
@@ -56,25 +56,6 @@ def content_hash(path: str | Path) -> str:
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 while every id fits (halves disk and page-cache use), else uint32."""
     return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
-
-
-def temp_path(path: Path) -> Path:
-    """A fresh temp name beside `path` (same file system, so os.replace is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same directory and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager

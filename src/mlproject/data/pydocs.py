@@ -20,7 +20,7 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-from mlproject.data.cache import atomic_write_bytes
+from mlproject.io import atomic_write_bytes
 
 CORPUS_VERSION = 1
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"}

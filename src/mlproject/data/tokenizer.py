@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from mlproject.data.cache import atomic_write_bytes
+from mlproject.io import atomic_write_bytes
 from mlproject.errors import ConfigError
 
 EOT = "<|endoftext|>"

@@ -20,14 +20,13 @@ combination is a one-line error naming the field that no HF class holds.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mlproject.errors import MlprojectError
+from mlproject.io import atomic_path
 from mlproject.model.config import GPTConfig
 
 GPT2_CLASS, NEO_CLASS, LLAMA_CLASS = "GPT2LMHeadModel", "GPTNeoForCausalLM", "LlamaForCausalLM"
@@ -237,15 +236,7 @@ def export_hf(model: torch.nn.Module, tokenizer_path: str | os.PathLike[str], ou
     eot_id, pad_id = special_ids(load_tokenizer(tokenizer_path))
     hf_model = to_hf(model, eot_id=eot_id, pad_id=pad_id)
     hf_tokenizer = to_hf_tokenizer(tokenizer_path, model.config.block_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_path(out, replace_dir=True) as tmp:
         hf_model.save_pretrained(tmp, safe_serialization=True)
         hf_tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return type(hf_model).__name__

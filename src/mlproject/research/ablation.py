@@ -24,7 +24,7 @@ from mlproject.research.config import AblationConfig
 from mlproject.research.eval_metrics import check_eval_datasets, prefer_bpb, with_eval_metrics
 from mlproject.research.sweep import (ChildSpec, SweepOutcome, SweepSpec, child_config, experiment_for, load_job,
                                       run_sweep, sweep_key, with_context)
-from mlproject.tracking.config import RunConfig
+from mlproject.app.config import RunConfig
 from mlproject.tracking.queries import AXIS_TAG, MODEL_TAG, VALUE_TAG
 
 AXES = ("norm_type", "mlp_type", "pos_encoding", "attention_impl", "gradient_checkpointing", "dropout",

@@ -101,7 +101,7 @@ def finish_parent(spec: Any, parent_run_id: str, rows: Sequence[Row], stats: Swe
     parent's description written. Returns the fields this adds to the MLPROJECT_RESULT line."""
     from mlproject.errors import MlprojectError
     from mlproject.tracking.best_model import publish_best
-    from mlproject.tracking.run_context import describe_run
+    from mlproject.tracking.client import describe_run
 
     metric = spec.metrics[0]
     best = best_row(rows, metric)

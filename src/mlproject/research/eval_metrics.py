@@ -86,7 +86,7 @@ def evaluate_children(run_ids: Sequence[str], datasets: Sequence[str], *, cache_
     A child that already has every `eval/<dataset>/bpb` (a resumed sweep) is not evaluated again.
     """
     from mlproject.inference.eval_config import EvaluateConfig
-    from mlproject.tracking.evaluate_run import run_evaluate
+    from mlproject.app.evaluate import run_evaluate
     from mlproject.tracking.queries import get_run
 
     wanted = eval_metric_names(datasets)

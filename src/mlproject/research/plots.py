@@ -14,7 +14,6 @@ PNGs and the summary CSV go to `output_dir` and are logged to the parent run und
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from mlproject.errors import MlprojectError
+from mlproject.io import atomic_path, atomic_write_text
 from mlproject.research.config import PlotConfig
-from mlproject.research.pipeline import result_line
-from mlproject.research.results import (Row, SweepStats, aggregate, atomic_write_text, read_results,
+from mlproject.protocol import process_run_id, result_line
+from mlproject.research.results import (Row, SweepStats, aggregate, read_results,
                                         summary_table_rows, to_csv)
 
 CURVE_METRICS = ("train_loss", "val_loss")
@@ -156,14 +156,11 @@ def _tokens_at(steps: Sequence[int], per_seed: Sequence[dict[int, float]]) -> np
 
 def _save(fig: Any, plt: Any, path: Path) -> Path:
     """Save atomically: a temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -281,7 +278,7 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
         print(f"logged to run(s) {', '.join(logged_to)} under plots/")
     # run_id is the plot step's own run under `mlflow run` (the pipeline links it as the step's
     # run); the plotted parent is plotted_run_id.
-    print(result_line({"step": "plot", "run_id": os.environ.get("MLFLOW_RUN_ID") or source.parent_run_id,
+    print(result_line({"step": "plot", "run_id": process_run_id() or source.parent_run_id,
                        "plotted_run_id": source.parent_run_id, "status": "FINISHED",
                        "plots": [str(p) for p in written if p.suffix == ".png"], "summary_csv": str(written[-1])}),
           flush=True)
@@ -293,20 +290,20 @@ def _log(cfg: PlotConfig, source: _Source, files: Sequence[Path]) -> list[str]:
     if not cfg.log_to_run:
         return []
     targets = [source.parent_run_id] if source.parent_run_id else []
-    step_run = os.environ.get("MLFLOW_RUN_ID")
+    step_run = process_run_id()
     if step_run and step_run not in targets:
         targets.append(step_run)
     if not targets:
         return []
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
 
     for run_id in targets:
-        sweeps.log_files(run_id, files, "plots")
+        client.log_files(run_id, files, "plots")
     if step_run and source.parent_run_id and step_run != source.parent_run_id:
         from mlproject.research.describe import plot_note
-        from mlproject.tracking.run_context import describe_run
+        from mlproject.tracking.client import describe_run
 
-        sweeps.set_tags(step_run, {"mlproject.plotted_run_id": source.parent_run_id})
+        client.set_tags(step_run, {"mlproject.plotted_run_id": source.parent_run_id})
         describe_run(step_run, name=f"plot-{source.kind}-{source.parent_run_id[:8]}",
                      note=plot_note(source.kind, source.name, source.parent_run_id, files))
     return targets

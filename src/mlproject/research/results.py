@@ -13,13 +13,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlproject.errors import MlprojectError
+from mlproject.io import atomic_write_text
 from mlproject.research.stats import PairedComparison, Summary, paired_comparison, summarize
 
 # Columns every row has, in file order. `group` is what statistics are grouped by: the model
@@ -58,21 +58,6 @@ def _number(value: Any) -> float | None:
 
 
 # ----------------------------------------------------------------------------- files
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write `text` to `path` via a temp file in the same directory and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
 
 def _columns(rows: Sequence[Row]) -> list[str]:
     extra = sorted({k for row in rows for k in row} - set(RESULT_COLUMNS))

@@ -47,7 +47,7 @@ from typing import Any
 
 from mlproject.config import build_sections, dump_yaml, flatten, load_yaml, to_dict
 from mlproject.errors import ConfigError, MlprojectError
-from mlproject.research.pipeline import result_line
+from mlproject.protocol import hand_run_to, result_line
 from mlproject.research.results import (
     SUMMARY_COLUMNS,
     Row,
@@ -59,7 +59,7 @@ from mlproject.research.results import (
     stats_to_metrics,
     write_results,
 )
-from mlproject.tracking.config import RunConfig
+from mlproject.app.config import RunConfig
 
 # Fields that change how fast a run goes, not what it computes: left out of the sweep key, so
 # a sweep resumed on another machine (or with --parallel) still matches its children.
@@ -138,10 +138,10 @@ def sweep_key(kind: str, base: RunConfig, drop: Sequence[str], extra: Mapping[st
 
 def child_config(base: RunConfig, *, model: Any, train: Any, seed: int) -> RunConfig:
     """A child's RunConfig: its model and train sections with `seed` for init and data order."""
-    # The data order follows the seed, not the model: for a given seed every group sees the
-    # same batches, so the paired comparison across seeds cancels data-order noise.
-    data_seed = train.data_seed if train.data_seed is not None else seed
-    return RunConfig(model=model, data=base.data, train=dataclasses.replace(train, seed=seed, data_seed=data_seed),
+    # The data order follows the seed, not the model (data_seed defaults to seed when the run's
+    # config is resolved): for a given seed every group sees the same batches, so the paired
+    # comparison across seeds cancels data-order noise.
+    return RunConfig(model=model, data=base.data, train=dataclasses.replace(train, seed=seed),
                      tracking=dataclasses.replace(base.tracking))
 
 
@@ -152,9 +152,7 @@ def with_context(where: str, exc: ConfigError) -> ConfigError:
 
 
 def experiment_for(base: RunConfig) -> str:
-    from mlproject.tracking.runs import default_experiment_name
-
-    return base.tracking.experiment_name or default_experiment_name(base.data.dataset)
+    return base.experiment_name
 
 
 # ----------------------------------------------------------------------------- rows
@@ -194,18 +192,18 @@ def _ensure_run(task: _Task) -> None:
     was planned would show its queue time as training time. `--plan-only` must hand out run
     ids, so it creates every child up front.
     """
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
 
     if not task.run_id:
-        task.run_id = sweeps.create_child(task.parent, run_name=task.child.name, tags=task.tags)
+        task.run_id = client.create_child(task.parent, run_name=task.child.name, tags=task.tags)
         _log_child_config(task)
 
 
 def _log_child_config(task: _Task) -> None:
     """The child's RunConfig on its run (`PLAN_CONFIG`): `train --run-id` trains it from that."""
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
 
-    sweeps.log_text(task.run_id, dump_yaml(to_dict(_child_run_config(task.child, task.parent.experiment_name))),
+    client.log_text(task.run_id, dump_yaml(to_dict(_child_run_config(task.child, task.parent.experiment_name))),
                     PLAN_CONFIG)
 
 
@@ -248,7 +246,7 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
     Raises MlprojectError after reporting when some children did not finish, and
     KeyboardInterrupt (parent KILLED) when interrupted.
     """
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
 
     plan, tasks = _plan_stage(spec, eager=False)
     try:
@@ -260,7 +258,7 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
             else:
                 _run_sequential(todo)
     except BaseException as exc:
-        sweeps.set_status(plan.parent_run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        client.set_status(plan.parent_run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     finally:  # the children created while training, so `--aggregate PARENT` finds them
         _store_plan(plan, tasks)
@@ -280,21 +278,21 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
 def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
     from mlproject.research.describe import parent_params
     from mlproject.research.distinct import check_groups_differ
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
     from mlproject.tracking.queries import GROUPS_TAG, METRICS_TAG
     from mlproject.tracking.store import ensure_store
 
     check_groups_differ(spec)  # before any run exists: a sweep must not compare a model with itself
     ensure_store()
     _check_children(spec)  # before the parent exists: a child that cannot train leaves no stray runs
-    parent = sweeps.open_parent(
+    parent = client.open_parent(
         experiment=spec.experiment, run_name=spec.run_name, kind=spec.kind, sweep_key=spec.key,
         resume=spec.resume, tags={GROUPS_TAG: json.dumps(spec.groups), METRICS_TAG: json.dumps(spec.metrics),
                                   **spec.tags})
     print(f"{spec.kind}: parent run {parent.run_id} in experiment {parent.experiment_name!r} "
           f"(id {parent.experiment_id})", flush=True)
     try:
-        sweeps.log_params_once(parent.run_id, parent_params(spec))
+        client.log_params_once(parent.run_id, parent_params(spec))
         tasks = _plan(spec, parent, eager)
         _print_plan(spec, tasks)
         plan = SweepPlan(
@@ -305,25 +303,25 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
             eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device)
         _store_plan(plan, tasks)
     except BaseException as exc:
-        sweeps.set_status(parent.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        client.set_status(parent.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     return plan, tasks
 
 
 def _store_plan(plan: SweepPlan, tasks: Sequence[_Task]) -> None:
     """The children as they stand (a child still to create has run id ""), logged on the parent."""
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
 
     plan.children = [{"run_id": t.run_id, "name": t.child.name, "group": t.child.group, "seed": t.child.seed,
                       "action": t.action} for t in tasks]
-    sweeps.log_text(plan.parent_run_id, plan.to_json(), PLAN_FILE)
+    client.log_text(plan.parent_run_id, plan.to_json(), PLAN_FILE)
 
 
 def load_plan(parent_run_id: str) -> SweepPlan:
     """The plan `plan_sweep` stored on a parent run, or a one-line error naming the run."""
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
 
-    text = sweeps.load_text(parent_run_id, PLAN_FILE)
+    text = client.load_text(parent_run_id, PLAN_FILE)
     if text is None:
         raise MlprojectError(f"run {parent_run_id} is not a planned compare/ablation parent (it has no "
                              f"{PLAN_FILE} artifact); plan one with `mlproject compare --plan-only`")
@@ -334,7 +332,7 @@ def _plan(spec: SweepSpec, parent: Any, eager: bool) -> list[_Task]:
     """Match children to existing runs (with resume); the missing ones are created now when
     `eager`, else as they start (`_ensure_run`). Every child not yet FINISHED gets its config
     (`PLAN_CONFIG`) logged on its run."""
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
     from mlproject.tracking.queries import GROUP_TAG, KEY_TAG, PARENT_TAG, SEED_TAG, sweep_cells
 
     existing = sweep_cells(parent.previous, spec.key) if spec.resume and parent.previous is not None else {}
@@ -348,7 +346,7 @@ def _plan(spec: SweepSpec, parent: Any, eager: bool) -> list[_Task]:
                 _ensure_run(task)
         else:
             if run.tags.get(PARENT_TAG) != parent.run_id:
-                sweeps.adopt_child(run.run_id, parent.run_id)
+                client.adopt_child(run.run_id, parent.run_id)
             task = _Task(child, run.run_id, child_action(run), parent=parent)
             if task.action != "done":
                 _log_child_config(task)
@@ -378,7 +376,12 @@ def _check_children(spec: SweepSpec) -> None:
 
     data = prepare_data(spec.base.data)
     for child in spec.children:
-        check_fits(child.cfg.model, child.cfg.train, data, where=f"{spec.kind} child {child.name}")
+        where = f"{spec.kind} child {child.name}"
+        try:
+            resolved = child.cfg.resolved(data.vocab_size)
+        except ConfigError as exc:
+            raise with_context(where, exc) from None
+        check_fits(resolved.model, resolved.train, data, where=where)
 
 
 def _print_plan(spec: SweepSpec, tasks: Sequence[_Task]) -> None:
@@ -398,9 +401,9 @@ def _child_run_config(child: ChildSpec, experiment_name: str) -> RunConfig:
 def planned_config(run_id: str, args: Any = None) -> RunConfig:
     """A planned child's RunConfig from its run (`PLAN_CONFIG`), with explicit flags in `args`
     on top (runtime settings such as --num-threads or --device)."""
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
 
-    text = sweeps.load_text(run_id, PLAN_CONFIG)
+    text = client.load_text(run_id, PLAN_CONFIG)
     if text is None:
         raise MlprojectError(f"run {run_id} is not a planned sweep child (it has no {PLAN_CONFIG} artifact); "
                              "--run-id trains the children that `mlproject compare --plan-only` created")
@@ -418,9 +421,9 @@ def train_child(run_id: str, args: Any = None) -> str:
     from the last checkpoint in its artifacts (downloaded from the tracking server), so a
     killed container's retry continues where the child stopped. Returns the run's status.
     """
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
     from mlproject.tracking.queries import PARENT_TAG, get_run
-    from mlproject.tracking.train_run import run_training
+    from mlproject.app.train import run_training
 
     run = get_run(run_id)
     cfg = planned_config(run_id, args)
@@ -435,13 +438,13 @@ def train_child(run_id: str, args: Any = None) -> str:
     try:
         outcome = run_training(cfg, parent_run_id=run.tags.get(PARENT_TAG), run_id=run_id)
     except Exception:
-        sweeps.fail_if_unfinished(run_id)
+        client.fail_if_unfinished(run_id)
         raise
     return outcome.status
 
 
 def _run_sequential(tasks: Sequence[_Task]) -> None:
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
 
     for i, task in enumerate(tasks, 1):
         _ensure_run(task)
@@ -450,7 +453,7 @@ def _run_sequential(tasks: Sequence[_Task]) -> None:
             status = train_child(task.run_id)
         except Exception as exc:  # the run is FAILED with its error tag; the other children still run
             print(f"child {task.child.name} failed: {type(exc).__name__}: {exc}".splitlines()[0], flush=True)
-            sweeps.fail_if_unfinished(task.run_id)
+            client.fail_if_unfinished(task.run_id)
             continue
         if status == "KILLED":  # the trainer stopped on SIGTERM: stop the sweep too
             raise KeyboardInterrupt(f"child {task.child.name} was interrupted")
@@ -471,7 +474,7 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
     parent's charts (as `mlproject plot` does) into the results folder and logs them. Raises
     MlprojectError after reporting when some children did not finish.
     """
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
     from mlproject.tracking.queries import get_run
 
     from mlproject.research.describe import finish_parent
@@ -496,9 +499,9 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
     try:
         best = finish_parent(plan, plan.parent_run_id, rows, stats)
     except BaseException:
-        sweeps.set_status(plan.parent_run_id, "FAILED")
+        client.set_status(plan.parent_run_id, "FAILED")
         raise
-    sweeps.set_status(plan.parent_run_id, status)
+    client.set_status(plan.parent_run_id, status)
     if plots and any(r["status"] == "FINISHED" for r in rows):
         from mlproject.research.config import PlotConfig
         from mlproject.research.plots import run_plot
@@ -529,7 +532,7 @@ class _ChildProcess:
         self._pump.start()
 
     def _copy(self) -> None:
-        from mlproject.tracking.secrets import scrub
+        from mlproject.secrets import scrub
 
         assert self.proc.stdout is not None
         with self.log.open("w", encoding="utf-8") as out:
@@ -547,7 +550,7 @@ class _ChildProcess:
 
 def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan) -> None:
     """`parallel` children at a time as `mlproject train --run-id` processes (the child stage)."""
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
     from mlproject.tracking.queries import absolute_tracking_uri
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -567,13 +570,13 @@ def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan) -> Non
                     folder.mkdir()
                     cmd = child_command(task.run_id, python=sys.executable) + [
                         "--num-threads", str(threads), "--progress", "lines"]
-                    running.append(_ChildProcess(task, cmd, {**base_env, "MLFLOW_RUN_ID": task.run_id},
+                    running.append(_ChildProcess(task, cmd, hand_run_to(dict(base_env), task.run_id),
                                                  folder / "train.log"))
                     print(f"started {task.child.name} ({task.action}) run {task.run_id}", flush=True)
                 for child in [c for c in running if c.done()]:
                     running.remove(child)
-                    status = sweeps.fail_if_unfinished(child.task.run_id)
-                    sweeps.log_files(child.task.run_id, [child.log], "logs")
+                    status = client.fail_if_unfinished(child.task.run_id)
+                    client.log_files(child.task.run_id, [child.log], "logs")
                     print(f"finished {child.task.child.name}: {status} (exit code {child.proc.returncode})",
                           flush=True)
                 time.sleep(0.2)
@@ -604,19 +607,19 @@ def child_command(run_id: str, python: str | None = None) -> list[str]:
 
 def _record_results(plan: SweepPlan, rows: list[Row], stats: SweepStats, output_dir: str) -> Path:
     """Statistics as parent metrics; results, summary and the job config as parent artifacts."""
-    from mlproject.research.results import atomic_write_text
-    from mlproject.tracking import sweeps
+    from mlproject.io import atomic_write_text
+    from mlproject.tracking import client
 
     metrics = stats_to_metrics(stats)
     for row in rows:  # parameter counts per group: the size side of the comparison
         if row.get("params_total") is not None:
             metrics[f"params_total/{metric_key(row['group'])}"] = float(row["params_total"])
     finished = sum(r["status"] == "FINISHED" for r in rows)
-    sweeps.log_metrics(plan.parent_run_id, {**metrics, "children_finished": finished,
+    client.log_metrics(plan.parent_run_id, {**metrics, "children_finished": finished,
                                             "children_total": len(rows)}, step=finished)
     results_dir = Path(output_dir) / "sweeps" / plan.parent_run_id
     files = list(write_results(rows, results_dir))
     files.append(atomic_write_text(results_dir / "summary.json", json.dumps(stats.as_dict(), indent=2)))
     files.append(atomic_write_text(results_dir / "sweep.yaml", plan.config_text))
-    sweeps.log_files(plan.parent_run_id, files)
+    client.log_files(plan.parent_run_id, files)
     return results_dir

@@ -34,9 +34,9 @@ from typing import Any, Literal
 
 from mlproject.config import check_types, dump_yaml, field, flatten, from_dict, merge, to_dict
 from mlproject.errors import ConfigError, MlprojectError
-from mlproject.research.pipeline import result_line
+from mlproject.protocol import hand_run_to, result_line
 from mlproject.research.sweep import experiment_for, load_job, sweep_key
-from mlproject.tracking.config import RunConfig
+from mlproject.app.config import RunConfig
 
 SEARCHABLE = ("model", "data", "train")  # sections a search space may change
 _TYPES = ("float", "int", "categorical")
@@ -247,8 +247,8 @@ def _optimize(job: TuneJob, study: Any, parent: Any) -> None:
     import optuna
     from optuna.trial import TrialState
 
-    from mlproject.tracking import sweeps
-    from mlproject.tracking.train_run import run_training
+    from mlproject.tracking import client
+    from mlproject.app.train import run_training
     from mlproject.tracking.tune_runs import STATE_TAG, STUDY_TAG, TRIAL_TAG, WORKER_TAG
 
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -257,27 +257,27 @@ def _optimize(job: TuneJob, study: Any, parent: Any) -> None:
         values = {d.name: d.suggest(trial) for d in job.space}
         name = f"trial-{trial.number}"
         cfg = trial_config(job.run, values, run_name=name, experiment=parent.experiment_name, source=name)
-        run_id = sweeps.create_child(parent, run_name=name, tags={
+        run_id = client.create_child(parent, run_name=name, tags={
             STUDY_TAG: job.study_name, TRIAL_TAG: str(trial.number), WORKER_TAG: worker})
         trial.set_user_attr("run_id", run_id)
         print(f"--- {name}: {json.dumps(values)} run {run_id}", flush=True)
         try:
             outcome = run_training(cfg, parent_run_id=parent.run_id, run_id=run_id, callbacks=[_pruner(trial)])
         except optuna.TrialPruned:
-            sweeps.set_status(run_id, "KILLED")  # stopped on purpose; the tag says why
-            sweeps.set_tags(run_id, {STATE_TAG: "PRUNED"})
+            client.set_status(run_id, "KILLED")  # stopped on purpose; the tag says why
+            client.set_tags(run_id, {STATE_TAG: "PRUNED"})
             raise
         except BaseException:
-            sweeps.set_tags(run_id, {STATE_TAG: "FAIL"})
+            client.set_tags(run_id, {STATE_TAG: "FAIL"})
             raise
         if outcome.status == "KILLED":  # SIGINT/SIGTERM: stop the search (a re-run continues it)
-            sweeps.set_tags(run_id, {STATE_TAG: "FAIL"})
+            client.set_tags(run_id, {STATE_TAG: "FAIL"})
             raise KeyboardInterrupt(f"{name} was interrupted")
         value = outcome.summary.get(job.tune.metric)
         if value is None or not math.isfinite(value):
-            sweeps.set_tags(run_id, {STATE_TAG: "FAIL"})
+            client.set_tags(run_id, {STATE_TAG: "FAIL"})
             raise MlprojectError(f"{name}: metric {job.tune.metric!r} is {value!r}; expected a finite number")
-        sweeps.set_tags(run_id, {STATE_TAG: "COMPLETE"})
+        client.set_tags(run_id, {STATE_TAG: "COMPLETE"})
         return float(value)
 
     if _counted(study) >= job.tune.n_trials:
@@ -295,8 +295,8 @@ def _run_workers(job: TuneJob, parent: Any, storage: str) -> None:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // job.tune.parallel)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": absolute_tracking_uri(), "OMP_NUM_THREADS": str(threads)}
-    env.pop("MLFLOW_RUN_ID", None)
+    env = hand_run_to({**os.environ, "MLFLOW_TRACKING_URI": absolute_tracking_uri(), "OMP_NUM_THREADS": str(threads)},
+                      None)
     print(f"tune: {job.tune.parallel} workers share study {job.study_name!r}, {threads} torch thread(s) each",
           flush=True)
     with tempfile.TemporaryDirectory(prefix="mlproject-tune-") as tmp:
@@ -323,7 +323,7 @@ def _run_workers(job: TuneJob, parent: Any, storage: str) -> None:
 def run_tune(job: TuneJob) -> TuneOutcome | None:
     """Open (or continue) the study and its parent run, run the trials, log the best."""
     from mlproject.data.prepare import prepare_data
-    from mlproject.tracking import sweeps, tune_runs
+    from mlproject.tracking import client, tune_runs
 
     storage = tune_runs.study_storage(job.tune.storage)
     if job.tune.parent_run_id:  # one more worker of a study another process opened
@@ -341,8 +341,8 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
         params.update(flatten({k: v for k, v in to_dict(job.tune).items()
                                if k not in ("parent_run_id", "storage")}, "tune"))
         params["tune.search_space"] = json.dumps(job.space_raw, sort_keys=True)
-        sweeps.log_params_once(parent.run_id, params)
-        sweeps.log_text(parent.run_id, job.config_text(), "tune.yaml")
+        client.log_params_once(parent.run_id, params)
+        client.log_text(parent.run_id, job.config_text(), "tune.yaml")
         study = _study(job, storage, job.tune.sampler_seed)
         prepare_data(job.run.data)  # once, before any worker
         if job.tune.parallel > 1:
@@ -351,7 +351,7 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
             _optimize(job, study, parent)
         outcome = _record_best(job, study, parent)
     except BaseException as exc:
-        sweeps.set_status(parent.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        client.set_status(parent.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     if job.tune.then_compare:
         outcome.compare_run_id = _then_compare(job, outcome)
@@ -367,7 +367,7 @@ def _record_best(job: TuneJob, study: Any, parent: Any) -> TuneOutcome:
     """Best value and params, trial counts and Optuna's plots on the parent; FINISHED."""
     from optuna.trial import TrialState
 
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
     from mlproject.tracking.tune_runs import BEST_TAG
 
     trials = study.get_trials(deepcopy=False)
@@ -380,14 +380,14 @@ def _record_best(job: TuneJob, study: Any, parent: Any) -> TuneOutcome:
     metrics = {"best_value": best.value, "best_trial": best.number,
                **{f"trials_{k.lower()}": v for k, v in counts.items()},
                **{f"best/{k}": float(v) for k, v in best.params.items() if isinstance(v, (int, float))}}
-    sweeps.log_metrics(parent.run_id, metrics, step=len(trials))
-    sweeps.set_tags(parent.run_id, {BEST_TAG: json.dumps(best.params, sort_keys=True),
+    client.log_metrics(parent.run_id, metrics, step=len(trials))
+    client.set_tags(parent.run_id, {BEST_TAG: json.dumps(best.params, sort_keys=True),
                                     "mlproject.best_run_id": str(best.user_attrs.get("run_id", ""))})
-    sweeps.log_text(parent.run_id, json.dumps({"value": best.value, "params": best.params, "trial": best.number,
+    client.log_text(parent.run_id, json.dumps({"value": best.value, "params": best.params, "trial": best.number,
                                                "run_id": best.user_attrs.get("run_id")}, indent=2),
                     "best_params.json")
     _log_plots(study, parent.run_id)
-    sweeps.set_status(parent.run_id, "FINISHED")
+    client.set_status(parent.run_id, "FINISHED")
     print(f"tune: best {job.tune.metric} {best.value:.4f} at trial {best.number}: {json.dumps(best.params)} "
           f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed)", flush=True)
     return TuneOutcome(parent.run_id, job.study_name, float(best.value), dict(best.params), counts)

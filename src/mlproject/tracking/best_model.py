@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from mlproject.tracking.artifacts import download_checkpoint, download_tokenizer, log_model
-from mlproject.tracking.runs import set_tags
+from mlproject.tracking.client import set_tags
 
 BEST_ALIAS = "best"
 BEST_RUN_TAG = "mlproject.best_run_id"
@@ -90,5 +90,5 @@ def publish_best(parent_run_id: str, run_id: str, register_as: str | None, *, me
         best.registered_uri = f"models:/{register_as}/{version.version}"
         best.alias_uri = f"models:/{register_as}@{BEST_ALIAS}"
         tags[REGISTERED_TAG] = best.registered_uri
-    set_tags(client, parent_run_id, tags)
+    set_tags(parent_run_id, tags)
     return best

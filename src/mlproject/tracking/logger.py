@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from mlproject.tracking.artifacts import CheckpointUploader
-from mlproject.tracking.runs import log_params_once, set_tags
+from mlproject.tracking.client import log_params_once, set_tags
 from mlproject.training.trainer import TrainerCallback, TrainResult
 
 # on_train_start keys recorded as `runtime.*` params (the rest of the run's config is
@@ -96,9 +96,9 @@ class MlflowLogger(TrainerCallback):
             self._already = steps_logged_since(self.client, self.run_id, int(info["start_step"]))
         params = dict(self.params_at_start(info))
         params.update({f"runtime.{k}": info[k] for k in RUNTIME_KEYS if k in info})
-        self.changed_params = log_params_once(self.client, self.run_id, params)
+        self.changed_params = log_params_once(self.run_id, params)
         if "device" in info:
-            set_tags(self.client, self.run_id, {"device": info["device"]})
+            set_tags(self.run_id, {"device": info["device"]})
         if self.on_start is not None:
             self.on_start(info)
 

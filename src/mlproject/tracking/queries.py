@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from mlproject.errors import MlprojectError
 
-# Tags written by tracking/sweeps.py and read back here and in research/.
+# Tags written by tracking/client.py and read back here and in research/.
 PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAG = "mlproject.role"            # sweep_parent | sweep_child | pipeline
 KIND_TAG = "mlproject.sweep_kind"      # compare | ablation

@@ -1,4 +1,4 @@
-"""MLflow's own run context on every run: source tags (user, entry point, git commit) and system metrics.
+"""The context of a run: MLflow's source tags (user, entry point, git commit), versions and host, system metrics.
 
 `mlflow.start_run` adds `mlflow.user`, `mlflow.source.name`, `mlflow.source.type` (and, run
 from a git checkout, `mlflow.source.git.commit`) only to runs it creates itself. Sweep parents,
@@ -11,14 +11,16 @@ script `mlproject` (MLflow's main file) lives in the venv, outside any checkout.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import (MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER)
 
-from mlproject.tracking import runs
 
 SOURCE_TAGS = (MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_GIT_COMMIT, MLFLOW_USER)
 _cached: dict[str, str] | None = None
@@ -31,18 +33,11 @@ def standard_tags() -> dict[str, str]:
         from mlflow.tracking.context.registry import resolve_tags
 
         tags = {k: str(v) for k, v in resolve_tags().items() if k.startswith("mlflow.source.") or k == MLFLOW_USER}
-        commit = runs.git_info().get("git_commit")
+        commit = git_info().get("git_commit")
         if commit:
             tags.setdefault(MLFLOW_GIT_COMMIT, commit)
         _cached = tags
     return dict(_cached)
-
-
-def add_standard_tags(run_id: str, existing: Mapping[str, str] | None = None) -> None:
-    """Set the standard tags the run lacks (those `mlflow run` set, e.g. source type PROJECT, stay)."""
-    client = MlflowClient()
-    have = client.get_run(run_id).data.tags if existing is None else existing
-    runs.set_tags(client, run_id, {k: v for k, v in standard_tags().items() if k not in have})
 
 
 def configure_system_metrics(tracking: Any) -> bool | None:
@@ -59,11 +54,37 @@ def configure_system_metrics(tracking: Any) -> bool | None:
     return True
 
 
-def describe_run(run_id: str, *, name: str | None = None, note: str | None = None) -> None:
-    """Give a run a readable name and a Markdown description (`mlflow.note.content`, the UI's
-    Description box)."""
-    client = MlflowClient()
-    if name:
-        client.update_run(run_id, name=name)
-    if note is not None:
-        runs.set_tags(client, run_id, {"mlflow.note.content": note})
+def git_info(path: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """`git_commit` and `git_dirty` of the checkout holding `path` ({} outside a checkout)."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    info = {"git_commit": commit}
+    if status is not None:
+        info["git_dirty"] = str(bool(status)).lower()
+    return info
+
+
+def environment_tags(device: str | None = None) -> dict[str, str]:
+    """Versions and host of this process: torch, CUDA, Python, hostname (and device if known)."""
+    import torch
+
+    tags = {
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda or "none",
+        "python_version": platform.python_version(),
+        "hostname": socket.gethostname(),
+    }
+    if device is not None:
+        tags["device"] = device
+    return tags

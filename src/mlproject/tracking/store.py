@@ -17,7 +17,6 @@ does not answer.
 from __future__ import annotations
 
 import fcntl
-import os
 import sqlite3
 import time
 import urllib.error
@@ -27,7 +26,8 @@ from pathlib import Path
 import mlflow
 
 from mlproject.errors import MlprojectError
-from mlproject.tracking.secrets import scrub
+from mlproject.protocol import process_run_id
+from mlproject.secrets import scrub
 
 PROBE_ATTEMPTS = 3  # ~3 s in all: a server that is just starting gets a moment
 
@@ -74,7 +74,7 @@ def ensure_store(uri: str | None = None) -> None:
     if uri.startswith(("http://", "https://")):
         # A process given its run (MLFLOW_RUN_ID: by `mlflow run` or a sweep parent) talked to a live
         # server a moment ago; if that server is restarting, MLflow's own retries ride it out.
-        if not os.environ.get("MLFLOW_RUN_ID"):
+        if process_run_id() is None:
             check_server(uri)
         _READY.add(uri)
         return

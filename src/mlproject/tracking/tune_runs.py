@@ -14,12 +14,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from mlflow.tracking import MlflowClient
-
 from mlproject.errors import MlprojectError
-from mlproject.tracking import sweeps
+from mlproject.tracking import client
 from mlproject.tracking.queries import KIND_TAG, ROLE_TAG, absolute_tracking_uri, experiment_name, get_run, search
-from mlproject.tracking.sweeps import ParentRun
+from mlproject.tracking.client import ParentRun
 
 STUDY_TAG = "mlproject.study"            # parent and trials: the Optuna study name
 TRIAL_TAG = "mlproject.trial_number"     # trial run: Optuna's trial number
@@ -44,21 +42,19 @@ def study_storage(explicit: str | None) -> str:
 
 
 def open_parent(*, experiment: str, run_name: str, study_name: str, tags: Mapping[str, str]) -> ParentRun:
-    """The study's parent run: `MLFLOW_RUN_ID`'s (under `mlflow run`), else the newest parent
+    """The study's parent run: the process's run (under `mlflow run`), else the newest parent
     of this study in the experiment (a re-run continues it), else a new run."""
-    client = MlflowClient()
-    env_run_id = os.environ.get("MLFLOW_RUN_ID")
+    handed = client.process_run_id()
     all_tags = {ROLE_TAG: "tune_parent", KIND_TAG: "tune", STUDY_TAG: study_name, **tags}
-    if env_run_id:
-        run = get_run(env_run_id)
-        experiment_id, run_id = run.experiment_id, env_run_id
+    if handed:
+        experiment_id, run_id = get_run(handed).experiment_id, handed
     else:
-        experiment_id = sweeps.ensure_experiment(experiment)
+        experiment_id = client.ensure_experiment(experiment)
         previous = search([experiment_id], f"tags.`{ROLE_TAG}` = 'tune_parent' and tags.`{STUDY_TAG}` = "
                                            f"'{study_name}'")
-        run_id = previous[0].run_id if previous else client.create_run(experiment_id, run_name=run_name).info.run_id
-    client.update_run(run_id, status="RUNNING")
-    sweeps.set_tags(run_id, all_tags)
+        run_id = previous[0].run_id if previous else client.client().create_run(experiment_id, run_name=run_name).info.run_id
+    client.set_status(run_id, "RUNNING")
+    client.set_tags(run_id, all_tags)
     return ParentRun(run_id=run_id, experiment_id=experiment_id, experiment_name=experiment_name(experiment_id),
                      previous=None)
 
@@ -74,4 +70,4 @@ def join_parent(run_id: str, study_name: str) -> ParentRun:
 
 
 def log_figure(run_id: str, figure: Any, artifact_file: str) -> None:
-    MlflowClient().log_figure(run_id, figure, artifact_file)
+    client.client().log_figure(run_id, figure, artifact_file)

@@ -18,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mlproject.errors import MlprojectError
+from mlproject.io import atomic_open
 
 FORMAT = "mlproject-checkpoint"
 VERSION = 1
@@ -66,25 +66,13 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     """
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path, "wb", fsync=True) as f:
             torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch reports a failed write (disk full) as RuntimeError
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         raise MlprojectError(f"could not write checkpoint {path}: {_write_failure(exc, path.parent)}; "
                              f"{'the previous one is unchanged' if path.exists() else 'no checkpoint was written'}"
                              ) from exc
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

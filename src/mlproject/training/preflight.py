@@ -16,16 +16,16 @@ from mlproject.training.config import TrainConfig
 
 
 def check_fits(model_cfg: GPTConfig, train_cfg: TrainConfig, data: Any, *, where: str = "") -> None:
-    """Raise the trainer's error now if `model_cfg`/`train_cfg` cannot train on `data` (a PreparedData)."""
+    """Raise the trainer's error now if the resolved `model_cfg`/`train_cfg` cannot train on `data`
+    (a PreparedData)."""
     from mlproject.data.batches import WindowSampler
-    from mlproject.training.trainer import eval_windows, resolve_model_config
+    from mlproject.training.trainer import eval_windows
 
     prefix = f"{where}: " if where else ""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # under torchrun, each rank needs its own windows
     try:
-        block_size = resolve_model_config(model_cfg, data.vocab_size).block_size
-        seed = train_cfg.data_seed if train_cfg.data_seed is not None else train_cfg.seed
-        sampler = WindowSampler(len(data.train.tokens), block_size, train_cfg.batch_size, seed=seed,
+        block_size = model_cfg.block_size
+        sampler = WindowSampler(len(data.train.tokens), block_size, train_cfg.batch_size, seed=train_cfg.data_seed,
                                 world_size=world)
     except ConfigError as exc:
         raise ConfigError(f"{prefix}training split: {exc}") from None

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import platform
 import re
 import resource
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
+from mlproject.io import atomic_write_text
 # (device-name pattern, {compute dtype: dense peak FLOP/s}). First match wins, so specific
 # names come before their families. "tf32" is fp32 work on tensor cores (enabled on CUDA).
 PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
@@ -111,11 +110,7 @@ def cpu_peak_flops(dtype: torch.dtype = torch.float32) -> float:
     cache = cache if isinstance(cache, dict) else {}
     cache[key] = peak
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".peak_flops.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(cache, f, indent=1)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(cache, indent=1))
     except OSError:
         pass  # a read-only cache only costs a re-probe next time
     return peak

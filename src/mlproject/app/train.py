@@ -22,18 +22,19 @@ from mlflow.exceptions import MlflowException
 
 from mlproject.config import dump_yaml, flatten, to_dict
 from mlproject.errors import MlprojectError
+from mlproject.protocol import result_line
 from mlproject.tracking.artifacts import (CHECKPOINT_DIR, CONFIG_ARTIFACT, TOKENIZER_ARTIFACT, download_checkpoint,
                                           log_file_as, log_model)
-from mlproject.tracking.config import RunConfig
+from mlproject.app.config import RunConfig
 from mlproject.tracking.logger import MlflowLogger
 from mlproject.tracking.run_context import configure_system_metrics
-from mlproject.tracking.runs import (RUN_STATUS, TRAIN_STATUS_TAG, ActiveRun, default_experiment_name, end_run,
-                                     environment_tags, git_info, is_run_id, restore_finished, set_tags,
-                                     sigterm_as_interrupt, start_run, tracking_uri)
+from mlproject.app.signals import sigterm_as_interrupt
+from mlproject.tracking.client import (RUN_STATUS, TRAIN_STATUS_TAG, ActiveRun, end_run, is_run_id, restore_finished,
+                                       set_tags, start_run, tracking_uri)
+from mlproject.tracking.run_context import environment_tags, git_info
 from mlproject.tracking.store import ensure_store
 from mlproject.training.preflight import check_fits
 
-RESULT_PREFIX = "MLPROJECT_RESULT"
 LOG_INPUT_ATTEMPTS = 3
 CHANGED_PARAMS_TAG = "mlproject.changed_params"  # {param: value of the latest session}
 # data.info entries recorded with the dataset input (all of data.info is also logged as `dataset.*` params)
@@ -50,11 +51,6 @@ class TrainOutcome:
     summary: dict[str, float] = field(default_factory=dict)
     checkpoint_uris: dict[str, str] = field(default_factory=dict)  # {"last": "runs:/<id>/checkpoints/last.pt", ...}
     model_uri: str | None = None
-
-
-def result_line(run_id: str | None, status: str) -> str:
-    """The machine-readable last line that the pipeline runner and Airflow parse."""
-    return f"{RESULT_PREFIX} " + json.dumps({"step": "train", "run_id": run_id, "status": status})
 
 
 def run_training(cfg: RunConfig, *, parent_run_id: str | None = None,
@@ -169,7 +165,7 @@ def _summary_text(outcome: TrainOutcome, checkpoint_dir: Path | None) -> str:
 
 def _report(outcome: TrainOutcome, checkpoint_dir: Path | None) -> None:
     print(_summary_text(outcome, checkpoint_dir), flush=True)
-    print(result_line(outcome.run_id or None, outcome.status), flush=True)
+    print(result_line({"step": "train", "run_id": outcome.run_id or None, "status": outcome.status}), flush=True)
 
 
 # ----------------------------------------------------------------------------- untracked
@@ -218,7 +214,7 @@ def _train_tracked(cfg: RunConfig, *, parent_run_id: str | None, extra_tags: dic
     resume_run_id, resume_path = _resume_source(cfg.tracking.resume_from)
     tags = {"model_version": cfg.model.model_version, "dataset": cfg.data.dataset,
             **git_info(), **environment_tags(), **(extra_tags or {})}
-    experiment = cfg.tracking.experiment_name or default_experiment_name(cfg.data.dataset)
+    experiment = cfg.experiment_name
     ensure_store()  # before the first client: it opens (and on a new SQLite file migrates) the store
     client = MlflowClient()
     checkpoint_dir: Path | None = None
@@ -226,6 +222,7 @@ def _train_tracked(cfg: RunConfig, *, parent_run_id: str | None, extra_tags: dic
     with sigterm_as_interrupt():
         # Everything that can fail on the config alone fails here, before a run exists.
         data = prepare_data(cfg.data)
+        cfg = cfg.resolved(data.vocab_size)
         check_fits(cfg.model, cfg.train, data)
         run: ActiveRun = start_run(experiment_name=experiment, run_name=cfg.tracking.run_name, run_id=run_id,
                                    parent_run_id=parent_run_id, resume_run_id=resume_run_id, tags=tags,
@@ -251,7 +248,7 @@ def _train_tracked(cfg: RunConfig, *, parent_run_id: str | None, extra_tags: dic
             outcome.checkpoint_uris = logger.finish()
             outcome.summary = dict(result.summary)
             outcome.status = RUN_STATUS[result.status]
-            set_tags(client, run.run_id, {TRAIN_STATUS_TAG: result.status})
+            set_tags(run.run_id, {TRAIN_STATUS_TAG: result.status})
             if logger.changed_params:
                 _note_changed_params(client, run.run_id, logger.changed_params)
             model_checkpoint = result.best_checkpoint or result.last_checkpoint
@@ -287,7 +284,7 @@ def _note_changed_params(client: MlflowClient, run_id: str, changed: dict[str, t
     """Params are immutable: a resumed run keeps its first values; the new ones go to a tag."""
     print("note: these settings differ from the run's logged params (which are kept): "
           + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in sorted(changed.items())), file=sys.stderr)
-    set_tags(client, run_id, {CHANGED_PARAMS_TAG: json.dumps({k: new for k, (_, new) in sorted(changed.items())})})
+    set_tags(run_id, {CHANGED_PARAMS_TAG: json.dumps({k: new for k, (_, new) in sorted(changed.items())})})
 
 
 def _download_resume(run_id: str, checkpoint_dir: Path) -> Path:

@@ -24,8 +24,8 @@ import sys
 from urllib.parse import urlsplit
 
 from mlproject.errors import ConfigError
-from mlproject.tracking.config import ServerConfig
-from mlproject.tracking.runs import redact
+from mlproject.app.config import ServerConfig
+from mlproject.secrets import scrub
 
 _SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 _LOOPBACK = ("localhost", "127.0.0.1")
@@ -70,7 +70,7 @@ def validate_server_config(cfg: ServerConfig) -> None:
     """One-line errors for settings `mlflow server` would reject late or obscurely."""
     scheme = urlsplit(cfg.backend_store_uri).scheme.split("+")[0]
     if scheme not in _SQL_SCHEMES:
-        raise ConfigError(f"server: backend_store_uri={redact(cfg.backend_store_uri)!r} is not a SQL "
+        raise ConfigError(f"server: backend_store_uri={scrub(cfg.backend_store_uri)!r} is not a SQL "
                           f"database URI; expected sqlite:///PATH or postgresql://USER@HOST/DB")
     if not 0 < cfg.port < 65536:
         raise ConfigError(f"server: port={cfg.port} is out of range; expected 1-65535")
@@ -91,7 +91,7 @@ def run_server(cfg: ServerConfig) -> int:
     cmd = server_command(cfg)
     exposed = "" if cfg.host in _LOOPBACK else " (exposed beyond loopback: the server has no authentication)"
     print(f"mlproject server: http://{cfg.host}:{cfg.port}{exposed}\n"
-          f"  backend store: {redact(cfg.backend_store_uri)}\n"
+          f"  backend store: {scrub(cfg.backend_store_uri)}\n"
           f"  artifacts:     {cfg.artifacts_destination} (proxied)", flush=True)
     proc = subprocess.Popen(cmd, env=server_environment(cfg), start_new_session=True)
     stopped = False

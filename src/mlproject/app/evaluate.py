@@ -11,7 +11,6 @@ Metrics go to the evaluated run, prefixed by the dataset (`eval/wikitext2/bpb`),
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -22,10 +21,10 @@ import mlflow
 from mlflow import MlflowClient
 
 from mlproject.errors import ConfigError, MlprojectError
+from mlproject.protocol import result_line
 from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
 from mlproject.tracking.artifacts import CONFIG_ARTIFACT, download_checkpoint, download_tokenizer, quiet
 from mlproject.tracking.textgen import TOKENIZER_FILE, WEIGHTS_FILE
-from mlproject.tracking.train_run import RESULT_PREFIX
 
 EVALUATED_RUN_TAG = "mlproject.evaluated_run"   # on a separate evaluation run: the run it evaluated
 SHA_TAG = "mlproject.eval.checkpoint_sha256"    # sha256 of the checkpoint file last evaluated
@@ -172,7 +171,7 @@ def _eval_texts(cfg: EvaluateConfig, source: Source, tokenizer: Any, eot_id: int
 
 def _log_target(cfg: EvaluateConfig, source: Source) -> str | None:
     """The run that receives the metrics: the evaluated run, or a new one linked to it."""
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
     from mlproject.tracking.queries import get_run
 
     if not cfg.log_to_mlflow:
@@ -180,7 +179,7 @@ def _log_target(cfg: EvaluateConfig, source: Source) -> str | None:
     env_run = os.environ.get("MLFLOW_RUN_ID")
     if source.run_id and not cfg.new_run:
         if env_run and env_run != source.run_id:  # `mlflow run -e evaluate`: its run points at the result
-            sweeps.set_tags(env_run, {EVALUATED_RUN_TAG: source.run_id})
+            client.set_tags(env_run, {EVALUATED_RUN_TAG: source.run_id})
         return source.run_id
     experiment = cfg.experiment_name
     if experiment is None and source.run_id:
@@ -188,7 +187,7 @@ def _log_target(cfg: EvaluateConfig, source: Source) -> str | None:
     tags = {"mlproject.role": "evaluation", SOURCE_TAG: source.uri}
     if source.run_id:
         tags[EVALUATED_RUN_TAG] = source.run_id
-    run_id, _ = sweeps.start_run(experiment=experiment or EVAL_EXPERIMENT, run_name="evaluate", tags=tags)
+    run_id, _ = client.open_run(experiment=experiment or EVAL_EXPERIMENT, run_name="evaluate", tags=tags)
     return run_id
 
 
@@ -196,7 +195,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateOutcome:
     """Evaluate the model `cfg` names; print the metrics and log them (see the module docstring)."""
     from mlproject.data.tokenizer import load_tokenizer, special_ids
     from mlproject.inference.evaluate import evaluate_text, format_metrics
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
     from mlproject.training.device import select_device
 
     device = select_device(cfg.device)
@@ -227,15 +226,15 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateOutcome:
                                      limit=cfg.limit, batch_size=cfg.batch_size, device=str(device)))
     target = _log_target(cfg, source)
     if target is not None:
-        sweeps.log_metrics(target, metrics, step=int(state.get("step", 0)))
+        client.log_metrics(target, metrics, step=int(state.get("step", 0)))
         tags = {SHA_TAG: source.sha256, SOURCE_TAG: source.uri}
         names = {k.split("/")[1] for k in metrics if k.startswith("eval/")}
         tags.update({f"mlproject.eval.{name}.checkpoint_sha256": source.sha256 for name in names})
-        sweeps.set_tags(target, tags)
+        client.set_tags(target, tags)
         print(f"evaluate: logged {len(metrics)} metrics to run {target}", flush=True)
     # the machine-readable last line the pipeline runner and the DAG read
-    print(f"{RESULT_PREFIX} " + json.dumps({"step": "evaluate", "run_id": target, "evaluated_run": source.run_id,
-                                            "checkpoint_sha256": source.sha256, "status": "FINISHED"}), flush=True)
+    print(result_line({"step": "evaluate", "run_id": target, "evaluated_run": source.run_id,
+                       "checkpoint_sha256": source.sha256, "status": "FINISHED"}), flush=True)
     return EvaluateOutcome(target, source.sha256, metrics)
 
 

@@ -9,8 +9,10 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from mlproject.tracking.runs import (ERROR_TAG, Terminated, end_run, git_info, is_run_id, log_params_once, redact,
-                                     sigterm_as_interrupt, start_run)
+from mlproject.app.signals import Terminated, sigterm_as_interrupt
+from mlproject.secrets import scrub as redact
+from mlproject.tracking.client import ERROR_TAG, end_run, is_run_id, log_params_once, start_run
+from mlproject.tracking.run_context import git_info
 
 
 def test_redact_hides_user_and_password_of_a_uri():
@@ -67,8 +69,8 @@ def test_an_unknown_run_id_is_a_one_line_error(experiment_name):
 def test_params_already_logged_are_kept_and_changes_reported(experiment_name):
     client = MlflowClient()
     run_id = client.create_run(client.create_experiment(experiment_name)).info.run_id
-    log_params_once(client, run_id, {"train.max_steps": 10, "model.n_layer": 2})
-    changed = log_params_once(client, run_id, {"train.max_steps": 20, "train.seed": 1})
+    log_params_once(run_id, {"train.max_steps": 10, "model.n_layer": 2})
+    changed = log_params_once(run_id, {"train.max_steps": 20, "train.seed": 1})
     params = client.get_run(run_id).data.params
     assert params == {"train.max_steps": "10", "model.n_layer": "2", "train.seed": "1"}
     assert changed == {"train.max_steps": ("10", "20")}
@@ -77,7 +79,7 @@ def test_params_already_logged_are_kept_and_changes_reported(experiment_name):
 def test_params_with_credentials_are_redacted(experiment_name):
     client = MlflowClient()
     run_id = client.create_run(client.create_experiment(experiment_name)).info.run_id
-    log_params_once(client, run_id, {"data.local_path": "https://bob:pw@example.org/corpus.jsonl"})
+    log_params_once(run_id, {"data.local_path": "https://bob:pw@example.org/corpus.jsonl"})
     assert client.get_run(run_id).data.params["data.local_path"] == "https://***@example.org/corpus.jsonl"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -43,6 +44,24 @@ class RunConfig:
     tracking: TrackingConfig
 
     SECTIONS = {"model": GPTConfig, "data": DataConfig, "train": TrainConfig, "tracking": TrackingConfig}
+
+    def resolved(self, vocab_size: int) -> RunConfig:
+        """The config the run trains with and records, resolved once after data preparation.
+
+        Model and training configs as `training.resolve.resolve` makes them for the tokenizer's
+        `vocab_size`, which the data section records too; the experiment named (default
+        `gpt-<dataset>`).
+        """
+        from mlproject.training.resolve import resolve
+
+        model, train = resolve(self.model, self.train, vocab_size)
+        return RunConfig(model=model, data=dataclasses.replace(self.data, vocab_size=vocab_size), train=train,
+                         tracking=dataclasses.replace(self.tracking, experiment_name=self.experiment_name))
+
+    @property
+    def experiment_name(self) -> str:
+        """The experiment the run goes to: `tracking.experiment_name`, else `gpt-<dataset>`."""
+        return self.tracking.experiment_name or f"gpt-{self.data.dataset}"
 
     @classmethod
     def load(cls, yaml_path: str | os.PathLike[str] | None = None,

@@ -86,14 +86,14 @@ def log_generations(cfg: GenerateConfig, texts: list[str]) -> None:
     from mlflow import MlflowClient
 
     from mlproject.config import to_dict
-    from mlproject.tracking.run_context import describe_run
-    from mlproject.tracking.runs import log_params_once
+    from mlproject.tracking.client import describe_run
+    from mlproject.tracking.client import log_params_once
 
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
         return
     settings = {k: v for k, v in to_dict(cfg).items() if k != "prompts"}
-    log_params_once(MlflowClient(), run_id, {**{f"generate.{k}": v for k, v in settings.items()},
+    log_params_once(run_id, {**{f"generate.{k}": v for k, v in settings.items()},
                                              "generate.num_prompts": len(cfg.prompts)})
     n = len(texts)
     table = {"prompt": list(cfg.prompts), "output": texts,

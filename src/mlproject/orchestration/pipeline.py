@@ -40,9 +40,9 @@ from typing import Any, Literal
 
 from mlproject.config import check_types, field, from_dict, load_yaml
 from mlproject.errors import ConfigError, MlprojectError
-from mlproject.research.results import atomic_write_text
+from mlproject.io import atomic_write_text
+from mlproject.protocol import hand_run_to, parse_step_result, process_run_id, result_line
 
-RESULT_PREFIX = "MLPROJECT_RESULT"
 RESUMABLE = {"compare", "ablation"}  # entry points that accept resume=true
 _TEMPLATE = re.compile(r"\{\{\s*steps\.([A-Za-z0-9_\-]+)\.([A-Za-z0-9_]+)\s*\}\}")
 _ID = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -257,26 +257,6 @@ def sweep_stage_command(step: PipelineStep, stage: Literal["plan", "aggregate"],
     return cmd + ["--plan-only"]
 
 
-def result_line(result: Mapping[str, Any]) -> str:
-    """The line a step prints last for the pipeline and the DAG: `MLPROJECT_RESULT {json}`."""
-    return f"{RESULT_PREFIX} {json.dumps(dict(result))}"
-
-
-def parse_step_result(output: str) -> dict[str, Any] | None:
-    """The JSON of the last `MLPROJECT_RESULT {...}` line in a step's output (None if there is none)."""
-    for line in reversed(output.splitlines()):
-        start = line.find(RESULT_PREFIX + " ")
-        if start < 0:
-            continue
-        try:
-            result = json.loads(line[start + len(RESULT_PREFIX) + 1:])
-        except json.JSONDecodeError:
-            continue
-        if isinstance(result, dict):
-            return result
-    return None
-
-
 def step_env(base: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, str]:
     """A step's environment: without the pipeline's own MLflow run and experiment.
 
@@ -284,8 +264,7 @@ def step_env(base: Mapping[str, str] | None = None, extra: Mapping[str, Any] | N
     runs under `mlflow run`, every step would log into the pipeline's run (and MLFLOW_EXPERIMENT_ID
     would fight the step's --experiment-name).
     """
-    env = {k: v for k, v in (os.environ if base is None else base).items()
-           if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
+    env = dict(hand_run_to(dict(os.environ if base is None else base), None))
     env.update({str(k): _text(v) for k, v in (extra or {}).items()})
     return env
 
@@ -340,7 +319,7 @@ class _Report:
 
 def run_pipeline(config_path: str | os.PathLike[str], options: PipelineOptions) -> int:
     """Run the pipeline; return 0 if every step that ran succeeded, else 1."""
-    from mlproject.research.project import localize
+    from mlproject.orchestration.project import localize
 
     pipeline = localize(load_pipeline(config_path))  # runs from any directory, not only the repo root
     selected = {s for item in options.steps for s in item.replace(",", " ").split()}  # -P step="a b"
@@ -366,11 +345,11 @@ def run_pipeline(config_path: str | os.PathLike[str], options: PipelineOptions) 
     run_dir = Path(pipeline.settings.run_dir) / f"{pipeline.settings.name}-{stamp}"
     report = _Report(pipeline, run_dir / "report.json", options)
     report.update()
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
     from mlproject.tracking.queries import ROLE_TAG, absolute_tracking_uri
 
-    created_run = "MLFLOW_RUN_ID" not in os.environ
-    run_id, _ = sweeps.start_run(experiment=pipeline.settings.experiment_name, run_name=pipeline.settings.name,
+    created_run = process_run_id() is None
+    run_id, _ = client.open_run(experiment=pipeline.settings.experiment_name, run_name=pipeline.settings.name,
                                  tags={ROLE_TAG: "pipeline", "mlproject.pipeline": pipeline.settings.name})
     report.update(pipeline_run_id=run_id)
     tracking_uri = absolute_tracking_uri()
@@ -435,7 +414,7 @@ def _run_step(step: PipelineStep, pipeline: Pipeline, results: dict[str, dict[st
         with log_path.open("w", encoding="utf-8") as log, subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
                 errors="replace") as proc:
-            from mlproject.tracking.secrets import scrub
+            from mlproject.secrets import scrub
 
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -467,22 +446,22 @@ def _run_step(step: PipelineStep, pipeline: Pipeline, results: dict[str, dict[st
 
 def _finish_run(run_id: str, report: _Report, status: str, created: bool) -> None:
     """Log the report (and step logs) to the pipeline run; end the run if this process created it."""
-    from mlproject.tracking import sweeps
+    from mlproject.tracking import client
 
     tags = {f"mlproject.step.{s['id']}.status": s["status"] for s in report.data["steps"]}
     tags.update({f"mlproject.step.{s['id']}.run_id": s["run_id"] for s in report.data["steps"] if s["run_id"]})
-    sweeps.set_tags(run_id, tags)
+    client.set_tags(run_id, tags)
     from mlproject.research.describe import pipeline_note
-    from mlproject.tracking.run_context import describe_run
+    from mlproject.tracking.client import describe_run
 
     describe_run(run_id, name=report.data["pipeline"],
                  note=pipeline_note(report.data["pipeline"], status, report.data["steps"]))
     logs = [Path(s["log"]) for s in report.data["steps"] if s["log"] and Path(s["log"]).is_file()]
-    sweeps.log_files(run_id, [report.path])
+    client.log_files(run_id, [report.path])
     if logs:
-        sweeps.log_files(run_id, logs, "logs")
+        client.log_files(run_id, logs, "logs")
     if created:
-        sweeps.set_status(run_id, status)
+        client.set_status(run_id, status)
 
 
 def _dry_run(pipeline: Pipeline, plan: Sequence[tuple[PipelineStep, str]], options: PipelineOptions) -> int:
@@ -513,7 +492,7 @@ def _dry_run(pipeline: Pipeline, plan: Sequence[tuple[PipelineStep, str]], optio
 
 def _print_summary(pipeline: Pipeline, report: _Report, tracking_uri: str) -> None:
     """Per step: status, run, experiment and plots; then where to browse them."""
-    from mlproject.tracking.runs import redact
+    from mlproject.secrets import scrub
 
     data = report.data
     print(f"\npipeline {pipeline.settings.name}: {data['status']} ({data.get('duration_sec', 0)} s)")
@@ -534,4 +513,4 @@ def _print_summary(pipeline: Pipeline, report: _Report, tracking_uri: str) -> No
             print("      predict: python -c \"import mlflow; print(mlflow.pyfunc.load_model("
                   f"'{result['model_uri']}').predict(['The module'], params={{'max_new_tokens': 20}}))\"")
     print(f"report: {report.path.resolve()}")
-    print(f"browse: mlflow ui --backend-store-uri {redact(tracking_uri)}", flush=True)
+    print(f"browse: mlflow ui --backend-store-uri {scrub(tracking_uri)}", flush=True)

@@ -1,0 +1,1 @@
+"""Pipelines of steps: the YAML schema, the step graph, and the runners (local, Airflow)."""

@@ -1,0 +1,64 @@
+"""How steps talk to each other: the run a process is handed, and the result line it prints.
+
+A process is handed the MLflow run it logs into through `MLFLOW_RUN_ID` (`mlflow run` sets it;
+a sweep sets it for each child process); `process_run_id` is the one place that reads it and
+`hand_run_to` the one place that writes it into a child's environment.
+
+Every step prints, as its last line, `MLPROJECT_RESULT {json}` with at least `step` and
+`run_id` (the MLflow run it logged into). The local pipeline runner and the Airflow DAG parse
+it to fill `{{ steps.<id>.<field> }}` in later steps; the step image's entry point prints it
+once more at the very end, after `mlflow run`'s own output, where the DAG's XCom reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+RESULT_PREFIX = "MLPROJECT_RESULT"
+RUN_ID_ENV = "MLFLOW_RUN_ID"
+EXPERIMENT_ID_ENV = "MLFLOW_EXPERIMENT_ID"
+
+
+def process_run_id() -> str | None:
+    """The run this process was handed (`MLFLOW_RUN_ID`), if any."""
+    return os.environ.get(RUN_ID_ENV) or None
+
+
+def hand_run_to(env: MutableMapping[str, str], run_id: str | None) -> MutableMapping[str, str]:
+    """`env` for a child process that logs into `run_id` (None: into a run of its own).
+
+    The handed experiment goes too: it would fight the child's own `--experiment-name`.
+    """
+    env.pop(RUN_ID_ENV, None)
+    env.pop(EXPERIMENT_ID_ENV, None)
+    if run_id is not None:
+        env[RUN_ID_ENV] = run_id
+    return env
+
+
+def release_process_run() -> None:
+    """Forget the handed run: later runs of this process are new ones."""
+    os.environ.pop(RUN_ID_ENV, None)
+
+
+def result_line(result: Mapping[str, Any]) -> str:
+    """`MLPROJECT_RESULT {json}` for `result` (a step's fields: step, run_id, status, ...)."""
+    return f"{RESULT_PREFIX} {json.dumps(dict(result))}"
+
+
+def parse_step_result(output: str) -> dict[str, Any] | None:
+    """The JSON of the last `MLPROJECT_RESULT {...}` line in a step's output (None if there is none)."""
+    for line in reversed(output.splitlines()):
+        start = line.find(RESULT_PREFIX + " ")
+        if start < 0:
+            continue
+        try:
+            result = json.loads(line[start + len(RESULT_PREFIX) + 1:])
+        except json.JSONDecodeError:
+            continue
+        if isinstance(result, dict):
+            return result
+    return None

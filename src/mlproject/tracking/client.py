@@ -1,0 +1,380 @@
+"""The one MLflow client: which run a process logs into, and every write the suite makes.
+
+Everything above `tracking/` (the application, research, orchestration) talks to MLflow
+through these functions or the read-only `queries`; none of it builds an `MlflowClient`.
+
+Which run a step logs into is decided here, in this order (`start_run`):
+
+1. an explicit `run_id` (a child run created by a sweep): join it;
+2. a `parent_run_id`: create a nested child of it;
+3. the run this process was handed (`protocol.process_run_id`: set by `mlflow run`, or by
+   a sweep for its child process): join that run;
+4. `tracking.resume_from` naming a run id: join that run (resume continues the same run);
+5. otherwise a new run in `tracking.experiment_name` (default `gpt-<dataset>`).
+
+Sweep parents, children and the pipeline's run are created through `MlflowClient`, never the
+fluent `mlflow.start_run` stack: the in-process trainer owns that stack while it trains a
+child, and a parent held there would turn every `start_run` of the trainer into an error or a
+grandchild. Children are created with status SCHEDULED and the tag `mlflow.parentRunId`, so
+the UI nests them under the parent, a parallel fan-out can hand each process its run id, and
+`mlflow.start_run(run_id=...)` in the trainer flips them to RUNNING.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from mlproject.errors import MlprojectError
+from mlproject.protocol import process_run_id, release_process_run
+from mlproject.tracking.queries import (KEY_TAG, KIND_TAG, PARENT_TAG, ROLE_TAG, SUPERSEDED_TAG, TERMINAL, RunRecord,
+                                        artifact_files, experiment_name, get_run, latest_sweep_parent)
+from mlproject.tracking.run_context import standard_tags
+from mlproject.secrets import scrub
+from mlproject.tracking.store import ensure_store
+
+# Trainer status -> MLflow run status. An interrupted run (SIGTERM, Ctrl-C) wrote a final
+# checkpoint and can be resumed, so it is KILLED, never FAILED.
+RUN_STATUS = {"finished": "FINISHED", "early_stopped": "FINISHED", "interrupted": "KILLED"}
+
+ERROR_TAG = "mlproject.error"
+TRAIN_STATUS_TAG = "mlproject.train_status"
+
+# MLflow's limits for one log_batch call (mlflow.utils.validation): 100 params or tags, 1000
+# metrics, 1000 entities in all.
+PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
+_MAX_TAG_VALUE = 5000
+_MAX_PARAM_VALUE = 6000
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def client() -> MlflowClient:
+    """An MlflowClient for the current tracking URI (cheap: it holds no connection itself)."""
+    return MlflowClient()
+
+
+# ----------------------------------------------------------------------------- the process's run
+
+def is_run_id(text: str) -> bool:
+    """True for a 32-hex-digit MLflow run id (and not an existing local file of that name)."""
+    return bool(_RUN_ID.match(text)) and not Path(text).exists()
+
+
+def tracking_uri() -> str:
+    """The tracking URI in use, with any credentials redacted (safe to print)."""
+    return scrub(mlflow.get_tracking_uri())
+
+
+# ----------------------------------------------------------------------------- writes
+
+def _param_value(value: Any) -> str:
+    return scrub("None" if value is None else str(value))[:_MAX_PARAM_VALUE]
+
+
+def log_params_once(run_id: str, params: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """Log the params the run does not have yet; return {key: (logged, new)} for changed ones.
+
+    MLflow params are immutable: a resumed run keeps the values it started with, and a value
+    that changed (a longer `train.max_steps`, say) is reported instead of failing the run.
+    """
+    existing = client().get_run(run_id).data.params
+    new = {k: _param_value(v) for k, v in params.items()}
+    changed = {k: (existing[k], v) for k, v in new.items() if k in existing and existing[k] != v}
+    todo = [Param(k, v) for k, v in new.items() if k not in existing]
+    for i in range(0, len(todo), PARAMS_PER_BATCH):
+        client().log_batch(run_id, params=todo[i:i + PARAMS_PER_BATCH])
+    return changed
+
+
+def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set tags (values redacted and clipped to MLflow's tag length); None values are skipped."""
+    items = [RunTag(k, scrub(str(v))[:_MAX_TAG_VALUE]) for k, v in tags.items() if v is not None]
+    for i in range(0, len(items), PARAMS_PER_BATCH):
+        client().log_batch(run_id, tags=items[i:i + PARAMS_PER_BATCH])
+
+
+def metric_batches(metrics: Iterable[Metric]) -> Iterable[list[Metric]]:
+    """`metrics` cut into lists that one log_batch call accepts."""
+    batch: list[Metric] = []
+    for metric in metrics:
+        batch.append(metric)
+        if len(batch) == METRICS_PER_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log `metrics` at `step` now (synchronously)."""
+    now = int(time.time() * 1000)
+    for batch in metric_batches(Metric(k, float(v), now, step) for k, v in metrics.items()):
+        client().log_batch(run_id, metrics=batch)
+
+
+def log_files(run_id: str, paths: Iterable[str | os.PathLike[str]], artifact_path: str | None = None) -> list[str]:
+    """Log local files as artifacts; return their `runs:/` URIs."""
+    uris = []
+    for path in paths:
+        client().log_artifact(run_id, str(path), artifact_path)
+        inner = f"{artifact_path}/{Path(path).name}" if artifact_path else Path(path).name
+        uris.append(f"runs:/{run_id}/{inner}")
+    return uris
+
+
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    """A small text artifact (a config, a sweep's plan)."""
+    client().log_text(run_id, text, artifact_file)
+
+
+def load_text(run_id: str, artifact_file: str) -> str | None:
+    """A run's text artifact, or None when the run has no such file."""
+    folder = artifact_file.rsplit("/", 1)[0] if "/" in artifact_file else ""
+    if artifact_file not in artifact_files(run_id, folder):
+        return None
+    with tempfile.TemporaryDirectory(prefix="mlproject-artifact-") as tmp:
+        path = client().download_artifacts(run_id, artifact_file, tmp)
+        return Path(path).read_text(encoding="utf-8")
+
+
+def add_standard_tags(run_id: str, existing: Mapping[str, str] | None = None) -> None:
+    """Set the standard tags the run lacks (those `mlflow run` set, e.g. source type PROJECT, stay)."""
+    have = client().get_run(run_id).data.tags if existing is None else existing
+    set_tags(run_id, {k: v for k, v in standard_tags().items() if k not in have})
+
+
+def describe_run(run_id: str, *, name: str | None = None, note: str | None = None) -> None:
+    """Give a run a readable name and a Markdown description (`mlflow.note.content`, the UI's
+    Description box)."""
+    if name:
+        client().update_run(run_id, name=name)
+    if note is not None:
+        set_tags(run_id, {"mlflow.note.content": note})
+
+
+def set_status(run_id: str, status: str) -> None:
+    """Set a run's status; a terminal status also records the end time."""
+    if status in TERMINAL:
+        client().set_terminated(run_id, status)
+    else:
+        client().update_run(run_id, status=status)
+
+
+def fail_if_unfinished(run_id: str) -> str:
+    """Mark a run FAILED if its process died before closing it; return its status."""
+    status = get_run(run_id).status
+    if status not in TERMINAL:
+        set_status(run_id, "FAILED")
+        return "FAILED"
+    return status
+
+
+# ----------------------------------------------------------------------------- experiments and runs
+
+def ensure_experiment(name: str) -> str:
+    """The id of experiment `name`, created (with the store's schema) if missing.
+
+    Safe against a concurrent creator; called once before any fan-out, because many processes
+    creating a fresh SQLite store at once fail in its schema migration.
+    """
+    ensure_store()
+    experiment = client().get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise MlprojectError(f"experiment {name!r} is deleted; restore it or pick another experiment_name")
+        return experiment.experiment_id
+    try:
+        return client().create_experiment(name)
+    except MlflowException:
+        # Another process created it between the lookup and the create.
+        experiment = client().get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _check_run(run_id: str, what: str) -> Any:
+    try:
+        run = client().get_run(run_id)
+    except MlflowException:
+        raise MlprojectError(f"{what} {run_id!r} does not exist in the tracking store {tracking_uri()}") from None
+    if run.info.lifecycle_stage == "deleted":
+        raise MlprojectError(f"{what} {run_id!r} is deleted; restore it first")
+    return run
+
+
+def open_run(*, experiment: str | None, run_name: str, tags: Mapping[str, str]) -> tuple[str, str]:
+    """A plain top-level run (the pipeline's, a standalone evaluation's): the process's run if
+    it was handed one, else a new one. Returns (run_id, experiment_id)."""
+    ensure_store()
+    handed = process_run_id()
+    if handed:
+        run_id, experiment_id = handed, get_run(handed).experiment_id
+    else:
+        experiment_id = ensure_experiment(experiment or "Default")
+        run_id = client().create_run(experiment_id, run_name=run_name).info.run_id
+    set_tags(run_id, tags)
+    add_standard_tags(run_id)
+    return run_id, experiment_id
+
+
+# ----------------------------------------------------------------------------- a training run (fluent)
+
+@dataclass
+class ActiveRun:
+    """The run a training step logs into."""
+
+    run_id: str
+    experiment_id: str
+    previous_status: str | None = None  # of a joined run, before this step started it again
+    previous_end_time: int | None = None
+
+
+def start_run(*, experiment_name: str, run_name: str | None = None, run_id: str | None = None,
+              parent_run_id: str | None = None, resume_run_id: str | None = None,
+              tags: Mapping[str, str] | None = None, log_system_metrics: bool | None = None) -> ActiveRun:
+    """Start or join a training step's run (see the module docstring for the order) as the active run."""
+    ensure_store()
+    join = run_id or (None if parent_run_id else process_run_id() or resume_run_id)
+    nested = mlflow.active_run() is not None
+    if join:
+        before = _check_run(join, "run").info
+        run = mlflow.start_run(run_id=join, nested=nested, run_name=run_name, log_system_metrics=log_system_metrics)
+        set_tags(join, tags or {})
+        add_standard_tags(join)
+        return ActiveRun(join, run.info.experiment_id, before.status, before.end_time)
+    if parent_run_id:
+        experiment_id = _check_run(parent_run_id, "parent run").info.experiment_id
+    else:
+        experiment_id = ensure_experiment(experiment_name)
+    # A child of `parent_run_id` must not join the handed run: start_run reads the variable
+    # when given no run id (and drops it when it joins, as end_run does).
+    release_process_run()
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, parent_run_id=parent_run_id,
+                           nested=nested or bool(parent_run_id), log_system_metrics=log_system_metrics)
+    set_tags(run.info.run_id, tags or {})
+    add_standard_tags(run.info.run_id)
+    return ActiveRun(run.info.run_id, run.info.experiment_id)
+
+
+def end_run(status: str, *, error: BaseException | None = None) -> None:
+    """Flush queued metrics, record the error (if any) as a tag, end the active run with `status`."""
+    run = mlflow.active_run()
+    if run is None:
+        return
+    try:
+        mlflow.flush_async_logging()
+    finally:
+        if error is not None:
+            message = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
+            client().set_tag(run.info.run_id, ERROR_TAG, scrub(message)[:_MAX_TAG_VALUE])
+        elif status == "FINISHED" and ERROR_TAG in client().get_run(run.info.run_id).data.tags:
+            # an earlier session's error (a failed or killed attempt) no longer describes the run
+            client().delete_tag(run.info.run_id, ERROR_TAG)
+        mlflow.end_run(status=status)
+
+
+def restore_finished(run: ActiveRun) -> None:
+    """End the active run as the FINISHED run it was before this step joined it (end time too).
+
+    A resume of a finished run that fails before training starts (a corrupt checkpoint, a
+    contradicting model flag) must not turn its result into a failure.
+    """
+    if mlflow.active_run() is None:
+        return
+    try:
+        mlflow.flush_async_logging()
+    finally:
+        mlflow.end_run(status="FINISHED")
+        client().set_terminated(run.run_id, "FINISHED", end_time=run.previous_end_time)
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+@dataclass
+class ParentRun:
+    """The parent of a sweep: where it lives and which earlier parent it continues (if any)."""
+
+    run_id: str
+    experiment_id: str
+    experiment_name: str
+    previous: RunRecord | None  # the parent whose children a --resume adopts (may be this run itself)
+
+
+def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, resume: bool,
+                tags: Mapping[str, str]) -> ParentRun:
+    """The sweep's parent run.
+
+    The process's run (`mlflow run` created it) if there is one, else with `resume` the newest
+    parent of the experiment with the same sweep key, else a new run. With `resume`,
+    `previous` is the parent whose children are taken over.
+    """
+    ensure_store()
+    handed = process_run_id()
+    all_tags = {ROLE_TAG: "sweep_parent", KIND_TAG: kind, KEY_TAG: sweep_key, **tags}
+    previous = None
+    if handed:
+        run = get_run(handed)
+        experiment_id = run.experiment_id
+        name = experiment_name(experiment_id)
+        if name != experiment:
+            print(f"note: the parent run {handed} was created by `mlflow run` in experiment {name!r}; "
+                  f"children go there too (pass --experiment-name {experiment} to mlflow run to use {experiment!r})",
+                  file=sys.stderr)
+        if resume:
+            previous = latest_sweep_parent(experiment_id, sweep_key=sweep_key, exclude=[handed])
+        run_id = handed
+        if run.status != "RUNNING":
+            client().update_run(run_id, status="RUNNING")
+    else:
+        experiment_id = ensure_experiment(experiment)
+        name = experiment
+        if resume:
+            previous = latest_sweep_parent(experiment_id, sweep_key=sweep_key)
+        if previous is not None:
+            run_id = previous.run_id
+            client().update_run(run_id, status="RUNNING")
+        else:
+            run_id = client().create_run(experiment_id, run_name=run_name).info.run_id
+    set_tags(run_id, all_tags)
+    add_standard_tags(run_id)
+    if previous is not None and previous.run_id != run_id:
+        supersede(previous, run_id)
+    return ParentRun(run_id=run_id, experiment_id=experiment_id, experiment_name=name, previous=previous)
+
+
+def supersede(old: RunRecord, new_run_id: str) -> None:
+    """Close an interrupted parent whose children `new_run_id` takes over.
+
+    A retried `mlflow run` (an Airflow retry, say) creates a new parent; the old one would
+    otherwise stay RUNNING forever, with no children left under it.
+    """
+    client().set_tag(old.run_id, SUPERSEDED_TAG, new_run_id)
+    if old.status not in TERMINAL:
+        client().set_terminated(old.run_id, "KILLED")
+
+
+def create_child(parent: ParentRun, *, run_name: str, tags: Mapping[str, str]) -> str:
+    """A SCHEDULED child run nested under `parent`; the trainer joins it by id."""
+    run = client().create_run(parent.experiment_id, run_name=run_name,
+                              tags={**standard_tags(), PARENT_TAG: parent.run_id, ROLE_TAG: "sweep_child", **tags})
+    client().update_run(run.info.run_id, status="SCHEDULED")
+    return run.info.run_id
+
+
+def adopt_child(run_id: str, parent_run_id: str) -> None:
+    """Nest an existing child (of an earlier, interrupted parent) under `parent_run_id`."""
+    client().set_tag(run_id, PARENT_TAG, parent_run_id)
