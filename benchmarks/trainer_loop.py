@@ -89,9 +89,7 @@ def bench_trainer_loop(settings: Settings) -> list[Figure]:
             callbacks: list[Any] = [metrics]
             if tracked:
                 active = start_run(experiment_name="bench-tracking")
-                logger = MlflowLogger(MlflowClient(), active.run_id,
-                                      lambda info: {**flatten(info["model_config"], "model"),
-                                                    **flatten(info["train_config"], "train")})
+                logger = MlflowLogger(active.run_id, {**flatten(model_cfg, "model"), **flatten(cfg, "train")})
                 callbacks.append(logger)
             with contextlib.redirect_stdout(io.StringIO()):  # the trainer's per-step lines
                 train(model_cfg, data, cfg, checkpoint_dir=root / f"ckpt-{len(runs['on'])}-{tracked}",

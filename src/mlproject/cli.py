@@ -76,9 +76,9 @@ def _train(args: argparse.Namespace) -> int:
         return {"FINISHED": 0, "KILLED": 130}.get(status, 1)
 
     cfg = RunConfig.load(args.config, args)  # validate before importing torch and mlflow
-    from mlproject.app.train import run_training
+    from mlproject.tracking.train_tracker import train_tracked
 
-    outcome = run_training(cfg)
+    outcome = train_tracked(cfg)
     return 130 if outcome.status == "KILLED" else 0  # interrupted (resumable): not a success
 
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, MutableMapping
+from pathlib import Path
 from typing import Any
 
 RESULT_PREFIX = "MLPROJECT_RESULT"
 RUN_ID_ENV = "MLFLOW_RUN_ID"
 EXPERIMENT_ID_ENV = "MLFLOW_EXPERIMENT_ID"
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def process_run_id() -> str | None:
@@ -37,6 +40,11 @@ def hand_run_to(env: MutableMapping[str, str], run_id: str | None) -> MutableMap
     if run_id is not None:
         env[RUN_ID_ENV] = run_id
     return env
+
+
+def is_run_id(text: str) -> bool:
+    """True for a 32-hex-digit MLflow run id (and not an existing local file of that name)."""
+    return bool(_RUN_ID.match(text)) and not Path(text).exists()
 
 
 def release_process_run() -> None:

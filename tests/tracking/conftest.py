@@ -99,7 +99,7 @@ def tiny_yaml(tmp_path: Path, experiment_name: str):
 def trained(tmp_path_factory: pytest.TempPathFactory, store_uri: str, cache_dir: Path):
     """One finished run with a LoggedModel registered as `tiny-gpt`, shared by the read-only tests."""
     from mlproject.app.config import RunConfig
-    from mlproject.app.train import run_training
+    from mlproject.tracking.train_tracker import train_tracked
 
     tmp = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as mp:
@@ -109,6 +109,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory, store_uri: str, cache_dir:
         mp.delenv("MLFLOW_RUN_ID", raising=False)
         mlflow.set_tracking_uri(store_uri)
         path = write_config(tmp / "train.yaml", "test-trained", tracking={"log_model": True, "register_as": "tiny-gpt"})
-        outcome = run_training(RunConfig.load(path))
+        outcome = train_tracked(RunConfig.load(path))
         mlflow.set_tracking_uri(None)
     return outcome

@@ -37,7 +37,7 @@ TINY = {
 def run(tmp_path_factory, store_uri, cache_dir):
     """One finished tiny run with a LoggedModel, owned by this module (its tests log into it)."""
     from mlproject.app.config import RunConfig
-    from mlproject.app.train import run_training
+    from mlproject.tracking.train_tracker import train_tracked
 
     tmp = tmp_path_factory.mktemp("evaluated")
     with pytest.MonkeyPatch.context() as mp:
@@ -48,7 +48,7 @@ def run(tmp_path_factory, store_uri, cache_dir):
         mlflow.set_tracking_uri(store_uri)
         path = tmp / "train.yaml"
         path.write_text(yaml.safe_dump({**TINY, "tracking": {**TINY["tracking"], "output_dir": str(tmp / "runs")}}))
-        outcome = run_training(RunConfig.load(path))
+        outcome = train_tracked(RunConfig.load(path))
         mlflow.set_tracking_uri(None)
     assert outcome.status == "FINISHED"
     return outcome

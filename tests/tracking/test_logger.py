@@ -14,7 +14,7 @@ from mlproject.training.trainer import TrainResult
 
 def _logger(experiment_name: str) -> tuple[MlflowLogger, str]:
     run = start_run(experiment_name=experiment_name)
-    logger = MlflowLogger(MlflowClient(), run.run_id, lambda info: {"model.n_layer": 2, "train.max_steps": 10})
+    logger = MlflowLogger(run.run_id, {"model.n_layer": 2, "train.max_steps": 10})
     return logger, run.run_id
 
 

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from mlproject.errors import MlprojectError
 from mlproject.tracking.client import ERROR_TAG
-from mlproject.app.train import run_training
+from mlproject.tracking.train_tracker import train_tracked
 
 BIN = Path(sys.executable).parent
 
@@ -53,7 +53,7 @@ def _one_line_error(done: subprocess.CompletedProcess) -> str:
 def finished(tiny_config):
     """A FINISHED run of the tiny model and its config."""
     cfg = tiny_config()
-    outcome = run_training(cfg)
+    outcome = train_tracked(cfg)
     assert outcome.status == "FINISHED"
     return cfg, outcome
 
@@ -67,7 +67,7 @@ def test_a_resume_from_a_corrupt_checkpoint_leaves_the_finished_run_untouched(fi
     before = MlflowClient().get_run(outcome.run_id)
     _artifact_file(outcome.run_id, "checkpoints/last.pt").write_bytes(b"not a checkpoint" * 100)
     with pytest.raises(MlprojectError, match="unreadable"):
-        run_training(_resume(cfg, outcome.run_id))
+        train_tracked(_resume(cfg, outcome.run_id))
     after = MlflowClient().get_run(outcome.run_id)
     assert after.info.status == "FINISHED"
     assert after.info.end_time == before.info.end_time
@@ -77,7 +77,7 @@ def test_a_resume_from_a_corrupt_checkpoint_leaves_the_finished_run_untouched(fi
 def test_a_resume_with_a_contradicting_n_layer_leaves_the_finished_run_untouched(finished):
     cfg, outcome = finished
     with pytest.raises(MlprojectError, match="the model differs"):
-        run_training(_resume(cfg, outcome.run_id, n_layer=3))
+        train_tracked(_resume(cfg, outcome.run_id, n_layer=3))
     after = MlflowClient().get_run(outcome.run_id)
     assert after.info.status == "FINISHED" and ERROR_TAG not in after.data.tags
 
@@ -85,7 +85,7 @@ def test_a_resume_with_a_contradicting_n_layer_leaves_the_finished_run_untouched
 def test_a_resumed_run_that_finishes_drops_the_error_of_an_earlier_attempt(finished):
     cfg, outcome = finished
     MlflowClient().set_tag(outcome.run_id, ERROR_TAG, "RuntimeError: an earlier session died")
-    assert run_training(_resume(cfg, outcome.run_id)).status == "FINISHED"
+    assert train_tracked(_resume(cfg, outcome.run_id)).status == "FINISHED"
     assert ERROR_TAG not in MlflowClient().get_run(outcome.run_id).data.tags
 
 
@@ -94,7 +94,7 @@ def test_a_resumed_run_that_finishes_drops_the_error_of_an_earlier_attempt(finis
 def test_resuming_at_the_final_step_reports_the_last_training_loss(finished, capsys):
     cfg, outcome = finished
     capsys.readouterr()
-    again = run_training(_resume(cfg, outcome.run_id))
+    again = train_tracked(_resume(cfg, outcome.run_id))
     out = capsys.readouterr().out
     assert "train_loss nan" not in out
     assert again.summary["train_loss_last"] == pytest.approx(outcome.summary["train_loss_last"])

@@ -17,7 +17,7 @@ from mlproject.config import replace
 from mlproject.app.config import RunConfig
 from mlproject.tracking.client import ERROR_TAG
 from mlproject.protocol import RESULT_PREFIX
-from mlproject.app.train import CHANGED_PARAMS_TAG, run_training
+from mlproject.tracking.train_tracker import CHANGED_PARAMS_TAG, train_tracked
 
 
 def test_a_finished_run_reports_finished_with_summary_and_checkpoint_uris(trained):
@@ -106,7 +106,7 @@ def test_the_best_model_is_registered_under_register_as(trained):
 
 def test_a_run_resumed_by_id_continues_the_same_run(tiny_config, monkeypatch):
     """SIGTERM at step 6 (the trainer stops with a checkpoint), then --resume-from RUN_ID."""
-    from mlproject.app import train as train_run
+    from mlproject.tracking import train_tracker
     from mlproject.tracking.logger import MlflowLogger
 
     class InterruptAtStep6(MlflowLogger):
@@ -116,13 +116,13 @@ def test_a_run_resumed_by_id_continues_the_same_run(tiny_config, monkeypatch):
                 os.kill(os.getpid(), signal.SIGTERM)
 
     cfg = tiny_config()
-    monkeypatch.setattr(train_run, "MlflowLogger", InterruptAtStep6)
-    first = run_training(cfg)
-    monkeypatch.setattr(train_run, "MlflowLogger", MlflowLogger)
+    monkeypatch.setattr(train_tracker, "MlflowLogger", InterruptAtStep6)
+    first = train_tracked(cfg)
+    monkeypatch.setattr(train_tracker, "MlflowLogger", MlflowLogger)
     assert first.status == "KILLED"
 
     resumed_cfg = replace(cfg, tracking=replace(cfg.tracking, resume_from=first.run_id))
-    second = run_training(resumed_cfg)
+    second = train_tracked(resumed_cfg)
     client = MlflowClient()
     assert second.run_id == first.run_id and second.status == "FINISHED"
     assert len(client.search_runs([first.experiment_id])) == 1
@@ -148,7 +148,7 @@ def test_an_exception_ends_the_run_failed_with_the_error_and_earlier_metrics(tin
 
     monkeypatch.setattr(trainer, "train", failing_train)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        run_training(tiny_config())
+        train_tracked(tiny_config())
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name(experiment_name).experiment_id])
     assert run.info.status == "FAILED"
@@ -157,7 +157,7 @@ def test_an_exception_ends_the_run_failed_with_the_error_and_earlier_metrics(tin
 
 
 def test_tracking_off_trains_without_any_mlflow_run(tiny_config, experiment_name, capsys):
-    outcome = run_training(tiny_config(tracking={"log_to_mlflow": False, "run_name": "offline"}))
+    outcome = train_tracked(tiny_config(tracking={"log_to_mlflow": False, "run_name": "offline"}))
     assert outcome.run_id == "" and outcome.status == "FINISHED"
     assert Path(outcome.checkpoint_uris["last"]).is_file()
     assert MlflowClient().get_experiment_by_name(experiment_name) is None
@@ -169,7 +169,7 @@ def test_logging_the_dataset_retries_when_a_parallel_sibling_wins_the_insert(mon
     """Parallel sweep children race in the store's dataset insert; the loser must not fail."""
     from mlflow.exceptions import MlflowException
 
-    from mlproject.app import train as train_run
+    from mlproject.tracking import train_tracker
 
     calls = []
     real = mlflow.log_input
@@ -183,7 +183,7 @@ def test_logging_the_dataset_retries_when_a_parallel_sibling_wins_the_insert(mon
     monkeypatch.setattr(mlflow, "log_input", racing_log_input)
     info = {"dataset": "pydocs", "source": "python-stdlib", "digest": "abc123", "train_tokens": 10}
     with mlflow.start_run() as run:
-        train_run._log_dataset(info)
+        train_tracker.log_dataset(info)
     assert len(calls) == 2
     inputs = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
     assert [d.dataset.name for d in inputs] == ["pydocs"]
@@ -192,7 +192,7 @@ def test_logging_the_dataset_retries_when_a_parallel_sibling_wins_the_insert(mon
 def test_a_train_run_has_mlflow_source_tags_and_system_metrics(tiny_config):
     """MLflow's own run context: who and what started the run, and its CPU/memory samples."""
     cfg = tiny_config(tracking={"system_metrics_interval": 0.2}, train={"max_steps": 40})
-    outcome = run_training(cfg)
+    outcome = train_tracked(cfg)
     run = MlflowClient().get_run(outcome.run_id)
     tags = run.data.tags
     assert tags["mlflow.user"] and tags["mlflow.source.name"] and tags["mlflow.source.type"] == "LOCAL"
@@ -201,5 +201,5 @@ def test_a_train_run_has_mlflow_source_tags_and_system_metrics(tiny_config):
 
 
 def test_system_metrics_can_be_switched_off(tiny_config):
-    outcome = run_training(tiny_config(tracking={"system_metrics": False, "system_metrics_interval": 0.2}))
+    outcome = train_tracked(tiny_config(tracking={"system_metrics": False, "system_metrics_interval": 0.2}))
     assert not [k for k in MlflowClient().get_run(outcome.run_id).data.metrics if k.startswith("system/")]

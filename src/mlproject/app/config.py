@@ -6,8 +6,9 @@ import argparse
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Any
 
-from mlproject.config import build_sections, check_types, field
+from mlproject.config import build_sections, check_types, field, to_dict
 from mlproject.data.config import DataConfig
 from mlproject.errors import ConfigError
 from mlproject.model.config import GPTConfig
@@ -57,6 +58,10 @@ class RunConfig:
         model, train = resolve(self.model, self.train, vocab_size)
         return RunConfig(model=model, data=dataclasses.replace(self.data, vocab_size=vocab_size), train=train,
                          tracking=dataclasses.replace(self.tracking, experiment_name=self.experiment_name))
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """The config as plain dicts, one per section (what `config/resolved.yaml` holds)."""
+        return {name: to_dict(getattr(self, name)) for name in self.SECTIONS}
 
     @property
     def experiment_name(self) -> str:

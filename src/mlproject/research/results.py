@@ -244,3 +244,14 @@ def format_summary(st: SweepStats, rows: Sequence[Row] | None = None) -> str:
         if params:
             lines.append("parameters: " + ", ".join(f"{g} {params[g] / 1e6:.2f}M" for g in st.groups if g in params))
     return "\n".join(lines)
+
+
+def export_sweep_results(kind: str, experiment_name: str, rows: Sequence[Row]) -> Path:
+    """Write the sweep's `results.jsonl`/`.csv` where the original suite put them
+    (`research_runs/<kind>/<experiment>`, see `app.local_copies`); print and return the folder."""
+    from mlproject.app.local_copies import results_dir
+
+    folder = results_dir(kind, experiment_name)
+    jsonl, _ = write_results(rows, folder)
+    print(f"local copy (original suite's path): {jsonl} and results.csv", flush=True)
+    return folder

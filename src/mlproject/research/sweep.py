@@ -7,7 +7,7 @@ child, and a sweep key. Everything else is shared and lives here:
 - every child config is validated before the parent or any child run exists;
 - the parent is the run `mlflow run` created (`MLFLOW_RUN_ID`) or a new one; each child run is
   created (nested) as its training starts, so its start time is that, and trained one by one in this process
-  (`run_training(..., run_id=child)`) or `parallel` at a time as `mlproject train`
+  (`train_tracked(..., run_id=child)`) or `parallel` at a time as `mlproject train`
   subprocesses, after the data cache is prepared once;
 - `resume` picks up the newest parent with the same sweep key: FINISHED children are kept,
   unfinished ones continue from their last checkpoint, missing ones are added;
@@ -423,7 +423,7 @@ def train_child(run_id: str, args: Any = None) -> str:
     """
     from mlproject.tracking import client
     from mlproject.tracking.queries import PARENT_TAG, get_run
-    from mlproject.app.train import run_training
+    from mlproject.tracking.train_tracker import train_tracked
 
     run = get_run(run_id)
     cfg = planned_config(run_id, args)
@@ -436,7 +436,7 @@ def train_child(run_id: str, args: Any = None) -> str:
     if action == "resume":
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, resume_from=run_id))
     try:
-        outcome = run_training(cfg, parent_run_id=run.tags.get(PARENT_TAG), run_id=run_id)
+        outcome = train_tracked(cfg, parent_run_id=run.tags.get(PARENT_TAG), run_id=run_id)
     except Exception:
         client.fail_if_unfinished(run_id)
         raise
@@ -493,7 +493,7 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
     stats = aggregate(rows, plan.groups, plan.metrics)
     status = "FINISHED" if all(r["status"] == "FINISHED" for r in rows) else "FAILED"
     results_dir = _record_results(plan, rows, stats, output_dir or plan.output_dir)
-    from mlproject.compat import export_sweep_results
+    from mlproject.research.results import export_sweep_results
 
     export_sweep_results(plan.kind, plan.experiment_name, rows)  # research_runs/<kind>/<experiment>/
     try:

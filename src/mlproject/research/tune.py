@@ -248,7 +248,7 @@ def _optimize(job: TuneJob, study: Any, parent: Any) -> None:
     from optuna.trial import TrialState
 
     from mlproject.tracking import client
-    from mlproject.app.train import run_training
+    from mlproject.tracking.train_tracker import train_tracked
     from mlproject.tracking.tune_runs import STATE_TAG, STUDY_TAG, TRIAL_TAG, WORKER_TAG
 
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -262,7 +262,7 @@ def _optimize(job: TuneJob, study: Any, parent: Any) -> None:
         trial.set_user_attr("run_id", run_id)
         print(f"--- {name}: {json.dumps(values)} run {run_id}", flush=True)
         try:
-            outcome = run_training(cfg, parent_run_id=parent.run_id, run_id=run_id, callbacks=[_pruner(trial)])
+            outcome = train_tracked(cfg, parent_run_id=parent.run_id, run_id=run_id, callbacks=[_pruner(trial)])
         except optuna.TrialPruned:
             client.set_status(run_id, "KILLED")  # stopped on purpose; the tag says why
             client.set_tags(run_id, {STATE_TAG: "PRUNED"})

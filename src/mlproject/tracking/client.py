@@ -23,7 +23,6 @@ the UI nests them under the parent, a parallel fan-out can hand each process its
 from __future__ import annotations
 
 import os
-import re
 import sys
 import tempfile
 import time
@@ -45,10 +44,6 @@ from mlproject.tracking.run_context import standard_tags
 from mlproject.secrets import scrub
 from mlproject.tracking.store import ensure_store
 
-# Trainer status -> MLflow run status. An interrupted run (SIGTERM, Ctrl-C) wrote a final
-# checkpoint and can be resumed, so it is KILLED, never FAILED.
-RUN_STATUS = {"finished": "FINISHED", "early_stopped": "FINISHED", "interrupted": "KILLED"}
-
 ERROR_TAG = "mlproject.error"
 TRAIN_STATUS_TAG = "mlproject.train_status"
 
@@ -58,7 +53,6 @@ PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
 _MAX_TAG_VALUE = 5000
 _MAX_PARAM_VALUE = 6000
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def client() -> MlflowClient:
@@ -67,11 +61,6 @@ def client() -> MlflowClient:
 
 
 # ----------------------------------------------------------------------------- the process's run
-
-def is_run_id(text: str) -> bool:
-    """True for a 32-hex-digit MLflow run id (and not an existing local file of that name)."""
-    return bool(_RUN_ID.match(text)) and not Path(text).exists()
-
 
 def tracking_uri() -> str:
     """The tracking URI in use, with any credentials redacted (safe to print)."""

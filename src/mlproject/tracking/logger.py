@@ -22,7 +22,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from mlproject.tracking.artifacts import CheckpointUploader
-from mlproject.tracking.client import log_params_once, set_tags
+from mlproject.tracking import client
+from mlproject.tracking.client import log_params_once, metric_batches, set_tags
 from mlproject.training.trainer import TrainerCallback, TrainResult
 
 # on_train_start keys recorded as `runtime.*` params (the rest of the run's config is
@@ -33,7 +34,7 @@ RUNTIME_KEYS = ("device", "world_size", "precision", "peak_flops", "peak_flops_s
 
 
 FLUSH_EVERY_SEC = 2.0  # the most a metric waits in memory (the UI lags by at most this)
-MAX_BUFFERED = 900  # metrics per log_batch call (MLflow accepts up to 1000)
+MAX_BUFFERED = client.METRICS_PER_BATCH  # metrics per log_batch call
 
 # Summary entries that mean something else than the per-step metric of the same name.
 SUMMARY_RENAMES = {"tokens_per_sec": "tokens_per_sec_mean"}
@@ -67,19 +68,18 @@ def _metrics(values: Mapping[str, Any], step: int) -> list[Metric]:
 class MlflowLogger(TrainerCallback):
     """Logs params at the start, metrics with their step, checkpoints as they are written.
 
-    `params_at_start(info)` returns the flattened resolved config (model, data, train,
-    tracking sections) once the trainer has resolved it; runtime facts from `info` are added
-    as `runtime.*`. Nothing here ends the run: `run_training` decides the final status.
+    `params` (the flattened resolved config) are logged when training starts, with the runtime
+    facts of the trainer's `info` as `runtime.*`; `on_start(info)` runs then too. Nothing here
+    ends the run: the tracker decides the final status.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str,
-                 params_at_start: Callable[[dict[str, Any]], Mapping[str, Any]],
+    def __init__(self, run_id: str, params: Mapping[str, Any] | None = None,
                  on_start: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.client = client
+        self.client = client.client()
         self.run_id = run_id
-        self.params_at_start = params_at_start
+        self.params = dict(params or {})
         self.on_start = on_start
-        self.uploader = CheckpointUploader(client, run_id)
+        self.uploader = CheckpointUploader(self.client, run_id)
         self.changed_params: dict[str, tuple[str, str]] = {}
         self.overhead_sec = 0.0  # time spent in these callbacks, excluding the one-off start
         self._last: dict[str, tuple[int, float]] = {}  # key -> (step, value) last logged
@@ -94,7 +94,7 @@ class MlflowLogger(TrainerCallback):
         self._t0 = self._flushed_at = time.perf_counter()
         if info.get("start_step"):
             self._already = steps_logged_since(self.client, self.run_id, int(info["start_step"]))
-        params = dict(self.params_at_start(info))
+        params = dict(self.params)
         params.update({f"runtime.{k}": info[k] for k in RUNTIME_KEYS if k in info})
         self.changed_params = log_params_once(self.run_id, params)
         if "device" in info:
@@ -114,7 +114,8 @@ class MlflowLogger(TrainerCallback):
     def _flush(self) -> None:
         if self._buffer:
             self._pending = [op for op in self._pending if not _done(op)]
-            self._pending.append(self.client.log_batch(self.run_id, metrics=self._buffer, synchronous=False))
+            for batch in metric_batches(self._buffer):
+                self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
             self._buffer = []
         self._flushed_at = time.perf_counter()
 

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from mlproject.io import atomic_path
 
@@ -49,16 +47,6 @@ def _local(path: Path) -> Path:
 def results_dir(kind: str, experiment_name: str) -> Path:
     """`research_runs/compare/<experiment>` or `research_runs/ablations/<experiment>`."""
     return _local(RESULTS_ROOT / SWEEP_FOLDERS[kind] / _safe_name(experiment_name))
-
-
-def export_sweep_results(kind: str, experiment_name: str, rows: Sequence[Any]) -> Path:
-    """Write the sweep's `results.jsonl`/`.csv` where the original put them; print and return the folder."""
-    from mlproject.research.results import write_results
-
-    folder = results_dir(kind, experiment_name)
-    jsonl, _ = write_results(rows, folder)
-    print(f"local copy (original suite's path): {jsonl} and results.csv", flush=True)
-    return folder
 
 
 def _copy_atomic(src: Path, dst: Path) -> Path:
