@@ -86,9 +86,10 @@ def _generate(args: argparse.Namespace) -> None:
     from mlproject.config import build_sections
     from mlproject.inference.config import GenerateConfig
     from mlproject.app.generate import run_generate
+    from mlproject.tracking.model_store import MlflowModelStore
 
     cfg = build_sections({"generate": GenerateConfig}, yaml_path=args.config, args=args)["generate"]
-    run_generate(cfg)
+    run_generate(cfg, MlflowModelStore())
 
 
 def _sweep_stage(args: argparse.Namespace) -> bool:
@@ -114,16 +115,19 @@ def _evaluate(args: argparse.Namespace) -> None:
     from mlproject.config import build_sections
     from mlproject.inference.eval_config import EvaluateConfig
     from mlproject.app.evaluate import run_evaluate
+    from mlproject.tracking.model_store import MlflowModelStore
 
-    run_evaluate(build_sections({"evaluate": EvaluateConfig}, yaml_path=args.config, args=args)["evaluate"])
+    run_evaluate(build_sections({"evaluate": EvaluateConfig}, yaml_path=args.config, args=args)["evaluate"],
+                 MlflowModelStore())
 
 
 def _export_hf(args: argparse.Namespace) -> None:
     from mlproject.config import from_dict, section_overrides
     from mlproject.inference.eval_config import ExportConfig
     from mlproject.app.evaluate import run_export_hf
+    from mlproject.tracking.model_store import MlflowModelStore
 
-    run_export_hf(from_dict(ExportConfig, section_overrides(args, ExportConfig), source="flags"))
+    run_export_hf(from_dict(ExportConfig, section_overrides(args, ExportConfig), source="flags"), MlflowModelStore())
 
 
 def _compare(args: argparse.Namespace) -> None:

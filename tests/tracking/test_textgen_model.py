@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from mlproject.cli import main
 from mlproject.inference.config import GenerateConfig
 from mlproject.app.generate import run_generate
+from mlproject.tracking.model_store import MlflowModelStore
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -33,7 +34,7 @@ def _version(name: str = "tiny-gpt") -> str:
 
 def _greedy(model_uri: str, prompts: list[str], max_new_tokens: int = 6) -> list[str]:
     return run_generate(GenerateConfig(model_uri=model_uri, prompts=prompts, max_new_tokens=max_new_tokens,
-                                       temperature=0.0, stream=False, device="cpu"))
+                                       temperature=0.0, stream=False, device="cpu"), MlflowModelStore())
 
 
 def _free_port() -> int:

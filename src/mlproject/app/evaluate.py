@@ -1,47 +1,24 @@
 """`run_evaluate` and `run_export_hf`: evaluation and Hugging Face export of a run, a `models:/`
-URI or a checkpoint, recorded in MLflow.
+URI or a checkpoint.
 
-The checkpoint is resolved to one local file first, its sha256 computed, and the model loaded
-from that same file: the hash recorded in the run is the hash of the weights evaluated (an
-evaluation cannot silently use other weights, and `--expected-sha256` refuses a mismatch).
-Metrics go to the evaluated run, prefixed by the dataset (`eval/wikitext2/bpb`), or, with
-`new_run`, to a new run tagged `mlproject.evaluated_run` with the evaluated run's id.
+The model is one local file, hashed and then loaded (`app.model_source`): the hash recorded
+is the hash of the weights evaluated, and `--expected-sha256` refuses a mismatch. The store
+(`tracking.model_store`) records the metrics, prefixed by the dataset (`eval/wikitext2/bpb`),
+on the evaluated run or, with `new_run`, on a new run linked to it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow import MlflowClient
-
+from mlproject.app.model_source import ModelRef, Source, load_source, resolve_source
+from mlproject.app.tracker import ModelStore
 from mlproject.errors import ConfigError, MlprojectError
-from mlproject.protocol import result_line
 from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
-from mlproject.tracking.artifacts import CONFIG_ARTIFACT, download_checkpoint, download_tokenizer, quiet
-from mlproject.tracking.textgen import TOKENIZER_FILE, WEIGHTS_FILE
-
-EVALUATED_RUN_TAG = "mlproject.evaluated_run"   # on a separate evaluation run: the run it evaluated
-SHA_TAG = "mlproject.eval.checkpoint_sha256"    # sha256 of the checkpoint file last evaluated
-SOURCE_TAG = "mlproject.eval.checkpoint"        # where that file came from (runs:/, models:/ or a path)
-HF_ARTIFACT = "hf"                              # the export's artifact folder in the run
-EVAL_EXPERIMENT = "evaluations"                 # new evaluation runs of a bare checkpoint
-
-
-@dataclass
-class Source:
-    """The one local checkpoint file a command uses, and the run it belongs to (if any)."""
-
-    checkpoint: Path
-    tokenizer: Path
-    run_id: str | None
-    uri: str
-    sha256: str = ""
+from mlproject.protocol import result_line
 
 
 @dataclass
@@ -51,91 +28,17 @@ class EvaluateOutcome:
     metrics: dict[str, float] = field(default_factory=dict)  # full MLflow names: eval/<ds>/<metric>, lm_eval/...
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def model_uri_run(model_uri: str) -> str | None:
-    """The run a `models:/` URI was logged from (LoggedModel or registered version), if known."""
-    try:
-        return mlflow.models.get_model_info(model_uri).run_id
-    except mlflow.exceptions.MlflowException as exc:
-        raise MlprojectError(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}") from None
-
-
-def resolve_source(run_id: str | None, model_uri: str | None, checkpoint: str | None, tokenizer_path: str | None,
-                   workdir: Path) -> Source:
-    """Download (or find) the checkpoint and tokenizer; hash the checkpoint."""
-    if run_id:
-        path = download_checkpoint(run_id, workdir / "ckpt", kinds=("best", "last"))
-        tokenizer = Path(tokenizer_path) if tokenizer_path else download_tokenizer(run_id, workdir)
-        source = Source(path, tokenizer, run_id, f"runs:/{run_id}/checkpoints/{path.name}")
-    elif model_uri:
-        owner = model_uri_run(model_uri)
-        try:
-            with quiet():
-                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(workdir)))
-        except mlflow.exceptions.MlflowException as exc:
-            raise MlprojectError(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}") from None
-        folder = local / "artifacts"
-        if not (folder / WEIGHTS_FILE).is_file():
-            raise MlprojectError(f"model {model_uri!r} has no artifacts/{WEIGHTS_FILE}; it was not "
-                                 "logged by `mlproject`")
-        tokenizer = Path(tokenizer_path) if tokenizer_path else folder / TOKENIZER_FILE
-        source = Source(folder / WEIGHTS_FILE, tokenizer, owner, model_uri)
-    else:
-        assert checkpoint is not None
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"checkpoint={checkpoint!r} does not exist; expected a checkpoint file")
-        if not tokenizer_path:
-            raise ConfigError("--checkpoint needs --tokenizer-path (the run's tokenizer.json)")
-        source = Source(path, Path(tokenizer_path), None, str(path.resolve()))
-    source.sha256 = sha256_file(source.checkpoint)
-    return source
-
-
-def load_source(source: Source, device: Any) -> tuple[Any, dict[str, Any]]:
-    """(model, checkpoint state) from the very file `resolve_source` hashed: a checkpoint, or the
-    safetensors weights of a logged model (read with its JSON config, never unpickled)."""
-    from mlproject.training.checkpoint import load_model_checkpoint
-
-    if source.checkpoint.name == WEIGHTS_FILE:
-        from mlproject.tracking.textgen import load_artifacts
-
-        model, _ = load_artifacts(source.checkpoint.parent, device)
-        return model, {}
-    return load_model_checkpoint(source.checkpoint, device)
-
-
-def _run_data_section(run_id: str, workdir: Path) -> dict[str, Any] | None:
-    """The `data` section of a run's resolved config (its dataset, caps and split), if logged."""
-    import yaml
-
-    try:
-        with quiet():
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CONFIG_ARTIFACT,
-                                                        dst_path=str(workdir / "config"))
-    except mlflow.exceptions.MlflowException:
-        return None
-    return (yaml.safe_load(Path(local).read_text(encoding="utf-8")) or {}).get("data")
-
-
 # ----------------------------------------------------------------------------- evaluate
 
 def _eval_texts(cfg: EvaluateConfig, source: Source, tokenizer: Any, eot_id: int, block_size: int,
-                workdir: Path) -> list[Any]:
+                workdir: Path, store: ModelStore | None) -> list[Any]:
     """One EvalText per dataset named by `cfg` (the run's own dataset by default), local files last."""
     from mlproject.config import from_dict
     from mlproject.data.config import DataConfig
     from mlproject.data.sources import SPLITS, check_hub, resolve_corpus
     from mlproject.inference.evaluate import encode_documents
 
-    run_data = _run_data_section(source.run_id, workdir) if source.run_id else None
+    run_data = store.run_data(source.run_id, workdir) if source.run_id and store is not None else None
     names = list(cfg.datasets)
     if not names and not cfg.local_path:
         if not run_data:
@@ -169,39 +72,17 @@ def _eval_texts(cfg: EvaluateConfig, source: Source, tokenizer: Any, eot_id: int
     return texts
 
 
-def _log_target(cfg: EvaluateConfig, source: Source) -> str | None:
-    """The run that receives the metrics: the evaluated run, or a new one linked to it."""
-    from mlproject.tracking import client
-    from mlproject.tracking.queries import get_run
-
-    if not cfg.log_to_mlflow:
-        return None
-    env_run = os.environ.get("MLFLOW_RUN_ID")
-    if source.run_id and not cfg.new_run:
-        if env_run and env_run != source.run_id:  # `mlflow run -e evaluate`: its run points at the result
-            client.set_tags(env_run, {EVALUATED_RUN_TAG: source.run_id})
-        return source.run_id
-    experiment = cfg.experiment_name
-    if experiment is None and source.run_id:
-        experiment = MlflowClient().get_experiment(get_run(source.run_id).experiment_id).name
-    tags = {"mlproject.role": "evaluation", SOURCE_TAG: source.uri}
-    if source.run_id:
-        tags[EVALUATED_RUN_TAG] = source.run_id
-    run_id, _ = client.open_run(experiment=experiment or EVAL_EXPERIMENT, run_name="evaluate", tags=tags)
-    return run_id
-
-
-def run_evaluate(cfg: EvaluateConfig) -> EvaluateOutcome:
-    """Evaluate the model `cfg` names; print the metrics and log them (see the module docstring)."""
+def run_evaluate(cfg: EvaluateConfig, store: ModelStore | None = None) -> EvaluateOutcome:
+    """Evaluate the model `cfg` names; print the metrics and record them through `store`."""
     from mlproject.data.tokenizer import load_tokenizer, special_ids
     from mlproject.inference.evaluate import evaluate_text, format_metrics
-    from mlproject.tracking import client
     from mlproject.training.device import select_device
 
     device = select_device(cfg.device)
     with tempfile.TemporaryDirectory(prefix="mlproject-evaluate-") as tmp:
         workdir = Path(tmp)
-        source = resolve_source(cfg.run_id, cfg.model_uri, cfg.checkpoint, cfg.tokenizer_path, workdir)
+        source = resolve_source(ModelRef(cfg.run_id, cfg.model_uri, cfg.checkpoint, cfg.tokenizer_path), workdir,
+                                store, command="evaluate")
         if cfg.expected_sha256 and cfg.expected_sha256 != source.sha256:
             raise MlprojectError(f"evaluate: {source.uri} has sha256 {source.sha256}, not expected_sha256="
                                  f"{cfg.expected_sha256}")
@@ -211,7 +92,7 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateOutcome:
         block_size = cfg.block_size or model.config.block_size
         print(f"evaluate: {source.uri} (sha256 {source.sha256[:16]}..., step {state.get('step', '?')})", flush=True)
         metrics: dict[str, float] = {}
-        for text in _eval_texts(cfg, source, tokenizer, eot_id, block_size, workdir):
+        for text in _eval_texts(cfg, source, tokenizer, eot_id, block_size, workdir, store):
             values = evaluate_text(model, text, tokenizer, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size,
                                    block_size=block_size, device=device)
             print(format_metrics(text.name, values), flush=True)
@@ -224,14 +105,8 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateOutcome:
             export_hf(model.cpu(), source.tokenizer, hf_dir)
             metrics.update(run_tasks(hf_dir, cfg.tasks, task_dir=cfg.task_dir, num_fewshot=cfg.num_fewshot,
                                      limit=cfg.limit, batch_size=cfg.batch_size, device=str(device)))
-    target = _log_target(cfg, source)
-    if target is not None:
-        client.log_metrics(target, metrics, step=int(state.get("step", 0)))
-        tags = {SHA_TAG: source.sha256, SOURCE_TAG: source.uri}
-        names = {k.split("/")[1] for k in metrics if k.startswith("eval/")}
-        tags.update({f"mlproject.eval.{name}.checkpoint_sha256": source.sha256 for name in names})
-        client.set_tags(target, tags)
-        print(f"evaluate: logged {len(metrics)} metrics to run {target}", flush=True)
+    step = int(state.get("step", 0))
+    target = store.record_evaluation(cfg, source, metrics, step) if store is not None else None
     # the machine-readable last line the pipeline runner and the DAG read
     print(result_line({"step": "evaluate", "run_id": target, "evaluated_run": source.run_id,
                        "checkpoint_sha256": source.sha256, "status": "FINISHED"}), flush=True)
@@ -240,41 +115,19 @@ def run_evaluate(cfg: EvaluateConfig) -> EvaluateOutcome:
 
 # ----------------------------------------------------------------------------- export
 
-def run_export_hf(cfg: ExportConfig) -> Path:
-    """Write the HF folder; log it to the run as `hf/` (and as a transformers model if asked)."""
+def run_export_hf(cfg: ExportConfig, store: ModelStore | None = None) -> Path:
+    """Write the HF folder; the store logs it to the run as `hf/` (and as a transformers model if asked)."""
     from mlproject.model.hf_export import export_hf
 
     with tempfile.TemporaryDirectory(prefix="mlproject-export-") as tmp:
-        source = resolve_source(cfg.run_id, cfg.model_uri, cfg.checkpoint, cfg.tokenizer_path, Path(tmp))
+        source = resolve_source(ModelRef(cfg.run_id, cfg.model_uri, cfg.checkpoint, cfg.tokenizer_path), Path(tmp),
+                                store, command="export-hf")
         model, _ = load_source(source, "cpu")
         cls = export_hf(model, source.tokenizer, cfg.output)
     out = Path(cfg.output)
     print(f"export-hf: {source.uri} -> {out} ({cls}, sha256 {source.sha256[:16]}...)", flush=True)
-    if source.run_id and cfg.log_to_run:
-        client = MlflowClient()
-        client.log_artifacts(source.run_id, str(out), HF_ARTIFACT)
-        client.set_tag(source.run_id, "mlproject.hf_export_class", cls)
-        print(f"export-hf: logged to run {source.run_id} as {HF_ARTIFACT}/", flush=True)
-        if cfg.log_transformers:
-            _log_transformers(source.run_id, out)
+    if store is not None:
+        store.record_export(cfg, source, out, cls)
     elif cfg.log_transformers:
         raise MlprojectError("export-hf: --log-transformers needs a run (--run-id or --model-uri)")
     return out
-
-
-def _log_transformers(run_id: str, folder: Path) -> str:
-    """The export as an MLflow transformers-flavor model of the run (a text-generation pipeline)."""
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    # Explicit requirements: inferring them imports every optional package transformers knows of.
-    requirements = [f"transformers=={transformers.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-                    "tokenizers", "safetensors"]
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), quiet():
-        info = mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer}, name="hf_model",
-                                             task="text-generation", pip_requirements=requirements)
-    print(f"export-hf: transformers model {info.model_uri}", flush=True)
-    return info.model_uri

@@ -1,8 +1,12 @@
-"""What the application asks of a tracking backend: `Tracker` opens a run, `TrackedRun` is one.
+"""What the application asks of a tracking backend.
 
-The application (`app/train.py`) prepares, resolves and trains; a tracker only records. The
-MLflow implementation is `tracking.train_tracker.MlflowTracker`; a run without a tracker
-(`tracking.log_to_mlflow: false`) writes its checkpoints locally and nothing else.
+- `Tracker` opens the run a training step records into; `TrackedRun` is that run. The
+  application (`app/train.py`) prepares, resolves and trains; a tracker only records.
+  MLflow's: `tracking.train_tracker.MlflowTracker`. Without one (`tracking.log_to_mlflow:
+  false`) a run writes its checkpoints locally and nothing else.
+- `ModelStore` fetches the models that generate, evaluate and export-hf use and records what
+  they produced. MLflow's: `tracking.model_store.MlflowModelStore`. Without one, only local
+  checkpoints can be used and nothing is recorded.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from mlproject.app.config import RunConfig
+    from mlproject.app.model_source import ModelRef, Source
+    from mlproject.inference.config import GenerateConfig
+    from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
     from mlproject.app.train import TrainOutcome
     from mlproject.training.trainer import TrainerCallback, TrainResult
 
@@ -53,3 +60,24 @@ class Tracker(Protocol):
 
     def location(self) -> str:
         """Where the runs are recorded, safe to print (no credentials)."""
+
+
+class ModelStore(Protocol):
+    """Where models live and what the model commands record."""
+
+    def fetch(self, ref: ModelRef, workdir: Path, *, command: str) -> Source:
+        """The checkpoint (or logged weights) and tokenizer `ref` names, downloaded into `workdir`."""
+
+    def run_data(self, run_id: str, workdir: Path) -> dict[str, Any] | None:
+        """The `data` section of the run's resolved config, if it was logged."""
+
+    def record_generations(self, cfg: GenerateConfig, texts: list[str]) -> None:
+        """Record the generated texts (with the settings) where the step is tracked."""
+
+    def record_evaluation(self, cfg: EvaluateConfig, source: Source, metrics: dict[str, float],
+                          step: int) -> str | None:
+        """Log the metrics; return the run that received them (None: not recorded)."""
+
+    def record_export(self, cfg: ExportConfig, source: Source, folder: Path, class_name: str) -> None:
+        """Attach the Hugging Face export to the source's run (as asked by `cfg`)."""
+

@@ -87,6 +87,7 @@ def evaluate_children(run_ids: Sequence[str], datasets: Sequence[str], *, cache_
     """
     from mlproject.inference.eval_config import EvaluateConfig
     from mlproject.app.evaluate import run_evaluate
+    from mlproject.tracking.model_store import MlflowModelStore
     from mlproject.tracking.queries import get_run
 
     wanted = eval_metric_names(datasets)
@@ -96,6 +97,7 @@ def evaluate_children(run_ids: Sequence[str], datasets: Sequence[str], *, cache_
             continue
         print(f"--- evaluating child {record.run_name or run_id} on {', '.join(datasets)}", flush=True)
         try:
-            run_evaluate(EvaluateConfig(run_id=run_id, datasets=list(datasets), cache_dir=cache_dir, device=device))
+            run_evaluate(EvaluateConfig(run_id=run_id, datasets=list(datasets), cache_dir=cache_dir, device=device),
+                         MlflowModelStore())
         except MlprojectError as exc:  # the child keeps its training metrics; the parent lacks this cell
             warn(f"evaluation of child {record.run_name or run_id} failed: {exc}")

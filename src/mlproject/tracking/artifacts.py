@@ -194,7 +194,7 @@ def log_model(model: Any, *, tokenizer_path: str | Path, register_as: str | None
 def load_logged_model(model_uri: str, dst_dir: str | Path, device: Any = "cpu") -> tuple[Any, Path]:
     """A LoggedModel or registered model version (`models:/NAME@alias` too): (GPT in eval mode,
     tokenizer.json path), read from its safetensors weights and JSON config; no code is run."""
-    from mlproject.tracking.textgen import load_artifacts
+    from mlproject.model.folder import load_folder
 
     try:
         with quiet():
@@ -203,4 +203,4 @@ def load_logged_model(model_uri: str, dst_dir: str | Path, device: Any = "cpu") 
         raise MlprojectError(f"cannot load model {model_uri!r}: {str(exc).splitlines()[0]}") from None
     if not (local / "artifacts").is_dir():
         raise MlprojectError(f"model {model_uri!r} has no artifacts/ folder; it was not logged by `mlproject`")
-    return load_artifacts(local / "artifacts", device)
+    return load_folder(local / "artifacts", device)

@@ -2,11 +2,8 @@
 
 A LoggedModel of this project is an MLflow "models from code" pyfunc (`textgen_code.py`, two
 lines that build `TextGenerationModel`), so MLflow never unpickles a Python object to load it.
-Its artifacts are plain data:
-
-    artifacts/model.safetensors   the weights (tied embeddings stored once)
-    artifacts/model_config.json   the resolved GPTConfig the weights belong to
-    artifacts/tokenizer.json      the run's byte-level BPE tokenizer
+Its `artifacts/` are plain data, the folder layout of `model/folder.py` (safetensors weights,
+JSON config, tokenizer).
 
 `predict` takes a list of prompts or a DataFrame with a `prompt` column and returns the texts
 (prompt + continuation, as `mlproject generate` prints them). The generation settings are
@@ -17,7 +14,6 @@ inference params of the signature, like MLflow's transformers flavor:
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,10 +24,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from mlproject.errors import MlprojectError
+from mlproject.model.folder import load_folder, save_folder
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "model_config.json"
-TOKENIZER_FILE = "tokenizer.json"
 PROMPT_COLUMN = "prompt"
 CODE_FILE = Path(__file__).with_name("textgen_code.py")
 
@@ -49,54 +43,6 @@ SIGNATURE = ModelSignature(
     params=ParamSchema([ParamSpec(k, _PARAM_TYPES[type(v)], v) for k, v in PARAM_DEFAULTS.items()]),
 )
 INPUT_EXAMPLE = (["The module"], {"max_new_tokens": 8, "temperature": 0.0})
-
-
-def save_artifacts(model: Any, tokenizer_path: str | Path, folder: str | Path) -> dict[str, str]:
-    """Write weights, config and tokenizer into `folder`; return MLflow's `artifacts` mapping."""
-    import dataclasses
-    import shutil
-
-    from safetensors.torch import save_model
-
-    from mlproject.training.checkpoint import unwrap_model
-
-    folder = Path(folder)
-    bare = unwrap_model(model)
-    # save_model (not save_file) stores a tied tensor once and records the alias.
-    save_model(bare, str(folder / WEIGHTS_FILE))
-    (folder / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(bare.config), indent=1), encoding="utf-8")
-    shutil.copyfile(tokenizer_path, folder / TOKENIZER_FILE)
-    return {"weights": str(folder / WEIGHTS_FILE), "model_config": str(folder / CONFIG_FILE),
-            "tokenizer": str(folder / TOKENIZER_FILE)}
-
-
-def load_artifacts(folder: str | Path, device: Any = "cpu") -> tuple[Any, Path]:
-    """(GPT in eval mode on `device`, tokenizer.json path) from a folder of the files above.
-
-    Reads JSON and safetensors only: a tampered file is an error, never code that runs.
-    """
-    from safetensors.torch import load_model
-
-    from mlproject.training.checkpoint import build_model
-
-    folder = Path(folder)
-    missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE) if not (folder / name).is_file()]
-    if missing:
-        raise MlprojectError(f"model folder {folder} has no {missing[0]}; it was not logged by this mlproject")
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MlprojectError(f"{folder / CONFIG_FILE} is not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise MlprojectError(f"{folder / CONFIG_FILE} holds no model config mapping")
-    model = build_model(config)
-    try:
-        load_model(model, str(folder / WEIGHTS_FILE), strict=True)
-    except Exception as exc:  # safetensors raises its own error types for malformed files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MlprojectError(f"{folder / WEIGHTS_FILE} is not a safetensors file of this model: {first}") from None
-    model.tie_weights()
-    return model.to(device).eval(), folder / TOKENIZER_FILE
 
 
 def prompts_of(model_input: Any) -> list[str]:
@@ -139,8 +85,7 @@ class TextGenerationModel(mlflow.pyfunc.PythonModel):
         from mlproject.data.tokenizer import load_tokenizer, special_ids
         from mlproject.training.device import select_device
 
-        self.model, tokenizer_path = load_artifacts(Path(context.artifacts["weights"]).parent,
-                                                    select_device("auto"))
+        self.model, tokenizer_path = load_folder(Path(context.artifacts["weights"]).parent, select_device("auto"))
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.eot_id, _ = special_ids(self.tokenizer)
 
@@ -165,7 +110,7 @@ def log_text_model(model: Any, *, tokenizer_path: str | Path, register_as: str |
     import mlproject
 
     with tempfile.TemporaryDirectory(prefix="mlproject-model-") as tmp:
-        artifacts = save_artifacts(model, tokenizer_path, tmp)
+        artifacts = {name: str(path) for name, path in save_folder(model, tokenizer_path, tmp).items()}
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(CODE_FILE), artifacts=artifacts, signature=SIGNATURE,
             input_example=INPUT_EXAMPLE,
