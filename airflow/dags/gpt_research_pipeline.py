@@ -2,7 +2,7 @@
 
 One task per enabled step of the pipeline YAML (configs/pipeline/), wired by the steps'
 `needs`. Every task runs, in the step image (docker/Dockerfile), exactly the command that
-`mlproject pipeline` runs for that step: `mlproject.orchestration.pipeline.step_command` builds
+`mlproject pipeline` runs for that step: `mlproject.orchestration.steps.step_command` builds
 it, so the DAG never re-implements a step. Steps log to one MLflow tracking server.
 
 Results flow through XCom: the image's entry point prints the step's `MLPROJECT_RESULT {json}`
@@ -61,8 +61,9 @@ from airflow.sdk import DAG, Param, task
 from docker.types import DeviceRequest, Mount
 
 from mlproject.errors import ConfigError, MlprojectError
-from mlproject.orchestration.pipeline import (RESUMABLE, load_pipeline, parse_step_result, step_command, step_env,
-                                         sweep_stage_command)
+from mlproject.orchestration.graph import load_pipeline
+from mlproject.orchestration.steps import RESUMABLE, step_command, step_env, sweep_stage_command
+from mlproject.protocol import parse_step_result
 from mlproject.research.sweep import child_command
 
 log = logging.getLogger(__name__)

@@ -169,11 +169,12 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from mlproject.orchestration.pipeline import PipelineOptions, run_pipeline
+    from mlproject.orchestration.config import PipelineOptions
+    from mlproject.orchestration.runner import run_pipeline
 
-    options = PipelineOptions(steps=args.step or [], dry_run=args.dry_run,
+    options = PipelineOptions(config=args.config, step=args.step or [], dry_run=args.dry_run,
                               continue_on_error=args.continue_on_error, resume=args.resume)
-    return run_pipeline(args.config, options)
+    return run_pipeline(options)
 
 
 def _server(args: argparse.Namespace) -> int:

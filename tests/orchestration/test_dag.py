@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from mlproject.errors import MlprojectError
-from mlproject.orchestration.pipeline import load_pipeline, step_command
+from mlproject.orchestration.graph import load_pipeline
+from mlproject.orchestration.steps import step_command
 
 DAG_FILE = Path(__file__).resolve().parents[2] / "airflow" / "dags" / "gpt_research_pipeline.py"
 PARENT = "0123456789abcdef0123456789abcdef"

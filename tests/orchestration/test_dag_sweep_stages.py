@@ -10,7 +10,8 @@ import pytest
 
 from test_dag import PARENT, FakeTI, load_dag_module, pipeline_yaml, render_command  # noqa: F401 (fixture)
 from mlproject.errors import ConfigError, MlprojectError
-from mlproject.orchestration.pipeline import load_pipeline, sweep_stage_command
+from mlproject.orchestration.graph import load_pipeline
+from mlproject.orchestration.steps import sweep_stage_command
 
 CHILDREN = ["a" * 32, "b" * 32]
 PLAN_LINE = "MLPROJECT_RESULT " + json.dumps({"step": "compare", "stage": "plan", "run_id": PARENT,

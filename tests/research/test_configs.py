@@ -12,7 +12,7 @@ from mlproject.errors import ConfigError
 from mlproject.research.ablation import AblationJob
 from mlproject.research.compare import CompareJob
 from mlproject.research.config import PlotConfig
-from mlproject.orchestration.pipeline import load_pipeline
+from mlproject.orchestration.graph import load_pipeline
 from mlproject.research.tune import TuneJob
 from mlproject.app.config import RunConfig
 from sweep_helpers import REPO

@@ -96,14 +96,3 @@ def test_plot_draws_val_bpb_best_from_the_tracking_store(compare_sweep, research
     assert [p.name for p in written if p.suffix == ".png"] == ["compare_val_bpb_best.png"]
     summary = (tmp_path / "compare_val_bpb_best_summary.csv").read_text().splitlines()
     assert [line.split(",")[1] for line in summary[1:]] == ["gpt2", "gpt3"]
-
-
-
-def test_a_pipeline_step_can_evaluate_the_run_an_upstream_step_trained():
-    from mlproject.orchestration.pipeline import PipelineStep, step_command
-
-    step = PipelineStep(id="eval", entry_point="evaluate", needs=["train"],
-                        parameters={"run_id": "{{ steps.train.run_id }}", "datasets": ["pydocs", "wikitext2"]})
-    assert step_command(step, "/proj", {"train": {"run_id": "abc"}}) == [
-        "mlflow", "run", "/proj", "-e", "evaluate", "--env-manager", "local",
-        "-P", "run_id=abc", "-P", "datasets=pydocs wikitext2"]

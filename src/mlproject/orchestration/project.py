@@ -14,6 +14,7 @@ import dataclasses
 from pathlib import Path
 
 from mlproject.errors import ConfigError
+from mlproject.orchestration.config import Pipeline
 
 PROJECT_FILE = "MLproject"
 
@@ -39,15 +40,15 @@ def find_project(project_dir: str, config_path: str | Path) -> Path:
                       "run from the repository root or set pipeline.project_dir to the repository")
 
 
-def localize(pipeline: object) -> object:
+def localize(pipeline: Pipeline) -> Pipeline:
     """The pipeline with an absolute project dir and relative file parameters resolved in it."""
-    settings = pipeline.settings  # type: ignore[attr-defined]
-    project = find_project(settings.project_dir, pipeline.source)  # type: ignore[attr-defined]
+    settings = pipeline.settings
+    project = find_project(settings.project_dir, pipeline.source)
     here = Path.cwd() / settings.project_dir
     if here.is_dir() and here.resolve() == project:
         return pipeline  # started where the paths already work: commands stay as written
     steps = []
-    for step in pipeline.steps:  # type: ignore[attr-defined]
+    for step in pipeline.steps:
         params = {}
         for key, value in step.parameters.items():
             if (isinstance(value, str) and "{{" not in value and value and not Path(value).is_absolute()

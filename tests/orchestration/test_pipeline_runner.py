@@ -1,4 +1,4 @@
-"""The pipeline runner: config validation, the shared step command, order, failures, resume.
+"""The local pipeline runner: order, results passed between steps, report, failures, resume.
 
 Steps run a fake `mlflow` (first on PATH) that records its arguments and prints an
 MLPROJECT_RESULT line, so these tests exercise the runner, not training.
@@ -10,14 +10,14 @@ import json
 import os
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from mlproject.errors import ConfigError, MlprojectError
-from mlproject.orchestration.pipeline import (PipelineOptions, PipelineStep, load_pipeline, parse_step_result,
-                                         run_pipeline, step_command)
+from mlproject.orchestration.config import PipelineOptions
+from mlproject.orchestration.runner import run_pipeline
 
 FAKE_MLFLOW = textwrap.dedent('''\
     import json, os, sys
@@ -39,8 +39,37 @@ FAKE_MLFLOW = textwrap.dedent('''\
 ''')
 
 
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store for the module, created here before any step process starts (concurrent
+    schema migrations of a fresh SQLite file fail)."""
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # the store's default artifact root (./mlruns) lands in the temp folder
+        MlflowClient(tracking_uri=uri).search_experiments()
+    return uri
+
+
 @pytest.fixture
-def fake_mlflow(research_env, tmp_path, monkeypatch):
+def tracking_env(store_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The module's store, no inherited MLflow run, the test's own working directory."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(store_uri)
+    yield store_uri
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def fake_mlflow(tracking_env, tmp_path, monkeypatch):
     """A fake `mlflow` first on PATH; returns a function reading its calls."""
     bin_dir = tmp_path / "fakebin"
     bin_dir.mkdir()
@@ -75,51 +104,9 @@ def report_of(root: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_step_command_is_an_mlflow_run_of_the_entry_point():
-    step = PipelineStep(id="plot", entry_point="plot", parameters={"seeds": [1, 2], "fair_recipe": False,
-                                                                   "parent_run_id": "{{ steps.cmp.run_id }}"},
-                        experiment_name="exp")
-    assert step_command(step, "/proj", {"cmp": {"run_id": "abc"}}) == [
-        "mlflow", "run", "/proj", "-e", "plot", "--env-manager", "local", "--experiment-name", "exp",
-        "-P", "seeds=1 2", "-P", "fair_recipe=false", "-P", "parent_run_id=abc"]
-
-
-def test_step_command_adds_resume_only_to_sweep_steps():
-    assert "resume=true" in step_command(PipelineStep(id="c", entry_point="compare"), resume=True)
-    assert "resume=true" not in step_command(PipelineStep(id="p", entry_point="plot"), resume=True)
-
-
-def test_step_command_without_the_upstream_result_is_an_error():
-    step = PipelineStep(id="plot", entry_point="plot", parameters={"parent_run_id": "{{ steps.cmp.run_id }}"})
-    with pytest.raises(MlprojectError, match="steps.cmp.run_id"):
-        step_command(step, ".", {})
-
-
-def test_parse_step_result_takes_the_last_result_line():
-    out = 'x\nMLPROJECT_RESULT {"run_id": "a"}\nnoise\nMLPROJECT_RESULT {"run_id": "b"}\ntrailing log\n'
-    assert parse_step_result(out) == {"run_id": "b"}
-    assert parse_step_result("no result here") is None
-
-
-@pytest.mark.parametrize("steps, message", [
-    ([{"id": "a", "entry_point": "plot", "needs": ["b"]}, {"id": "b", "entry_point": "plot", "needs": ["a"]}],
-     "cycle"),
-    ([{"id": "a", "entry_point": "plot", "needs": ["zzz"]}], "unknown step 'zzz'"),
-    ([{"id": "a", "entry_point": "plot"},
-      {"id": "b", "entry_point": "plot", "parameters": {"x": "{{ steps.a.run_id }}"}}], "add a to its needs"),
-    ([{"id": "a", "entry_point": "bogus"}], "entry_point='bogus'"),
-    ([{"id": "a", "entry_point": "plot", "colour": "red"}], "unknown key 'colour'"),
-])
-def test_invalid_pipeline_is_a_one_line_config_error_naming_the_file(tmp_path, steps, message):
-    path = write_pipeline(tmp_path / "bad.yaml", steps)
-    with pytest.raises(ConfigError, match=message) as info:
-        load_pipeline(path)
-    assert str(path) in str(info.value) and "\n" not in str(info.value)
-
-
 def test_dry_run_prints_commands_in_dependency_order_and_runs_nothing(fake_mlflow, tmp_path, capsys):
     path = write_pipeline(tmp_path / "p.yaml", STEPS)
-    assert run_pipeline(path, PipelineOptions(dry_run=True)) == 0
+    assert run_pipeline(PipelineOptions(str(path), dry_run=True)) == 0
     out = capsys.readouterr().out
     assert out.index("-e compare") < out.index("-e plot")
     assert "parent_run_id=<steps.compare.run_id>" in out
@@ -129,7 +116,7 @@ def test_dry_run_prints_commands_in_dependency_order_and_runs_nothing(fake_mlflo
 
 def test_steps_run_in_dependency_order_passing_run_ids(fake_mlflow, tmp_path):
     path = write_pipeline(tmp_path / "p.yaml", STEPS)
-    assert run_pipeline(path, PipelineOptions()) == 0
+    assert run_pipeline(PipelineOptions(str(path))) == 0
     calls = fake_mlflow()
     assert [c["entry_point"] for c in calls] == ["compare", "plot"]
     assert calls[0]["params"]["seeds"] == "42 43"
@@ -139,7 +126,7 @@ def test_steps_run_in_dependency_order_passing_run_ids(fake_mlflow, tmp_path):
 
 def test_report_records_each_step(fake_mlflow, tmp_path):
     path = write_pipeline(tmp_path / "p.yaml", STEPS)
-    run_pipeline(path, PipelineOptions())
+    run_pipeline(PipelineOptions(str(path)))
     report = report_of(tmp_path)
     assert report["status"] == "succeeded"
     compare = next(s for s in report["steps"] if s["id"] == "compare")
@@ -152,7 +139,7 @@ def test_report_is_logged_to_the_pipeline_run(fake_mlflow, tmp_path):
     from mlflow import MlflowClient
 
     path = write_pipeline(tmp_path / "p.yaml", STEPS)
-    run_pipeline(path, PipelineOptions())
+    run_pipeline(PipelineOptions(str(path)))
     run = MlflowClient().get_run(report_of(tmp_path)["pipeline_run_id"])
     assert run.info.status == "FINISHED"
     assert "report.json" in [f.path for f in MlflowClient().list_artifacts(run.info.run_id)]
@@ -168,7 +155,7 @@ def test_a_pipeline_run_made_by_mlflow_run_gets_the_pipelines_name_and_a_step_ta
     pipeline_run = client.create_run(experiment_id).info.run_id  # a random name, as `mlflow run` gives
     monkeypatch.setenv("MLFLOW_RUN_ID", pipeline_run)
     path = write_pipeline(tmp_path / "p.yaml", STEPS)
-    assert run_pipeline(path, PipelineOptions()) == 0
+    assert run_pipeline(PipelineOptions(str(path))) == 0
     run = client.get_run(pipeline_run)
     assert run.info.run_name == report_of(tmp_path)["pipeline"]
     note = run.data.tags["mlflow.note.content"]
@@ -185,7 +172,7 @@ def test_steps_do_not_inherit_the_pipelines_own_mlflow_run(fake_mlflow, tmp_path
     monkeypatch.setenv("MLFLOW_RUN_ID", pipeline_run)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
     path = write_pipeline(tmp_path / "p.yaml", STEPS)
-    assert run_pipeline(path, PipelineOptions()) == 0
+    assert run_pipeline(PipelineOptions(str(path))) == 0
     assert [c["mlflow_run_id"] for c in fake_mlflow()] == [None, None]
     assert report_of(tmp_path)["pipeline_run_id"] == pipeline_run
 
@@ -194,7 +181,7 @@ def test_failed_step_stops_the_pipeline_and_its_error_is_reported(fake_mlflow, t
     steps = [{"id": "a", "entry_point": "train", "parameters": {"name": "a", "fail": True}},
              {"id": "b", "entry_point": "train", "parameters": {"name": "b"}}]
     path = write_pipeline(tmp_path / "p.yaml", steps)
-    assert run_pipeline(path, PipelineOptions()) == 1
+    assert run_pipeline(PipelineOptions(str(path))) == 1
     assert [c["params"]["name"] for c in fake_mlflow()] == ["a"]
     report = report_of(tmp_path)
     a, b = report["steps"]
@@ -208,7 +195,7 @@ def test_continue_on_error_runs_independent_steps_but_not_dependents(fake_mlflow
              {"id": "b", "entry_point": "train", "parameters": {"name": "b"}},
              {"id": "c", "entry_point": "plot", "needs": ["a"], "parameters": {"name": "c"}}]
     path = write_pipeline(tmp_path / "p.yaml", steps)
-    assert run_pipeline(path, PipelineOptions(continue_on_error=True)) == 1
+    assert run_pipeline(PipelineOptions(str(path), continue_on_error=True)) == 1
     assert [c["params"]["name"] for c in fake_mlflow()] == ["a", "b"]
     statuses = {s["id"]: s["status"] for s in report_of(tmp_path)["steps"]}
     assert statuses == {"a": "failed", "b": "succeeded", "c": "skipped"}
@@ -216,8 +203,8 @@ def test_continue_on_error_runs_independent_steps_but_not_dependents(fake_mlflow
 
 def test_step_selection_runs_only_the_named_steps_with_earlier_results(fake_mlflow, tmp_path):
     path = write_pipeline(tmp_path / "p.yaml", STEPS)
-    run_pipeline(path, PipelineOptions())
-    assert run_pipeline(path, PipelineOptions(steps=["plot"])) == 0
+    run_pipeline(PipelineOptions(str(path)))
+    assert run_pipeline(PipelineOptions(str(path), step=["plot"])) == 0
     calls = fake_mlflow()
     assert [c["entry_point"] for c in calls] == ["compare", "plot", "plot"]
     assert calls[-1]["params"]["parent_run_id"] == "run-compare"
@@ -226,7 +213,7 @@ def test_step_selection_runs_only_the_named_steps_with_earlier_results(fake_mlfl
 def test_disabled_steps_are_skipped(fake_mlflow, tmp_path):
     steps = [{"id": "a", "entry_point": "train", "parameters": {"name": "a"}},
              {"id": "b", "entry_point": "train", "enabled": False, "parameters": {"name": "b"}}]
-    run_pipeline(write_pipeline(tmp_path / "p.yaml", steps), PipelineOptions())
+    run_pipeline(PipelineOptions(str(write_pipeline(tmp_path / "p.yaml", steps))))
     assert [c["params"]["name"] for c in fake_mlflow()] == ["a"]
     assert report_of(tmp_path)["steps"][1]["reason"] == "disabled"
 
@@ -238,8 +225,8 @@ def test_resume_skips_succeeded_steps_and_resumes_the_failed_sweep(fake_mlflow, 
              {"id": "plot", "entry_point": "plot", "needs": ["compare", "ablation"],
               "parameters": {"name": "plot", "parent_run_id": "{{ steps.compare.run_id }}"}}]
     path = write_pipeline(tmp_path / "p.yaml", steps)
-    assert run_pipeline(path, PipelineOptions()) == 1
-    assert run_pipeline(path, PipelineOptions(resume=True)) == 0
+    assert run_pipeline(PipelineOptions(str(path))) == 1
+    assert run_pipeline(PipelineOptions(str(path), resume=True)) == 0
     calls = fake_mlflow()
     assert [c["entry_point"] for c in calls] == ["compare", "ablation", "ablation", "plot"]
     assert calls[2]["params"]["resume"] == "true"
