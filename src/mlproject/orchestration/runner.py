@@ -257,6 +257,8 @@ def _dry_run(pipeline: Pipeline, plan: Sequence[tuple[PipelineStep, str]], optio
 
 def _print_summary(pipeline: Pipeline, report: _Report, tracking_uri: str) -> None:
     """Per step: status, run, experiment and plots; then where to browse them."""
+    from mlproject.tracking.best_model import predict_command
+
     data = report.data
     print(f"\npipeline {pipeline.settings.name}: {data['status']} ({data.get('duration_sec', 0)} s)")
     for s in data["steps"]:
@@ -273,7 +275,6 @@ def _print_summary(pipeline: Pipeline, report: _Report, tracking_uri: str) -> No
             print(f"      plot: {plot}")
         if result.get("model_uri"):
             print(f"      model: {result['model_uri']}")
-            print("      predict: python -c \"import mlflow; print(mlflow.pyfunc.load_model("
-                  f"'{result['model_uri']}').predict(['The module'], params={{'max_new_tokens': 20}}))\"")
+            print(f"      predict: {predict_command(result['model_uri'])}")
     print(f"report: {report.path.resolve()}")
     print(f"browse: mlflow ui --backend-store-uri {scrub(tracking_uri)}", flush=True)

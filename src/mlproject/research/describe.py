@@ -100,7 +100,7 @@ def finish_parent(spec: Any, parent_run_id: str, rows: Sequence[Row], stats: Swe
     """After the sweep: the best child's model logged (and registered with `register_best`), the
     parent's description written. Returns the fields this adds to the MLPROJECT_RESULT line."""
     from mlproject.errors import MlprojectError
-    from mlproject.tracking.best_model import publish_best
+    from mlproject.tracking.best_model import predict_command, publish_best
     from mlproject.tracking.client import describe_run
 
     metric = spec.metrics[0]
@@ -124,8 +124,7 @@ def finish_parent(spec: Any, parent_run_id: str, rows: Sequence[Row], stats: Swe
     fields = {"model_uri": published.model_uri}
     if published.alias_uri:
         print(f"registered: {published.registered_uri} (alias {published.alias_uri})")
-        print("predict: python -c \"import mlflow; print(mlflow.pyfunc.load_model("
-              f"'{published.alias_uri}').predict(['The module'], params={{'max_new_tokens': 20}}))\"")
+        print(f"predict: {predict_command(published.alias_uri)}")
         fields.update(model_uri=published.alias_uri, registered_model_uri=published.registered_uri)
     return fields
 

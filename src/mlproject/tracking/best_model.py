@@ -27,6 +27,12 @@ BEST_MODEL_TAG = "mlproject.best_model_uri"
 REGISTERED_TAG = "mlproject.registered_model_uri"
 
 
+def predict_command(model_uri: str) -> str:
+    """A shell line that loads the model with MLflow alone and generates from one prompt."""
+    return (f"python -c \"import mlflow; print(mlflow.pyfunc.load_model('{model_uri}')"
+            f".predict(['The module'], params={{'max_new_tokens': 20}}))\"")
+
+
 @dataclass
 class BestModel:
     run_id: str                       # the child run the model belongs to
