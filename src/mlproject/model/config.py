@@ -24,6 +24,14 @@ PRESETS: dict[str, tuple[int, int, int]] = {
     "gpt2-350m": (24, 16, 1024),  # GPT-2 medium
 }
 
+
+def preset_sizes(name: str) -> tuple[int, int, int]:
+    """(n_layer, n_head, d_model) of preset `name`; the one check of a preset name."""
+    if name not in PRESETS:
+        raise ConfigError(f"preset={name!r} is unknown; expected one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
 # Context length when the config leaves it unset: GPT-2 used 1024, GPT-3 doubled it to 2048
 # (Brown et al., 2020, section 2.1).
 DEFAULT_BLOCK_SIZE = {"gpt2": 1024, "gpt3": 2048}
@@ -79,9 +87,7 @@ class GPTConfig:
         """The concrete config: preset sizes applied, per-version defaults filled, validated."""
         cfg = dataclasses.replace(self)
         if cfg.preset is not None:
-            if cfg.preset not in PRESETS:
-                raise ConfigError(f"preset={cfg.preset!r} is unknown; expected one of: {', '.join(PRESETS)}")
-            n_layer, n_head, d_model = PRESETS[cfg.preset]
+            n_layer, n_head, d_model = preset_sizes(cfg.preset)
             cfg.n_layer = cfg.n_layer if cfg.n_layer is not None else n_layer
             cfg.n_head = cfg.n_head if cfg.n_head is not None else n_head
             cfg.d_model = cfg.d_model if cfg.d_model is not None else d_model
@@ -154,5 +160,5 @@ class GPTConfig:
             raise ConfigError(f"mlp_hidden_size={self.mlp_hidden_size} must be positive")
         if self.norm_eps <= 0:
             raise ConfigError(f"norm_eps={self.norm_eps} must be positive")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ConfigError(f"preset={self.preset!r} is unknown; expected one of: {', '.join(PRESETS)}")
+        if self.preset is not None:
+            preset_sizes(self.preset)

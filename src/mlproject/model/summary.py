@@ -15,7 +15,7 @@ import time
 import torch
 
 from mlproject.errors import ConfigError
-from mlproject.model.config import PRESETS, GPTConfig
+from mlproject.model.config import GPTConfig, preset_sizes
 from mlproject.model.gpt import GPT
 
 VOCAB_SIZE = 50304   # GPT-2's 50257 tokens padded to a multiple of 64
@@ -63,8 +63,7 @@ def _train_step(model: GPT, seq_len: int, generator: torch.Generator) -> tuple[f
 def run_summary(presets: list[str], model_versions: list[str], block_size: int) -> list[dict]:
     """Print one row per version x preset (sizes, parameters, FLOPs, one training step); return the rows."""
     for preset in presets:
-        if preset not in PRESETS:
-            raise ConfigError(f"preset={preset!r} is unknown; expected one of: {', '.join(PRESETS)}")
+        preset_sizes(preset)
     for version in model_versions:
         if version not in ("gpt2", "gpt3"):
             raise ConfigError(f"model_version={version!r} is unknown; expected gpt2 or gpt3")
