@@ -28,7 +28,7 @@ import numpy as np
 import xxhash
 
 from mlproject.errors import MlprojectError
-from mlproject.io import atomic_write_bytes, temp_path
+from mlproject.io import atomic_open, atomic_write_bytes
 
 # 2: headers carry `content_hash`. Part of the corpus key, so version-1 caches (size-checked
 # only) are never opened: they sit under other names and a new cache is built beside them.
@@ -126,8 +126,8 @@ def open_token_cache(path: str | Path, *, verify: bool = True) -> TokenCache:
 class TokenCacheWriter:
     """Appends tokenized documents to `<split>.bin` chunk by chunk, so memory stays flat.
 
-    Writes go to a temp file renamed into place by `close()`, which then writes the header;
-    a writer left without `close()` (an error, a kill) leaves no cache behind.
+    Writes go through `io.atomic_open`: `close()` renames the file into place and then writes
+    the header; a writer left without `close()` (an error, a kill) leaves no cache behind.
     """
 
     def __init__(self, path: str | Path, *, vocab_size: int, eot_id: int, meta: dict[str, Any]) -> None:
@@ -141,8 +141,8 @@ class TokenCacheWriter:
         self.text_bytes = 0
         self.vocab_size = vocab_size
         self._hasher = xxhash.xxh3_128()  # over exactly the bytes written, so no second read
-        self._tmp = temp_path(self.path)
-        self._file = open(self._tmp, "xb")
+        self._open = contextlib.ExitStack()
+        self._file = self._open.enter_context(atomic_open(self.path, "wb"))
 
     def write(self, docs: Sequence[Sequence[int]], text_bytes: int = 0) -> None:
         """Append documents (lists of ids), each followed by `<|endoftext|>`."""
@@ -163,8 +163,7 @@ class TokenCacheWriter:
 
     def close(self) -> TokenCache:
         """Finish the file, write the header, and open the result."""
-        self._file.close()
-        os.replace(self._tmp, self.path)
+        self._open.close()  # renames the finished file into place
         header = {**self.meta, "num_tokens": self.num_tokens, "num_docs": self.num_docs,
                   "text_bytes": self.text_bytes, "dtype": self.dtype.name, "format_version": FORMAT_VERSION,
                   "content_hash": f"{HASH_NAME}:{self._hasher.hexdigest()}"}
@@ -173,5 +172,5 @@ class TokenCacheWriter:
 
     def abort(self) -> None:
         """Drop the partial file."""
-        self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        reason = MlprojectError(f"token cache {self.path} aborted")
+        self._open.__exit__(type(reason), reason, None)  # the temp file is removed, nothing renamed
