@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from mlproject.config import build_sections, check_types, field
+from mlproject.config import build_sections, check_types, field, flatten
 from mlproject.data.config import DataConfig
 from mlproject.errors import ConfigError
 from mlproject.model.config import GPTConfig
@@ -57,6 +59,11 @@ class RunConfig:
         model, train = resolve(self.model, self.train, vocab_size)
         return RunConfig(model=model, data=dataclasses.replace(self.data, vocab_size=vocab_size), train=train,
                          tracking=dataclasses.replace(self.tracking, experiment_name=self.experiment_name))
+
+    def flat(self, sections: Sequence[str] = ("model", "data", "train")) -> dict[str, Any]:
+        """`sections` as `section.key` entries (MLflow params, sweep keys). By default what
+        decides the trained model: the tracking section only names and places the run."""
+        return flatten({name: getattr(self, name) for name in sections})
 
     @property
     def experiment_name(self) -> str:
