@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
+from helpers import TINY_DATA, TINY_MODEL
+
+
+def _flags(values: dict) -> str:
+    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in values.items())
+
 
 # Appended to a dataloaders command: the sizes of the data that every test shares.
-DATA_SHRINK = "--vocab-size 512 --max-train-docs 200 --max-val-docs 20"
+DATA_SHRINK = _flags({k: v for k, v in TINY_DATA.items() if k != "dataset"})
 # Appended to an original command: the same command at a size two CPU cores train in seconds.
 # Later flags win, so these override the original's sizes without editing them.
-SHRINK = ("--n-layer 2 --n-head 2 --d-model 64 --block-size 32 --batch-size 4 --max-steps 4 --eval-batches 2 "
-          + DATA_SHRINK)
+SHRINK = f"{_flags(TINY_MODEL)} --batch-size 4 --max-steps 4 --eval-batches 2 {DATA_SHRINK}"
 
 
 @dataclass

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from compat_helpers import SHRINK, VENV_BIN, Ran, Shell
+from compat_helpers import SHRINK, Ran, Shell
+from helpers import VENV_BIN
 
 
 @pytest.fixture(scope="session")

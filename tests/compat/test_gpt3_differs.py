@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compat_helpers import REPO
+from helpers import REPO
 from mlproject.errors import ConfigError
 from mlproject.model.config import GPTConfig
 from mlproject.model.gpt import GPT

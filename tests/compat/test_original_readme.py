@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from compat_helpers import DATA_SHRINK, REPO, Shell
+from compat_helpers import DATA_SHRINK, Shell
+from helpers import REPO
 
 DATASET_KEYS = ("small", "large", "wikitext2", "tinystories", "openwebtext", "c4_en", "pile", "redpajama",
                 "local_jsonl")

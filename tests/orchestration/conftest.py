@@ -10,7 +10,7 @@ import atexit
 import contextlib
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO, free_port
+
 DAGS = REPO / "airflow" / "dags"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -42,52 +43,67 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class RunningServer:
     url: str
     process: subprocess.Popen
     log: Path
 
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole server: `mlproject server`'s process group and the group of the
+        MLflow server it starts (in a session of its own), so SIGKILL really takes it down."""
+        import psutil
+
+        proc = self.process
+        if proc.poll() is not None:
+            return
+        with contextlib.suppress(psutil.Error):
+            groups = {os.getpgid(c.pid) for c in psutil.Process(proc.pid).children(recursive=True)}
+            for pgid in groups - {proc.pid}:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
 
 @contextlib.contextmanager
-def tracking_server(backend_uri: str, artifacts: Path, *, env: dict[str, str] | None = None,
-                    timeout: float = 90) -> Iterator[RunningServer]:
-    """A real `mlproject server` on a free loopback port, stopped (SIGTERM) on exit."""
-    port = free_port()
-    log = open(artifacts.parent / f"server-{port}.log", "w")
+def tracking_server(backend_uri: str, artifacts: Path, *, port: int | None = None, log: Path | None = None,
+                    env: dict[str, str] | None = None, timeout: float = 90) -> Iterator[RunningServer]:
+    """A real `mlproject server` on loopback (`port`, else a free one), in a session of its own,
+    stopped (SIGTERM to its groups) on exit. Its output is appended to `log` (default
+    server-PORT.log beside `artifacts`): a server restarted on the same log keeps the first one's."""
+    port = port or free_port()
+    log = log or artifacts.parent / f"server-{port}.log"
+    out = open(log, "a")
     proc = subprocess.Popen([sys.executable, "-m", "mlproject", "server", "--port", str(port),
                              "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts),
                              "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    url = f"http://127.0.0.1:{port}"
+                            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            start_new_session=True)
+    server = RunningServer(f"http://127.0.0.1:{port}", proc, log)
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"tracking server exited: {Path(log.name).read_text()[-2000:]}")
+                raise RuntimeError(f"tracking server exited: {log.read_text()[-2000:]}")
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                with urllib.request.urlopen(f"{server.url}/health", timeout=2) as resp:
                     if resp.status == 200:
                         break
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"tracking server did not answer in {timeout} s: {Path(log.name).read_text()[-2000:]}")
+                raise RuntimeError(f"tracking server did not answer in {timeout} s: {log.read_text()[-2000:]}")
             time.sleep(0.5)
-        yield RunningServer(url, proc, Path(log.name))
+        yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.kill(signal.SIGTERM)
+        out.close()
 
 
 @pytest.fixture
@@ -98,7 +114,8 @@ def skip_or_fail():
 
 @pytest.fixture
 def start_server():
-    """`tracking_server` as a fixture: `with start_server(backend_uri, artifacts_dir) as server:`."""
+    """`tracking_server` as a fixture: `with start_server(backend_uri, artifacts_dir) as server:`
+    (`server.kill()` SIGKILLs it mid-test)."""
     return tracking_server
 
 
@@ -121,7 +138,7 @@ def step_image(docker_engine: str) -> str:
     image = os.environ.get("MLPROJECT_IMAGE", "mlproject-step:latest")
     done = subprocess.run([docker_engine, "image", "inspect", image], capture_output=True, text=True)
     if done.returncode != 0:
-        unavailable(f"step image {image} is not built (bash docker/setup_engine.sh builds it)")
+        unavailable(f"step image {image} is not built (IMAGE={image} bash docker/setup_engine.sh builds it)")
     return image
 
 

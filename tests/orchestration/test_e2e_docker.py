@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,23 +20,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import REPO, VENV_BIN, tiny
+
 pytestmark = pytest.mark.slow
 
-DAGS = Path(__file__).resolve().parents[2] / "airflow" / "dags"
-AIRFLOW = str(Path(sys.executable).parent / "airflow")
+DAGS = REPO / "airflow" / "dags"
+AIRFLOW = str(VENV_BIN / "airflow")
 EXPERIMENT = "e2e-dag"
 MODELS, SEEDS = ["gpt2", "gpt3"], [42, 43]
 
 # nano models and 80 steps: a child trains in seconds on 2 CPU cores, checkpointing every 10
 # steps, so the watcher has a few seconds to kill a container between a checkpoint and the end.
-COMPARE = {
-    "model": {"n_layer": 2, "n_head": 2, "d_model": 64, "block_size": 32},
-    "data": {"dataset": "pydocs", "vocab_size": 512, "max_train_docs": 200, "max_val_docs": 20},
-    "train": {"batch_size": 4, "max_steps": 80, "eval_interval": 20, "eval_batches": 2, "log_interval": 5,
-              "save_every": 10, "warmup": 2, "device": "cpu", "num_threads": 1, "progress": "lines"},
-    "tracking": {"experiment_name": EXPERIMENT, "log_model": False},
-    "compare": {"models": MODELS, "seeds": SEEDS},
-}
+COMPARE = tiny(train={"max_steps": 80, "eval_interval": 20, "log_interval": 5, "save_every": 10},
+               tracking={"experiment_name": EXPERIMENT}, extra={"compare": {"models": MODELS, "seeds": SEEDS}})
 
 
 def write_pipeline(root: Path) -> Path:

@@ -13,7 +13,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,24 +20,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import free_port
+from helpers import REPO, VENV_BIN, free_port, tiny
 
 pytestmark = pytest.mark.slow
 
 DAG_ID = "gpt_research_pipeline"
-DAGS = Path(__file__).resolve().parents[2] / "airflow" / "dags"
-AIRFLOW = str(Path(sys.executable).parent / "airflow")
+DAGS = REPO / "airflow" / "dags"
+AIRFLOW = str(VENV_BIN / "airflow")
 EXPERIMENT = "e2e-mapped"
 
 # nano-sized children, 120 steps with a checkpoint every 10: long enough to be caught mid-run.
-COMPARE = {
-    "model": {"n_layer": 2, "n_head": 2, "d_model": 64, "block_size": 32},
-    "data": {"dataset": "pydocs", "vocab_size": 512, "max_train_docs": 200, "max_val_docs": 20},
-    "train": {"batch_size": 4, "max_steps": 120, "eval_interval": 40, "eval_batches": 2, "log_interval": 5,
-              "save_every": 10, "warmup": 2, "device": "cpu", "num_threads": 1, "progress": "lines"},
-    "tracking": {"experiment_name": EXPERIMENT, "log_model": False},
-    "compare": {"models": ["gpt2", "gpt3"], "seeds": [42, 43]},
-}
+COMPARE = tiny(train={"max_steps": 120, "eval_interval": 40, "log_interval": 5, "save_every": 10},
+               tracking={"experiment_name": EXPERIMENT},
+               extra={"compare": {"models": ["gpt2", "gpt3"], "seeds": [42, 43]}})
 
 
 def write_pipeline(root: Path) -> Path:
@@ -92,12 +86,9 @@ def wait_for_run(env: dict[str, str], run_id: str, timeout: float) -> str:
 
 
 def test_mapped_children_run_in_parallel_containers_and_a_killed_child_alone_resumes(
-        tmp_path, monkeypatch, start_server, docker_engine, skip_or_fail):
+        tmp_path, monkeypatch, start_server, docker_engine, step_image):
     from mlflow import MlflowClient
 
-    image = os.environ.get("MLPROJECT_IMAGE", "mlproject-step:latest")
-    if subprocess.run([docker_engine, "image", "inspect", image], capture_output=True).returncode != 0:
-        skip_or_fail(f"step image {image} is not built (IMAGE={image} bash docker/build_image.sh)")
     configs = tmp_path / "configs"
     configs.mkdir()
     pipeline = write_pipeline(configs)
@@ -124,7 +115,7 @@ def test_mapped_children_run_in_parallel_containers_and_a_killed_child_alone_res
                "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                "MLFLOW_TRACKING_URI": server.url, "MLPROJECT_PIPELINE_CONFIG": str(pipeline),
-               "MLPROJECT_IMAGE": image, "MLPROJECT_DOCKER_NETWORK": "host", "MLPROJECT_CACHE_VOLUME": str(cache),
+               "MLPROJECT_IMAGE": step_image, "MLPROJECT_DOCKER_NETWORK": "host", "MLPROJECT_CACHE_VOLUME": str(cache),
                "MLPROJECT_CONFIG_MOUNT": str(configs), "MLPROJECT_RETRIES": "2", "MLPROJECT_RETRY_DELAY_S": "1",
                "MLPROJECT_SWEEP_TASKS": "mapped"}
         env.pop("MLFLOW_RUN_ID", None)

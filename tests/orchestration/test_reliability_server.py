@@ -9,102 +9,27 @@ with `pytest -s` to see them. PostgreSQL comes from MLPROJECT_TEST_PG_URI
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 
+from helpers import REPO, VENV_BIN, free_port, write_tiny
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-TINY = {
-    "model": {"model_version": "gpt2", "n_layer": 2, "n_head": 2, "d_model": 64, "block_size": 32},
-    "data": {"dataset": "pydocs", "vocab_size": 512, "max_train_docs": 200, "max_val_docs": 20},
-    "train": {"batch_size": 4, "max_steps": 12, "eval_interval": 4, "eval_batches": 2, "log_interval": 2,
-              "save_every": 4, "warmup": 2, "device": "cpu", "num_threads": 1, "progress": "lines"},
-    "tracking": {"log_model": False},
-}
 STEP_METRICS = ("train_loss", "lr", "grad_norm", "tokens_per_sec", "ms_per_step", "tokens_seen")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tiny_yaml(path: Path, experiment: str, **sections: dict) -> Path:
-    data = {name: dict(values) for name, values in TINY.items()}
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    data["tracking"].update(experiment_name=experiment, output_dir=str(path.parent / "runs"))
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-@contextlib.contextmanager
-def server(backend: str, artifacts: Path, port: int, log: Path) -> Iterator[subprocess.Popen]:
-    """`mlproject server` on `port` until the block ends (or the test kills it)."""
-    out = open(log, "a")
-    proc = subprocess.Popen([str(BIN / "mlproject"), "server", "--port", str(port), "--backend-store-uri", backend,
-                             "--artifacts-destination", str(artifacts), "--workers", "1"],
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()[-2000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.5)
-        yield proc
-    finally:
-        kill_group(proc, signal.SIGTERM)
-        out.close()
-
-
-def kill_group(proc: subprocess.Popen, sig: int) -> None:
-    """Signal the server and its workers: `mlproject server`'s group and the group of the MLflow
-    server it starts (in a session of its own), so SIGKILL really takes the server down."""
-    import psutil
-
-    if proc.poll() is None:
-        with contextlib.suppress(psutil.Error):
-            groups = {os.getpgid(c.pid) for c in psutil.Process(proc.pid).children(recursive=True)}
-            for pgid in groups - {proc.pid}:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, sig)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def env_for(uri: str, cache: Path, **extra: str) -> dict[str, str]:
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLPROJECT_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
     env.pop("MLFLOW_RUN_ID", None)
     env.pop("MLFLOW_EXPERIMENT_ID", None)
     return env
@@ -131,27 +56,27 @@ def assert_complete(client: MlflowClient, run_id: str, steps: int, keys=STEP_MET
 
 # ----------------------------------------------------------------------------- credentials
 
-def test_no_credential_reaches_the_store_or_its_artifacts(tmp_path):
+def test_no_credential_reaches_the_store_or_its_artifacts(tmp_path, start_server):
     """A password in the tracking URI and a token in the environment, through a train, a parallel
     compare and an `mlflow run`; then the whole database and artifact root are searched for them."""
     password, token = f"pw{uuid.uuid4().hex[:10]}", f"tok{uuid.uuid4().hex[:12]}"
     db = tmp_path / "store.db"
     artifacts = tmp_path / "artifacts"
-    port = free_port()
     experiment = f"secrets-{uuid.uuid4().hex[:6]}"
     cache = tmp_path / "cache"
-    with server(f"sqlite:///{db}", artifacts, port, tmp_path / "server.log"):
+    with start_server(f"sqlite:///{db}", artifacts, log=tmp_path / "server.log", timeout=120) as server:
+        port = server.url.rsplit(":", 1)[1]
         uri = f"http://alice:{password}@127.0.0.1:{port}"
         env = env_for(uri, cache, MLFLOW_TRACKING_TOKEN=token)
-        config = tiny_yaml(tmp_path / "train.yaml", experiment)
-        out = run_ok([str(BIN / "mlproject"), "train", "--config", str(config)], env, tmp_path)
-        compare = tiny_yaml(tmp_path / "compare.yaml", experiment, compare={"models": ["gpt2", "gpt3"],
-                                                                           "seeds": [1], "parallel": 2})
-        out += run_ok([str(BIN / "mlproject"), "compare", "--config", str(compare)], env, tmp_path)
+        config = write_tiny(tmp_path / "train.yaml", experiment)
+        out = run_ok([str(VENV_BIN / "mlproject"), "train", "--config", str(config)], env, tmp_path)
+        compare = write_tiny(tmp_path / "compare.yaml", experiment, compare={"models": ["gpt2", "gpt3"],
+                                                                            "seeds": [1], "parallel": 2})
+        out += run_ok([str(VENV_BIN / "mlproject"), "compare", "--config", str(compare)], env, tmp_path)
         # `mlflow run` itself prints MLflow's run links with the URI as given; only its artifacts count here
-        run_ok([str(BIN / "mlflow"), "run", str(REPO), "-e", "train", "--env-manager", "local",
+        run_ok([str(VENV_BIN / "mlflow"), "run", str(REPO), "-e", "train", "--env-manager", "local",
                        "--experiment-name", experiment, "-P", f"config={config}", "-P", "max_steps=4"], env, REPO)
-        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        client = MlflowClient(tracking_uri=server.url)
         runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
         logs = [client.download_artifacts(c.info.run_id, "logs/train.log", str(tmp_path / c.info.run_id))
@@ -170,20 +95,19 @@ def test_no_credential_reaches_the_store_or_its_artifacts(tmp_path):
 WRITERS, SOAK_STEPS = 8, 500
 
 
-def test_soak_eight_writers_every_step_logged_once_on_postgresql(tmp_path, postgres_uri):
+def test_soak_eight_writers_every_step_logged_once_on_postgresql(tmp_path, postgres_uri, start_server):
     experiment = f"soak-{uuid.uuid4().hex[:6]}"
     cache = tmp_path / "cache"
-    port = free_port()
-    config = tiny_yaml(tmp_path / "soak.yaml", experiment,
-                       train={"max_steps": SOAK_STEPS, "log_interval": 1, "eval_interval": SOAK_STEPS,
-                              "save_every": 250})
-    with server(postgres_uri, tmp_path / "artifacts", port, tmp_path / "server.log"):
-        uri = f"http://127.0.0.1:{port}"
+    config = write_tiny(tmp_path / "soak.yaml", experiment,
+                        train={"max_steps": SOAK_STEPS, "log_interval": 1, "eval_interval": SOAK_STEPS,
+                               "save_every": 250})
+    with start_server(postgres_uri, tmp_path / "artifacts", log=tmp_path / "server.log", timeout=120) as server:
+        uri = server.url
         env = env_for(uri, cache)
-        run_ok([str(BIN / "mlproject"), "dataloaders", "--dataset", "pydocs", "--vocab-size", "512",
+        run_ok([str(VENV_BIN / "mlproject"), "dataloaders", "--dataset", "pydocs", "--vocab-size", "512",
                 "--max-train-docs", "200", "--max-val-docs", "20", "--preview-batches", "0"], env, tmp_path)
         start = time.monotonic()
-        procs = [subprocess.Popen([str(BIN / "mlproject"), "train", "--config", str(config),
+        procs = [subprocess.Popen([str(VENV_BIN / "mlproject"), "train", "--config", str(config),
                                    "--run-name", f"writer-{i}"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for i in range(WRITERS)]
         outputs = [p.communicate(timeout=1500)[0] for p in procs]
@@ -204,17 +128,17 @@ def test_soak_eight_writers_every_step_logged_once_on_postgresql(tmp_path, postg
 RESTART_STEPS, OUTAGE_SEC = 300, 30
 
 
-def test_a_server_killed_mid_sweep_and_restarted_30s_later_loses_nothing(tmp_path, postgres_uri):
+def test_a_server_killed_mid_sweep_and_restarted_30s_later_loses_nothing(tmp_path, postgres_uri, start_server):
     experiment = f"restart-{uuid.uuid4().hex[:6]}"
     cache, artifacts, log = tmp_path / "cache", tmp_path / "artifacts", tmp_path / "server.log"
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    config = tiny_yaml(tmp_path / "compare.yaml", experiment,
-                       train={"max_steps": RESTART_STEPS, "log_interval": 1, "eval_interval": 100, "save_every": 25},
-                       compare={"models": ["gpt2", "gpt3"], "seeds": [1, 2], "parallel": 2})
+    config = write_tiny(tmp_path / "compare.yaml", experiment,
+                        train={"max_steps": RESTART_STEPS, "log_interval": 1, "eval_interval": 100, "save_every": 25},
+                        compare={"models": ["gpt2", "gpt3"], "seeds": [1, 2], "parallel": 2})
     env = env_for(uri, cache)
-    with server(postgres_uri, artifacts, port, log) as first:
-        sweep = subprocess.Popen([str(BIN / "mlproject"), "compare", "--config", str(config)], env=env, cwd=tmp_path,
+    with start_server(postgres_uri, artifacts, port=port, log=log, timeout=120) as first:
+        sweep = subprocess.Popen([str(VENV_BIN / "mlproject"), "compare", "--config", str(config)], env=env, cwd=tmp_path,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert sweep.stdout is not None
         seen = []
@@ -222,12 +146,12 @@ def test_a_server_killed_mid_sweep_and_restarted_30s_later_loses_nothing(tmp_pat
             seen.append(line)
             if "] step 60/" in line:  # the first children are a fifth of the way through
                 break
-        kill_group(first, signal.SIGKILL)
+        first.kill(signal.SIGKILL)
         killed_at = time.monotonic()
     # While the server is down the children keep training; their metrics and uploads wait in retries.
     drain = subprocess.Popen(["cat"], stdin=sweep.stdout, stdout=open(tmp_path / "sweep.log", "w"))
     time.sleep(OUTAGE_SEC)
-    with server(postgres_uri, artifacts, port, log):
+    with start_server(postgres_uri, artifacts, port=port, log=log, timeout=120):
         outage = time.monotonic() - killed_at
         sweep.wait(timeout=1500)
         drain.wait(timeout=60)

@@ -14,24 +14,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
+
+from helpers import write_sweep
 
 pytestmark = pytest.mark.slow
 
 MODELS, SEEDS = ["gpt2", "gpt3"], [42, 43]
-
-
-def tiny_compare(path: Path, experiment: str, cache: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "model": {"n_layer": 2, "n_head": 2, "d_model": 64, "block_size": 32},
-        "data": {"dataset": "pydocs", "vocab_size": 512, "max_train_docs": 200, "max_val_docs": 20,
-                 "cache_dir": str(cache)},
-        "train": {"batch_size": 4, "max_steps": 8, "eval_interval": 4, "eval_batches": 2, "log_interval": 2,
-                  "save_every": 4, "warmup": 2, "device": "cpu", "num_threads": 1, "progress": "lines"},
-        "tracking": {"experiment_name": experiment, "log_model": False, "output_dir": str(path.parent / "runs")},
-        "compare": {"models": MODELS, "seeds": SEEDS},
-    }))
-    return path
 
 
 def test_compare_logs_through_a_postgresql_backed_server(tmp_path, start_server, postgres_uri):
@@ -39,7 +27,8 @@ def test_compare_logs_through_a_postgresql_backed_server(tmp_path, start_server,
     from mlflow import MlflowClient
 
     experiment = f"pg-{uuid.uuid4().hex[:8]}"
-    config = tiny_compare(tmp_path / "compare.yaml", experiment, tmp_path / "cache")
+    config = write_sweep(tmp_path / "compare.yaml", experiment, data={"cache_dir": str(tmp_path / "cache")},
+                         extra={"compare": {"models": MODELS, "seeds": SEEDS}})
     with start_server(postgres_uri, tmp_path / "mlartifacts") as server:
         url = server.url
         env = {**os.environ, "MLFLOW_TRACKING_URI": url, "MLPROJECT_CACHE_DIR": str(tmp_path / "cache"),

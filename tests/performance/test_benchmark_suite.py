@@ -7,9 +7,9 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO
+
 
 FIGURES = {
     "train_gpt2_vs_hf_nano", "train_gpt3_dense_vs_gpt2_nano", "train_gpt3_banded_vs_gpt2_nano", "mfu_nano",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from sweep_helpers import unique, write_yaml
+from helpers import unique, write_sweep
 from mlproject.cli import main
 from mlproject.errors import ConfigError
 from mlproject.research.ablation import AblationJob, parse_values, run_ablation
@@ -39,7 +39,7 @@ def test_duplicate_values_are_an_error():
 ])
 def test_invalid_value_or_combination_fails_before_any_run_exists(research_env, tmp_path, capsys, flags, message):
     experiment = unique("bad-ablation")
-    path = write_yaml(tmp_path / "a.yaml", experiment)
+    path = write_sweep(tmp_path / "a.yaml", experiment)
     assert main(["ablate", "--config", str(path), *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
@@ -48,9 +48,9 @@ def test_invalid_value_or_combination_fails_before_any_run_exists(research_env, 
 
 def test_speed_axis_children_log_cost_and_parent_aggregates_it(research_env, tmp_path):
     experiment = unique("ablation")
-    path = write_yaml(tmp_path / "a.yaml", experiment, model={"model_version": "gpt3"},
-                      extra={"ablation": {"ablation_axis": "attention_impl", "ablation_values": ["manual", "sdpa"],
-                                          "seeds": [1]}})
+    path = write_sweep(tmp_path / "a.yaml", experiment, model={"model_version": "gpt3"},
+                       extra={"ablation": {"ablation_axis": "attention_impl", "ablation_values": ["manual", "sdpa"],
+                                           "seeds": [1]}})
     outcome = run_ablation(AblationJob.load(path))
     client = MlflowClient()
     children = client.search_runs([outcome.experiment_id], f"tags.`mlflow.parentRunId` = '{outcome.parent_run_id}'")

@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 from scipy import stats
 
-from sweep_helpers import children_of, unique, write_yaml
+from helpers import children_of, unique, write_sweep
 from mlproject.cli import main
 from mlproject.errors import ConfigError
 from mlproject.research.compare import CompareJob, run_compare
@@ -87,18 +87,18 @@ def test_compare_prints_the_summary_and_ends_with_its_result_line(compare_sweep)
 
 
 def test_per_version_recipes_without_fair_recipe(tmp_path):
-    path = write_yaml(tmp_path / "c.yaml", "x", model={"block_size": None},
-                      extra={"compare": {"seeds": [1], "fair_recipe": False}})
+    path = write_sweep(tmp_path / "c.yaml", "x", model={"block_size": None},
+                       extra={"compare": {"seeds": [1], "fair_recipe": False}})
     children = CompareJob.load(path).children()
     assert [(c.cfg.train.recipe, c.cfg.model.block_size) for c in children] == [(None, None), (None, None)]
-    fair = CompareJob.load(write_yaml(tmp_path / "f.yaml", "x", model={"block_size": None},
-                                      extra={"compare": {"seeds": [1]}})).children()
+    fair = CompareJob.load(write_sweep(tmp_path / "f.yaml", "x", model={"block_size": None},
+                                       extra={"compare": {"seeds": [1]}})).children()
     assert [(c.cfg.train.recipe, c.cfg.model.block_size) for c in fair] == [("gpt2", 1024), ("gpt2", 1024)]
 
 
 def test_per_model_override_applies_to_that_model_and_is_recorded(tmp_path):
-    path = write_yaml(tmp_path / "c.yaml", "x", extra={"compare": {"seeds": [1]},
-                                                       "per_model": {"gpt3": {"train": {"learning_rate": 1e-3}}}})
+    path = write_sweep(tmp_path / "c.yaml", "x", extra={"compare": {"seeds": [1]},
+                                                        "per_model": {"gpt3": {"train": {"learning_rate": 1e-3}}}})
     gpt2, gpt3 = CompareJob.load(path).children()
     assert (gpt2.cfg.train.learning_rate, gpt3.cfg.train.learning_rate) == (6e-4, 1e-3)
     assert json.loads(gpt3.tags["mlproject.per_model_override"]) == {"train": {"learning_rate": 1e-3}}
@@ -106,13 +106,13 @@ def test_per_model_override_applies_to_that_model_and_is_recorded(tmp_path):
 
 
 def test_per_model_override_of_an_unknown_model_is_an_error(tmp_path):
-    path = write_yaml(tmp_path / "c.yaml", "x", extra={"per_model": {"gpt4": {"train": {"learning_rate": 1e-3}}}})
+    path = write_sweep(tmp_path / "c.yaml", "x", extra={"per_model": {"gpt4": {"train": {"learning_rate": 1e-3}}}})
     with pytest.raises(ConfigError, match="per_model.gpt4"):
         CompareJob.load(path)
 
 
 def test_bad_compare_file_is_one_line_naming_file_key_and_type(tmp_path, capsys):
-    path = write_yaml(tmp_path / "bad.yaml", "x", train={"max_steps": "many"})
+    path = write_sweep(tmp_path / "bad.yaml", "x", train={"max_steps": "many"})
     assert main(["compare", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -122,7 +122,7 @@ def test_bad_compare_file_is_one_line_naming_file_key_and_type(tmp_path, capsys)
 def test_resume_keeps_finished_children_resumes_killed_and_adds_missing(research_env, tmp_path, capsys):
     """An interrupted sweep: one child KILLED, one never recorded; --resume --parallel 2 completes it."""
     experiment = unique("resume")
-    path = write_yaml(tmp_path / "c.yaml", experiment, extra={"compare": {"models": ["gpt2"], "seeds": [1, 2, 3]}})
+    path = write_sweep(tmp_path / "c.yaml", experiment, extra={"compare": {"models": ["gpt2"], "seeds": [1, 2, 3]}})
     first = run_compare(CompareJob.load(path))
     client = MlflowClient()
     by_seed = {int(c.data.tags["mlproject.seed"]): c for c in children_of(first.parent_run_id)}
@@ -144,7 +144,7 @@ def test_a_retry_under_a_new_mlflow_run_adopts_the_children_and_closes_the_old_p
         research_env, tmp_path, monkeypatch):
     """An Airflow retry: `mlflow run` creates a new parent; the killed one must not stay RUNNING."""
     experiment = unique("retry")
-    path = write_yaml(tmp_path / "c.yaml", experiment, extra={"compare": {"models": ["gpt2"], "seeds": [1, 2]}})
+    path = write_sweep(tmp_path / "c.yaml", experiment, extra={"compare": {"models": ["gpt2"], "seeds": [1, 2]}})
     first = run_compare(CompareJob.load(path))
     client = MlflowClient()
     client.update_run(first.parent_run_id, status="RUNNING")  # its process was killed mid-sweep

@@ -15,7 +15,7 @@ from mlproject.research.config import PlotConfig
 from mlproject.orchestration.graph import load_pipeline
 from mlproject.research.tune import TuneJob
 from mlproject.app.config import RunConfig
-from sweep_helpers import REPO
+from helpers import REPO
 
 CONFIGS = REPO / "configs"
 ORIGINAL = ["train/gpt3_research_small.yaml", "compare/gpt2_vs_gpt3_small_fair.yaml",

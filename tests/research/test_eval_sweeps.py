@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 
-from sweep_helpers import children_of, unique, write_yaml
+from helpers import children_of, unique, write_sweep
 from mlproject.cli import main
 from mlproject.research.ablation import AblationJob, run_ablation
 from mlproject.research.eval_metrics import with_eval_metrics
@@ -13,9 +13,9 @@ from mlproject.research.eval_metrics import with_eval_metrics
 
 def test_vocab_size_ablation_trains_a_tokenizer_per_value_and_aggregates_bpb_by_default(research_env, tmp_path,
                                                                                         capsys):
-    path = write_yaml(tmp_path / "a.yaml", unique("vocab"),
-                      extra={"ablation": {"ablation_axis": "vocab_size", "ablation_values": ["300", "512"],
-                                          "seeds": [1]}})
+    path = write_sweep(tmp_path / "a.yaml", unique("vocab"),
+                       extra={"ablation": {"ablation_axis": "vocab_size", "ablation_values": ["300", "512"],
+                                           "seeds": [1]}})
     job = AblationJob.load(path)
     assert "val_loss is nats per token of each tokenizer and is not comparable" in capsys.readouterr().err
     assert job.metrics == ["val_bpb_best"]
@@ -32,16 +32,16 @@ def test_vocab_size_ablation_trains_a_tokenizer_per_value_and_aggregates_bpb_by_
 
 
 def test_per_token_metrics_asked_for_explicitly_are_kept_with_a_warning(research_env, tmp_path, capsys):
-    path = write_yaml(tmp_path / "a.yaml", unique("vocab"),
-                      extra={"ablation": {"ablation_axis": "vocab_size", "ablation_values": ["300", "512"],
-                                          "seeds": [1], "metrics": ["val_loss_best", "val_bpb_best"]}})
+    path = write_sweep(tmp_path / "a.yaml", unique("vocab"),
+                       extra={"ablation": {"ablation_axis": "vocab_size", "ablation_values": ["300", "512"],
+                                           "seeds": [1], "metrics": ["val_loss_best", "val_bpb_best"]}})
     assert AblationJob.load(path).metrics == ["val_loss_best", "val_bpb_best"]
     assert "val_loss_best is per token and not comparable" in capsys.readouterr().err
 
 
 def test_a_vocab_size_ablation_with_a_fixed_tokenizer_is_refused_before_any_run(research_env, tmp_path, capsys):
     experiment = unique("vocab")
-    path = write_yaml(tmp_path / "a.yaml", experiment, data={"tokenizer_path": str(tmp_path / "t.json")})
+    path = write_sweep(tmp_path / "a.yaml", experiment, data={"tokenizer_path": str(tmp_path / "t.json")})
     assert main(["ablate", "--config", str(path), "--ablation-axis", "vocab_size", "--ablation-values", "300",
                  "512"]) == 2
     err = capsys.readouterr().err
@@ -52,7 +52,7 @@ def test_a_vocab_size_ablation_with_a_fixed_tokenizer_is_refused_before_any_run(
 def test_compare_eval_datasets_are_evaluated_per_child_and_aggregated_with_bpb_metric(research_env, tmp_path,
                                                                                        capsys):
     experiment = unique("compare-eval")
-    path = write_yaml(tmp_path / "c.yaml", experiment, model={"attention_window": 8})
+    path = write_sweep(tmp_path / "c.yaml", experiment, model={"attention_window": 8})
     assert main(["compare", "--config", str(path), "--models", "gpt2", "gpt3", "--seeds", "1", "2",
                  "--metric", "val_bpb_best", "--eval-datasets", "pydocs"]) == 0
     out = capsys.readouterr().out
@@ -73,7 +73,7 @@ def test_compare_eval_datasets_are_evaluated_per_child_and_aggregated_with_bpb_m
 
 def test_unknown_eval_dataset_is_a_one_line_error_before_any_run(research_env, tmp_path, capsys):
     experiment = unique("compare-eval")
-    path = write_yaml(tmp_path / "c.yaml", experiment)
+    path = write_sweep(tmp_path / "c.yaml", experiment)
     assert main(["compare", "--config", str(path), "--seeds", "1", "--eval-datasets", "pydocs", "nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown dataset 'nope'" in err and err.count("mlproject: error") == 1

@@ -8,12 +8,12 @@ import subprocess
 from mlflow import MlflowClient
 
 from mlproject.protocol import parse_step_result
-from sweep_helpers import REPO, VENV_BIN, children_of, unique, write_yaml
+from helpers import REPO, VENV_BIN, children_of, unique, write_sweep
 
 
 def test_mlflow_run_compare_makes_the_mlflow_run_the_parent(research_env, tmp_path):
     experiment = unique("mlflow-run")
-    config = write_yaml(tmp_path / "compare.yaml", experiment)
+    config = write_sweep(tmp_path / "compare.yaml", experiment)
     done = subprocess.run(
         [str(VENV_BIN / "mlflow"), "run", str(REPO), "-e", "compare", "--env-manager", "local",
          "--experiment-name", experiment, "-P", f"config={config}", "-P", "models=gpt2", "-P", "seeds=1 2"],

@@ -13,7 +13,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from sweep_helpers import children_of, unique, write_yaml
+from helpers import children_of, unique, write_sweep
 from mlproject.research.compare import CompareJob, run_compare
 
 SEEDS = (1, 2)
@@ -23,9 +23,9 @@ SEEDS = (1, 2)
 def registered_sweep(session_env):
     """(outcome, printed output, registered model name) of a parallel compare with register_best."""
     name = unique("best")
-    path = write_yaml(session_env / "compare-best.yaml", unique("compare-best"), model={"attention_window": 8},
-                      extra={"compare": {"models": ["gpt2", "gpt3"], "seeds": list(SEEDS), "parallel": 2,
-                                         "register_best": name}})
+    path = write_sweep(session_env / "compare-best.yaml", unique("compare-best"), model={"attention_window": 8},
+                       extra={"compare": {"models": ["gpt2", "gpt3"], "seeds": list(SEEDS), "parallel": 2,
+                                          "register_best": name}})
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         outcome = run_compare(CompareJob.load(path))

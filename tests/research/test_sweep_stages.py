@@ -12,15 +12,15 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from sweep_helpers import unique, write_yaml
+from helpers import unique, write_sweep
 from mlproject.cli import main
 from mlproject.protocol import parse_step_result
 from mlproject.training.checkpoint import load_checkpoint
 
 
 def _plan(tmp_path, capsys, **train) -> dict:
-    path = write_yaml(tmp_path / "c.yaml", unique("stages"), train=train,
-                      extra={"compare": {"models": ["gpt2", "gpt3"], "seeds": [1]}})
+    path = write_sweep(tmp_path / "c.yaml", unique("stages"), train=train,
+                       extra={"compare": {"models": ["gpt2", "gpt3"], "seeds": [1]}})
     assert main(["compare", "--config", str(path), "--plan-only"]) == 0
     result = parse_step_result(capsys.readouterr().out)
     assert result is not None and result["stage"] == "plan"

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from sweep_helpers import children_of, unique, write_yaml
+from helpers import children_of, unique, write_sweep
 from mlproject.cli import main
 from mlproject.protocol import parse_step_result
 
@@ -26,8 +26,8 @@ TRAIN = {"max_steps": 12, "eval_interval": 3, "log_interval": 3, "save_every": 0
 
 def tune_yaml(tmp_path, n_trials: int, **tune) -> tuple:
     experiment = unique("tune")
-    path = write_yaml(tmp_path / "tune.yaml", experiment, train=TRAIN,
-                      extra={"tune": {"n_trials": n_trials, **tune}, "search_space": SPACE})
+    path = write_sweep(tmp_path / "tune.yaml", experiment, train=TRAIN,
+                       extra={"tune": {"n_trials": n_trials, **tune}, "search_space": SPACE})
     return path, experiment
 
 
@@ -119,7 +119,7 @@ def test_an_interrupted_search_continues_in_the_same_study_and_parent(research_e
 ])
 def test_a_bad_search_space_is_a_one_line_error_before_any_run(research_env, tmp_path, capsys, space, message):
     experiment = unique("badspace")
-    path = write_yaml(tmp_path / "bad.yaml", experiment, extra={"search_space": space})
+    path = write_sweep(tmp_path / "bad.yaml", experiment, extra={"search_space": space})
     assert main(["tune", "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err

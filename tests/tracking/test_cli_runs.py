@@ -6,19 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from mlflow import MlflowClient
 
+from helpers import REPO, VENV_BIN, free_port
 from mlproject.cli import main
 from mlproject.protocol import RESULT_PREFIX
-
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 
 def _result(stdout: str) -> dict:
@@ -34,12 +30,6 @@ def _runs(experiment_name: str) -> list:
     return client.search_runs([experiment.experiment_id]) if experiment else []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(cmd: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
     assert done.returncode == 0, f"{cmd}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -50,7 +40,7 @@ def test_mlflow_run_train_logs_into_the_run_it_created(tiny_yaml, experiment_nam
     config = tiny_yaml()
     # Created here so its artifacts go to tmp_path, not to ./mlruns of the repository mlflow runs in.
     MlflowClient().create_experiment(experiment_name, artifact_location=(tmp_path / "artifacts").as_uri())
-    done = _run([str(BIN / "mlflow"), "run", str(REPO), "-e", "train", "--env-manager", "local",
+    done = _run([str(VENV_BIN / "mlflow"), "run", str(REPO), "-e", "train", "--env-manager", "local",
                  "--experiment-name", experiment_name, "-P", f"config={config}", "-P", "max_steps=6"], cwd=REPO)
     (run,) = _runs(experiment_name)
     assert run.info.status == "FINISHED"
@@ -62,7 +52,7 @@ def test_mlflow_run_train_logs_into_the_run_it_created(tiny_yaml, experiment_nam
 
 def test_sigterm_ends_the_run_killed_with_last_checkpoint_uploaded(tiny_yaml, experiment_name, tmp_path):
     config = tiny_yaml(train={"max_steps": None, "epochs": 50, "eval_interval": 1000, "save_every": 1000})
-    proc = subprocess.Popen([str(BIN / "mlproject"), "train", "--config", str(config)], cwd=tmp_path,
+    proc = subprocess.Popen([str(VENV_BIN / "mlproject"), "train", "--config", str(config)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -83,8 +73,8 @@ def test_sigterm_ends_the_run_killed_with_last_checkpoint_uploaded(tiny_yaml, ex
 
 def test_torchrun_with_two_processes_makes_exactly_one_run(tiny_yaml, experiment_name, tmp_path):
     config = tiny_yaml(train={"max_steps": 4, "eval_interval": 2})
-    done = _run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                 "--master_port", str(_free_port()), "-m", "mlproject", "train", "--config", str(config)],
+    done = _run([str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                 "--master_port", str(free_port()), "-m", "mlproject", "train", "--config", str(config)],
                 cwd=tmp_path, timeout=300)
     (run,) = _runs(experiment_name)
     assert run.info.status == "FINISHED"

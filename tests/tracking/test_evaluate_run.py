@@ -9,28 +9,15 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
-import yaml
 from mlflow import MlflowClient
 
+from helpers import REPO, VENV_BIN, use_store, write_tiny
 from mlproject.cli import main
-
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-# The tracking tests' tiny run (conftest.TINY), with a LoggedModel.
-TINY = {
-    "model": {"model_version": "gpt2", "n_layer": 2, "n_head": 2, "d_model": 64, "block_size": 32},
-    "data": {"dataset": "pydocs", "vocab_size": 512, "max_train_docs": 200, "max_val_docs": 20},
-    "train": {"batch_size": 4, "max_steps": 12, "eval_interval": 4, "eval_batches": 2, "log_interval": 2,
-              "save_every": 4, "warmup": 2, "device": "cpu", "precision": "fp32", "num_threads": 1,
-              "progress": "lines"},  # evaluate runs fp32: the trainer's figures must be fp32 to match to 1e-5
-    "tracking": {"log_model": True, "experiment_name": "test-evaluate"},
-}
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +28,10 @@ def run(tmp_path_factory, store_uri, cache_dir):
 
     tmp = tmp_path_factory.mktemp("evaluated")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", store_uri)
-        mp.setenv("MLPROJECT_CACHE_DIR", str(cache_dir))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mlflow.set_tracking_uri(store_uri)
-        path = tmp / "train.yaml"
-        path.write_text(yaml.safe_dump({**TINY, "tracking": {**TINY["tracking"], "output_dir": str(tmp / "runs")}}))
+        use_store(mp, store_uri, cache_dir)
+        # evaluate runs fp32: the trainer's figures must be fp32 to match to 1e-5
+        path = write_tiny(tmp / "train.yaml", "test-evaluate", train={"precision": "fp32"},
+                          tracking={"log_model": True})
         outcome = train_tracked(RunConfig.load(path))
         mlflow.set_tracking_uri(None)
     assert outcome.status == "FINISHED"
@@ -142,11 +126,11 @@ def test_a_hub_dataset_offline_is_a_one_line_error(run, capsys):
 
 
 def test_mlflow_entry_point_evaluate_logs_to_the_evaluated_run(run, tmp_path):
-    done = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "-e", "evaluate", "--env-manager", "local",
+    done = subprocess.run([str(VENV_BIN / "mlflow"), "run", str(REPO), "-e", "evaluate", "--env-manager", "local",
                            "--experiment-name", "test-evaluate", "-P", f"run_id={run.run_id}", "-P", "max_tokens=96",
                            "-P", f"local_path={__file__}", "-P", "local_format=text", "-P", "local_name=entry"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+                          env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert metrics_of(run.run_id)["eval/entry/tokens"] == 96
 

@@ -8,7 +8,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,11 +16,10 @@ from urllib.parse import urlparse
 import pytest
 from mlflow import MlflowClient
 
+from helpers import VENV_BIN
 from mlproject.errors import MlprojectError
 from mlproject.tracking.client import ERROR_TAG
 from mlproject.tracking.train_tracker import train_tracked
-
-BIN = Path(sys.executable).parent
 
 
 def _runs(experiment_name: str) -> list:
@@ -35,7 +33,7 @@ def _artifact_file(run_id: str, path: str) -> Path:
 
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "mlproject"), *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([str(VENV_BIN / "mlproject"), *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
 
@@ -109,7 +107,7 @@ def test_sigkill_then_resume_leaves_every_step_logged_exactly_once(tiny_yaml, ex
     """SIGKILL (no handler runs, buffered metrics are lost) after a checkpoint, then --resume-from."""
     steps = 60
     config = tiny_yaml(train={"max_steps": steps, "log_interval": 1, "save_every": 7, "eval_interval": 30})
-    proc = subprocess.Popen([str(BIN / "mlproject"), "train", "--config", str(config)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([str(VENV_BIN / "mlproject"), "train", "--config", str(config)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -160,7 +158,7 @@ def test_four_concurrent_first_users_of_a_new_sqlite_store_all_finish(tiny_yaml,
     uri = f"sqlite:///{tmp_path}/fresh.db"
     config = tiny_yaml(train={"max_steps": 4, "eval_interval": 4, "save_every": 4})
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    procs = [subprocess.Popen([str(BIN / "mlproject"), "train", "--config", str(config)], cwd=tmp_path, env=env,
+    procs = [subprocess.Popen([str(VENV_BIN / "mlproject"), "train", "--config", str(config)], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], "\n".join(o[-1500:] for o in outputs)
@@ -218,7 +216,7 @@ def test_a_checkpoint_write_that_fails_for_lack_of_space_is_one_line(tiny_yaml, 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing
         resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
 
-    done = subprocess.run([str(BIN / "mlproject"), "train", "--config", str(config)], capture_output=True,
+    done = subprocess.run([str(VENV_BIN / "mlproject"), "train", "--config", str(config)], capture_output=True,
                           text=True, timeout=300, env=os.environ.copy(), preexec_fn=limit)
     line = _one_line_error(done)
     assert "could not write checkpoint" in line and "no checkpoint was written" in line

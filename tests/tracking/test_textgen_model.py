@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,13 +16,12 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from helpers import REPO, VENV_BIN, free_port
 from mlproject.cli import main
 from mlproject.inference.config import GenerateConfig
 from mlproject.app.generate import run_generate
 from mlproject.tracking.model_store import MlflowModelStore
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 PROMPTS = ["The module", "def"]
 
 
@@ -37,16 +34,10 @@ def _greedy(model_uri: str, prompts: list[str], max_new_tokens: int = 6) -> list
                                        temperature=0.0, stream=False, device="cpu"), MlflowModelStore())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(model_uri: str, port: int, log: Path) -> subprocess.Popen:
     """`mlflow models serve` from the venv (its uvicorn must be on PATH) on 127.0.0.1."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.Popen([str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
                              "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
                             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
@@ -105,7 +96,7 @@ def test_greedy_predict_equals_mlproject_generate_greedy_also_through_an_alias(t
 def test_mlflow_models_serve_answers_two_prompts_with_two_strings(trained, tmp_path):
     model_uri = f"models:/tiny-gpt/{_version()}"
     expected = _greedy(model_uri, PROMPTS)
-    port = _free_port()
+    port = free_port()
     proc = _serve(model_uri, port, tmp_path / "serve.log")
     try:
         deadline = time.monotonic() + 240
@@ -165,11 +156,11 @@ def test_a_tampered_logged_model_runs_no_code_through_any_loader(trained, tmp_pa
         mlflow.pytorch.load_model(uri)
     with pytest.raises(Exception, match="not a safetensors file"):
         load_logged_model(uri, tmp_path / "dl")
-    cli = subprocess.run([str(BIN / "mlproject"), "generate", "--model-uri", uri, "--device", "cpu"],
+    cli = subprocess.run([str(VENV_BIN / "mlproject"), "generate", "--model-uri", uri, "--device", "cpu"],
                          capture_output=True, text=True, timeout=300)
     assert cli.returncode == 2 and cli.stderr.strip().count("\n") == 0, cli.stderr[-2000:]
     assert "not a safetensors file" in cli.stderr
-    proc = _serve(uri, _free_port(), tmp_path / "serve.log")
+    proc = _serve(uri, free_port(), tmp_path / "serve.log")
     try:
         assert proc.wait(timeout=300) != 0  # the server cannot load the model and exits
     finally:
@@ -183,11 +174,11 @@ def test_a_tampered_logged_model_runs_no_code_through_any_loader(trained, tmp_pa
 def test_a_generate_run_logs_its_settings_and_a_table_of_prompts_and_outputs(trained, tmp_path):
     experiment = "test-generate-run"
     done = subprocess.run(
-        [str(BIN / "mlflow"), "run", str(REPO), "-e", "generate", "--env-manager", "local",
+        [str(VENV_BIN / "mlflow"), "run", str(REPO), "-e", "generate", "--env-manager", "local",
          "--experiment-name", experiment, "-P", f"model_uri=models:/tiny-gpt/{_version()}",
          "-P", "prompts=The module", "-P", "max_new_tokens=6", "-P", "temperature=0", "-P", "device=cpu"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
-        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+        env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     client = MlflowClient()
     run = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])[0]

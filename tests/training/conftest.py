@@ -1,25 +1,25 @@
-"""Fixtures of the trainer tests: one small token cache per session and a tiny model.
+"""Fixtures of the trainer tests: the tiny corpus prepared in the session token cache
+(tests/conftest.py), the tiny model, and training child processes.
 
-The cache (pydocs, 300 documents, a 512-token BPE) is built once in a session directory and
-reused by the subprocesses of the resume, signal and DDP tests through MLPROJECT_CACHE_DIR.
+The resume, signal and DDP tests train in subprocesses (train_child.py) that read the same
+cache through MLPROJECT_CACHE_DIR.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import TINY_DATA, TINY_MODEL
 from mlproject.data.config import DataConfig
 from mlproject.model.config import GPTConfig
 
-TINY_MODEL = dict(n_layer=2, n_head=2, d_model=64, block_size=32)
-TINY_DATA = dict(dataset="pydocs", vocab_size=512, max_train_docs=300, max_val_docs=30)
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+CHILD = Path(__file__).with_name("train_child.py")
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +42,29 @@ def data(cache_dir: Path):
 @pytest.fixture
 def model_cfg() -> GPTConfig:
     return GPTConfig(**TINY_MODEL)
+
+
+def _start_child(spec: dict, env: dict[str, str] | None = None) -> subprocess.Popen:
+    spec = {**spec, "model": {**TINY_MODEL, **spec.get("model", {})}, "data": TINY_DATA}
+    return subprocess.Popen([sys.executable, str(CHILD), json.dumps(spec)], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _child_result(proc: subprocess.Popen, timeout: float = 180) -> dict:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    (line,) = [l for l in out.splitlines() if l.startswith("RESULT ")]
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.fixture
+def start_child():
+    """`start_child(spec, env=None)`: train_child.py training the tiny model on the tiny corpus
+    (`spec["model"]` overrides model fields), its output piped."""
+    return _start_child
+
+
+@pytest.fixture
+def child_result():
+    """`child_result(proc)`: the RESULT of a child that exits 0 (its output is the failure message)."""
+    return _child_result

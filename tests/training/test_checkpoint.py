@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 import pytest
 
+from helpers import TINY_MODEL
 from mlproject.errors import MlprojectError
 from mlproject.model.config import GPTConfig
 from mlproject.model.gpt import GPT
 from mlproject.training.checkpoint import (clean_state_dict, load_checkpoint, load_model_checkpoint,
                                            save_checkpoint, save_model_checkpoint, unwrap_model)
 
-TINY = GPTConfig(n_layer=2, n_head=2, d_model=64, block_size=32, vocab_size=128)
+TINY = GPTConfig(**TINY_MODEL, vocab_size=128)
 
 
 def test_checkpoint_roundtrip_keeps_values_and_adds_format_marker(tmp_path):

@@ -4,50 +4,27 @@ out across the ranks; gradients are all-reduced only on the last micro-batch).""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-CHILD = Path(__file__).with_name("train_child.py")
+from helpers import free_port
+
 TRAIN = dict(max_steps=6, eval_interval=3, eval_batches=2, log_interval=1, save_every=3, warmup=1,
              device="cpu", precision="fp32", num_threads=1, progress="lines", peak_flops=1e11, seed=7)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(spec: dict, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(CHILD), json.dumps(spec)], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def result_of(proc: subprocess.Popen) -> dict:
-    out, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 0, out
-    (line,) = [l for l in out.splitlines() if l.startswith("RESULT ")]
-    return json.loads(line[len("RESULT "):])
-
-
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(data, cache_dir, tmp_path):
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(data, cache_dir, tmp_path, start_child,
+                                                                        child_result):
     port = str(free_port())
-    ranks = [launch({"cache_dir": str(cache_dir), "checkpoint_dir": str(tmp_path / "ddp"),
-                     "train": {**TRAIN, "batch_size": 1, "grad_accum_steps": 2, "eval_batches": 4}},
-                    {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-                     "MASTER_PORT": port})
+    ranks = [start_child({"cache_dir": str(cache_dir), "checkpoint_dir": str(tmp_path / "ddp"),
+                          "train": {**TRAIN, "batch_size": 1, "grad_accum_steps": 2, "eval_batches": 4}},
+                         {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                          "MASTER_PORT": port})
              for r in range(2)]
-    single = launch({"cache_dir": str(cache_dir), "checkpoint_dir": str(tmp_path / "single"),
-                     "train": {**TRAIN, "batch_size": 4}}, {})
-    rank0, rank1 = (result_of(p) for p in ranks)
-    one = result_of(single)
+    single = start_child({"cache_dir": str(cache_dir), "checkpoint_dir": str(tmp_path / "single"),
+                          "train": {**TRAIN, "batch_size": 4}})
+    rank0, rank1 = (child_result(p) for p in ranks)
+    one = child_result(single)
 
     assert len(rank0["losses"]) == 6
     for step, loss in one["losses"].items():

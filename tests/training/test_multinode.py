@@ -5,7 +5,6 @@ whose losses equal a single `mlproject train` with the same global batch."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,16 +12,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY_DATA, TINY_MODEL
+from helpers import TINY_DATA, TINY_MODEL, VENV_BIN, free_port
 
-TORCHRUN = Path(sys.executable).with_name("torchrun")
+TORCHRUN = VENV_BIN / "torchrun"
 STEPS = 6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_args(experiment: str, output_dir: Path, **train) -> list[str]:

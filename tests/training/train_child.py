@@ -1,7 +1,7 @@
 """A training process for the resume, signal and DDP tests: `python train_child.py SPEC_JSON`.
 
-SPEC: {"cache_dir", "checkpoint_dir", "train": {TrainConfig fields}, "model": {GPTConfig overrides},
-"resume_from": path|null,
+SPEC: {"cache_dir", "checkpoint_dir", "model": {GPTConfig fields}, "data": {DataConfig fields},
+"train": {TrainConfig fields}, "resume_from": path|null,
 "block_at_checkpoint": step|null (print CHECKPOINT and hang after writing last.pt at that step,
 so the parent can SIGKILL), "marker_at_log": step|null (print LOGGED at that step)}.
 Prints `RESULT {json}` at the end: status, step, summary, the logged losses and which callbacks ran.
@@ -20,10 +20,6 @@ from mlproject.data.prepare import prepare_data
 from mlproject.model.config import GPTConfig
 from mlproject.training.config import TrainConfig
 from mlproject.training.trainer import TrainerCallback, train
-
-TINY_MODEL = dict(n_layer=2, n_head=2, d_model=64, block_size=32)
-TINY_DATA = dict(dataset="pydocs", vocab_size=512, max_train_docs=300, max_val_docs=30)
-
 
 class Recorder(TrainerCallback):
     def __init__(self, spec: dict) -> None:
@@ -52,9 +48,9 @@ class Recorder(TrainerCallback):
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    data = prepare_data(DataConfig(**TINY_DATA, cache_dir=spec["cache_dir"]))
+    data = prepare_data(DataConfig(**spec["data"], cache_dir=spec["cache_dir"]))
     recorder = Recorder(spec)
-    result = train(GPTConfig(**{**TINY_MODEL, **spec.get("model", {})}), data, from_dict(TrainConfig, spec["train"]),
+    result = train(GPTConfig(**spec["model"]), data, from_dict(TrainConfig, spec["train"]),
                    checkpoint_dir=Path(spec["checkpoint_dir"]), callbacks=[recorder],
                    resume_from=Path(spec["resume_from"]) if spec.get("resume_from") else None)
     print("RESULT " + json.dumps({"status": result.status, "step": result.step, "summary": result.summary,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mlproject.config import build_sections, check_types, field, to_dict
+from mlproject.config import build_sections, check_types, field, flatten, to_dict
 from mlproject.data.config import DataConfig
 from mlproject.errors import ConfigError
 from mlproject.model.config import GPTConfig
@@ -62,6 +63,11 @@ class RunConfig:
     def sections(self) -> dict[str, dict[str, Any]]:
         """The config as plain dicts, one per section (what `config/resolved.yaml` holds)."""
         return {name: to_dict(getattr(self, name)) for name in self.SECTIONS}
+
+    def flat(self, sections: Sequence[str] = ("model", "data", "train")) -> dict[str, Any]:
+        """`sections` as `section.key` entries (MLflow params, sweep keys). By default what
+        decides the trained model: the tracking section only names and places the run."""
+        return flatten({name: getattr(self, name) for name in sections})
 
     @property
     def experiment_name(self) -> str:

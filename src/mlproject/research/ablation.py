@@ -128,7 +128,7 @@ class AblationJob:
         a = self.ablation
         section = "data" if a.ablation_axis in DATA_AXES else "model"
         groups = [value_label(v) for v in self.values]
-        params = {k: v for name in ("model", "data", "train") for k, v in flatten(getattr(self.run, name), name).items()}
+        params = self.run.flat()
         params.pop(f"{section}.{a.ablation_axis}", None)  # varies per child
         params.update(flatten({"axis": a.ablation_axis, "values": " ".join(groups),
                                "seeds": " ".join(map(str, a.seeds)), "metrics": " ".join(self.metrics)}, "ablation"))

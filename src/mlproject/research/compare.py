@@ -90,7 +90,7 @@ class CompareJob:
     def spec(self) -> SweepSpec:
         c = self.compare
         sections = {name: to_dict(getattr(self.run, name)) for name in RunConfig.SECTIONS}
-        params = {k: v for name in ("model", "data", "train") for k, v in flatten(getattr(self.run, name), name).items()}
+        params = self.run.flat()
         params.update(flatten({"models": " ".join(c.models), "seeds": " ".join(map(str, c.seeds)),
                                "fair_recipe": c.fair_recipe, "metrics": " ".join(c.metrics)}, "compare"))
         if c.eval_datasets:

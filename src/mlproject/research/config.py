@@ -4,15 +4,51 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from mlproject.config import check_types, field
 from mlproject.errors import ConfigError
 
 
 @dataclass
-class CompareConfig:
-    """A fair comparison of model versions: one child run per model x seed."""
+class SweepConfig:
+    """What every sweep (compare, ablation) shares: how its children run, what the parent does
+    with them afterwards, and the checks of its seeds.
+
+    A sweep's config derives from SweepConfig and then from a dataclass of its own fields
+    (`CompareConfig(SweepConfig, CompareFields)`): dataclasses list the fields of the last base
+    first, so a sweep's own fields (what it varies, its seeds) lead its YAML section and its
+    `--help`, and these follow.
+    """
+
+    section: ClassVar[str]  # the YAML section, named in errors
+    if TYPE_CHECKING:
+        seeds: list[int]  # a field of every sweep, with its own default and help
+
+    parallel: int = field(1, help="children trained at once in separate processes")
+    resume: bool = field(False, help="skip FINISHED children, resume KILLED/FAILED ones, add the rest")
+    parent_run_name: str | None = field(None, help="name of the parent run")
+    register_best: str | None = field(None, help="register the best child's model under this name (alias `best`)")
+    eval_datasets: list[str] = field(default_factory=list, help="evaluate every child on these datasets "
+                                     "after training; the parent aggregates eval/<dataset>/bpb")
+
+    def validate(self) -> None:
+        check_types(self, source=self.section)
+        self.validate_own()
+        if not self.seeds:
+            raise ConfigError(f"{self.section}: seeds is empty; expected at least one seed")
+        if min(self.seeds) < 0:
+            raise ConfigError(f"{self.section}: seeds={self.seeds}: seed {min(self.seeds)} must be >= 0")
+        if self.parallel < 1:
+            raise ConfigError(f"{self.section}: parallel={self.parallel} must be >= 1")
+
+    def validate_own(self) -> None:
+        """The checks of the sweep's own fields, run before the shared ones."""
+
+
+@dataclass
+class CompareFields:
+    """The fields of a comparison: the model versions, the seeds and how they are compared."""
 
     models: list[Literal["gpt2", "gpt3"]] = field(default_factory=lambda: ["gpt2", "gpt3"],
                                                   help="model versions to compare (the first is the baseline)")
@@ -20,30 +56,24 @@ class CompareConfig:
     fair_recipe: bool = field(True, help="one training recipe for every model (false: per-version recipes)")
     metrics: list[str] = field(default_factory=lambda: ["val_loss_best"], aliases=("--metric",),
                                help="child summary metrics to aggregate (mean, std, 95% CI, paired test)")
-    parallel: int = field(1, help="children trained at once in separate processes")
-    resume: bool = field(False, help="skip FINISHED children, resume KILLED/FAILED ones, add the rest")
-    parent_run_name: str | None = field(None, help="name of the parent run")
-    register_best: str | None = field(None, help="register the best child's model under this name (alias `best`)")
-    eval_datasets: list[str] = field(default_factory=list, help="evaluate every child on these datasets "
-                                     "after training; the parent aggregates eval/<dataset>/bpb")
-
-    def validate(self) -> None:
-        check_types(self, source="compare")
-        if not self.models:
-            raise ConfigError("compare: models is empty; expected at least one of gpt2, gpt3")
-        if not self.seeds:
-            raise ConfigError("compare: seeds is empty; expected at least one seed")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"compare: seeds={self.seeds} has duplicates")
-        if min(self.seeds) < 0:
-            raise ConfigError(f"compare: seeds={self.seeds}: seed {min(self.seeds)} must be >= 0")
-        if self.parallel < 1:
-            raise ConfigError(f"compare: parallel={self.parallel} must be >= 1")
 
 
 @dataclass
-class AblationConfig:
-    """One architecture axis varied over values: one child run per value x seed."""
+class CompareConfig(SweepConfig, CompareFields):
+    """A fair comparison of model versions: one child run per model x seed."""
+
+    section: ClassVar[str] = "compare"
+
+    def validate_own(self) -> None:
+        if not self.models:
+            raise ConfigError("compare: models is empty; expected at least one of gpt2, gpt3")
+        if len(set(self.seeds)) != len(self.seeds):  # paired statistics match children by seed
+            raise ConfigError(f"compare: seeds={self.seeds} has duplicates")
+
+
+@dataclass
+class AblationFields:
+    """The fields of an ablation: the axis, its values and the seeds."""
 
     ablation_axis: str = field("norm_type", help="model field to vary (see research.ablation.AXES)")
     ablation_values: list[str] = field(default_factory=lambda: ["layernorm", "rmsnorm"],
@@ -51,23 +81,17 @@ class AblationConfig:
     seeds: list[int] = field(default_factory=lambda: [42, 43], help="seeds; each value runs every seed")
     metrics: list[str] = field(default_factory=lambda: ["val_loss_best"], aliases=("--metric",),
                                help="child summary metrics to aggregate")
-    parallel: int = field(1, help="children trained at once in separate processes")
-    resume: bool = field(False, help="skip FINISHED children, resume KILLED/FAILED ones, add the rest")
-    parent_run_name: str | None = field(None, help="name of the parent run")
-    register_best: str | None = field(None, help="register the best child's model under this name (alias `best`)")
-    eval_datasets: list[str] = field(default_factory=list, help="evaluate every child on these datasets "
-                                     "after training; the parent aggregates eval/<dataset>/bpb")
 
-    def validate(self) -> None:
-        check_types(self, source="ablation")
+
+@dataclass
+class AblationConfig(SweepConfig, AblationFields):
+    """One architecture axis varied over values: one child run per value x seed."""
+
+    section: ClassVar[str] = "ablation"
+
+    def validate_own(self) -> None:
         if not self.ablation_values:
             raise ConfigError("ablation: ablation_values is empty")
-        if not self.seeds:
-            raise ConfigError("ablation: seeds is empty; expected at least one seed")
-        if min(self.seeds) < 0:
-            raise ConfigError(f"ablation: seeds={self.seeds}: seed {min(self.seeds)} must be >= 0")
-        if self.parallel < 1:
-            raise ConfigError(f"ablation: parallel={self.parallel} must be >= 1")
 
 
 @dataclass

@@ -11,11 +11,12 @@ descriptions of the pipeline and plot runs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
 
-from mlproject.config import flatten
+from mlproject.app.config import RunConfig
 from mlproject.research.results import Row, SweepStats
 
 # The seed fields always vary with the sweep (`<kind>.seeds` lists them); model.vocab_size is the
@@ -24,14 +25,13 @@ _NEVER_SHARED = {"train.seed", "train.data_seed", "model.vocab_size"}
 _HIGHER_IS_BETTER = ("tokens_per_sec", "mfu", "accuracy", "acc")
 
 
-def child_params(cfg: Any) -> dict[str, Any]:
+def child_params(cfg: RunConfig) -> dict[str, Any]:
     """The model/data/train params of one child config, resolved as its trainer resolves them
     (preset sizes, the recipe's optimizer settings)."""
     from mlproject.training.optim import resolve_recipe
 
-    sections = {"model": cfg.model.resolved(), "data": cfg.data,
-                "train": resolve_recipe(cfg.train, cfg.model.model_version)}
-    return {k: v for name, section in sections.items() for k, v in flatten(section, name).items()}
+    return dataclasses.replace(cfg, model=cfg.model.resolved(),
+                               train=resolve_recipe(cfg.train, cfg.model.model_version)).flat()
 
 
 def parent_params(spec: Any) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlproject.config import build_sections, dump_yaml, flatten, load_yaml, to_dict
+from mlproject.config import build_sections, dump_yaml, load_yaml, to_dict
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.protocol import hand_run_to, result_line
 from mlproject.research.results import (
@@ -130,7 +130,7 @@ def load_job(yaml_path: str | os.PathLike[str] | None, args: Any, section: str, 
 def sweep_key(kind: str, base: RunConfig, drop: Sequence[str], extra: Mapping[str, Any]) -> str:
     """Hash of what makes two sweeps the same: the config minus seeds, the varied field,
     runtime-only fields and the tracking section (names, folders), plus job settings."""
-    fields = {k: v for name in ("model", "data", "train") for k, v in flatten(getattr(base, name), name).items()}
+    fields = base.flat()
     ignored = RUNTIME_FIELDS | {"train.seed", "train.data_seed", *drop}
     payload = {"kind": kind, "config": {k: v for k, v in fields.items() if k not in ignored}, **extra}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

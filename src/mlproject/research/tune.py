@@ -337,7 +337,7 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
     print(f"tune: study {job.study_name!r} ({storage.split('@')[-1]}), parent run {parent.run_id} "
           f"in experiment {parent.experiment_name!r}", flush=True)
     try:
-        params = {k: v for name in SEARCHABLE for k, v in flatten(getattr(job.run, name), name).items()}
+        params = job.run.flat(SEARCHABLE)
         params.update(flatten({k: v for k, v in to_dict(job.tune).items()
                                if k not in ("parent_run_id", "storage")}, "tune"))
         params["tune.search_space"] = json.dumps(job.space_raw, sort_keys=True)

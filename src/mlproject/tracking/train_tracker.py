@@ -156,8 +156,7 @@ class MlflowTracker:
             client.log_text(active.run_id, dump_yaml(sections), CONFIG_ARTIFACT)
             log_dataset(data.info)
 
-        params = {**{k: v for name, section in sections.items() for k, v in flatten(section, name).items()},
-                  **flatten(data.info, "dataset")}
+        params = {**flatten(sections), **flatten(data.info, "dataset")}
         mlflow_run = MlflowRun(active, cfg, data, recorded.run_name, PARENT_TAG in recorded.tags,
                                MlflowLogger(active.run_id, params, on_start=on_start))
         try:

@@ -1,0 +1,39 @@
+"""Fixtures every test folder may use: one SQLite tracking store and one token cache per
+session, a fresh experiment name per test.
+
+The store is created once, in this process, before any test starts a subprocess (concurrent
+schema migrations of a fresh SQLite file fail); tests log into experiments of their own, so
+they stay independent. The token cache is shared too: the tiny corpus is prepared once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import unique
+
+
+@pytest.fixture(scope="session")
+def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    # The store (cached per process) puts new experiments' artifacts under ./mlruns of the
+    # working directory it was created in: here, in the temp folder, not the checkout.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        MlflowClient(tracking_uri=uri).search_experiments()  # creates the schema now
+    return uri
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def experiment_name() -> str:
+    return unique("test")
