@@ -11,7 +11,8 @@ from mlflow import MlflowClient
 
 from mlproject.app.signals import Terminated, sigterm_as_interrupt
 from mlproject.secrets import scrub as redact
-from mlproject.tracking.client import ERROR_TAG, end_run, is_run_id, log_params_once, start_run
+from mlproject.protocol import is_run_id
+from mlproject.tracking.client import ERROR_TAG, end_run, log_params_once, start_run
 from mlproject.tracking.run_context import git_info
 
 
