@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlproject.training.checkpoint import load_checkpoint
+from mlproject.model.checkpoint import load_checkpoint
 
 CHILD = Path(__file__).with_name("train_child.py")
 TRAIN = dict(batch_size=4, max_steps=12, eval_interval=4, eval_batches=2, log_interval=2, save_every=4,

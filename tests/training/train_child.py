@@ -19,6 +19,7 @@ from mlproject.data.config import DataConfig
 from mlproject.data.prepare import prepare_data
 from mlproject.model.config import GPTConfig
 from mlproject.training.config import TrainConfig
+from mlproject.training.resolve import resolve
 from mlproject.training.trainer import TrainerCallback, train
 
 TINY_MODEL = dict(n_layer=2, n_head=2, d_model=64, block_size=32)
@@ -54,8 +55,9 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     data = prepare_data(DataConfig(**TINY_DATA, cache_dir=spec["cache_dir"]))
     recorder = Recorder(spec)
-    result = train(GPTConfig(**{**TINY_MODEL, **spec.get("model", {})}), data, from_dict(TrainConfig, spec["train"]),
-                   checkpoint_dir=Path(spec["checkpoint_dir"]), callbacks=[recorder],
+    model_cfg, train_cfg = resolve(GPTConfig(**{**TINY_MODEL, **spec.get("model", {})}),
+                                   from_dict(TrainConfig, spec["train"]), data.vocab_size)
+    result = train(model_cfg, data, train_cfg, checkpoint_dir=Path(spec["checkpoint_dir"]), callbacks=[recorder],
                    resume_from=Path(spec["resume_from"]) if spec.get("resume_from") else None)
     print("RESULT " + json.dumps({"status": result.status, "step": result.step, "summary": result.summary,
                                   "losses": recorder.losses, "val": recorder.val, "events": recorder.events}),

@@ -102,7 +102,7 @@ def resolve_source(run_id: str | None, model_uri: str | None, checkpoint: str | 
 def load_source(source: Source, device: Any) -> tuple[Any, dict[str, Any]]:
     """(model, checkpoint state) from the very file `resolve_source` hashed: a checkpoint, or the
     safetensors weights of a logged model (read with its JSON config, never unpickled)."""
-    from mlproject.training.checkpoint import load_model_checkpoint
+    from mlproject.model.checkpoint import load_model_checkpoint
 
     if source.checkpoint.name == WEIGHTS_FILE:
         from mlproject.tracking.textgen import load_artifacts

@@ -29,7 +29,7 @@ def check_sizes(cfg: GenerateConfig, model_config: Any) -> None:
 
 def load_for_generation(cfg: GenerateConfig, workdir: Path, device: Any) -> tuple[Any, Path]:
     """(model in eval mode on `device`, tokenizer.json path) from the source `cfg` names."""
-    from mlproject.training.checkpoint import load_model_checkpoint
+    from mlproject.model.checkpoint import load_model_checkpoint
 
     if cfg.run_id:
         checkpoint = download_checkpoint(cfg.run_id, workdir, kinds=("best", "last"))

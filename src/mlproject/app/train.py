@@ -108,12 +108,12 @@ def _resume_source(resume_from: str | None) -> tuple[str | None, Path | None]:
                          "(32 hex digits)")
 
 
-def _resolved_sections(cfg: RunConfig, info: dict[str, Any], vocab_size: int, experiment: str) -> dict[str, Any]:
-    """The run's config as the trainer resolved it: sections model/data/train/tracking."""
+def _resolved_sections(cfg: RunConfig, vocab_size: int, experiment: str) -> dict[str, Any]:
+    """The run's resolved config (`RunConfig.resolved`): sections model/data/train/tracking."""
     return {
-        "model": to_dict(info["model_config"]),
+        "model": to_dict(cfg.model),
         "data": {**to_dict(cfg.data), "vocab_size": vocab_size},
-        "train": to_dict(info["train_config"]),
+        "train": to_dict(cfg.train),
         "tracking": {**to_dict(cfg.tracking), "experiment_name": experiment},
     }
 
@@ -177,6 +177,7 @@ def _train_replica(cfg: RunConfig) -> TrainOutcome:
 
     run_key, resume_path = _share()  # after rank 0 prepared the data: the caches exist now
     data = prepare_data(cfg.data)
+    cfg = cfg.resolved(data.vocab_size)
     result = train(cfg.model, data, cfg.train, checkpoint_dir=Path(cfg.tracking.output_dir) / run_key / CHECKPOINT_DIR,
                    resume_from=resume_path)
     return TrainOutcome(run_key if cfg.tracking.log_to_mlflow else "", "", RUN_STATUS[result.status],
@@ -196,6 +197,7 @@ def _train_untracked(cfg: RunConfig) -> TrainOutcome:
     name = cfg.tracking.run_name or f"untracked-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     checkpoint_dir = Path(cfg.tracking.output_dir) / name / CHECKPOINT_DIR
     data = prepare_data(cfg.data)
+    cfg = cfg.resolved(data.vocab_size)
     _share((name, resume_path))
     result = train(cfg.model, data, cfg.train, checkpoint_dir=checkpoint_dir, resume_from=resume_path)
     uris = {k: str(p) for k, p in (("last", result.last_checkpoint), ("best", result.best_checkpoint)) if p}
@@ -237,7 +239,7 @@ def _train_tracked(cfg: RunConfig, *, parent_run_id: str | None, extra_tags: dic
 
             def params_at_start(info: dict[str, Any]) -> dict[str, Any]:
                 experiment_name = client.get_experiment(run.experiment_id).name
-                sections = _resolved_sections(cfg, info, data.vocab_size, experiment_name)
+                sections = _resolved_sections(cfg, data.vocab_size, experiment_name)
                 client.log_text(run.run_id, dump_yaml(sections), CONFIG_ARTIFACT)
                 params = {k: v for name, section in sections.items() for k, v in flatten(section, name).items()}
                 return {**params, **flatten(data.info, "dataset")}
@@ -302,7 +304,7 @@ def _download_resume(run_id: str, checkpoint_dir: Path) -> Path:
 
 def _log_best_model(checkpoint: Path, tokenizer_path: str | Path, cfg: RunConfig, step: int) -> str:
     """The best checkpoint as a LoggedModel (registered under `tracking.register_as` if set)."""
-    from mlproject.training.checkpoint import load_model_checkpoint
+    from mlproject.model.checkpoint import load_model_checkpoint
 
     model, state = load_model_checkpoint(checkpoint, "cpu")
     return log_model(model, tokenizer_path=tokenizer_path, register_as=cfg.tracking.register_as, step=step,

@@ -58,7 +58,7 @@ def save_artifacts(model: Any, tokenizer_path: str | Path, folder: str | Path) -
 
     from safetensors.torch import save_model
 
-    from mlproject.training.checkpoint import unwrap_model
+    from mlproject.model.checkpoint import unwrap_model
 
     folder = Path(folder)
     bare = unwrap_model(model)
@@ -77,7 +77,7 @@ def load_artifacts(folder: str | Path, device: Any = "cpu") -> tuple[Any, Path]:
     """
     from safetensors.torch import load_model
 
-    from mlproject.training.checkpoint import build_model
+    from mlproject.model.checkpoint import build_model
 
     folder = Path(folder)
     missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE) if not (folder / name).is_file()]
