@@ -22,6 +22,7 @@ from mlproject.data.config import DataConfig
 from mlproject.data.prepare import prepare_data
 from mlproject.model.config import GPTConfig
 from mlproject.training.config import TrainConfig
+from mlproject.training.resolve import resolve
 from mlproject.training.trainer import TrainerCallback, train
 
 
@@ -60,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                               device="cpu", precision=precision, eval_interval=args.steps,
                               eval_batches=args.eval_batches, log_interval=10, save_every=0, progress="lines",
                               num_threads=args.threads)
+            model, cfg = resolve(model_cfg, cfg, data.vocab_size)
             with tempfile.TemporaryDirectory() as tmp:
-                train(model_cfg, data, cfg, checkpoint_dir=Path(tmp), callbacks=[cb])
+                train(model, data, cfg, checkpoint_dir=Path(tmp), callbacks=[cb])
             results[precision].append(cb.val_loss)
             speed[precision].append(statistics.median(cb.tokens_per_sec))
             print(f"seed {seed} {precision}: val_loss {cb.val_loss:.4f}, "

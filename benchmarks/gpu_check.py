@@ -49,6 +49,7 @@ def check_train(device: torch.device, dry_run: bool) -> dict[str, Any]:
     from benchmarks.trainer_loop import _token_cache
     from mlproject.model.config import GPTConfig
     from mlproject.training.config import TrainConfig
+    from mlproject.training.resolve import resolve
     from mlproject.training.trainer import TrainerCallback, train
 
     class Windows(TrainerCallback):
@@ -75,6 +76,7 @@ def check_train(device: torch.device, dry_run: bool) -> dict[str, Any]:
         cfg = TrainConfig(batch_size=batch, max_steps=steps, epochs=1000, device=str(device), precision="bf16",
                           compile=not dry_run, eval_interval=10**9, eval_batches=1, log_interval=log, save_every=0,
                           progress="lines")
+        model, cfg = resolve(model, cfg, vocab)
         t0 = time.perf_counter()
         train(model, data, cfg, checkpoint_dir=Path(tmp) / "ckpt", callbacks=[windows])
         seconds = time.perf_counter() - t0

@@ -29,6 +29,7 @@ from benchmarks.harness import Figure, Settings, interleaved
 from benchmarks.models import NANO, QUICK_NANO, Size
 from mlproject.data.cache import TokenCache, TokenCacheWriter
 from mlproject.training.config import TrainConfig
+from mlproject.training.resolve import resolve
 from mlproject.training.trainer import TrainerCallback, train
 
 TIMED_STEPS, QUICK_TIMED_STEPS = 8, 2
@@ -68,9 +69,9 @@ def bench_trainer_loop(settings: Settings) -> list[Figure]:
     size: Size = QUICK_NANO if settings.quick else NANO
     warmup = settings.warmup + 1  # the first step also builds the optimizer state
     steps = warmup + (QUICK_TIMED_STEPS if settings.quick else TIMED_STEPS)
-    model_cfg = size.gpt_config()
-    cfg = TrainConfig(batch_size=size.batch_size, max_steps=steps, log_interval=1, eval_interval=10**6,
-                      eval_batches=1, save_every=0, device="cpu", precision="fp32", progress="lines")
+    model_cfg, cfg = resolve(size.gpt_config(), TrainConfig(
+        batch_size=size.batch_size, max_steps=steps, log_interval=1, eval_interval=10**6, eval_batches=1,
+        save_every=0, device="cpu", precision="fp32", progress="lines"), size.vocab_size)
     previous_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         root = Path(tmp)

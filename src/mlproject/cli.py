@@ -56,7 +56,7 @@ def _summary(args: argparse.Namespace) -> None:
 
 def _import_hf(args: argparse.Namespace) -> None:
     from mlproject.model.hf import load_hf_dir
-    from mlproject.training.checkpoint import save_model_checkpoint
+    from mlproject.model.checkpoint import save_model_checkpoint
 
     model = load_hf_dir(args.model_dir)
     save_model_checkpoint(args.output, model)

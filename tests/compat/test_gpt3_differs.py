@@ -52,7 +52,7 @@ def test_dense_pattern_asks_for_full_attention_explicitly():
 
 
 def test_an_old_checkpoint_whose_band_masked_nothing_loads_as_the_dense_model_it_was(tmp_path: Path):
-    from mlproject.training.checkpoint import load_model_checkpoint, model_state, save_checkpoint
+    from mlproject.model.checkpoint import load_model_checkpoint, model_state, save_checkpoint
 
     dense = GPTConfig(model_version="gpt3", preset=None, n_layer=2, n_head=2, d_model=32, block_size=16,
                       vocab_size=64, attention_pattern="dense")

@@ -12,7 +12,7 @@ import torch
 from mlproject.data.bpb import bits_per_byte, token_byte_lengths
 from mlproject.data.tokenizer import EOT, train_tokenizer
 from mlproject.training.distributed import DistInfo
-from mlproject.training.trainer import eval_windows, evaluate
+from mlproject.training.evaluation import eval_windows, evaluate
 
 DOCS = ["def add(a, b):\n    return a + b\n", "Ünïcödé text: naïve café, 東京, emoji 🙂 and plain ASCII.",
         "The quick brown fox jumps over the lazy dog. " * 3, "x = [i * i for i in range(10)]  # squares"]

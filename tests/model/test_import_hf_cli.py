@@ -6,7 +6,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from mlproject.cli import main
-from mlproject.training.checkpoint import load_model_checkpoint
+from mlproject.model.checkpoint import load_model_checkpoint
 
 
 def test_import_hf_writes_a_checkpoint_with_the_same_logits(tmp_path, monkeypatch, capsys):

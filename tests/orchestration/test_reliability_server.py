@@ -157,7 +157,7 @@ def test_a_server_killed_mid_sweep_and_restarted_30s_later_loses_nothing(tmp_pat
         drain.wait(timeout=60)
         output = "".join(seen) + (tmp_path / "sweep.log").read_text()
         assert sweep.returncode == 0, output[-4000:]
-        from mlproject.training.checkpoint import load_checkpoint
+        from mlproject.model.checkpoint import load_checkpoint
 
         client = MlflowClient(tracking_uri=uri)
         runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from helpers import unique, write_sweep
 from mlproject.cli import main
 from mlproject.protocol import parse_step_result
-from mlproject.training.checkpoint import load_checkpoint
+from mlproject.model.checkpoint import load_checkpoint
 
 
 def _plan(tmp_path, capsys, **train) -> dict:

@@ -138,7 +138,7 @@ def test_mlflow_entry_point_evaluate_logs_to_the_evaluated_run(run, tmp_path):
 def test_export_hf_logs_an_artifact_folder_that_transformers_loads_with_our_logits(run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mlproject.training.checkpoint import load_model_checkpoint
+    from mlproject.model.checkpoint import load_model_checkpoint
 
     assert main(["export-hf", "--run-id", run.run_id, "--output", str(tmp_path / "hf")]) == 0
     local = Path(mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path="hf",

@@ -135,7 +135,7 @@ def test_a_tampered_logged_model_runs_no_code_through_any_loader(trained, tmp_pa
     """The weights file replaced by a pickle payload (and one planted as data/model.pth), with
     MLflow's own default (3.17: pickle deserialization allowed): every loader refuses, none runs it."""
     from mlproject.tracking.artifacts import download_tokenizer, load_logged_model, log_model
-    from mlproject.training.checkpoint import load_model_checkpoint
+    from mlproject.model.checkpoint import load_model_checkpoint
 
     monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)
     marker = tmp_path / "PWNED"

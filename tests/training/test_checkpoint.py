@@ -1,107 +1,98 @@
-"""Checkpoint files: atomic writes, weights-only loading, one-line errors for bad files."""
+"""Training checkpoints: the loop state and every stateful part round-trip through one layout."""
 
 from __future__ import annotations
 
-import torch
-import pytest
+import math
+import random
 
-from helpers import TINY_MODEL
+import pytest
+import torch
+
+from mlproject.data.batches import WindowSampler
 from mlproject.errors import MlprojectError
+from mlproject.model.checkpoint import load_checkpoint, load_model_checkpoint, save_model_checkpoint
 from mlproject.model.config import GPTConfig
 from mlproject.model.gpt import GPT
-from mlproject.training.checkpoint import (clean_state_dict, load_checkpoint, load_model_checkpoint,
-                                           save_checkpoint, save_model_checkpoint, unwrap_model)
+from mlproject.training.checkpoint import TrainingCheckpoint, TrainState, read_resume_checkpoint
+from mlproject.training.config import TrainConfig
+from mlproject.training.distributed import DistInfo
+from mlproject.training.optim import build_optimizer, build_scheduler
+from mlproject.training.resolve import resolve
 
-TINY = GPTConfig(**TINY_MODEL, vocab_size=128)
-
-
-def test_checkpoint_roundtrip_keeps_values_and_adds_format_marker(tmp_path):
-    state = {"step": 7, "weights": torch.arange(4.0), "nested": {"t": (1, 2.5, None)}}
-    path = save_checkpoint(tmp_path / "c.pt", state)
-    loaded = load_checkpoint(path)
-    assert loaded["format"] == "mlproject-checkpoint" and loaded["version"] == 1
-    assert loaded["step"] == 7 and torch.equal(loaded["weights"], torch.arange(4.0))
-    assert loaded["nested"] == {"t": (1, 2.5, None)}
+STATE_KEYS = {"step", "tokens_seen", "elapsed_sec", "best_val_loss", "best_val_bpb", "no_improve_evals", "train_loss"}
 
 
-def test_save_leaves_no_temporary_files(tmp_path):
-    save_checkpoint(tmp_path / "c.pt", {"step": 1})
-    save_checkpoint(tmp_path / "c.pt", {"step": 2})
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
-    assert load_checkpoint(tmp_path / "c.pt")["step"] == 2
+def test_train_state_round_trips_through_its_state_dict():
+    state = TrainState(step=7, tokens_seen=896, elapsed_sec=1.5, best_val_loss=2.25, best_val_bpb=1.1,
+                       no_improve_evals=2, train_loss=2.5)
+    assert set(state.state_dict()) == STATE_KEYS
+    restored = TrainState()
+    restored.load_state_dict(state.state_dict())
+    assert restored == state
 
 
-def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
-    save_checkpoint(tmp_path / "c.pt", {"step": 1})
-    with pytest.raises(Exception):
-        save_checkpoint(tmp_path / "c.pt", {"step": 2, "bad": lambda: None})  # not picklable
-    assert load_checkpoint(tmp_path / "c.pt")["step"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+def test_train_state_of_a_checkpoint_without_bpb_or_last_loss_leaves_them_unknown():
+    restored = TrainState()
+    restored.load_state_dict({"step": 3, "tokens_seen": 10, "elapsed_sec": 0.5, "best_val_loss": 4.0,
+                              "no_improve_evals": 0})
+    assert restored.step == 3 and math.isnan(restored.best_val_bpb) and math.isnan(restored.train_loss)
 
 
-def test_truncated_checkpoint_is_a_one_line_error_naming_the_file(tmp_path):
-    path = save_checkpoint(tmp_path / "c.pt", {"w": torch.randn(256, 256)})
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(MlprojectError) as err:
-        load_checkpoint(path)
-    assert str(path) in str(err.value) and "\n" not in str(err.value)
+def parts(seed: int) -> TrainingCheckpoint:
+    """The stateful parts of a tiny run, the model initialised from `seed`."""
+    model_cfg, cfg = resolve(GPTConfig(n_layer=1, n_head=2, d_model=32, block_size=16), TrainConfig(), 100)
+    torch.manual_seed(seed)
+    model = GPT(model_cfg)
+    optimizer = build_optimizer(model, cfg)
+    return TrainingCheckpoint(model, cfg, optimizer, build_scheduler(optimizer, cfg, total_steps=10),
+                              torch.amp.GradScaler("cpu", enabled=False), WindowSampler(16 * 64 + 1, 16, 4, seed=1),
+                              TrainState(), torch.device("cpu"), DistInfo())
 
 
-def test_empty_checkpoint_is_a_one_line_error(tmp_path):
-    path = tmp_path / "empty.pt"
-    path.write_bytes(b"")
-    with pytest.raises(MlprojectError, match="empty"):
-        load_checkpoint(path)
+def test_a_saved_run_is_restored_in_every_part(tmp_path):
+    run = parts(seed=0)
+    x = torch.randint(0, 100, (2, 16))
+    _, loss = run.model(x, x)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    run.sampler.advance()
+    run.state = TrainState(step=1, tokens_seen=64, elapsed_sec=0.5, best_val_loss=3.5, best_val_bpb=1.25,
+                           no_improve_evals=0, train_loss=float(loss.detach()))
+    assert run.save_last(tmp_path / "last.pt")
+    expected = torch.rand(3), random.random()  # the streams right after the save
+
+    fresh = parts(seed=1)
+    fresh.load_state_dict(read_resume_checkpoint(tmp_path / "last.pt", fresh.model.config))
+    assert (torch.rand(3).tolist(), random.random()) == (expected[0].tolist(), expected[1])
+    assert fresh.state == run.state
+    assert fresh.sampler.state_dict() == run.sampler.state_dict()
+    assert fresh.scheduler.state_dict() == run.scheduler.state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(fresh.model.state_dict().values(), run.model.state_dict().values()))
+    moments = lambda p: p.optimizer.state_dict()["state"][0]["exp_avg"]
+    assert torch.equal(moments(fresh), moments(run))
 
 
-def test_foreign_torch_file_is_rejected_for_missing_format_marker(tmp_path):
-    path = tmp_path / "foreign.pt"
-    torch.save({"model": {"w": torch.zeros(2)}}, path)
-    with pytest.raises(MlprojectError, match="not an mlproject checkpoint") as err:
-        load_checkpoint(path)
-    assert str(path) in str(err.value)
+def test_last_and_best_checkpoints_are_model_checkpoints_too(tmp_path):
+    run = parts(seed=0)
+    run.state.step, run.state.best_val_loss = 4, 2.0
+    run.save_last(tmp_path / "last.pt")
+    run.save_best(tmp_path / "best.pt")
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert {k for k in best if k not in ("format", "version")} == {"model_config", "model", "train_config", "step",
+                                                                   "val_loss"}
+    assert (best["step"], best["val_loss"]) == (4, 2.0)
+    for name in ("last.pt", "best.pt"):
+        model, _ = load_model_checkpoint(tmp_path / name)
+        assert model.config == run.model.config
 
 
-def test_non_torch_file_is_a_one_line_error(tmp_path):
-    path = tmp_path / "notes.pt"
-    path.write_text("hello, I am not a checkpoint\n")
-    with pytest.raises(MlprojectError) as err:
-        load_checkpoint(path)
-    assert "\n" not in str(err.value) and str(path) in str(err.value)
-
-
-def test_missing_checkpoint_is_an_error(tmp_path):
-    with pytest.raises(MlprojectError, match="not found"):
-        load_checkpoint(tmp_path / "nope.pt")
-
-
-def test_wrapper_prefixes_are_stripped_from_state_dict_keys():
-    cleaned = clean_state_dict({"module._orig_mod.lm_head.weight": 1, "_orig_mod.wte": 2, "h.0": 3})
-    assert cleaned == {"lm_head.weight": 1, "wte": 2, "h.0": 3}
-
-
-def test_unwrap_model_finds_the_model_inside_compile_wrappers():
-    model = GPT(TINY)
-    wrapper = torch.nn.Module()
-    wrapper._orig_mod = model
-    assert unwrap_model(wrapper) is model
-
-
-def test_model_checkpoint_rebuilds_an_identical_model(tmp_path):
-    torch.manual_seed(0)
-    model = GPT(TINY)
-    save_model_checkpoint(tmp_path / "m.pt", model)
-    rebuilt, state = load_model_checkpoint(tmp_path / "m.pt")
-    assert state["model_config"]["n_layer"] == 2
-    idx = torch.randint(0, 128, (2, 16))
-    assert torch.equal(model.eval()(idx)[0], rebuilt(idx)[0])
-    assert not rebuilt.training
-
-
-def test_model_checkpoint_with_mismatched_weights_is_an_error(tmp_path):
-    model = GPT(TINY)
-    state = {"model_config": {**vars(model.config), "d_model": 32}, "model": model.state_dict()}
-    save_checkpoint(tmp_path / "m.pt", state)
-    with pytest.raises(MlprojectError, match="do not match"):
-        load_model_checkpoint(tmp_path / "m.pt")
+def test_resuming_needs_a_training_checkpoint_of_the_same_model(tmp_path):
+    run = parts(seed=0)
+    save_model_checkpoint(tmp_path / "model.pt", run.model)
+    with pytest.raises(MlprojectError, match="model-only"):
+        read_resume_checkpoint(tmp_path / "model.pt", run.model.config)
+    run.save_last(tmp_path / "last.pt")
+    wider = GPTConfig(**{**vars(run.model.config), "d_model": 64})
+    with pytest.raises(MlprojectError, match="d_model=32 in the checkpoint, 64 now"):
+        read_resume_checkpoint(tmp_path / "last.pt", wider)

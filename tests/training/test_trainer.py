@@ -3,6 +3,7 @@ early stopping, gradient accumulation, interruption and exact resumption."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -12,17 +13,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mlproject.errors import MlprojectError
+from mlproject.errors import ConfigError, MlprojectError
+from mlproject.model.checkpoint import load_checkpoint, save_model_checkpoint
 from mlproject.model.config import GPTConfig
-from mlproject.training import trainer as trainer_module
-from mlproject.training.checkpoint import load_checkpoint, save_model_checkpoint
+from mlproject.training import evaluation
 from mlproject.training.config import TrainConfig
-from mlproject.training.trainer import TrainerCallback, eval_windows, train
+from mlproject.training.evaluation import eval_windows
+from mlproject.training.resolve import resolve
+from mlproject.training.trainer import TrainerCallback, train
 
 LOG_KEYS = {"train_loss", "lr", "grad_norm", "tokens_per_sec", "ms_per_step", "mfu", "data_time_share",
             "peak_mem_mb", "tokens_seen", "epoch"}
 START_KEYS = {"params_total", "params_non_embedding", "flops_per_token", "total_steps", "steps_per_epoch",
-              "start_step", "device", "world_size", "precision", "peak_flops", "model_config", "train_config"}
+              "start_step", "device", "world_size", "precision", "peak_flops", "peak_flops_source", "warmup_steps",
+              "tokens_per_step"}
 SUMMARY_KEYS = {"val_loss_best", "val_ppl_best", "val_bpb_best", "train_loss_last", "tokens_seen", "elapsed_sec", "params_total",
                 "tokens_per_sec", "peak_mem_mb"}
 
@@ -62,6 +66,12 @@ def tcfg(**overrides) -> TrainConfig:
     return TrainConfig(**{**base, **overrides})
 
 
+def resolved_train(model_cfg: GPTConfig, data, cfg: TrainConfig, **kwargs):
+    """`train()` on the configs as the application resolves them for `data`'s tokenizer."""
+    model_cfg, cfg = resolve(model_cfg, cfg, data.vocab_size)
+    return train(model_cfg, data, cfg, **kwargs)
+
+
 def synthetic_data(train_windows: int, val_windows: int = 8, block_size: int = 32, vocab_size: int = 100):
     """A PreparedData stand-in: random tokens, exactly `train_windows` windows of block_size + 1."""
     rng = np.random.default_rng(0)
@@ -71,8 +81,9 @@ def synthetic_data(train_windows: int, val_windows: int = 8, block_size: int = 3
 
 def test_train_calls_back_in_order_with_the_documented_keys(data, model_cfg, tmp_path):
     rec = Recorder()
-    result = train(model_cfg, data, tcfg(), checkpoint_dir=tmp_path, callbacks=[rec])
+    result = resolved_train(model_cfg, data, tcfg(), checkpoint_dir=tmp_path, callbacks=[rec])
     assert START_KEYS <= set(rec.start)
+    assert not {"model_config", "train_config"} & set(rec.start)  # the caller's, resolved before train()
     assert rec.events == [("start",), ("log", 2), ("log", 4), ("eval", 4), ("checkpoint", "best", 4),
                           ("checkpoint", "last", 4), ("log", 6), ("log", 8), ("eval", 8),
                           ("checkpoint", "best", 8), ("checkpoint", "last", 8), ("end", "finished")]
@@ -88,40 +99,52 @@ def test_train_calls_back_in_order_with_the_documented_keys(data, model_cfg, tmp
 
 
 def test_training_learns_below_the_uniform_guess(data, model_cfg, tmp_path):
-    result = train(model_cfg, data, tcfg(max_steps=30, eval_interval=30, batch_size=8, learning_rate=3e-3),
-                   checkpoint_dir=tmp_path)
+    result = resolved_train(model_cfg, data, tcfg(max_steps=30, eval_interval=30, batch_size=8, learning_rate=3e-3),
+                            checkpoint_dir=tmp_path)
     assert result.summary["val_loss_best"] < math.log(data.vocab_size) - 0.5
 
 
-def test_resolved_configs_are_reported(data, model_cfg, tmp_path):
-    rec = Recorder()
-    train(model_cfg, data, tcfg(max_steps=2, recipe="gpt3"), checkpoint_dir=tmp_path, callbacks=[rec])
-    assert rec.start["model_config"].vocab_size == 512 and rec.start["model_config"].n_layer == 2
-    cfg = rec.start["train_config"]
+def test_the_resolved_configs_are_the_ones_trained(data, model_cfg, tmp_path):
+    model, cfg = resolve(model_cfg, tcfg(max_steps=2, recipe="gpt3"), data.vocab_size)
+    assert model.vocab_size == 512 and model.n_layer == 2
     assert (cfg.beta2, cfg.weight_decay, cfg.data_seed) == (0.95, 0.1, 42)
+    train(model, data, cfg, checkpoint_dir=tmp_path)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["model_config"] == dataclasses.asdict(model) and state["train_config"] == dataclasses.asdict(cfg)
+
+
+def test_unresolved_configs_are_refused_before_anything_is_built(data, model_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="resolved model config"):
+        train(model_cfg, data, tcfg(), checkpoint_dir=tmp_path)
+    model, _ = resolve(model_cfg, tcfg(), data.vocab_size)
+    with pytest.raises(ConfigError, match="resolved training config"):
+        train(model, data, tcfg(), checkpoint_dir=tmp_path)  # data_seed and the recipe's betas unset
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_vocab_is_padded_to_a_multiple_of_64(model_cfg, tmp_path):
-    rec = Recorder()
-    train(model_cfg, synthetic_data(16), tcfg(max_steps=1), checkpoint_dir=tmp_path, callbacks=[rec])
-    assert rec.start["model_config"].vocab_size == 128
+    data = synthetic_data(16)
+    model, cfg = resolve(model_cfg, tcfg(max_steps=1), data.vocab_size)
+    assert model.vocab_size == 128
+    train(model, data, cfg, checkpoint_dir=tmp_path)
+    assert load_checkpoint(tmp_path / "last.pt")["model_config"]["vocab_size"] == 128
 
 
 def test_total_steps_is_the_smaller_of_epochs_and_max_steps(model_cfg, tmp_path):
     data = synthetic_data(train_windows=40)  # batch 8: 5 steps per epoch
     rec = Recorder()
-    result = train(model_cfg, data, tcfg(batch_size=8, epochs=2, max_steps=None), checkpoint_dir=tmp_path,
-                   callbacks=[rec])
+    result = resolved_train(model_cfg, data, tcfg(batch_size=8, epochs=2, max_steps=None), checkpoint_dir=tmp_path,
+                            callbacks=[rec])
     assert (rec.start["steps_per_epoch"], rec.start["total_steps"], result.step) == (5, 10, 10)
     assert rec.logs[10]["epoch"] == pytest.approx(2.0)
-    result = train(model_cfg, data, tcfg(batch_size=8, epochs=2, max_steps=7), checkpoint_dir=tmp_path)
+    result = resolved_train(model_cfg, data, tcfg(batch_size=8, epochs=2, max_steps=7), checkpoint_dir=tmp_path)
     assert result.step == 7
 
 
 def test_too_little_data_for_one_step_is_an_error(model_cfg, tmp_path):
     with pytest.raises(MlprojectError, match="grad_accum_steps=4"):
-        train(model_cfg, synthetic_data(train_windows=8), tcfg(batch_size=4, grad_accum_steps=4),
-              checkpoint_dir=tmp_path)
+        resolved_train(model_cfg, synthetic_data(train_windows=8), tcfg(batch_size=4, grad_accum_steps=4),
+                       checkpoint_dir=tmp_path)
 
 
 def test_eval_windows_are_fixed_consecutive_and_zero_means_all():
@@ -138,10 +161,10 @@ def test_best_checkpoint_follows_the_lowest_val_loss_and_early_stopping(data, mo
         loss = next(scripted)
         return {"val_loss": loss, "val_ppl": math.exp(loss), "val_token_acc": 0.0}
 
-    monkeypatch.setattr(trainer_module, "evaluate", fake_evaluate)
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
     rec = Recorder()
-    result = train(model_cfg, data, tcfg(max_steps=20, eval_interval=2, save_every=0, early_stopping_patience=3),
-                   checkpoint_dir=tmp_path, callbacks=[rec])
+    result = resolved_train(model_cfg, data, tcfg(max_steps=20, eval_interval=2, save_every=0,
+                                                  early_stopping_patience=3), checkpoint_dir=tmp_path, callbacks=[rec])
     assert result.status == "early_stopped" and result.step == 10  # evals at 2,4 (best), 6, 8, 10 (3 worse)
     assert [e for e in rec.events if e[0] == "checkpoint"] == [("checkpoint", "best", 2), ("checkpoint", "best", 4),
                                                                 ("checkpoint", "last", 10)]
@@ -155,9 +178,9 @@ def test_grad_accumulation_matches_one_big_batch(data, model_cfg, tmp_path):
     runs = []
     for batch_size, accum in ((4, 1), (2, 2)):
         rec = Recorder()
-        train(model_cfg, data, tcfg(batch_size=batch_size, grad_accum_steps=accum, max_steps=3, log_interval=1,
-                                    eval_interval=3, eval_batches=8 // batch_size, grad_clip=0.0),
-              checkpoint_dir=tmp_path / str(accum), callbacks=[rec])
+        cfg = tcfg(batch_size=batch_size, grad_accum_steps=accum, max_steps=3, log_interval=1, eval_interval=3,
+                   eval_batches=8 // batch_size, grad_clip=0.0)
+        resolved_train(model_cfg, data, cfg, checkpoint_dir=tmp_path / str(accum), callbacks=[rec])
         runs.append(rec)
     big, accumulated = runs
     for step in (1, 2, 3):
@@ -167,7 +190,7 @@ def test_grad_accumulation_matches_one_big_batch(data, model_cfg, tmp_path):
 
 
 def test_training_checkpoint_holds_the_full_state(data, model_cfg, tmp_path):
-    train(model_cfg, data, tcfg(max_steps=4), checkpoint_dir=tmp_path)
+    resolved_train(model_cfg, data, tcfg(max_steps=4), checkpoint_dir=tmp_path)
     state = load_checkpoint(tmp_path / "last.pt")  # weights_only=True: only plain types inside
     assert {"model_config", "model", "train_config", "optimizer", "scheduler", "scaler", "step", "rng", "sampler",
             "best_val_loss", "tokens_seen", "elapsed_sec", "no_improve_evals"} <= set(state)
@@ -184,14 +207,15 @@ def test_sigterm_in_process_stops_at_the_step_boundary_and_resumes_exactly(data,
 
     cfg = tcfg(max_steps=10, log_interval=1, eval_interval=5, save_every=0)
     model_cfg = GPTConfig(**{**vars(model_cfg), "dropout": 0.1})  # dropout: the RNG state must resume too
-    reference = train(model_cfg, data, cfg, checkpoint_dir=tmp_path / "ref")
+    reference = resolved_train(model_cfg, data, cfg, checkpoint_dir=tmp_path / "ref")
     previous = signal.getsignal(signal.SIGTERM)
     stopped = TermAt()
-    result = train(model_cfg, data, cfg, checkpoint_dir=tmp_path / "run", callbacks=[stopped])
+    result = resolved_train(model_cfg, data, cfg, checkpoint_dir=tmp_path / "run", callbacks=[stopped])
     assert signal.getsignal(signal.SIGTERM) is previous
     assert result.status == "interrupted" and result.step == 4
     assert stopped.events[-2:] == [("checkpoint", "last", 4), ("end", "interrupted")]
-    resumed = train(model_cfg, data, cfg, checkpoint_dir=tmp_path / "run", resume_from=tmp_path / "run" / "last.pt")
+    resumed = resolved_train(model_cfg, data, cfg, checkpoint_dir=tmp_path / "run",
+                             resume_from=tmp_path / "run" / "last.pt")
     assert resumed.step == 10
     assert resumed.summary["train_loss_last"] == pytest.approx(reference.summary["train_loss_last"], abs=1e-6)
     assert resumed.summary["val_loss_best"] == pytest.approx(reference.summary["val_loss_best"], abs=1e-6)
@@ -199,10 +223,10 @@ def test_sigterm_in_process_stops_at_the_step_boundary_and_resumes_exactly(data,
 
 
 def test_resuming_a_different_model_is_an_error(data, model_cfg, tmp_path):
-    train(model_cfg, data, tcfg(max_steps=2), checkpoint_dir=tmp_path)
+    resolved_train(model_cfg, data, tcfg(max_steps=2), checkpoint_dir=tmp_path)
     other = GPTConfig(n_layer=3, n_head=2, d_model=64, block_size=32)
     with pytest.raises(MlprojectError, match="n_layer=2 in the checkpoint, 3 now"):
-        train(other, data, tcfg(max_steps=2), checkpoint_dir=tmp_path, resume_from=tmp_path / "last.pt")
+        resolved_train(other, data, tcfg(max_steps=2), checkpoint_dir=tmp_path, resume_from=tmp_path / "last.pt")
 
 
 def test_resuming_from_a_model_only_checkpoint_is_an_error(data, model_cfg, tmp_path):
@@ -210,14 +234,14 @@ def test_resuming_from_a_model_only_checkpoint_is_an_error(data, model_cfg, tmp_
 
     save_model_checkpoint(tmp_path / "model.pt", GPT(GPTConfig(**{**vars(model_cfg), "vocab_size": 512})))
     with pytest.raises(MlprojectError, match="model-only"):
-        train(model_cfg, data, tcfg(max_steps=2), checkpoint_dir=tmp_path, resume_from=tmp_path / "model.pt")
+        resolved_train(model_cfg, data, tcfg(max_steps=2), checkpoint_dir=tmp_path, resume_from=tmp_path / "model.pt")
 
 
 def test_same_seed_same_run_and_data_seed_is_independent_of_init(data, model_cfg, tmp_path):
     def first_loss(**kw):
         rec = Recorder()
-        train(model_cfg, data, tcfg(max_steps=1, log_interval=1, eval_interval=1, **kw),
-              checkpoint_dir=tmp_path, callbacks=[rec])
+        resolved_train(model_cfg, data, tcfg(max_steps=1, log_interval=1, eval_interval=1, **kw),
+                       checkpoint_dir=tmp_path, callbacks=[rec])
         return rec.logs[1]["train_loss"]
 
     assert first_loss(seed=1, data_seed=5) == first_loss(seed=1, data_seed=5)
@@ -226,20 +250,21 @@ def test_same_seed_same_run_and_data_seed_is_independent_of_init(data, model_cfg
 
 
 def test_progress_lines_are_printed_when_not_on_a_terminal(data, model_cfg, tmp_path, capsys):
-    train(model_cfg, data, tcfg(max_steps=4, progress="auto"), checkpoint_dir=tmp_path)
+    resolved_train(model_cfg, data, tcfg(max_steps=4, progress="auto"), checkpoint_dir=tmp_path)
     out = capsys.readouterr().out
     assert "step 2/4 | loss" in out and "tok/s" in out and "eta" in out and "val_loss" in out
 
 
 def test_progress_bar_when_asked(data, model_cfg, tmp_path, capsys):
-    train(model_cfg, data, tcfg(max_steps=4, progress="bar"), checkpoint_dir=tmp_path)
+    resolved_train(model_cfg, data, tcfg(max_steps=4, progress="bar"), checkpoint_dir=tmp_path)
     captured = capsys.readouterr()
     assert "4/4" in captured.err and "step 2/4 | loss" not in captured.out
 
 
 def test_bf16_autocast_trains_on_cpu_when_asked(data, model_cfg, tmp_path):
     rec = Recorder()
-    result = train(model_cfg, data, tcfg(max_steps=2, precision="bf16"), checkpoint_dir=tmp_path, callbacks=[rec])
+    result = resolved_train(model_cfg, data, tcfg(max_steps=2, precision="bf16"), checkpoint_dir=tmp_path,
+                            callbacks=[rec])
     assert rec.start["precision"] == "bf16"
     assert math.isfinite(result.summary["train_loss_last"]) and math.isfinite(result.summary["val_loss_best"])
 
@@ -248,6 +273,8 @@ def test_auto_precision_records_the_choice_made_for_this_cpu(data, model_cfg, tm
     from mlproject.training.device import cpu_has_bf16
 
     rec = Recorder()
-    train(model_cfg, data, tcfg(max_steps=2, precision="auto"), checkpoint_dir=tmp_path, callbacks=[rec])
+    model, cfg = resolve(model_cfg, tcfg(max_steps=2, precision="auto"), data.vocab_size)
+    assert cfg.precision == "auto"  # the request stays in the resolved config; the choice is `precision`
+    train(model, data, cfg, checkpoint_dir=tmp_path, callbacks=[rec])
     assert rec.start["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
-    assert rec.start["train_config"].precision == "auto"  # the request; the choice is `precision`
+    assert load_checkpoint(tmp_path / "last.pt")["train_config"]["precision"] == "auto"

@@ -19,6 +19,7 @@ from mlproject.data.config import DataConfig
 from mlproject.data.prepare import prepare_data
 from mlproject.model.config import GPTConfig
 from mlproject.training.config import TrainConfig
+from mlproject.training.resolve import resolve
 from mlproject.training.trainer import TrainerCallback, train
 
 class Recorder(TrainerCallback):
@@ -50,8 +51,8 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     data = prepare_data(DataConfig(**spec["data"], cache_dir=spec["cache_dir"]))
     recorder = Recorder(spec)
-    result = train(GPTConfig(**spec["model"]), data, from_dict(TrainConfig, spec["train"]),
-                   checkpoint_dir=Path(spec["checkpoint_dir"]), callbacks=[recorder],
+    model_cfg, train_cfg = resolve(GPTConfig(**spec["model"]), from_dict(TrainConfig, spec["train"]), data.vocab_size)
+    result = train(model_cfg, data, train_cfg, checkpoint_dir=Path(spec["checkpoint_dir"]), callbacks=[recorder],
                    resume_from=Path(spec["resume_from"]) if spec.get("resume_from") else None)
     print("RESULT " + json.dumps({"status": result.status, "step": result.step, "summary": result.summary,
                                   "losses": recorder.losses, "val": recorder.val, "events": recorder.events}),

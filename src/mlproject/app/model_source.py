@@ -80,7 +80,7 @@ def resolve_source(ref: ModelRef, workdir: Path, store: ModelStore | None, *, co
 def load_source(source: Source, device: Any) -> tuple[Any, dict[str, Any]]:
     """(model in eval mode, checkpoint state) from the very file `resolve_source` hashed: a
     checkpoint, or the safetensors weights of a logged model (read with its JSON config)."""
-    from mlproject.training.checkpoint import load_model_checkpoint
+    from mlproject.model.checkpoint import load_model_checkpoint
 
     if source.checkpoint.name == WEIGHTS_FILE:
         from mlproject.model.folder import load_folder

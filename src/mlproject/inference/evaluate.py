@@ -3,7 +3,7 @@ each with a 95% interval over evaluation batches.
 
 The text is encoded with the model's own tokenizer (documents joined by `<|endoftext|>`, as in
 the token caches) and cut into the consecutive, non-overlapping windows of the trainer's
-evaluation (`trainer.eval_windows`, `trainer.evaluate`), up to a fixed budget of target tokens.
+evaluation (`training.evaluation`), up to a fixed budget of target tokens.
 Every batch holds the same number of target tokens, so the mean of per-batch losses is the
 token-level loss; the interval is mean +- t_{0.975, n-1} * s / sqrt(n) over the n batches
 (perplexity's is exp of the loss interval). bpb is total nats over ln 2 x total bytes
@@ -53,7 +53,7 @@ def encode_documents(name: str, texts: Iterable[str], tokenizer: Any, eot_id: in
 
 
 def interval(values: list[float]) -> tuple[float | None, float | None]:
-    from mlproject.research.stats import t_interval  # the suite's one t interval
+    from mlproject.stats import t_interval  # the suite's one t interval
 
     bounds = t_interval(values) if all(math.isfinite(v) for v in values) else None
     return (bounds[0], bounds[1]) if bounds else (None, None)
@@ -64,7 +64,7 @@ def evaluate_text(model: torch.nn.Module, text: EvalText, tokenizer: Any, *, max
                   block_size: int | None = None, device: Any = "cpu") -> dict[str, float]:
     """`{loss, ppl, bpb, token_acc}` with `<metric>_ci95_low/_high`, plus tokens, bytes, batches."""
     from mlproject.training import distributed as D
-    from mlproject.training.trainer import eval_windows, evaluate
+    from mlproject.training.evaluation import eval_windows, evaluate
 
     block_size = block_size or model.config.block_size
     if block_size > model.config.block_size:

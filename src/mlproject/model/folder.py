@@ -27,7 +27,7 @@ def save_folder(model: Any, tokenizer_path: str | Path, folder: str | Path) -> d
     """Write weights, config and tokenizer into `folder`; return {weights, model_config, tokenizer}: path."""
     from safetensors.torch import save_model
 
-    from mlproject.training.checkpoint import unwrap_model
+    from mlproject.model.checkpoint import unwrap_model
 
     folder = Path(folder)
     bare = unwrap_model(model)
@@ -42,7 +42,7 @@ def load_folder(folder: str | Path, device: Any = "cpu") -> tuple[Any, Path]:
     """(GPT in eval mode on `device`, tokenizer.json path) from a folder of the files above."""
     from safetensors.torch import load_model
 
-    from mlproject.training.checkpoint import build_model
+    from mlproject.model.checkpoint import build_model
 
     folder = Path(folder)
     missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE) if not (folder / name).is_file()]

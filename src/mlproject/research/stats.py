@@ -1,10 +1,10 @@
 """Statistics across seeds: mean, standard deviation and t confidence intervals.
 
 A handful of seeds is a small sample, so intervals use Student's t distribution with n - 1
-degrees of freedom rather than the normal approximation (with n = 3 the 95% t quantile is
-4.30, not 1.96). Model comparisons are paired by seed: the same seed gives every model the same
-data order, so the per-seed difference removes the shared data-order noise and a paired t-test
-(Student, 1908) is more sensitive than comparing two independent means.
+degrees of freedom (`mlproject.stats.t_interval`). Model comparisons are paired by seed: the
+same seed gives every model the same data order, so the per-seed difference removes the
+shared data-order noise and a paired t-test (Student, 1908) is more sensitive than comparing
+two independent means.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from scipy import stats
+
+from mlproject.stats import sample_std, t_interval
 
 
 @dataclass(frozen=True)
@@ -44,17 +46,6 @@ class PairedComparison:
         return asdict(self)
 
 
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
-    """Two-sided t interval of the mean: mean +- t_{(1+c)/2, n-1} * s / sqrt(n)."""
-    n = len(values)
-    if n < 2:
-        return None
-    mean = math.fsum(values) / n
-    sem = _sample_std(values) / math.sqrt(n)
-    half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * sem
-    return mean - half, mean + half
-
-
 def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
     """Summary of one group's values (e.g. val_loss_best of one model over its seeds)."""
     values = [float(v) for v in values]
@@ -63,7 +54,7 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
     n = len(values)
     mean = math.fsum(values) / n
     interval = t_interval(values, confidence)
-    return Summary(n=n, mean=mean, std=_sample_std(values) if n > 1 else None,
+    return Summary(n=n, mean=mean, std=sample_std(values) if n > 1 else None,
                    ci_low=interval[0] if interval else None, ci_high=interval[1] if interval else None)
 
 
@@ -79,7 +70,7 @@ def paired_comparison(baseline: Mapping[int, float], candidate: Mapping[int, flo
     interval = t_interval(diffs, confidence)
     p_value = None
     if n > 1:
-        sd = _sample_std(diffs)
+        sd = sample_std(diffs)
         if sd > 0:
             t_stat = mean_diff / (sd / math.sqrt(n))
             p_value = float(2 * stats.t.sf(abs(t_stat), df=n - 1))
@@ -87,10 +78,3 @@ def paired_comparison(baseline: Mapping[int, float], candidate: Mapping[int, flo
             p_value = 1.0 if mean_diff == 0 else 0.0
     return PairedComparison(n=n, mean_diff=mean_diff, ci_low=interval[0] if interval else None,
                             ci_high=interval[1] if interval else None, p_value=p_value)
-
-
-def _sample_std(values: Sequence[float]) -> float:
-    """Standard deviation with Bessel's correction (ddof = 1)."""
-    n = len(values)
-    mean = math.fsum(values) / n
-    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))

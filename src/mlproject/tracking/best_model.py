@@ -56,7 +56,7 @@ def log_child_model(run_id: str) -> str:
     The run is FINISHED: it is reopened for the upload, then closed again with its own end time,
     so its duration in the UI stays the training time.
     """
-    from mlproject.training.checkpoint import load_model_checkpoint
+    from mlproject.model.checkpoint import load_model_checkpoint
 
     client = MlflowClient()
     info = client.get_run(run_id).info

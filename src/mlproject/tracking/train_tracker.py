@@ -176,7 +176,7 @@ def _note_changed_params(run_id: str, changed: dict[str, tuple[str, str]]) -> No
 
 def _log_best_model(checkpoint: Path, tokenizer_path: str | Path, cfg: RunConfig, step: int) -> str:
     """The best checkpoint as a LoggedModel (registered under `tracking.register_as` if set)."""
-    from mlproject.training.checkpoint import load_model_checkpoint
+    from mlproject.model.checkpoint import load_model_checkpoint
 
     model, state = load_model_checkpoint(checkpoint, "cpu")
     return log_model(model, tokenizer_path=tokenizer_path, register_as=cfg.tracking.register_as, step=step,

@@ -1,150 +1,144 @@
-"""Checkpoints: one dict per file, written atomically, read back with `weights_only=True`.
+"""Training checkpoints: a model checkpoint (`model.checkpoint`: format marker, "model_config",
+"model") plus everything a run needs to continue exactly where it stopped.
 
-Format (version 1):
-
-    {"format": "mlproject-checkpoint", "version": 1,
-     "model_config": dict (resolved GPTConfig), "model": state_dict (unwrapped),
-     # training checkpoints (last.pt) also hold everything needed to continue exactly:
-     "train_config", "optimizer", "scheduler", "scaler", "step", "rng", "sampler",
-     "best_val_loss", "best_val_bpb", "tokens_seen", "elapsed_sec", "no_improve_evals"}
-
-Only tensors, dicts, lists, tuples and primitives are stored, so loading never unpickles
-arbitrary objects (`torch.load(weights_only=True)`), and a checkpoint from an untrusted run
-cannot execute code.
+`TrainingCheckpoint` is the one place that lays the file out and reads it back, as
+torchtitan's checkpointer does over its `Stateful` parts: each part gives its `state_dict()`
+and takes it back with `load_state_dict()`. last.pt holds the model, "train_config", the
+"optimizer", "scheduler", "scaler" and "sampler" states, "rng" (every rank's), and the
+`TrainState` fields at the top level; best.pt holds the model, "train_config", "step" and
+"val_loss". Both stay loadable by `model.checkpoint.load_model_checkpoint`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
+import math
+import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mlproject.errors import MlprojectError
-from mlproject.io import atomic_open
-
-FORMAT = "mlproject-checkpoint"
-VERSION = 1
-
-# Prefixes that wrappers add to parameter names: DDP (`module.`) and torch.compile (`_orig_mod.`).
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+from mlproject.model.checkpoint import clean_state_dict, load_checkpoint, model_state, save_checkpoint
+from mlproject.model.config import GPTConfig
+from mlproject.training import distributed as D
+from mlproject.training.config import TrainConfig
 
 
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare model inside DDP and/or torch.compile wrappers."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
+@dataclass
+class TrainState:
+    """The loop's own progress; its fields are top-level keys of last.pt."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    elapsed_sec: float = 0.0        # training time of every session so far, up to the last save
+    best_val_loss: float = math.inf
+    best_val_bpb: float = math.nan  # val_bpb of the evaluation with the best val_loss
+    no_improve_evals: int = 0       # evaluations since the best one (early stopping's patience)
+    train_loss: float = math.nan    # the last step's loss: a run resumed at its final step reports it
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.elapsed_sec = float(state["elapsed_sec"])
+        self.best_val_loss, self.no_improve_evals = float(state["best_val_loss"]), int(state["no_improve_evals"])
+        # Checkpoints written before these were recorded lack them.
+        self.best_val_bpb = float(state.get("best_val_bpb", math.nan))
+        self.train_loss = float(state.get("train_loss", math.nan))
 
 
-def clean_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """A state dict with wrapper prefixes removed from every key."""
-    out = {}
-    for key, value in state_dict.items():
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in _WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
-        out[key] = value
-    return out
+@dataclass(eq=False)
+class TrainingCheckpoint:
+    """The stateful parts of a run and the layout of their checkpoints (see the module docstring)."""
+
+    model: torch.nn.Module  # the bare model, not its DDP or torch.compile wrapper
+    train_cfg: TrainConfig
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    sampler: Any            # data.batches.WindowSampler
+    state: TrainState
+    device: torch.device
+    info: D.DistInfo
+
+    def state_dict(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
+        """The entries of last.pt, with `rng` the states `gather_rng` collected."""
+        return {**model_state(self.model), "train_config": dataclasses.asdict(self.train_cfg),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "sampler": self.sampler.state_dict(), "rng": rng,
+                **self.state.state_dict()}
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """Restore every part from a last.pt (`read_resume_checkpoint`); call it once all is built."""
+        self.model.load_state_dict(clean_state_dict(ckpt["model"]))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.sampler.load_state_dict(ckpt["sampler"])  # refuses a checkpoint of another data or batch layout
+        self.state.load_state_dict(ckpt)
+        # Last: building the model and the rest drew from the RNG since it was seeded.
+        set_rng_state(ckpt["rng"][self.info.rank], self.device)
+
+    def save_last(self, path: Path) -> bool:
+        """Write last.pt on rank 0; True where written. Collective under DDP: every rank calls it."""
+        rng = gather_rng(self.device, self.info)
+        if not self.info.is_main:
+            return False
+        save_checkpoint(path, self.state_dict(rng))
+        return True
+
+    def save_best(self, path: Path) -> None:
+        """Write best.pt (rank 0 only): the model at the best val_loss so far."""
+        save_checkpoint(path, {**model_state(self.model), "train_config": dataclasses.asdict(self.train_cfg),
+                               "step": self.state.step, "val_loss": self.state.best_val_loss})
 
 
-def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
-    """Write `state` (plus the format marker) to `path` atomically; returns the path.
-
-    The bytes go to a temporary file in the same directory, are flushed and fsynced, then
-    `os.replace` swaps it in: a crash mid-write leaves the previous checkpoint intact.
-    """
-    path = Path(path)
-    payload = {"format": FORMAT, "version": VERSION, **state}
-    try:
-        with atomic_open(path, "wb", fsync=True) as f:
-            torch.save(payload, f)
-    except (OSError, RuntimeError) as exc:  # torch reports a failed write (disk full) as RuntimeError
-        raise MlprojectError(f"could not write checkpoint {path}: {_write_failure(exc, path.parent)}; "
-                             f"{'the previous one is unchanged' if path.exists() else 'no checkpoint was written'}"
-                             ) from exc
-    return path
+def read_resume_checkpoint(path: Path, model_cfg: GPTConfig) -> dict[str, Any]:
+    """The training checkpoint at `path`, refused unless it continues a run of `model_cfg`."""
+    ckpt = load_checkpoint(path)
+    if "optimizer" not in ckpt:
+        raise MlprojectError(f"{path} is a model-only checkpoint; resuming needs a training checkpoint (last.pt)")
+    diff = _config_diff(ckpt["model_config"], dataclasses.asdict(model_cfg))
+    if diff:
+        raise MlprojectError(f"cannot resume from {path}: the model differs ({diff})")
+    return ckpt
 
 
-def _write_failure(exc: BaseException, folder: Path) -> str:
-    """Why a write failed, in words: the OS error, or the free space left where torch hides it."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return "the write failed"
-    return f"the write failed ({free / 2**20:.1f} MiB free on that disk; is it full?)"
+def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            return f"{key}={a.get(key)!r} in the checkpoint, {b.get(key)!r} now"
+    return None
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint; a missing, empty, truncated or foreign file is a one-line MlprojectError."""
-    path = Path(path)
-    if not path.is_file():
-        raise MlprojectError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise MlprojectError(f"checkpoint {path} is empty")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or non-torch files
-        raise MlprojectError(f"checkpoint {path} is unreadable (truncated, corrupted or not a "
-                             f"torch file: {type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise MlprojectError(f"{path} is not an mlproject checkpoint (no {FORMAT!r} format marker)")
-    if state.get("version") != VERSION:
-        raise MlprojectError(f"checkpoint {path} has format version {state.get('version')!r}; "
-                             f"this mlproject reads version {VERSION}")
+# ----------------------------------------------------------------------------- RNG
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's RNG state: torch's, Python's and, on a GPU, CUDA's."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def model_state(model: torch.nn.Module) -> dict[str, Any]:
-    """The checkpoint entries of a bare model: its resolved config and unwrapped weights."""
-    bare = unwrap_model(model)
-    return {"model_config": dataclasses.asdict(bare.config),
-            "model": clean_state_dict(bare.state_dict())}
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_model_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module) -> Path:
-    """Write the model's config and weights only (for generation, import-hf, best.pt)."""
-    return save_checkpoint(path, model_state(model))
-
-
-def build_model(model_config: dict[str, Any]) -> torch.nn.Module:
-    """A GPT from a checkpoint's stored config (validated like a user config)."""
-    from mlproject.config import from_dict
-    from mlproject.model.config import GPTConfig
-    from mlproject.model.gpt import GPT
-
-    model_config = dict(model_config)
-    window, block = model_config.get("attention_window"), model_config.get("block_size")
-    if (model_config.get("attention_pattern") == "alternating" and isinstance(window, int)
-            and isinstance(block, int) and window >= block):
-        # Written before a band had to bind (the old default window 256 at block_size <= 256):
-        # that band masked nothing, so the model it trained is exactly the dense one.
-        model_config["attention_pattern"] = "dense"
-    return GPT(from_dict(GPTConfig, model_config, source="checkpoint model_config").resolved())
-
-
-def load_model_checkpoint(path: str | os.PathLike[str],
-                          device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the GPT stored in a checkpoint; returns (model in eval mode on `device`, state)."""
-    state = load_checkpoint(path)
-    if "model_config" not in state or "model" not in state:
-        raise MlprojectError(f"checkpoint {path} holds no model (missing model_config/model)")
-    model = build_model(state["model_config"])
-    try:
-        model.load_state_dict(clean_state_dict(state["model"]))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise MlprojectError(f"checkpoint {path} weights do not match its config: {first}") from None
-    return model.to(device).eval(), state
+def gather_rng(device: torch.device, info: D.DistInfo) -> list[dict[str, Any]]:
+    """Every rank's RNG state (its own dropout stream), indexed by rank."""
+    mine = rng_state(device)
+    if not info.enabled:
+        return [mine]
+    states: list[Any] = [None] * info.world_size
+    torch.distributed.all_gather_object(states, {k: v.cpu() if torch.is_tensor(v) else v for k, v in mine.items()})
+    return states

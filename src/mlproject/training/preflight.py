@@ -19,7 +19,7 @@ def check_fits(model_cfg: GPTConfig, train_cfg: TrainConfig, data: Any, *, where
     """Raise the trainer's error now if the resolved `model_cfg`/`train_cfg` cannot train on `data`
     (a PreparedData)."""
     from mlproject.data.batches import WindowSampler
-    from mlproject.training.trainer import eval_windows
+    from mlproject.training.evaluation import eval_windows
 
     prefix = f"{where}: " if where else ""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # under torchrun, each rank needs its own windows
