@@ -217,7 +217,7 @@ def test_continue_on_error_runs_independent_steps_but_not_dependents(fake_mlflow
 def test_step_selection_runs_only_the_named_steps_with_earlier_results(fake_mlflow, tmp_path):
     path = write_pipeline(tmp_path / "p.yaml", STEPS)
     run_pipeline(path, PipelineOptions())
-    assert run_pipeline(path, PipelineOptions(steps=["plot"])) == 0
+    assert run_pipeline(path, PipelineOptions(step=["plot"])) == 0
     calls = fake_mlflow()
     assert [c["entry_point"] for c in calls] == ["compare", "plot", "plot"]
     assert calls[-1]["params"]["parent_run_id"] == "run-compare"

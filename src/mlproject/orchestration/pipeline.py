@@ -103,10 +103,17 @@ class Pipeline:
 
 @dataclass
 class PipelineOptions:
-    steps: list[str] = dataclasses.field(default_factory=list)  # run only these ids ([]: all enabled)
-    dry_run: bool = False
-    continue_on_error: bool = False
-    resume: bool = False
+    """Options of `mlproject pipeline` (the field names are its flags)."""
+
+    step: list[str] = field(default_factory=list, repeat=True,
+                            help="run only this step id (repeatable; or space-separated ids; default: every "
+                                 "enabled step)")
+    dry_run: bool = field(False, help="print the commands only")
+    continue_on_error: bool = field(False, help="run independent steps after a failure")
+    resume: bool = field(False, help="skip steps that finished in the last report")
+
+    def validate(self) -> None:
+        check_types(self, source="pipeline")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -322,7 +329,7 @@ def run_pipeline(config_path: str | os.PathLike[str], options: PipelineOptions) 
     from mlproject.orchestration.project import localize
 
     pipeline = localize(load_pipeline(config_path))  # runs from any directory, not only the repo root
-    selected = {s for item in options.steps for s in item.replace(",", " ").split()}  # -P step="a b"
+    selected = {s for item in options.step for s in item.replace(",", " ").split()}  # -P step="a b"
     for step_id in selected:
         pipeline.step(step_id)
     previous_ok = previous_results(pipeline.settings)
