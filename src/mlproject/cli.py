@@ -1,10 +1,14 @@
 """`mlproject`: one CLI whose subcommands are the research steps.
 
-Every subcommand is a thin shell around one library function: the MLproject entry points,
-the pipeline runner and the Airflow DAG all run these same commands. Flags are generated
-from the config dataclasses (`mlproject.config.add_arguments`), so `--max-steps` and
-`--max_steps` both work and a YAML `--config` file is overridden by explicit flags.
+Every subcommand is one row of `COMMANDS`: a handler, the config dataclasses its flags are
+generated from (`mlproject.config.add_arguments`: `--max-steps` and `--max_steps` both work,
+aliases too) and its help. A handler loads its config (a YAML `--config` file, overridden by
+explicit flags) and calls one application or research function; the MLproject entry points,
+the pipeline runner and the Airflow DAG all run these same commands.
 Bad input ends with one line on stderr (`mlproject: error: ...`) and exit code 2.
+
+Only the config modules are imported to build the parser; each handler imports the code it
+runs (torch, MLflow, statistics), so `mlproject --help` and bad flags answer at once.
 """
 
 from __future__ import annotations
@@ -12,22 +16,36 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from mlproject.config import add_arguments
+from mlproject.app.config import RunConfig, ServerConfig
+from mlproject.config import add_arguments, build_sections, from_dict, section_overrides
+from mlproject.data.config import DataConfig, PreviewConfig, RegistryConfig
 from mlproject.errors import MlprojectError
+from mlproject.inference.config import GenerateConfig
+from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
+from mlproject.model.config import HFImportConfig, SummaryConfig
+from mlproject.orchestration.config import PipelineOptions
+from mlproject.research.config import (AblationConfig, ChildRunConfig, CompareConfig, PlotConfig, SweepStageConfig,
+                                       TuneConfig)
 
+T = TypeVar("T")
 Handler = Callable[[argparse.Namespace], object]
+# argparse reads `-1e-3` as a flag (its number pattern has no exponent): `--lr -1e-3` would
+# fail with "expected one argument" instead of the config's own message.
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
-def _run_sections(parser: argparse.ArgumentParser) -> None:
-    """Flags of every section of a training run (model, data, train, tracking)."""
-    from mlproject.app.config import RunConfig
+def _flags(args: argparse.Namespace, cls: type[T]) -> T:
+    """Config `cls` from the flags alone (a section no YAML file holds)."""
+    return from_dict(cls, section_overrides(args, cls), source="flags")
 
-    parser.add_argument("--config", help="YAML file with sections model/data/train/tracking; flags override it")
-    for name, cls in RunConfig.SECTIONS.items():
-        add_arguments(parser, cls, title=f"{name} ({cls.__name__})")
+
+def _section(args: argparse.Namespace, name: str, cls: type[T]) -> T:
+    """Config `cls` from section `name` of the `--config` YAML, explicit flags overriding it."""
+    return build_sections({name: cls}, yaml_path=args.config, args=args)[name]
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -35,44 +53,43 @@ def _run_sections(parser: argparse.ArgumentParser) -> None:
 def _datasets(args: argparse.Namespace) -> None:
     from mlproject.data.registry import format_registry_table
 
-    print(format_registry_table(cache_dir=args.cache_dir))
+    print(format_registry_table(cache_dir=_flags(args, RegistryConfig).cache_dir))
 
 
 def _dataloaders(args: argparse.Namespace) -> None:
-    from mlproject.config import from_dict, section_overrides
-    from mlproject.data.config import DataConfig
     from mlproject.data.preview import preview_batches
 
-    data_cfg = from_dict(DataConfig, section_overrides(args, DataConfig), source="flags")
-    preview_batches(data_cfg, block_size=args.block_size, batch_size=args.batch_size,
-                    num_batches=args.preview_batches, seed=args.seed)
+    data, preview = _flags(args, DataConfig), _flags(args, PreviewConfig)
+    preview_batches(data, block_size=preview.block_size, batch_size=preview.batch_size,
+                    num_batches=preview.preview_batches, seed=preview.seed)
 
 
 def _summary(args: argparse.Namespace) -> None:
     from mlproject.model.summary import run_summary
 
-    run_summary(presets=args.presets, model_versions=args.model_versions, block_size=args.block_size)
+    cfg = _flags(args, SummaryConfig)
+    run_summary(presets=cfg.presets, model_versions=cfg.model_versions, block_size=cfg.block_size)
 
 
 def _import_hf(args: argparse.Namespace) -> None:
     from mlproject.model.hf import load_hf_dir
     from mlproject.model.checkpoint import save_model_checkpoint
 
-    model = load_hf_dir(args.model_dir)
-    save_model_checkpoint(args.output, model)
-    print(f"wrote {args.output} ({model.num_params() / 1e6:.1f}M parameters)")
+    cfg = _flags(args, HFImportConfig)
+    model = load_hf_dir(cfg.model_dir)
+    save_model_checkpoint(cfg.output, model)
+    print(f"wrote {cfg.output} ({model.num_params() / 1e6:.1f}M parameters)")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mlproject.app.config import RunConfig
-
-    if args.run_id:  # the child stage of a planned sweep: its config is on its run
+    child = _flags(args, ChildRunConfig)
+    if child.run_id:  # the child stage of a planned sweep: its config is on its run
         if args.config:
-            raise MlprojectError(f"--run-id {args.run_id} trains with the config planned on that run; "
+            raise MlprojectError(f"--run-id {child.run_id} trains with the config planned on that run; "
                                  "drop --config (flags such as --num-threads still apply)")
         from mlproject.research.sweep import train_child
 
-        status = train_child(args.run_id, args)
+        status = train_child(child.run_id, args)
         return {"FINISHED": 0, "KILLED": 130}.get(status, 1)
 
     cfg = RunConfig.load(args.config, args)  # validate before importing torch and mlflow
@@ -83,75 +100,53 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from mlproject.config import build_sections
-    from mlproject.inference.config import GenerateConfig
     from mlproject.app.generate import run_generate
     from mlproject.tracking.model_store import MlflowModelStore
 
-    cfg = build_sections({"generate": GenerateConfig}, yaml_path=args.config, args=args)["generate"]
-    run_generate(cfg, MlflowModelStore())
-
-
-def _sweep_stage(args: argparse.Namespace) -> bool:
-    """`--aggregate PARENT` or `--plan-only` of compare/ablate; False when neither is given."""
-    from mlproject.research.sweep import aggregate_sweep, plan_sweep
-
-    if args.aggregate and args.plan_only:
-        raise MlprojectError("--plan-only and --aggregate are two stages of a sweep; give one of them")
-    if args.aggregate:
-        aggregate_sweep(args.aggregate, plots=True)
-        return True
-    if args.plan_only:
-        if args.command == "compare":
-            from mlproject.research.compare import CompareJob as Job
-        else:
-            from mlproject.research.ablation import AblationJob as Job
-        plan_sweep(Job.load(args.config, args).spec())
-        return True
-    return False
+    run_generate(_section(args, "generate", GenerateConfig), MlflowModelStore())
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from mlproject.config import build_sections
-    from mlproject.inference.eval_config import EvaluateConfig
     from mlproject.app.evaluate import run_evaluate
     from mlproject.tracking.model_store import MlflowModelStore
 
-    run_evaluate(build_sections({"evaluate": EvaluateConfig}, yaml_path=args.config, args=args)["evaluate"],
-                 MlflowModelStore())
+    run_evaluate(_section(args, "evaluate", EvaluateConfig), MlflowModelStore())
 
 
 def _export_hf(args: argparse.Namespace) -> None:
-    from mlproject.config import from_dict, section_overrides
-    from mlproject.inference.eval_config import ExportConfig
     from mlproject.app.evaluate import run_export_hf
     from mlproject.tracking.model_store import MlflowModelStore
 
-    run_export_hf(from_dict(ExportConfig, section_overrides(args, ExportConfig), source="flags"), MlflowModelStore())
+    run_export_hf(_flags(args, ExportConfig), MlflowModelStore())
+
+
+def _sweep_stage(args: argparse.Namespace, job: Any) -> bool:
+    """`--aggregate PARENT` or `--plan-only` of compare/ablate (`job`: its job class); False when
+    neither is given."""
+    stage = _flags(args, SweepStageConfig)
+    if not (stage.aggregate or stage.plan_only):
+        return False
+    from mlproject.research.sweep import aggregate_sweep, plan_sweep
+
+    if stage.aggregate:
+        aggregate_sweep(stage.aggregate, plots=True)
+    else:
+        plan_sweep(job.load(args.config, args).spec())
+    return True
 
 
 def _compare(args: argparse.Namespace) -> None:
     from mlproject.research.compare import CompareJob, run_compare
 
-    if not _sweep_stage(args):
+    if not _sweep_stage(args, CompareJob):
         run_compare(CompareJob.load(args.config, args))
 
 
 def _ablate(args: argparse.Namespace) -> None:
     from mlproject.research.ablation import AblationJob, run_ablation
 
-    if not _sweep_stage(args):
+    if not _sweep_stage(args, AblationJob):
         run_ablation(AblationJob.load(args.config, args))
-
-
-def _stage_flags(parser: argparse.ArgumentParser) -> None:
-    """The plan and aggregate stages of a sweep (the child stage is `train --run-id`)."""
-    group = parser.add_argument_group("sweep stages (for a scheduler that trains the children itself)")
-    group.add_argument("--plan-only", "--plan_only", nargs="?", const=True, default=False, type=_switch,
-                       metavar="BOOL", help="create the parent and SCHEDULED children, print their run ids, "
-                                            "train nothing")
-    group.add_argument("--aggregate", metavar="PARENT_RUN_ID", default=None,
-                       help="statistics, results and plots of a planned parent from its children's runs")
 
 
 def _tune(args: argparse.Namespace) -> None:
@@ -161,28 +156,88 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from mlproject.config import build_sections
-    from mlproject.research.config import PlotConfig
     from mlproject.research.plots import run_plot
 
-    run_plot(build_sections({"plot": PlotConfig}, yaml_path=args.config, args=args)["plot"])
+    run_plot(_section(args, "plot", PlotConfig))
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from mlproject.orchestration.config import PipelineOptions
     from mlproject.orchestration.runner import run_pipeline
 
-    options = PipelineOptions(config=args.config, step=args.step or [], dry_run=args.dry_run,
-                              continue_on_error=args.continue_on_error, resume=args.resume)
-    return run_pipeline(options)
+    return run_pipeline(_flags(args, PipelineOptions))
 
 
 def _server(args: argparse.Namespace) -> int:
-    from mlproject.config import from_dict, section_overrides
-    from mlproject.app.config import ServerConfig
     from mlproject.app.server import run_server
 
-    return run_server(from_dict(ServerConfig, section_overrides(args, ServerConfig), source="flags"))
+    return run_server(_flags(args, ServerConfig))
+
+
+# ----------------------------------------------------------------------------- the command table
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its handler, the config sections its flags come from, its help.
+
+    `config` is the help of its `--config` YAML file ("" when it reads none); section names are
+    the help's group titles (and the YAML's section names where the command reads one).
+    """
+
+    handler: Handler
+    sections: Mapping[str, type]
+    help: str
+    config: str = ""
+    config_required: bool = False
+
+
+_RUN_YAML = "YAML file with sections model/data/train/tracking; flags override it"
+
+COMMANDS: dict[str, Command] = {
+    "datasets": Command(_datasets, {"datasets": RegistryConfig},
+                        "list the dataset registry and which token caches exist"),
+    "dataloaders": Command(_dataloaders, {"data": DataConfig, "preview": PreviewConfig},
+                           "build a dataset's token cache and preview batches"),
+    "summary": Command(_summary, {"summary": SummaryConfig},
+                       "build model presets, print parameters and FLOPs, run a step"),
+    "import-hf": Command(_import_hf, {"import-hf": HFImportConfig},
+                         "convert a local Hugging Face GPT-2/Llama folder to a checkpoint"),
+    "train": Command(_train, {**RunConfig.SECTIONS, "sweep child": ChildRunConfig},
+                     "train one model, tracked in MLflow", config=_RUN_YAML),
+    "generate": Command(_generate, {"generate": GenerateConfig},
+                        "generate text from a run, a models:/ URI or a checkpoint",
+                        config="YAML file with a `generate` section"),
+    "evaluate": Command(_evaluate, {"evaluate": EvaluateConfig},
+                        "evaluate a run, a models:/ URI or a checkpoint: loss, ppl, bpb, accuracy with "
+                        "confidence intervals; lm-eval tasks", config="YAML file with an `evaluate` section"),
+    "export-hf": Command(_export_hf, {"export-hf": ExportConfig},
+                         "export a run, a models:/ URI or a checkpoint to a Hugging Face folder"),
+    "compare": Command(_compare, {**RunConfig.SECTIONS, "compare": CompareConfig, "sweep stages": SweepStageConfig},
+                       "fair comparison of model versions across seeds (nested runs)", config=_RUN_YAML),
+    "ablate": Command(_ablate, {**RunConfig.SECTIONS, "ablation": AblationConfig, "sweep stages": SweepStageConfig},
+                      "ablation of one architecture axis across seeds (nested runs)", config=_RUN_YAML),
+    "tune": Command(_tune, {**RunConfig.SECTIONS, "tune": TuneConfig},
+                    "hyperparameter search with Optuna; each trial a nested run", config=_RUN_YAML),
+    "plot": Command(_plot, {"plot": PlotConfig}, "plot a compare/ablation from the tracking store",
+                    config="YAML file with a `plot` section"),
+    "pipeline": Command(_pipeline, {"pipeline": PipelineOptions},
+                        "run the steps of a pipeline YAML in dependency order"),
+    "server": Command(_server, {"server": ServerConfig},
+                      "start an MLflow tracking server (127.0.0.1 by default)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command in `COMMANDS`, its flags generated from the config sections."""
+    parser = argparse.ArgumentParser(prog="mlproject", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        p._negative_number_matcher = _NEGATIVE_NUMBER
+        if command.config:
+            p.add_argument("--config", required=command.config_required, help=command.config)
+        for title, cls in command.sections.items():
+            add_arguments(p, cls, title=f"{title} ({cls.__name__})")
+    return parser
 
 
 def _tracking_failure(exc: BaseException) -> str | None:
@@ -194,115 +249,13 @@ def _tracking_failure(exc: BaseException) -> str | None:
     return connection_failure(exc)
 
 
-# ----------------------------------------------------------------------------- parser
-
-def _switch(text: str) -> bool:
-    from mlproject.config import coerce
-
-    return coerce(text, bool, key="flag", source="flags")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mlproject", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(handler=handler)
-        # argparse reads `-1e-3` as a flag (its number pattern has no exponent): `--lr -1e-3`
-        # would fail with "expected one argument" instead of the config's own message.
-        p._negative_number_matcher = _NEGATIVE_NUMBER
-        return p
-
-    p = command("datasets", _datasets, "list the dataset registry and which token caches exist")
-    p.add_argument("--cache-dir", "--cache_dir", default=None, help="cache root to inspect")
-
-    p = command("dataloaders", _dataloaders, "build a dataset's token cache and preview batches")
-    from mlproject.data.config import DataConfig
-
-    add_arguments(p, DataConfig, title="data")
-    p.add_argument("--block-size", "--block_size", type=int, default=128)
-    p.add_argument("--batch-size", "--batch_size", type=int, default=4)
-    p.add_argument("--preview-batches", "--preview_batches", type=int, default=2)
-    p.add_argument("--seed", type=int, default=42)
-
-    p = command("summary", _summary, "build model presets, print parameters and FLOPs, run a step")
-    p.add_argument("--presets", nargs="+", default=["nano", "small", "base", "gpt2-124m", "gpt2-350m"])
-    p.add_argument("--model-versions", "--model_versions", nargs="+", default=["gpt2", "gpt3"])
-    p.add_argument("--block-size", "--block_size", type=int, default=256)
-
-    p = command("import-hf", _import_hf, "convert a local Hugging Face GPT-2/Llama folder to a checkpoint")
-    p.add_argument("--model-dir", "--model_dir", required=True, help="a save_pretrained folder")
-    p.add_argument("--output", required=True, help="checkpoint file to write")
-
-    p = command("train", _train, "train one model, tracked in MLflow")
-    _run_sections(p)
-    p.add_argument("--run-id", "--run_id", default=None, metavar="CHILD_RUN_ID",
-                   help="train (or resume) a sweep child planned by `compare/ablate --plan-only`")
-
-    from mlproject.inference.config import GenerateConfig
-
-    p = command("generate", _generate, "generate text from a run, a models:/ URI or a checkpoint")
-    p.add_argument("--config", help="YAML file with a `generate` section")
-    add_arguments(p, GenerateConfig, title="generate")
-
-    from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
-
-    p = command("evaluate", _evaluate, "evaluate a run, a models:/ URI or a checkpoint: loss, ppl, bpb, "
-                "accuracy with confidence intervals; lm-eval tasks")
-    p.add_argument("--config", help="YAML file with an `evaluate` section")
-    add_arguments(p, EvaluateConfig, title="evaluate")
-
-    p = command("export-hf", _export_hf, "export a run, a models:/ URI or a checkpoint to a Hugging Face folder")
-    add_arguments(p, ExportConfig, title="export-hf")
-
-    from mlproject.research.config import AblationConfig, CompareConfig, PlotConfig
-
-    p = command("compare", _compare, "fair comparison of model versions across seeds (nested runs)")
-    _run_sections(p)
-    add_arguments(p, CompareConfig, title="compare")
-    _stage_flags(p)
-
-    p = command("ablate", _ablate, "ablation of one architecture axis across seeds (nested runs)")
-    _run_sections(p)
-    add_arguments(p, AblationConfig, title="ablation")
-    _stage_flags(p)
-
-    from mlproject.research.tune import TuneConfig
-
-    p = command("tune", _tune, "hyperparameter search with Optuna; each trial a nested run")
-    _run_sections(p)
-    add_arguments(p, TuneConfig, title="tune")
-
-    p = command("plot", _plot, "plot a compare/ablation from the tracking store")
-    p.add_argument("--config", help="YAML file with a `plot` section")
-    add_arguments(p, PlotConfig, title="plot")
-
-    p = command("pipeline", _pipeline, "run the steps of a pipeline YAML in dependency order")
-    p.add_argument("--config", required=True, help="pipeline YAML (configs/pipeline/)")
-    p.add_argument("--step", action="append", help="run only this step id (repeatable; or space-separated ids)")
-    # `--flag` or `--flag true|false`: `mlflow run -P resume=true` passes `--resume true`.
-    switch = {"nargs": "?", "const": True, "default": False, "type": _switch, "metavar": "BOOL"}
-    p.add_argument("--dry-run", "--dry_run", help="print the commands only", **switch)
-    p.add_argument("--continue-on-error", "--continue_on_error", help="run independent steps after a failure",
-                   **switch)
-    p.add_argument("--resume", help="skip steps that finished in the last report", **switch)
-
-    from mlproject.app.config import ServerConfig
-
-    p = command("server", _server, "start an MLflow tracking server (127.0.0.1 by default)")
-    add_arguments(p, ServerConfig, title="server")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     from mlproject.secrets import quiet_mlflow_run_links
 
     quiet_mlflow_run_links()
     try:
-        result = args.handler(args)
+        result = COMMANDS[args.command].handler(args)
     except MlprojectError as exc:
         print(f"mlproject: error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,9 @@ dataclasses, so every entry point validates the same way:
   MLflow passes an undeclared `-P max_steps=30` as `--max_steps 30`).
 
 Field metadata understood here: `help` (flag help text), `cli` (False hides the field from the
-CLI, e.g. values derived at run time), `aliases` (extra flag spellings kept from older tools).
+CLI, e.g. values derived at run time), `aliases` (extra flag spellings kept from older tools),
+`metavar` (the flag's value placeholder in `--help`), `repeat` (a list flag that may be given
+several times, its values adding up); `split` and `bare` are described at `field`.
 """
 
 from __future__ import annotations
@@ -37,15 +39,17 @@ _FALSE = {"false", "0", "no", "n", "off"}
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str = "", cli: bool = True,
-          aliases: tuple[str, ...] = (), split: bool = True, bare: bool = False,
-          default_factory: Any = dataclasses.MISSING) -> Any:
+          aliases: tuple[str, ...] = (), split: bool = True, bare: bool = False, repeat: bool = False,
+          metavar: str | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with the metadata the CLI generator reads.
 
     `split=False` keeps a single string whole for a list field (free text such as prompts)
     instead of splitting it on spaces and commas. `bare=True` lets the flag stand alone, meaning
-    the field's default (the original suite's `--val-checking` switch).
+    the field's default (the original suite's `--val-checking` switch). `repeat=True` lets a list
+    flag be given several times (`--step a --step b`); otherwise the last one wins.
     """
-    meta = {"help": help, "cli": cli, "aliases": aliases, "split": split, "bare": bare}
+    meta = {"help": help, "cli": cli, "aliases": aliases, "split": split, "bare": bare, "repeat": repeat,
+            "metavar": metavar}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -276,7 +280,8 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, title: st
                   exclude: tuple[str, ...] = ()) -> None:
     """Add one flag per CLI-visible field of `cls` (dash and underscore spellings).
 
-    Defaults are suppressed, so `section_overrides` sees only what the user passed.
+    Defaults are suppressed, so `section_overrides` sees only what the user passed. A field
+    without a default is a required flag (so its section cannot also come from a YAML file).
     """
     group = parser.add_argument_group(title or cls.__name__) if title is not False else parser
     hints = _hints(cls)
@@ -284,17 +289,22 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, title: st
         if not f.metadata.get("cli", True) or f.name in exclude:
             continue
         flag_type, extra = _flag_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else None
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else (
+            None if required else f.default)
         if f.metadata.get("bare") and not extra:
             extra = {"nargs": "?", "const": str(default)}
+        if f.metadata.get("repeat"):
+            extra["action"] = "extend"
         helptext = f.metadata.get("help", "")
-        helptext = f"{helptext} [{_type_name(hints[f.name])}; default: {default}]".strip()
+        helptext = f"{helptext} [{_type_name(hints[f.name])}; {'required' if required else f'default: {default}'}]"
         spellings = [f"--{f.name.replace('_', '-')}"]
         if "_" in f.name:
             spellings.append(f"--{f.name}")
         spellings += [a for a in f.metadata.get("aliases", ()) if a not in spellings]
-        group.add_argument(*spellings, dest=f"{cls.__name__}.{f.name}", type=flag_type, metavar=f.name.upper(),
-                           default=argparse.SUPPRESS, help=helptext.replace("%", "%%"), **extra)
+        group.add_argument(*spellings, dest=f"{cls.__name__}.{f.name}", type=flag_type,
+                           metavar=f.metadata.get("metavar") or f.name.upper(), required=required,
+                           default=argparse.SUPPRESS, help=helptext.strip().replace("%", "%%"), **extra)
 
 
 def section_overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:

@@ -57,3 +57,31 @@ class DataConfig:
         if self.vocab_size is not None and self.vocab_size < 258:
             raise ConfigError(f"vocab_size={self.vocab_size} is too small; expected at least 258 "
                               "(256 byte tokens + <|endoftext|> + <|pad|>)")
+
+
+@dataclass
+class RegistryConfig:
+    """`mlproject datasets`: the registry table, with the token caches found under one cache root."""
+
+    cache_dir: str | None = field(None, help="cache root to inspect (default: $MLPROJECT_CACHE_DIR or "
+                                             "~/.cache/mlproject)")
+
+    def validate(self) -> None:
+        check_types(self, source="datasets")
+
+
+@dataclass
+class PreviewConfig:
+    """`mlproject dataloaders`: the batches previewed after the caches are built.
+
+    Its own sizes, not the model's or the trainer's: a preview is a quick look, so its defaults
+    are small whatever a training run would use.
+    """
+
+    block_size: int = field(128, help="tokens per previewed window (the targets add one)")
+    batch_size: int = field(4, help="windows per previewed batch")
+    preview_batches: int = field(2, help="batches to print")
+    seed: int = field(42, help="seed of the window sampler")
+
+    def validate(self) -> None:
+        check_types(self, source="dataloaders")

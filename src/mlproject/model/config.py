@@ -162,3 +162,26 @@ class GPTConfig:
             raise ConfigError(f"norm_eps={self.norm_eps} must be positive")
         if self.preset is not None:
             preset_sizes(self.preset)
+
+
+@dataclass
+class SummaryConfig:
+    """`mlproject summary`: which presets and versions to build and the context they are timed at."""
+
+    presets: list[str] = field(default_factory=lambda: list(PRESETS), help="model presets to build")
+    model_versions: list[str] = field(default_factory=lambda: ["gpt2", "gpt3"], help="model versions of each preset")
+    block_size: int = field(256, help="context length of the timed training step")
+
+    def validate(self) -> None:
+        check_types(self, source="summary")
+
+
+@dataclass
+class HFImportConfig:
+    """`mlproject import-hf`: a local Hugging Face folder converted to one of our checkpoints."""
+
+    model_dir: str = field(help="a save_pretrained folder")
+    output: str = field(help="checkpoint file to write")
+
+    def validate(self) -> None:
+        check_types(self, source="import-hf")

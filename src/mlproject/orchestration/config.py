@@ -97,7 +97,7 @@ class PipelineOptions:
     """Options of `mlproject pipeline` (the field names are its flags)."""
 
     config: str = field(help="pipeline YAML (configs/pipeline/)")
-    step: list[str] = field(default_factory=list,
+    step: list[str] = field(default_factory=list, repeat=True,
                             help="run only these step ids (space- or comma-separated; default: every enabled step)")
     dry_run: bool = field(False, help="print the commands only")
     continue_on_error: bool = field(False, help="run independent steps after a failure")

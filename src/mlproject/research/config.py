@@ -1,5 +1,9 @@
-"""Configs of the research steps: compare, ablation and plot (the `compare:`, `ablation:` and
-`plot:` sections of their YAML files; the model/data/train/tracking sections are RunConfig's)."""
+"""Configs of the research steps: compare, ablation, tune and plot (the `compare:`, `ablation:`,
+`tune:` and `plot:` sections of their YAML files; the model/data/train/tracking sections are
+RunConfig's), and the stages of a planned sweep.
+
+They live apart from the steps' code so that the CLI builds its flags from them without
+importing that code (statistics, plotting, Optuna)."""
 
 from __future__ import annotations
 
@@ -109,3 +113,61 @@ class PlotConfig:
 
     def validate(self) -> None:
         check_types(self, source="plot")
+
+
+@dataclass
+class TuneConfig:
+    """The `tune:` section: how many trials, how they are sampled, pruned and shared."""
+
+    n_trials: int = field(20, help="trials of the study in all; a re-run of the same study continues up to this")
+    timeout: float | None = field(None, help="start no new trial after this many seconds")
+    parallel: int = field(1, help="worker processes sharing the study")
+    study_name: str | None = field(None, help="Optuna study (default: tune-<hash of config, space, experiment>); "
+                                              "the same name continues the study")
+    storage: str | None = field(None, help="SQLAlchemy URL of the study (default: a SQLite file beside a "
+                                           "SQLite tracking store)")
+    sampler: Literal["tpe", "random"] = field("tpe", help="Optuna sampler")
+    pruner: Literal["median", "successive_halving", "none"] = field("median", help="prunes on each eval's val_loss")
+    metric: str = field("val_loss_best", help="child summary metric to minimize")
+    sampler_seed: int = field(0, help="seed of the sampler (worker i of --parallel uses seed + i)")
+    then_compare: bool = field(False, help="re-train the best config over --compare-seeds as a compare")
+    compare_seeds: list[int] = field(default_factory=lambda: [42, 43, 44], help="seeds of --then-compare")
+    parent_run_name: str | None = field(None, help="name of the parent run")
+    parent_run_id: str | None = field(None, help="join this tune parent as one more worker of its study "
+                                                 "(another process, container or mapped task)")
+
+    def validate(self) -> None:
+        check_types(self, source="tune")
+        if self.n_trials < 1:
+            raise ConfigError(f"tune: n_trials={self.n_trials} must be >= 1")
+        if self.parallel < 1:
+            raise ConfigError(f"tune: parallel={self.parallel} must be >= 1")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError(f"tune: timeout={self.timeout} must be > 0 seconds")
+
+
+@dataclass
+class SweepStageConfig:
+    """`compare/ablate --plan-only | --aggregate`: one stage of a sweep whose children a scheduler
+    trains itself (the child stage is `train --run-id`)."""
+
+    plan_only: bool = field(False, metavar="BOOL", help="create the parent and SCHEDULED children, print their "
+                                                        "run ids, train nothing")
+    aggregate: str | None = field(None, metavar="PARENT_RUN_ID", help="statistics, results and plots of a "
+                                                                      "planned parent from its children's runs")
+
+    def validate(self) -> None:
+        check_types(self, source="sweep stages")
+        if self.plan_only and self.aggregate:
+            raise ConfigError("--plan-only and --aggregate are two stages of a sweep; give one of them")
+
+
+@dataclass
+class ChildRunConfig:
+    """`train --run-id`: the child stage of a planned sweep (its config is planned on its run)."""
+
+    run_id: str | None = field(None, metavar="CHILD_RUN_ID", help="train (or resume) a sweep child planned by "
+                                                                  "`compare/ablate --plan-only`")
+
+    def validate(self) -> None:
+        check_types(self, source="train")

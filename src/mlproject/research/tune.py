@@ -30,47 +30,17 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from mlproject.config import check_types, dump_yaml, field, flatten, from_dict, merge, to_dict
+from mlproject.config import dump_yaml, flatten, from_dict, merge, to_dict
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.protocol import hand_run_to, result_line
+from mlproject.research.config import TuneConfig
 from mlproject.research.sweep import experiment_for, load_job, sweep_key
 from mlproject.app.config import RunConfig
 
 SEARCHABLE = ("model", "data", "train")  # sections a search space may change
 _TYPES = ("float", "int", "categorical")
-
-
-@dataclass
-class TuneConfig:
-    """The `tune:` section: how many trials, how they are sampled, pruned and shared."""
-
-    n_trials: int = field(20, help="trials of the study in all; a re-run of the same study continues up to this")
-    timeout: float | None = field(None, help="start no new trial after this many seconds")
-    parallel: int = field(1, help="worker processes sharing the study")
-    study_name: str | None = field(None, help="Optuna study (default: tune-<hash of config, space, experiment>); "
-                                              "the same name continues the study")
-    storage: str | None = field(None, help="SQLAlchemy URL of the study (default: a SQLite file beside a "
-                                           "SQLite tracking store)")
-    sampler: Literal["tpe", "random"] = field("tpe", help="Optuna sampler")
-    pruner: Literal["median", "successive_halving", "none"] = field("median", help="prunes on each eval's val_loss")
-    metric: str = field("val_loss_best", help="child summary metric to minimize")
-    sampler_seed: int = field(0, help="seed of the sampler (worker i of --parallel uses seed + i)")
-    then_compare: bool = field(False, help="re-train the best config over --compare-seeds as a compare")
-    compare_seeds: list[int] = field(default_factory=lambda: [42, 43, 44], help="seeds of --then-compare")
-    parent_run_name: str | None = field(None, help="name of the parent run")
-    parent_run_id: str | None = field(None, help="join this tune parent as one more worker of its study "
-                                                 "(another process, container or mapped task)")
-
-    def validate(self) -> None:
-        check_types(self, source="tune")
-        if self.n_trials < 1:
-            raise ConfigError(f"tune: n_trials={self.n_trials} must be >= 1")
-        if self.parallel < 1:
-            raise ConfigError(f"tune: parallel={self.parallel} must be >= 1")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigError(f"tune: timeout={self.timeout} must be > 0 seconds")
 
 
 @dataclass
