@@ -14,7 +14,7 @@ import yaml
 from mlproject.cli import COMMANDS, build_parser, main
 from mlproject.config import section_overrides
 from mlproject.data.config import PreviewConfig
-from mlproject.orchestration.pipeline import PipelineOptions
+from mlproject.orchestration.config import PipelineOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_pipeline_step_flag_adds_up_over_repeats_and_splits_a_space_separated_va
     assert section_overrides(args, PipelineOptions)["step"] == ["compare", "plot"]
     args = build_parser().parse_args(["pipeline", "--config", "p.yaml", "--step", "compare plot", "--dry_run",
                                       "true"])
-    assert section_overrides(args, PipelineOptions) == {"step": "compare plot", "dry_run": "true"}
+    assert section_overrides(args, PipelineOptions) == {"config": "p.yaml", "step": "compare plot", "dry_run": "true"}
 
 
 def test_pipeline_without_config_is_a_usage_error(capsys):
