@@ -53,6 +53,9 @@ class TrackedRun(Protocol):
 class Tracker(Protocol):
     """Opens the run a training step records into."""
 
+    def check(self) -> None:
+        """Raise a one-line error now if the store cannot be reached or opened."""
+
     def run(self, cfg: RunConfig, data: Any, *,
             resume_run_id: str | None) -> contextlib.AbstractContextManager[TrackedRun]:
         """Start (or join) the run for the resolved `cfg` on `data` (a PreparedData); the

@@ -132,6 +132,7 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
         return outcome
 
     checkpoint_dir: Path | None = None
+    tracker.check()  # an unreachable store fails before the data is prepared
     with sigterm_as_interrupt():
         data, resolved = prepare(cfg)
         outcome = TrainOutcome("", "", "FAILED")
@@ -149,11 +150,12 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
                 outcome.status = RUN_STATUS[result.status]
                 run.finish(result, outcome)
         except BaseException:
-            if run is not None and run.status == "FINISHED":  # a failed resume of a finished run: it stands
+            if run is None:  # no run was opened: nothing to report
+                raise
+            if run.status == "FINISHED":  # a failed resume of a finished run: it stands
                 print(f"note: run {run.run_id} stays FINISHED; nothing was trained", file=sys.stderr)
                 raise
-            if run is not None:
-                outcome.status, outcome.checkpoint_uris = run.status, dict(run.checkpoint_uris)
+            outcome.status, outcome.checkpoint_uris = run.status, dict(run.checkpoint_uris)
             _report(outcome, checkpoint_dir, tracker)
             raise
     if not run.is_child:  # a standalone train: the original suite's checkpoints/<name>.*

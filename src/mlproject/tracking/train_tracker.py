@@ -30,6 +30,7 @@ from mlproject.tracking.artifacts import CONFIG_ARTIFACT, TOKENIZER_ARTIFACT, do
 from mlproject.tracking.logger import MlflowLogger
 from mlproject.tracking.queries import PARENT_TAG, experiment_name, get_run
 from mlproject.tracking.run_context import configure_system_metrics, environment_tags, git_info
+from mlproject.tracking.store import ensure_store
 from mlproject.training.trainer import TrainResult
 
 LOG_INPUT_ATTEMPTS = 3
@@ -137,6 +138,9 @@ class MlflowTracker:
         self.run_id = run_id
         self.parent_run_id = parent_run_id
         self.extra_tags = dict(extra_tags or {})
+
+    def check(self) -> None:
+        ensure_store()  # opens (and on a new SQLite file migrates) the store, or says why it cannot
 
     def location(self) -> str:
         return client.tracking_uri()
