@@ -198,6 +198,23 @@ def test_training_checkpoint_holds_the_full_state(data, model_cfg, tmp_path):
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in state["model"])
 
 
+def test_ctrl_c_during_the_last_step_is_passed_on_after_the_final_checkpoint(data, model_cfg, tmp_path):
+    """No step is left to stop at: the run completes and saves, then the caller sees the Ctrl-C
+    (a sweep or a search must not start its next run)."""
+    class IntAtLast(Recorder):
+        def on_log(self, step, metrics):
+            super().on_log(step, metrics)
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    recorder = IntAtLast()
+    with pytest.raises(KeyboardInterrupt):
+        resolved_train(model_cfg, data, tcfg(max_steps=3, log_interval=1, eval_interval=3, save_every=0),
+                       checkpoint_dir=tmp_path, callbacks=[recorder])
+    assert recorder.events[-2:] == [("checkpoint", "last", 3), ("end", "finished")]
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
+
+
 def test_sigterm_in_process_stops_at_the_step_boundary_and_resumes_exactly(data, model_cfg, tmp_path):
     class TermAt(Recorder):
         def on_log(self, step, metrics):

@@ -80,12 +80,13 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
         print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "
               "(signal again to stop at once)", file=sys.stderr, flush=True)
 
@@ -98,6 +99,16 @@ class _StopRequest:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+    def pass_on(self) -> None:
+        """Deliver a request the loop could not act on to the handler that was there before.
+
+        A signal during the last step arrives when there is no step left to stop at: the run
+        ends complete and saved, but whoever runs it (a sweep's next child, a search's next
+        trial, the shell) must still see the Ctrl-C, or it would be swallowed.
+        """
+        if self.signum is not None:
+            signal.raise_signal(self.signum)
 
 
 def train(model_cfg: GPTConfig, data: Any, cfg: TrainConfig, *, checkpoint_dir: Path,
@@ -169,7 +180,10 @@ class Trainer:
             if status == "finished" and evaluated_at != state.step:
                 self.evaluate()  # a resumed run that had already reached total_steps
             self.save_last()
-        return self.finish(status)
+        result = self.finish(status)  # collective under DDP: every rank gets here first
+        if stop.requested and status != "interrupted":
+            stop.pass_on()
+        return result
 
     def train_step(self) -> float:
         """One optimizer step over grad_accum_steps micro-batches; returns the learning rate it used."""
