@@ -187,7 +187,6 @@ class Command:
     sections: Mapping[str, type]
     help: str
     config: str = ""
-    config_required: bool = False
 
 
 _RUN_YAML = "YAML file with sections model/data/train/tracking; flags override it"
@@ -234,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=command.help, description=command.help)
         p._negative_number_matcher = _NEGATIVE_NUMBER
         if command.config:
-            p.add_argument("--config", required=command.config_required, help=command.config)
+            p.add_argument("--config", help=command.config)
         for title, cls in command.sections.items():
             add_arguments(p, cls, title=f"{title} ({cls.__name__})")
     return parser

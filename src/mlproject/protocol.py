@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,11 @@ def process_run_id() -> str | None:
     return os.environ.get(RUN_ID_ENV) or None
 
 
-def hand_run_to(env: MutableMapping[str, str], run_id: str | None) -> MutableMapping[str, str]:
-    """`env` for a child process that logs into `run_id` (None: into a run of its own).
-
-    The handed experiment goes too: it would fight the child's own `--experiment-name`.
-    """
-    env.pop(RUN_ID_ENV, None)
-    env.pop(EXPERIMENT_ID_ENV, None)
+def hand_run_to(base: Mapping[str, str], run_id: str | None) -> dict[str, str]:
+    """A copy of the environment `base` for a child process that logs into `run_id` (None: into
+    a run of its own). The handed experiment goes too: it would fight the child's own
+    `--experiment-name`."""
+    env = {k: v for k, v in base.items() if k not in (RUN_ID_ENV, EXPERIMENT_ID_ENV)}
     if run_id is not None:
         env[RUN_ID_ENV] = run_id
     return env

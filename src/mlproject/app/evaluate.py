@@ -126,8 +126,8 @@ def run_export_hf(cfg: ExportConfig, store: ModelStore | None = None) -> Path:
         cls = export_hf(model, source.tokenizer, cfg.output)
     out = Path(cfg.output)
     print(f"export-hf: {source.uri} -> {out} ({cls}, sha256 {source.sha256[:16]}...)", flush=True)
-    if store is not None:
-        store.record_export(cfg, source, out, cls)
-    elif cfg.log_transformers:
+    if cfg.log_transformers and not (store is not None and source.run_id and cfg.log_to_run):
         raise MlprojectError("export-hf: --log-transformers needs a run (--run-id or --model-uri)")
+    if store is not None and source.run_id and cfg.log_to_run:
+        store.record_export(cfg, source, out, cls)
     return out

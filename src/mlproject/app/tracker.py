@@ -82,5 +82,6 @@ class ModelStore(Protocol):
         """Log the metrics; return the run that received them (None: not recorded)."""
 
     def record_export(self, cfg: ExportConfig, source: Source, folder: Path, class_name: str) -> None:
-        """Attach the Hugging Face export to the source's run (as asked by `cfg`)."""
+        """Attach the Hugging Face export to the source's run (`cfg.log_transformers`: as a
+        transformers model too)."""
 

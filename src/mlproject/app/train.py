@@ -101,12 +101,10 @@ def _resume_source(resume_from: str | None) -> tuple[str | None, Path | None]:
 
 def _train_replica(cfg: RunConfig) -> TrainOutcome:
     """A rank other than 0 under torchrun: train with rank 0's run folder and resume checkpoint."""
-    from mlproject.data.prepare import prepare_data
     from mlproject.training.trainer import train
 
     run_key, resume_path = _share()  # after rank 0 prepared the data: the caches exist now
-    data = prepare_data(cfg.data)
-    resolved = cfg.resolved(data.vocab_size)
+    data, resolved = prepare(cfg)
     result = train(resolved.model, data, resolved.train,
                    checkpoint_dir=Path(cfg.tracking.output_dir) / run_key / CHECKPOINT_DIR, resume_from=resume_path)
     return TrainOutcome(run_key if cfg.tracking.log_to_mlflow else "", "", RUN_STATUS[result.status],

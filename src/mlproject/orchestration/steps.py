@@ -94,6 +94,6 @@ def step_env(base: Mapping[str, str] | None = None, extra: Mapping[str, Any] | N
     runs under `mlflow run`, every step would log into the pipeline's run (and MLFLOW_EXPERIMENT_ID
     would fight the step's --experiment-name).
     """
-    env = dict(hand_run_to(dict(os.environ if base is None else base), None))
+    env = hand_run_to(os.environ if base is None else base, None)
     env.update({str(k): param_text(v) for k, v in (extra or {}).items()})
     return env

@@ -159,7 +159,8 @@ def experiment_for(base: RunConfig) -> str:
 
 def row_from_run(record: Any, metrics: Sequence[str] = ()) -> Row:
     """A results row from a child run in the tracking store (tags say its group and seed)."""
-    from mlproject.tracking.artifacts import CHECKPOINT_DIR, checkpoint_uri
+    from mlproject.app.train import CHECKPOINT_DIR
+    from mlproject.tracking.artifacts import checkpoint_uri
     from mlproject.tracking.queries import (AXIS_TAG, GROUP_TAG, MODEL_TAG, SEED_TAG, VALUE_TAG,
                                             artifact_files)
 
@@ -357,7 +358,7 @@ def _plan(spec: SweepSpec, parent: Any, eager: bool) -> list[_Task]:
 def child_action(run: Any) -> str:
     """What a child run needs: done (FINISHED), new (never started), resume (has a last
     checkpoint in its artifacts) or restart (started but never reached a checkpoint)."""
-    from mlproject.tracking.artifacts import CHECKPOINT_DIR
+    from mlproject.app.train import CHECKPOINT_DIR
     from mlproject.tracking.queries import artifact_files
 
     if run.status == "FINISHED":
@@ -570,7 +571,7 @@ def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan) -> Non
                     folder.mkdir()
                     cmd = child_command(task.run_id, python=sys.executable) + [
                         "--num-threads", str(threads), "--progress", "lines"]
-                    running.append(_ChildProcess(task, cmd, hand_run_to(dict(base_env), task.run_id),
+                    running.append(_ChildProcess(task, cmd, hand_run_to(base_env, task.run_id),
                                                  folder / "train.log"))
                     print(f"started {task.child.name} ({task.action}) run {task.run_id}", flush=True)
                 for child in [c for c in running if c.done()]:

@@ -27,9 +27,9 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 
+from mlproject.app.train import CHECKPOINT_DIR  # a run's checkpoints/ artifacts mirror its local folder
 from mlproject.errors import MlprojectError
 
-CHECKPOINT_DIR = "checkpoints"
 TOKENIZER_ARTIFACT = "tokenizer/tokenizer.json"
 CONFIG_ARTIFACT = "config/resolved.yaml"
 

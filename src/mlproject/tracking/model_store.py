@@ -130,14 +130,12 @@ class MlflowModelStore:
         return run_id
 
     def record_export(self, cfg: Any, source: Source, folder: Path, class_name: str) -> None:
-        if source.run_id and cfg.log_to_run:
-            client.client().log_artifacts(source.run_id, str(folder), HF_ARTIFACT)
-            client.set_tags(source.run_id, {"mlproject.hf_export_class": class_name})
-            print(f"export-hf: logged to run {source.run_id} as {HF_ARTIFACT}/", flush=True)
-            if cfg.log_transformers:
-                _log_transformers(source.run_id, folder)
-        elif cfg.log_transformers:
-            raise MlprojectError("export-hf: --log-transformers needs a run (--run-id or --model-uri)")
+        assert source.run_id is not None
+        client.client().log_artifacts(source.run_id, str(folder), HF_ARTIFACT)
+        client.set_tags(source.run_id, {"mlproject.hf_export_class": class_name})
+        print(f"export-hf: logged to run {source.run_id} as {HF_ARTIFACT}/", flush=True)
+        if cfg.log_transformers:
+            _log_transformers(source.run_id, folder)
 
 
 def _log_transformers(run_id: str, folder: Path) -> str:
