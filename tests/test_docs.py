@@ -183,6 +183,19 @@ def test_every_local_link_of_the_readme_exists():
     assert [link for link in links if not (REPO / link).exists()] == []
 
 
+def test_every_documented_mlflow_run_entry_point_is_in_the_mlproject_file():
+    entry_points = set(yaml.safe_load(_text(REPO / "MLproject"))["entry_points"])
+    documented = []
+    for page in PAGES:
+        text = _text(page)
+        for line in [*_fenced_lines(text), *_spans(text)]:
+            tokens = _tokens(line)
+            documented += [(page.name, tokens[i + 1]) for i, token in enumerate(tokens[:-1])
+                           if token == "-e" and any(t.endswith("mlflow") for t in tokens[:i]) and "<" not in tokens[i + 1]]
+    assert {"pipeline", "compare"} <= {name for _, name in documented}
+    assert [(page, name) for page, name in documented if name not in entry_points] == []
+
+
 def _nav_pages(entries: list) -> Iterator[str]:
     for entry in entries:
         value = next(iter(entry.values())) if isinstance(entry, dict) else entry
