@@ -41,7 +41,7 @@ docs: $(DOCS_STAMP)
 	$(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site
 
 # ----------------------------------------------------------------------------- containers
 # The step image that the Airflow DAG runs (docker/Dockerfile), built offline from a local

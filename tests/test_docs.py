@@ -104,10 +104,10 @@ def _parse_error(argv: list[str]) -> str | None:
     return None
 
 
-def test_the_docs_show_the_commands_of_every_step():
-    shown = {argv[0] for _, argv in documented_commands()}
+def test_the_readme_shows_an_example_of_every_step():
+    shown = {argv[0] for page, argv in documented_commands() if page == "README.md"}
     action = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(action.choices) <= shown, f"no documented example for {set(action.choices) - shown}"
+    assert set(action.choices) <= shown, f"no example in the README for {set(action.choices) - shown}"
 
 
 def test_every_documented_mlproject_command_parses():
