@@ -1,10 +1,11 @@
-# The README quickstart: `make run` (the main job) and `make test` (the suite). Both set themselves up.
+# The README quickstart: `make run` (the main job), `make test` (the fast tests) and `make test-all`
+# (every test); `make docs` builds the documentation site. Each sets itself up.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test test-all docs install clean
 
 install: $(STAMP)
 
@@ -24,8 +25,23 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Every test, the end-to-end ones with containers, Airflow and PostgreSQL included: what CI runs.
+test-all: $(STAMP)
+	$(BIN)/python -m pytest
+
+# The documentation site (mkdocs.yml, pages under docs/) into site/; --strict fails on a broken
+# link or a page missing from the nav, as CI does.
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site
 
 # ----------------------------------------------------------------------------- containers
 # The step image that the Airflow DAG runs (docker/Dockerfile), built offline from a local
