@@ -26,7 +26,7 @@ from mlproject.data.config import DataConfig, PreviewConfig, RegistryConfig
 from mlproject.errors import MlprojectError
 from mlproject.inference.config import GenerateConfig
 from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
-from mlproject.model.config import HFImportConfig, SummaryConfig
+from mlproject.model.config import HFImportConfig, OriginalImportConfig, SummaryConfig
 from mlproject.orchestration.config import PipelineOptions
 from mlproject.research.config import (AblationConfig, ChildRunConfig, CompareConfig, PlotConfig, SweepStageConfig,
                                        TuneConfig)
@@ -79,6 +79,20 @@ def _import_hf(args: argparse.Namespace) -> None:
     model = load_hf_dir(cfg.model_dir)
     save_model_checkpoint(cfg.output, model)
     print(f"wrote {cfg.output} ({model.num_params() / 1e6:.1f}M parameters)")
+
+
+def _import_original(args: argparse.Namespace) -> None:
+    from mlproject.model.checkpoint import read_torch_file, save_checkpoint
+    from mlproject.model.original import from_original, is_original_checkpoint, read_run_config
+
+    cfg = _flags(args, OriginalImportConfig)
+    raw = read_torch_file(cfg.checkpoint)
+    if not is_original_checkpoint(raw):
+        raise MlprojectError(f"{cfg.checkpoint} is not a checkpoint of the original suite (no model_state)")
+    run_config = read_run_config(cfg.run_config) if cfg.run_config else None
+    model, state = from_original(raw, cfg.checkpoint, run_config)
+    save_checkpoint(cfg.output, state)
+    print(f"wrote {cfg.output} ({model.config.model_version}, {model.num_params() / 1e6:.1f}M parameters)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -200,6 +214,8 @@ COMMANDS: dict[str, Command] = {
                        "build model presets, print parameters and FLOPs, run a step"),
     "import-hf": Command(_import_hf, {"import-hf": HFImportConfig},
                          "convert a local Hugging Face GPT-2/Llama folder to a checkpoint"),
+    "import-original": Command(_import_original, {"import-original": OriginalImportConfig},
+                               "convert a checkpoint of the original suite (<name>.last.pt) to ours"),
     "train": Command(_train, {**RunConfig.SECTIONS, "sweep child": ChildRunConfig},
                      "train one model, tracked in MLflow", config=_RUN_YAML),
     "generate": Command(_generate, {"generate": GenerateConfig},

@@ -273,3 +273,27 @@ def test_flops_per_token_follows_6n_plus_12_lhqt():
     assert gpt2.flops_per_token() == 6 * n + 12 * 4 * 2 * 16 * 32
     gpt3 = build(n_layer=4, model_version="gpt3")  # two banded layers attend WINDOW keys
     assert gpt3.flops_per_token() == 6 * n + 12 * 2 * 16 * (2 * 32 + 2 * WINDOW)
+
+
+def test_resid_dropout_sets_the_residual_branches_only_and_defaults_to_dropout():
+    def rates(**values):
+        block = GPT(GPTConfig(preset=None, n_layer=1, n_head=2, d_model=16, block_size=8, vocab_size=11,
+                              **values)).transformer.h[0]
+        return block.attn.attn_dropout.p, block.attn.resid_dropout.p, block.mlp.dropout.p
+
+    assert rates(dropout=0.1) == (0.1, 0.1, 0.1)
+    assert rates(dropout=0.1, resid_dropout=0.3) == (0.1, 0.3, 0.3)
+    assert rates(dropout=0.0, resid_dropout=0.2, mlp_type="swiglu") == (0.0, 0.2, 0.2)
+
+
+def test_resid_dropout_drops_in_training_and_leaves_eval_logits_unchanged():
+    torch.manual_seed(0)
+    base = GPT(GPTConfig(preset=None, n_layer=2, n_head=2, d_model=16, block_size=8, vocab_size=11))
+    dropping = GPT(GPTConfig(preset=None, n_layer=2, n_head=2, d_model=16, block_size=8, vocab_size=11,
+                             resid_dropout=0.5))
+    dropping.load_state_dict(base.state_dict())
+    idx = torch.randint(0, 11, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(base.eval()(idx)[0], dropping.eval()(idx)[0])
+        dropping.train()
+        assert not torch.allclose(base(idx)[0], dropping(idx)[0])

@@ -15,6 +15,7 @@ INVALID = [
     ({"gelu_approximate": "sigmoid"}, "gelu_approximate"),
     ({"preset": "huge"}, "preset='huge'"),
     ({"attention_window": 0}, "attention_window=0"),
+    ({"resid_dropout": 1.0}, "resid_dropout=1.0"),
 ]
 
 

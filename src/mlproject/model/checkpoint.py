@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -86,24 +87,45 @@ def _write_failure(exc: BaseException, folder: Path) -> str:
     return f"the write failed ({free / 2**20:.1f} MiB free on that disk; is it full?)"
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint; a missing, empty, truncated or foreign file is a one-line MlprojectError."""
+def read_torch_file(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
+    """`torch.load(weights_only=True)` of a file; missing, empty, truncated or refused is a one-line MlprojectError."""
     path = Path(path)
     if not path.is_file():
         raise MlprojectError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise MlprojectError(f"checkpoint {path} is empty")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc):
+            raise MlprojectError(f"checkpoint {path} is unreadable (truncated, corrupted or not a "
+                                 f"torch file: {type(exc).__name__})") from None
+        # the file names a class or function: loading it would run code from the file
+        blocked = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "")
+        raise MlprojectError(f"checkpoint {path} holds objects other than tensors and plain containers"
+                             f"{f' ({blocked})' if blocked else ''}; refused by the weights-only loader") from None
     except Exception as exc:  # torch raises several types for truncated or non-torch files
         raise MlprojectError(f"checkpoint {path} is unreadable (truncated, corrupted or not a "
                              f"torch file: {type(exc).__name__})") from None
+
+
+def check_format(state: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """`state` if it carries our format marker and version, else a one-line MlprojectError."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise MlprojectError(f"{path} is not an mlproject checkpoint (no {FORMAT!r} format marker)")
+        from mlproject.model.original import is_original_checkpoint
+
+        hint = ("; it is the original suite's checkpoint: generate, evaluate and export-hf read it as it is, "
+                "`mlproject import-original` converts it") if is_original_checkpoint(state) else ""
+        raise MlprojectError(f"{path} is not an mlproject checkpoint (no {FORMAT!r} format marker){hint}")
     if state.get("version") != VERSION:
         raise MlprojectError(f"checkpoint {path} has format version {state.get('version')!r}; "
                              f"this mlproject reads version {VERSION}")
     return state
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint; a missing, empty, truncated or foreign file is a one-line MlprojectError."""
+    return check_format(read_torch_file(path, map_location), path)
 
 
 def model_state(model: torch.nn.Module) -> dict[str, Any]:
@@ -136,8 +158,18 @@ def build_model(model_config: dict[str, Any]) -> torch.nn.Module:
 
 def load_model_checkpoint(path: str | os.PathLike[str],
                           device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the GPT stored in a checkpoint; returns (model in eval mode on `device`, state)."""
-    state = load_checkpoint(path)
+    """Rebuild the GPT stored in a checkpoint; returns (model in eval mode on `device`, state).
+
+    A checkpoint of the original suite (`<name>.last.pt`) loads too, converted by
+    `mlproject.model.original`; its state is then given in our format.
+    """
+    raw = read_torch_file(path)
+    from mlproject.model.original import from_original, is_original_checkpoint
+
+    if is_original_checkpoint(raw):
+        model, state = from_original(raw, str(path))
+        return model.to(device), state
+    state = check_format(raw, path)
     if "model_config" not in state or "model" not in state:
         raise MlprojectError(f"checkpoint {path} holds no model (missing model_config/model)")
     model = build_model(state["model_config"])

@@ -64,6 +64,9 @@ class GPTConfig:
     block_size: int | None = field(None, help="context length (default: 1024 gpt2, 2048 gpt3)")
     vocab_size: int = field(50304, cli=False, help="set from the tokenizer at run time")
     dropout: float = field(0.0, help="dropout on attention, residual and embedding outputs")
+    resid_dropout: float | None = field(
+        None, help="dropout on each block's residual branches (attention and MLP outputs, before the add); "
+                   "default: dropout (GPT-3's separate residual dropout)")
     bias: bool = field(True, help="bias in linear layers and norms")
     norm_type: Literal["layernorm", "rmsnorm"] = field("layernorm", help="normalisation layer")
     norm_eps: float = field(1e-5, help="epsilon of the norm layers")
@@ -117,6 +120,11 @@ class GPTConfig:
         return self.d_model // self.n_head
 
     @property
+    def residual_dropout(self) -> float:
+        """Dropout rate of the residual branches: `resid_dropout`, or `dropout` when unset."""
+        return self.dropout if self.resid_dropout is None else self.resid_dropout
+
+    @property
     def mlp_hidden(self) -> int:
         """Hidden width of the MLP.
 
@@ -154,6 +162,8 @@ class GPTConfig:
                 f"pos_encoding='rope' needs an even head dim; got d_model/n_head = {self.d_model // self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.resid_dropout is not None and not 0.0 <= self.resid_dropout < 1.0:
+            raise ConfigError(f"resid_dropout={self.resid_dropout} must be in [0, 1)")
         if self.mlp_expansion <= 0:
             raise ConfigError(f"mlp_expansion={self.mlp_expansion} must be positive")
         if self.mlp_hidden_size is not None and self.mlp_hidden_size <= 0:
@@ -185,3 +195,17 @@ class HFImportConfig:
 
     def validate(self) -> None:
         check_types(self, source="import-hf")
+
+
+@dataclass
+class OriginalImportConfig:
+    """`mlproject import-original`: a checkpoint of the original suite converted to one of ours."""
+
+    checkpoint: str = field(help="the original's checkpoint (<name>.last.pt, or a research run's last.pt)")
+    output: str = field(help="checkpoint file to write")
+    run_config: str | None = field(
+        None, help="the run's <run>_config.json, for a checkpoint that holds no run_config "
+                   "(the original's best checkpoint <ckpt-name>)")
+
+    def validate(self) -> None:
+        check_types(self, source="import-original")

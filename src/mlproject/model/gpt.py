@@ -109,7 +109,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = Linear(config.d_model, 3 * config.d_model, bias=config.bias)
         self.c_proj = Linear(config.d_model, config.d_model, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.residual_dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -147,7 +147,7 @@ class MLP(nn.Module):
         self.c_fc = Linear(config.d_model, config.mlp_hidden, bias=config.bias)
         self.c_proj = Linear(config.mlp_hidden, config.d_model, bias=config.bias)
         self.approximate = config.gelu_approximate
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.residual_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
@@ -164,7 +164,7 @@ class SwiGLUMLP(nn.Module):
         super().__init__()
         self.c_fc = Linear(config.d_model, 2 * config.mlp_hidden, bias=config.bias)
         self.c_proj = Linear(config.mlp_hidden, config.d_model, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.residual_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.c_fc(x).chunk(2, dim=-1)  # (B, T, hidden) each
@@ -208,7 +208,8 @@ class GPT(nn.Module):
     `attention_pattern="dense"` turns the banded layers off.
 
     Variants (config fields): RMSNorm, SwiGLU MLP, rotary or no positions, manual or SDPA
-    attention, gradient checkpointing, dropout, bias, MLP width, untied embeddings.
+    attention, gradient checkpointing, dropout (and a separate residual-branch rate,
+    `resid_dropout`), bias, MLP width, exact or tanh GELU, untied embeddings.
     """
 
     def __init__(self, config: GPTConfig):

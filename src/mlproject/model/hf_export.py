@@ -92,7 +92,7 @@ def _hf_config(cls: str, cfg: GPTConfig, eot_id: int | None, pad_id: int | None)
     if cls == GPT2_CLASS:
         return tf.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.d_model,
                              n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.mlp_hidden,
-                             activation_function=_GELU[cfg.gelu_approximate], resid_pdrop=cfg.dropout,
+                             activation_function=_GELU[cfg.gelu_approximate], resid_pdrop=cfg.residual_dropout,
                              embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, layer_norm_epsilon=cfg.norm_eps,
                              **tokens)
     if cls == NEO_CLASS:
@@ -102,7 +102,8 @@ def _hf_config(cls: str, cfg: GPTConfig, eot_id: int | None, pad_id: int | None)
                                hidden_size=cfg.d_model, num_layers=cfg.n_layer, num_heads=cfg.n_head,
                                attention_types=types, intermediate_size=cfg.mlp_hidden,
                                window_size=cfg.attention_window, activation_function=_GELU[cfg.gelu_approximate],
-                               resid_dropout=cfg.dropout, embed_dropout=cfg.dropout, attention_dropout=cfg.dropout,
+                               resid_dropout=cfg.residual_dropout, embed_dropout=cfg.dropout,
+                               attention_dropout=cfg.dropout,
                                layer_norm_epsilon=cfg.norm_eps, **tokens)
     return tf.LlamaConfig(vocab_size=cfg.vocab_size, max_position_embeddings=cfg.block_size,
                           hidden_size=cfg.d_model, intermediate_size=cfg.mlp_hidden, num_hidden_layers=cfg.n_layer,
