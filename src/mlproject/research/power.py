@@ -10,7 +10,7 @@ standard deviation of the paired differences:
 - the number of seeds needed to detect the observed difference (or a difference the user cares
   about, `effect`) at that power;
 - the paired effect size, Cohen's d_z = mean difference / sd of the differences
-  (Cohen, 1988, Statistical Power Analysis for the Behavioral Sciences, sec. 2.3.5).
+  (Cohen, 1988, Statistical Power Analysis for the Behavioral Sciences, ch. 2).
 
 The power figures come from statsmodels' noncentral-t power of the one-sample t-test
 (`statsmodels.stats.power.TTestPower`): a paired t-test is a one-sample test on the
