@@ -168,3 +168,8 @@ def test_metric_verdict_is_a_plain_dataclass():
 def test_the_sweep_verdict_reads_as_the_report_prints_it():
     verdict = EquivalenceVerdict(True, 0.0213, 0.01, 0.001, True, 3, 3, unit="bpb")
     assert verdict.describe() == "reproduced (equivalent within ±0.01 bpb, p = 0.021)"
+
+
+def test_a_bad_alpha_is_refused():
+    with pytest.raises(ConfigError, match="alpha must be in"):
+        tost_verdict({1: 1.0, 2: 2.0}, {1: 1.0, 2: 2.0}, 0.1, alpha=1.5)

@@ -28,6 +28,7 @@ from statsmodels.stats.weightstats import ttost_ind, ttost_paired
 
 from mlproject.errors import ConfigError
 from mlproject.io import atomic_path
+from mlproject.research.power import check_alpha
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ALPHA = 0.05
@@ -167,12 +168,16 @@ def tost_verdict(original: Mapping[int, float], reproduced: Mapping[int, float],
 
     Paired by seed (`ttost_paired` on reproduced - original) when both hold the same seeds,
     else unpaired (`ttost_ind`, Welch). `margin`: the largest difference that counts as the same
-    result (the caller's default: the original's minimum detectable difference).
+    result (the caller's default: the original's minimum detectable difference,
+    `power.paired_power(...).min_detectable_diff`).
     """
-    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin > 0):
+    try:
+        margin = float(margin)
+    except (TypeError, ValueError):
+        raise ConfigError(f"margin must be a positive number, got {margin!r}") from None
+    if not (math.isfinite(margin) and margin > 0):
         raise ConfigError(f"margin must be a positive number, got {margin!r}")
-    if not 0 < alpha < 1:
-        raise ConfigError(f"alpha must be between 0 and 1, got {alpha!r}")
+    alpha = check_alpha(alpha)
     paired = set(original) == set(reproduced)
     seeds = sorted(original) if paired else []
     x_orig = np.array([original[s] for s in seeds] if paired else list(original.values()), dtype=float)
