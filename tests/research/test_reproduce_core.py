@@ -60,6 +60,19 @@ def test_a_step_logged_by_one_side_only_differs():
     assert (extra.verdict, extra.step, extra.note) == (Verdict.DIFFERS, 10, "step 10 logged only by the reproduction")
 
 
+def test_a_shifted_step_is_found_where_the_steps_part():
+    shifted = [(0, 10.8), (2, 9.91), (5, 8.734), (6, 7.5), (8, 6.25)]
+    verdict = judge_history("train_loss", LOSS, shifted)
+    assert (verdict.step, verdict.steps, verdict.max_rel_diff) == (4, 2, 0.0)
+    assert verdict.note == "step 4 logged only by the original"
+
+
+def test_timings_and_system_metrics_are_not_judged():
+    original = {"train_loss": LOSS, "tokens_per_sec": [(2, 1e4)], "system/cpu_utilization_percentage": [(0, 50.0)]}
+    reproduced = {"train_loss": LOSS, "tokens_per_sec": [(2, 2e4)]}
+    assert [v.metric for v in judge_histories(original, reproduced)] == ["train_loss"]
+
+
 def test_a_shorter_rerun_is_compared_up_to_its_last_step():
     verdict = judge_history("train_loss", LOSS, LOSS[:3], max_step=4)
     assert verdict.verdict is Verdict.IDENTICAL and verdict.steps == 3

@@ -32,6 +32,9 @@ from mlproject.research.power import check_alpha
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ALPHA = 0.05
+# Timings and memory (training/throughput.py, the run summary) change from run to run by nature: never judged.
+TIMING_METRICS = frozenset({"tokens_per_sec", "tokens_per_sec_mean", "ms_per_step", "data_time_share", "mfu",
+                            "peak_mem_mb", "elapsed_sec", "logging_overhead_share"})
 History = Sequence[tuple[int, float]]
 
 
@@ -97,16 +100,19 @@ def judge_history(metric: str, original: History, reproduced: History, *, rtol: 
     repro = sorted((int(s), float(v)) for s, v in reproduced if max_step is None or s <= max_step)
     if not orig and not repro:
         return MetricVerdict(metric, Verdict.DIFFERS, 0, math.inf, note="no values to compare")
-    rels = [_rel(a, b) for (_, a), (_, b) in zip(orig, repro)]
+    aligned = 0  # leading pairs logged at the same step
+    while aligned < min(len(orig), len(repro)) and orig[aligned][0] == repro[aligned][0]:
+        aligned += 1
+    rels = [_rel(a, b) for (_, a), (_, b) in zip(orig[:aligned], repro[:aligned])]
     max_rel = max(rels, default=0.0)
-    for (step_o, a), (step_r, b), rel in zip(orig, repro, rels):
-        if step_o != step_r:
-            first = min(step_o, step_r)
-            side = "original" if first == step_o else "reproduction"
-            return MetricVerdict(metric, Verdict.DIFFERS, len(rels), max_rel, first,
-                                 note=f"step {first} logged only by the {side}")
+    for (step, a), (_, b), rel in zip(orig, repro, rels):
         if rel > rtol:
-            return MetricVerdict(metric, Verdict.DIFFERS, len(rels), max_rel, step_o, a, b)
+            return MetricVerdict(metric, Verdict.DIFFERS, aligned, max_rel, step, a, b)
+    if aligned < min(len(orig), len(repro)):
+        step_o, step_r = orig[aligned][0], repro[aligned][0]
+        first, side = (step_o, "original") if step_o < step_r else (step_r, "reproduction")
+        return MetricVerdict(metric, Verdict.DIFFERS, aligned, max_rel, first,
+                             note=f"step {first} logged only by the {side}")
     if len(orig) != len(repro):
         longer, side = (orig, "original") if len(orig) > len(repro) else (repro, "reproduction")
         step = longer[len(rels)][0]
@@ -118,10 +124,12 @@ def judge_history(metric: str, original: History, reproduced: History, *, rtol: 
 
 
 def judge_histories(original: Mapping[str, History], reproduced: Mapping[str, History], *,
-                    rtol: float = DEFAULT_RTOL, max_step: int | None = None) -> list[MetricVerdict]:
-    """A verdict per metric of the original (a metric the reproduction never logged `differs`)."""
+                    rtol: float = DEFAULT_RTOL, max_step: int | None = None,
+                    skip: frozenset[str] = TIMING_METRICS) -> list[MetricVerdict]:
+    """A verdict per metric of the original but those in `skip` (timings, and MLflow's
+    `system/` metrics); a metric the reproduction never logged `differs`."""
     verdicts = []
-    for metric in sorted(original):
+    for metric in sorted(m for m in original if m not in skip and not m.startswith("system/")):
         if metric not in reproduced:
             verdicts.append(MetricVerdict(metric, Verdict.DIFFERS, 0, math.inf, note="not logged by the reproduction"))
         else:
