@@ -219,3 +219,22 @@ def test_a_source_record_reads_the_package_version_and_commit_of_this_checkout()
     assert record.source.package_version
     assert record.source.commit or record.source.reason
     assert SOURCE_JSON in record.files()
+
+
+def test_a_git_error_means_no_source_record_with_the_reason(repo, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # no git executable at all
+    record = capture_record(package_dir=repo / "src" / "pkg")
+    assert record.source.commit is None and record.source.reason.startswith("no git record (git rev-parse:")
+    assert record.patch_state() == "none" and record.environment is not None
+    assert record.notes()[0].startswith("source: no git record")
+
+
+def test_the_record_reads_back_from_a_downloaded_artifact_folder(repo, tmp_path):
+    dirty(repo)
+    record = capture_record(digest="abc", package_dir=repo / "src" / "pkg")
+    folder = tmp_path / "artifacts"
+    for rel, data in record.files().items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    back = RunRecord.from_dir(folder, record.tags())
+    assert back.source == record.source and back.environment == record.environment and back.data == record.data
