@@ -21,6 +21,9 @@ from mlproject.training.device import keep_freed_memory
 from mlproject.training.optim import build_optimizer, resolve_recipe
 
 needs_onednn = pytest.mark.skipif(linear.ONEDNN_INNER_PRODUCT is None, reason="this torch build has no oneDNN on x86")
+# oneDNN has bf16 kernels only for AVX-512 CPUs: on an AVX2-only CPU the bf16 paths are nn.Linear's
+# (test_bf16_falls_back_to_nn_linear_where_onednn_has_no_bf16_kernels checks that everywhere).
+needs_onednn_bf16 = pytest.mark.skipif(not linear.onednn_bf16_works(), reason="oneDNN has no bf16 kernels for this CPU")
 
 
 def _linear_pair(bias: bool) -> tuple[Linear, torch.nn.Linear]:
@@ -82,7 +85,7 @@ def test_linear_under_cpu_autocast_computes_in_bf16_like_nn_linear(bias):
         assert torch.allclose(ours.bias.grad, plain.bias.grad, **tol)
 
 
-@needs_onednn
+@needs_onednn_bf16
 def test_linear_under_cpu_bf16_autocast_runs_on_onednn_in_bf16(monkeypatch):
     dtypes = []
     monkeypatch.setattr(linear, "onednn_linear", lambda *a: dtypes.append((a[0].dtype, a[1].dtype)) or F.linear(*a))
@@ -93,7 +96,7 @@ def test_linear_under_cpu_bf16_autocast_runs_on_onednn_in_bf16(monkeypatch):
     assert dtypes == [(torch.bfloat16, torch.bfloat16)] * 3  # forward, input gradient, weight gradient
 
 
-@needs_onednn
+@needs_onednn_bf16
 def test_linear_of_a_bf16_model_runs_on_onednn(monkeypatch):
     calls = []
     monkeypatch.setattr(linear, "onednn_linear", lambda *a: calls.append(a[0].dtype) or F.linear(*a))
@@ -102,6 +105,35 @@ def test_linear_of_a_bf16_model_runs_on_onednn(monkeypatch):
     with torch.no_grad():
         assert torch.allclose(ours.bfloat16()(x).float(), plain.bfloat16()(x).float(), atol=0.05, rtol=0.02)
     assert calls == [torch.bfloat16]
+
+
+@needs_onednn
+def test_bf16_falls_back_to_nn_linear_where_onednn_has_no_bf16_kernels(monkeypatch):
+    calls = []
+    monkeypatch.setattr(linear, "onednn_bf16_works", lambda: False)
+    monkeypatch.setattr(linear, "onednn_linear", lambda *a: calls.append(a[0].dtype) or F.linear(*a))
+    ours, plain = _linear_pair(bias=True)
+    x = torch.randn(2, 24)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y, y_plain = ours(x), plain(x)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, y_plain)
+    with torch.no_grad():
+        assert torch.equal(ours.bfloat16()(x.bfloat16()), plain.bfloat16()(x.bfloat16()))
+        ours.float()(x)  # fp32 still runs on oneDNN
+    assert calls == [torch.float32]
+
+
+def test_the_bf16_probe_agrees_with_the_kernel():
+    if linear.ONEDNN_INNER_PRODUCT is None:
+        assert not linear.onednn_bf16_works()
+        return
+    one = torch.ones(1, 1, dtype=torch.bfloat16)
+    try:
+        linear.ONEDNN_INNER_PRODUCT(one, one, None, "none", [], "")
+        works = True
+    except RuntimeError:
+        works = False
+    assert linear.onednn_bf16_works() is works
 
 
 def test_linear_in_float64_is_nn_linear():

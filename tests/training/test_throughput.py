@@ -61,6 +61,20 @@ def test_real_cpu_probe_measures_a_plausible_rate():
     assert 1e8 < rate < 1e14
 
 
+def test_probe_keeps_the_full_size_for_a_fast_kernel_and_shrinks_it_for_a_slow_one():
+    cpu = torch.device("cpu")
+    assert throughput._probe_size(cpu, torch.float32, 256, budget_s=60.0) == 256
+    # with no time to spare, the size stays at the smallest step: the probe never takes minutes
+    assert throughput._probe_size(cpu, torch.float32, 2048, budget_s=0.0) == 128
+    assert throughput._probe_size(cpu, torch.float32, 64, budget_s=0.0) == 64
+
+
+def test_bf16_probe_measures_a_rate_where_bf16_may_be_emulated():
+    # bf16 on a CPU without bf16 instructions runs ~0.1 GFLOP/s: a 2048 probe would take minutes
+    rate = throughput.probe_peak_flops(torch.device("cpu"), torch.bfloat16, n=2048, repeats=1, budget_s=0.5)
+    assert 1e7 < rate < 1e14
+
+
 def test_mfu_is_model_flops_over_peak():
     assert mfu(6e6, 1e4, 1e12) == pytest.approx(0.06)
 

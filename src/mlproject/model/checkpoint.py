@@ -97,13 +97,14 @@ def read_torch_file(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc):
+        # The weights-only unpickler words every refusal alike; only one that names a class or
+        # function (a GLOBAL) means a file that would run code. Anything else is not a checkpoint.
+        blocked = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "")
+        if not blocked:
             raise MlprojectError(f"checkpoint {path} is unreadable (truncated, corrupted or not a "
                                  f"torch file: {type(exc).__name__})") from None
-        # the file names a class or function: loading it would run code from the file
-        blocked = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "")
         raise MlprojectError(f"checkpoint {path} holds objects other than tensors and plain containers"
-                             f"{f' ({blocked})' if blocked else ''}; refused by the weights-only loader") from None
+                             f" ({blocked}); refused by the weights-only loader") from None
     except Exception as exc:  # torch raises several types for truncated or non-torch files
         raise MlprojectError(f"checkpoint {path} is unreadable (truncated, corrupted or not a "
                              f"torch file: {type(exc).__name__})") from None

@@ -8,6 +8,7 @@ rounding, and under bf16 autocast nn.Linear's under autocast up to bf16 rounding
 
 from __future__ import annotations
 
+import functools
 import platform
 from collections.abc import Callable
 
@@ -33,6 +34,24 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """x @ weight.T + bias on oneDNN: x (..., in) and weight (out, in), each with a dense last dim."""
     assert ONEDNN_INNER_PRODUCT is not None
     return ONEDNN_INNER_PRODUCT(x, weight, bias, "none", [], "")
+
+
+@functools.cache
+def onednn_bf16_works() -> bool:
+    """Whether oneDNN's bf16 inner product runs on this CPU (probed once, on a 1x1 product).
+
+    oneDNN builds its bf16 kernels only for CPUs with AVX-512 (AVX512_BF16/AMX natively, AVX512
+    emulated); on an AVX2-only CPU it has none and refuses the primitive. There, bf16 goes
+    through nn.Linear under autocast, which PyTorch computes with its reference kernels.
+    """
+    if ONEDNN_INNER_PRODUCT is None:
+        return False
+    try:
+        one = torch.ones(1, 1, dtype=torch.bfloat16)
+        ONEDNN_INNER_PRODUCT(one, one, None, "none", [], "")
+    except RuntimeError:
+        return False
+    return True
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -79,15 +98,18 @@ class Linear(nn.Linear):
     bf16 the inputs, weight and bias are cast to bf16 (what autocast does for nn.Linear) and the
     three matmuls run on oneDNN's bf16 inner product (AVX512_BF16 / AMX where the CPU has them),
     as do those of a model cast to bf16 (inference). Elsewhere (GPUs,
-    torch.compile, other dtypes, builds without oneDNN) it is nn.Linear.
+    torch.compile, other dtypes, builds without oneDNN, bf16 on CPUs without oneDNN bf16 kernels)
+    it is nn.Linear.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if ONEDNN_INNER_PRODUCT is not None and x.device.type == "cpu" and not torch.compiler.is_compiling():
             if not torch.is_autocast_enabled("cpu"):
-                if x.dtype == self.weight.dtype and x.dtype in (torch.float32, torch.bfloat16):
+                if x.dtype == self.weight.dtype and (x.dtype == torch.float32
+                                                     or (x.dtype == torch.bfloat16 and onednn_bf16_works())):
                     return _OneDNNLinear.apply(x, self.weight, self.bias)
-            elif torch.get_autocast_dtype("cpu") == torch.bfloat16 and self.weight.dtype == torch.float32:
+            elif (torch.get_autocast_dtype("cpu") == torch.bfloat16 and self.weight.dtype == torch.float32
+                  and onednn_bf16_works()):
                 bias = None if self.bias is None else _bf16(self.bias)
                 with torch.autocast("cpu", enabled=False):  # the casts are explicit above
                     return _OneDNNLinear.apply(_bf16(x), _bf16(self.weight), bias)

@@ -60,21 +60,43 @@ def cpu_name() -> str:
 
 def _matmuls(device: torch.device, dtype: torch.dtype) -> list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
     """The matmul kernels the model can use: torch's, plus oneDNN's for fp32 and bf16 on CPU (model.linear.Linear)."""
-    from mlproject.model.linear import ONEDNN_INNER_PRODUCT, onednn_linear
+    from mlproject.model.linear import ONEDNN_INNER_PRODUCT, onednn_bf16_works, onednn_linear
 
     kernels: list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = [torch.matmul]
-    if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and ONEDNN_INNER_PRODUCT is not None:
+    onednn_dtype = dtype == torch.float32 or (dtype == torch.bfloat16 and onednn_bf16_works())
+    if device.type == "cpu" and onednn_dtype and ONEDNN_INNER_PRODUCT is not None:
         kernels.append(onednn_linear)  # a @ b.T: the same FLOPs on square random inputs
     return kernels
 
 
+def _probe_size(device: torch.device, dtype: torch.dtype, n: int, budget_s: float) -> int:
+    """The largest power-of-two size up to n whose matmul takes under `budget_s`.
+
+    A fast kernel gets n. An emulated one (bf16 on a CPU without bf16 instructions runs at about
+    0.1 GFLOP/s, so a 2048 matmul takes minutes) is timed where its rate is already flat.
+    """
+    size = min(n, 128)
+    while size < n:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ a
+        _sync(device)
+        if (time.perf_counter() - t0) * 8 > budget_s:  # twice the size is 8x the FLOPs
+            break
+        size *= 2
+    return min(size, n)
+
+
 def probe_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048,
-                     repeats: int = 5) -> float:
+                     repeats: int = 5, budget_s: float = 1.0) -> float:
     """FLOP/s of the best of `repeats` n x n matmuls: a practical peak where no table has one.
 
     Every matmul kernel the model can use is timed and the fastest sets the peak, so MFU
-    measures the model against the best its own kernels reach.
+    measures the model against the best its own kernels reach. n shrinks (by powers of two)
+    for a kernel too slow to run an n x n matmul within `budget_s`.
     """
+    n = _probe_size(device, dtype, n, budget_s)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")
