@@ -28,8 +28,8 @@ from mlproject.inference.config import GenerateConfig
 from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
 from mlproject.model.config import HFImportConfig, OriginalImportConfig, SummaryConfig
 from mlproject.orchestration.config import PipelineOptions
-from mlproject.research.config import (AblationConfig, ChildRunConfig, CompareConfig, PlotConfig, SweepStageConfig,
-                                       TuneConfig)
+from mlproject.research.config import (AblationConfig, ChildRunConfig, CompareConfig, PlotConfig, ReproduceConfig,
+                                       SweepStageConfig, TuneConfig)
 
 T = TypeVar("T")
 Handler = Callable[[argparse.Namespace], object]
@@ -175,6 +175,12 @@ def _plot(args: argparse.Namespace) -> None:
     run_plot(_section(args, "plot", PlotConfig))
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from mlproject.research.reproduce_step import run_reproduce
+
+    return run_reproduce(_flags(args, ReproduceConfig))  # 1 when the numbers did not come back
+
+
 def _pipeline(args: argparse.Namespace) -> int:
     from mlproject.orchestration.runner import run_pipeline
 
@@ -234,6 +240,9 @@ COMMANDS: dict[str, Command] = {
                     "hyperparameter search with Optuna; each trial a nested run", config=_RUN_YAML),
     "plot": Command(_plot, {"plot": PlotConfig}, "plot a compare/ablation from the tracking store",
                     config="YAML file with a `plot` section"),
+    "reproduce": Command(_reproduce, {"reproduce": ReproduceConfig},
+                         "re-run a run from its record (source, environment, data) and judge whether its "
+                         "metrics came back; exit code 1 when they differ"),
     "pipeline": Command(_pipeline, {"pipeline": PipelineOptions},
                         "run the steps of a pipeline YAML in dependency order"),
     "server": Command(_server, {"server": ServerConfig},

@@ -171,3 +171,32 @@ class ChildRunConfig:
 
     def validate(self) -> None:
         check_types(self, source="train")
+
+
+@dataclass
+class ReproduceConfig:
+    """`reproduce`: re-run a recorded run and judge whether its numbers came back."""
+
+    run_id: str | None = field(None, metavar="RUN_ID", help="the run to reproduce")
+    rtol: float = field(1e-4, help="largest relative difference of a metric that is `within tolerance`")
+    source: Literal["installed", "record"] = field(
+        "installed", help="installed: run this copy's code and report how it differs from the record; "
+                          "record: run the recorded commit and patch from a temporary git worktree")
+    allow_data_change: bool = field(False, help="reproduce even when the token cache or tokenizer differs "
+                                                "from the recorded one")
+    num_threads: int | None = field(None, help="train with this many torch threads instead of the recorded "
+                                               "count (bitwise equality is then not expected)")
+    margin: float | None = field(None, help="sweep parent: the largest group-mean difference that counts as the "
+                                            "same result in the TOST equivalence test (default: the original "
+                                            "sweep's minimum detectable difference)")
+
+    def validate(self) -> None:
+        check_types(self, source="reproduce")
+        if self.margin is not None and not self.margin > 0:
+            raise ConfigError(f"reproduce: margin={self.margin} must be > 0")
+        if not self.run_id:
+            raise ConfigError("reproduce: --run-id is required; expected the id of the run to reproduce")
+        if not self.rtol >= 0:
+            raise ConfigError(f"reproduce: rtol={self.rtol} must be >= 0")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"reproduce: num_threads={self.num_threads} must be >= 1")

@@ -280,7 +280,8 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
     from mlproject.research.describe import parent_params
     from mlproject.research.distinct import check_groups_differ
     from mlproject.tracking import client
-    from mlproject.tracking.queries import GROUPS_TAG, METRICS_TAG
+    from mlproject.tracking.queries import GROUPS_TAG, METRICS_TAG, get_run
+    from mlproject.tracking.record import record_run
     from mlproject.tracking.store import ensure_store
 
     check_groups_differ(spec)  # before any run exists: a sweep must not compare a model with itself
@@ -290,6 +291,7 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
         experiment=spec.experiment, run_name=spec.run_name, kind=spec.kind, sweep_key=spec.key,
         resume=spec.resume, tags={GROUPS_TAG: json.dumps(spec.groups), METRICS_TAG: json.dumps(spec.metrics),
                                   **spec.tags})
+    record_run(parent.run_id, get_run(parent.run_id).tags)  # the children record the data they trained on
     print(f"{spec.kind}: parent run {parent.run_id} in experiment {parent.experiment_name!r} "
           f"(id {parent.experiment_id})", flush=True)
     try:

@@ -29,6 +29,7 @@ from mlproject.tracking import client
 from mlproject.tracking.artifacts import CONFIG_ARTIFACT, TOKENIZER_ARTIFACT, download_checkpoint, log_file_as, log_model
 from mlproject.tracking.logger import MlflowLogger
 from mlproject.tracking.queries import PARENT_TAG, experiment_name, get_run
+from mlproject.tracking.record import record_run
 from mlproject.tracking.run_context import configure_system_metrics, environment_tags, git_info
 from mlproject.tracking.store import ensure_store
 from mlproject.training.trainer import TrainResult
@@ -153,6 +154,7 @@ class MlflowTracker:
                                   run_id=self.run_id, parent_run_id=self.parent_run_id, resume_run_id=resume_run_id,
                                   tags=tags, log_system_metrics=configure_system_metrics(cfg.tracking))
         recorded = get_run(active.run_id)
+        record_run(active.run_id, recorded.tags, data.info)  # what a reproduction needs: source, environment, data
         sections = cfg.sections()
         sections["tracking"]["experiment_name"] = experiment_name(active.experiment_id)  # where it really went
 

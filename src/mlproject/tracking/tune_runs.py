@@ -18,6 +18,7 @@ from mlproject.errors import MlprojectError
 from mlproject.tracking import client
 from mlproject.tracking.queries import KIND_TAG, ROLE_TAG, absolute_tracking_uri, experiment_name, get_run, search
 from mlproject.tracking.client import ParentRun
+from mlproject.tracking.record import record_run
 
 STUDY_TAG = "mlproject.study"            # parent and trials: the Optuna study name
 TRIAL_TAG = "mlproject.trial_number"     # trial run: Optuna's trial number
@@ -55,6 +56,7 @@ def open_parent(*, experiment: str, run_name: str, study_name: str, tags: Mappin
         run_id = previous[0].run_id if previous else client.client().create_run(experiment_id, run_name=run_name).info.run_id
     client.set_status(run_id, "RUNNING")
     client.set_tags(run_id, all_tags)
+    record_run(run_id, get_run(run_id).tags)
     return ParentRun(run_id=run_id, experiment_id=experiment_id, experiment_name=experiment_name(experiment_id),
                      previous=None)
 
