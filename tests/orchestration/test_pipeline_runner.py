@@ -124,6 +124,13 @@ def test_steps_run_in_dependency_order_passing_run_ids(fake_mlflow, tmp_path):
     assert "--experiment-name" in calls[0]["args"]
 
 
+def test_the_summary_prints_how_to_reproduce_the_sweep_but_not_the_plot(fake_mlflow, tmp_path, capsys):
+    path = write_pipeline(tmp_path / "p.yaml", STEPS)
+    assert run_pipeline(PipelineOptions(str(path))) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.strip() for line in lines if "reproduce:" in line] == ["reproduce: mlproject reproduce --run-id run-compare"]
+
+
 def test_report_records_each_step(fake_mlflow, tmp_path):
     path = write_pipeline(tmp_path / "p.yaml", STEPS)
     run_pipeline(PipelineOptions(str(path)))

@@ -255,6 +255,10 @@ def _dry_run(pipeline: Pipeline, plan: Sequence[tuple[PipelineStep, str]], optio
     return 0
 
 
+# the steps whose run `mlproject reproduce` re-makes: a training run or a sweep parent
+REPRODUCIBLE_ENTRY_POINTS = frozenset({"train", "compare", "ablation"})
+
+
 def _print_summary(pipeline: Pipeline, report: _Report, tracking_uri: str) -> None:
     """Per step: status, run, experiment and plots; then where to browse them."""
     from mlproject.tracking.best_model import predict_command
@@ -276,5 +280,7 @@ def _print_summary(pipeline: Pipeline, report: _Report, tracking_uri: str) -> No
         if result.get("model_uri"):
             print(f"      model: {result['model_uri']}")
             print(f"      predict: {predict_command(result['model_uri'])}")
+        if s.get("run_id") and s.get("entry_point") in REPRODUCIBLE_ENTRY_POINTS and s["status"] == "succeeded":
+            print(f"      reproduce: mlproject reproduce --run-id {s['run_id']}")
     print(f"report: {report.path.resolve()}")
     print(f"browse: mlflow ui --backend-store-uri {scrub(tracking_uri)}", flush=True)
