@@ -22,12 +22,19 @@ run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e pipeline --env-manager local \
 		--experiment-name gpt2_vs_gpt3_offline
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+# The fast tier: every test but the end-to-end ones (marker e2e: containers, Airflow, PostgreSQL,
+# tracking servers, whole pipelines in subprocesses), one worker per core; --dist loadfile keeps
+# a module's tests (and its module-scoped fixtures: a trained run, a prepared corpus) on one worker.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
-# Every test, the end-to-end ones with containers, Airflow and PostgreSQL included: what CI runs.
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not e2e" -n $(TEST_WORKERS) --dist loadfile
+
+# Every test: the fast tier, then the end-to-end tests one at a time (they start servers and
+# containers of their own, each on free ports). What CI runs.
 test-all: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not e2e" -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -m e2e
 
 # The documentation site (mkdocs.yml, pages under docs/) into site/; --strict fails on a broken
 # link or a page missing from the nav, as CI does.

@@ -15,6 +15,17 @@ import pytest
 from helpers import unique
 
 
+# A test that asks for one of these fixtures starts a container, PostgreSQL or a tracking server:
+# it is end-to-end whether or not its module says so, so `make test` (-m "not e2e") never waits on one.
+E2E_FIXTURES = frozenset({"docker_engine", "step_image", "postgres_uri", "start_server", "skip_or_fail"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
 def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     from mlflow import MlflowClient

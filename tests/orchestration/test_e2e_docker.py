@@ -22,7 +22,7 @@ import yaml
 
 from helpers import REPO, VENV_BIN, tiny
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 DAGS = REPO / "airflow" / "dags"
 AIRFLOW = str(VENV_BIN / "airflow")

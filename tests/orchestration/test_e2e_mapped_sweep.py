@@ -22,7 +22,7 @@ import yaml
 
 from helpers import REPO, VENV_BIN, free_port, tiny
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 DAG_ID = "gpt_research_pipeline"
 DAGS = REPO / "airflow" / "dags"

@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 
 from helpers import REPO, VENV_BIN, free_port, write_tiny
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 STEP_METRICS = ("train_loss", "lr", "grad_norm", "tokens_per_sec", "ms_per_step", "tokens_seen")
 

@@ -85,7 +85,7 @@ def test_cli_reports_a_bad_port_in_one_line(capsys):
     assert err == "mlproject: error: server: port=70000 is out of range; expected 1-65535"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_real_server_logs_and_serves_an_artifact(tmp_path, start_server):
     from mlflow import MlflowClient
 

@@ -17,7 +17,7 @@ import pytest
 
 from helpers import write_sweep
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 MODELS, SEEDS = ["gpt2", "gpt3"], [42, 43]
 

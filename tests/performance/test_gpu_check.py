@@ -12,7 +12,7 @@ import pytest
 from helpers import REPO
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_gpu_check_dry_run_writes_every_figure(tmp_path):
     out = tmp_path / "gpu_check.json"
     # The script runs with the test's interpreter (PYTHON) and installs nothing in a dry run.

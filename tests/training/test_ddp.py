@@ -12,7 +12,7 @@ TRAIN = dict(max_steps=6, eval_interval=3, eval_batches=2, log_interval=1, save_
              device="cpu", precision="fp32", num_threads=1, progress="lines", peak_flops=1e11, seed=7)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(data, cache_dir, tmp_path, start_child,
                                                                         child_result):
     port = str(free_port())

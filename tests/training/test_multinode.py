@@ -29,7 +29,7 @@ def losses(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_torchrun_nodes_train_one_run_that_matches_a_single_process(data, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)

@@ -23,7 +23,7 @@ def wait_for(proc: subprocess.Popen, marker: str) -> list[str]:
     raise AssertionError(f"child ended (rc={proc.wait()}) before {marker!r}:\n{''.join(lines)}")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(data, cache_dir, tmp_path, start_child,
                                                                              child_result):
     base = {"cache_dir": str(cache_dir), "train": TRAIN, "model": {"dropout": 0.1}}  # dropout: RNG state matters
@@ -44,7 +44,7 @@ def test_sigkill_after_a_checkpoint_then_resume_matches_an_uninterrupted_run(dat
     assert resumed["summary"]["tokens_seen"] == expected["summary"]["tokens_seen"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigterm_writes_a_checkpoint_and_returns_interrupted(data, cache_dir, tmp_path, start_child, child_result):
     spec = {"cache_dir": str(cache_dir), "checkpoint_dir": str(tmp_path),
             "train": {**TRAIN, "max_steps": 100_000, "eval_interval": 100_000, "save_every": 0, "log_interval": 1},
