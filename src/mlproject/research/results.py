@@ -20,7 +20,7 @@ from typing import Any
 
 from mlproject.errors import MlprojectError
 from mlproject.io import atomic_write_text
-from mlproject.research.stats import PairedComparison, Summary, paired_comparison, summarize
+from mlproject.stats import PairedComparison, Summary, paired_comparison, summarize
 
 # Columns every row has, in file order. `group` is what statistics are grouped by: the model
 # version in a compare, the axis value in an ablation (`axis`/`value` are empty in a compare).
