@@ -36,6 +36,34 @@ Handler = Callable[[argparse.Namespace], object]
 # argparse reads `-1e-3` as a flag (its number pattern has no exponent): `--lr -1e-3` would
 # fail with "expected one argument" instead of the config's own message.
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+# What argparse itself already reads as a negative number (its documented rule: plain integers
+# and decimals), so the fallback below only touches the forms it would misread.
+_PLAIN_NEGATIVE = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
+def accept_negative_numbers(parser: argparse.ArgumentParser) -> bool:
+    """Make `parser` read `-1e-3` as a value through argparse's private number pattern.
+
+    False where this argparse has no such attribute (a later Python may drop it); `main` then
+    joins such values to their flag (`--lr=-1e-3`), which argparse reads through its public syntax.
+    """
+    if not hasattr(parser, "_negative_number_matcher"):
+        return False
+    parser._negative_number_matcher = _NEGATIVE_NUMBER
+    return True
+
+
+def join_negative_values(argv: Sequence[str]) -> list[str]:
+    """`--flag -1e-3` as `--flag=-1e-3`: the public spelling of a value that starts with a dash."""
+    out: list[str] = []
+    for token in argv:
+        previous = out[-1] if out else ""
+        if (_NEGATIVE_NUMBER.match(token) and not _PLAIN_NEGATIVE.match(token)
+                and previous.startswith("--") and "=" not in previous):
+            out[-1] = f"{previous}={token}"
+        else:
+            out.append(token)
+    return out
 
 
 def _flags(args: argparse.Namespace, cls: type[T]) -> T:
@@ -247,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.help)
-        p._negative_number_matcher = _NEGATIVE_NUMBER
+        accept_negative_numbers(p)
         if command.config:
             p.add_argument("--config", help=command.config)
         for title, cls in command.sections.items():
@@ -265,7 +293,11 @@ def _tracking_failure(exc: BaseException) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not accept_negative_numbers(argparse.ArgumentParser()):
+        argv = join_negative_values(argv)
+    args = parser.parse_args(argv)
     from mlproject.secrets import quiet_mlflow_run_links
 
     quiet_mlflow_run_links()
