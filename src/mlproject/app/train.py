@@ -26,8 +26,8 @@ from mlproject.app.signals import sigterm_as_interrupt
 from mlproject.app.tracker import Tracker
 from mlproject.errors import MlprojectError
 from mlproject.protocol import is_run_id, result_line
+from mlproject.schema import Artifact
 
-CHECKPOINT_DIR = "checkpoints"  # output_dir/<run key>/checkpoints/{last,best}.pt
 
 # Trainer status -> run status. An interrupted run (SIGTERM, Ctrl-C) wrote a final checkpoint
 # and can be resumed, so it is KILLED, never FAILED.
@@ -106,7 +106,8 @@ def _train_replica(cfg: RunConfig) -> TrainOutcome:
     run_key, resume_path = _share()  # after rank 0 prepared the data: the caches exist now
     data, resolved = prepare(cfg)
     result = train(resolved.model, data, resolved.train,
-                   checkpoint_dir=Path(cfg.tracking.output_dir) / run_key / CHECKPOINT_DIR, resume_from=resume_path)
+                   checkpoint_dir=Path(cfg.tracking.output_dir) / run_key / Artifact.CHECKPOINTS,
+                   resume_from=resume_path)
     return TrainOutcome(run_key if cfg.tracking.log_to_mlflow else "", "", RUN_STATUS[result.status],
                         dict(result.summary))
 
@@ -119,7 +120,7 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
         if resume_run_id is not None:
             raise MlprojectError("resume_from a run id needs tracking; give a checkpoint path with log_to_mlflow=false")
         name = cfg.tracking.run_name or f"untracked-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        checkpoint_dir = Path(cfg.tracking.output_dir) / name / CHECKPOINT_DIR
+        checkpoint_dir = Path(cfg.tracking.output_dir) / name / Artifact.CHECKPOINTS
         data, resolved = prepare(cfg)
         _share((name, resume_path))
         result = train(resolved.model, data, resolved.train, checkpoint_dir=checkpoint_dir, callbacks=callbacks,
@@ -138,7 +139,7 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
         try:
             with tracker.run(resolved, data, resume_run_id=resume_run_id) as run:
                 outcome.run_id, outcome.experiment_id = run.run_id, run.experiment_id
-                checkpoint_dir = Path(cfg.tracking.output_dir) / run.run_id / CHECKPOINT_DIR
+                checkpoint_dir = Path(cfg.tracking.output_dir) / run.run_id / Artifact.CHECKPOINTS
                 if resume_run_id is not None:
                     resume_path = run.resume_checkpoint(resume_run_id, checkpoint_dir)
                 _share((run.run_id, resume_path))

@@ -32,6 +32,7 @@ from mlproject.orchestration.graph import load_pipeline
 from mlproject.orchestration.project import localize
 from mlproject.orchestration.steps import step_command, step_env
 from mlproject.protocol import parse_step_result, process_run_id, result_line
+from mlproject.schema import Artifact, RunRole, Tag, step_run_id_tag, step_status_tag
 from mlproject.secrets import scrub
 
 _ERROR_TAIL_LINES = 40
@@ -113,11 +114,11 @@ def run_pipeline(options: PipelineOptions) -> int:
     report.update()
     # Imported only now: a dry run (and a bad pipeline file) never loads MLflow.
     from mlproject.tracking import client
-    from mlproject.tracking.queries import ROLE_TAG, absolute_tracking_uri
+    from mlproject.tracking.queries import absolute_tracking_uri
 
     created_run = process_run_id() is None
     run_id, _ = client.open_run(experiment=pipeline.settings.experiment_name, run_name=pipeline.settings.name,
-                                 tags={ROLE_TAG: "pipeline", "mlproject.pipeline": pipeline.settings.name})
+                                 tags={Tag.ROLE: RunRole.PIPELINE, Tag.PIPELINE: pipeline.settings.name})
     report.update(pipeline_run_id=run_id)
     tracking_uri = absolute_tracking_uri()
     # This environment's `mlflow` and `mlproject` as a fallback when PATH has none (a venv
@@ -213,8 +214,8 @@ def _finish_run(run_id: str, report: _Report, status: str, created: bool) -> Non
     """Log the report (and step logs) to the pipeline run; end the run if this process created it."""
     from mlproject.tracking import client
 
-    tags = {f"mlproject.step.{s['id']}.status": s["status"] for s in report.data["steps"]}
-    tags.update({f"mlproject.step.{s['id']}.run_id": s["run_id"] for s in report.data["steps"] if s["run_id"]})
+    tags = {step_status_tag(s['id']): s["status"] for s in report.data["steps"]}
+    tags.update({step_run_id_tag(s['id']): s["run_id"] for s in report.data["steps"] if s["run_id"]})
     client.set_tags(run_id, tags)
     from mlproject.research.describe import pipeline_note
     from mlproject.tracking.client import describe_run
@@ -224,7 +225,7 @@ def _finish_run(run_id: str, report: _Report, status: str, created: bool) -> Non
     logs = [Path(s["log"]) for s in report.data["steps"] if s["log"] and Path(s["log"]).is_file()]
     client.log_files(run_id, [report.path])
     if logs:
-        client.log_files(run_id, logs, "logs")
+        client.log_files(run_id, logs, Artifact.LOGS)
     if created:
         client.set_status(run_id, status)
 
