@@ -90,7 +90,7 @@ GOLDEN: dict[type[StrEnum], dict[str, str]] = {
     TrainStatus: {"FINISHED": "finished", "EARLY_STOPPED": "early_stopped", "INTERRUPTED": "interrupted"},
     ChildAction: {"DONE": "done", "RESUME": "resume", "RESTART": "restart", "NEW": "new"},
     StepStatus: {"PENDING": "pending", "RUNNING": "running", "SUCCEEDED": "succeeded", "REUSED": "reused",
-                 "SKIPPED": "skipped", "FAILED": "failed"},
+                 "SKIPPED": "skipped", "FAILED": "failed", "INTERRUPTED": "interrupted"},
     TrialState: {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED", "FAIL": "FAIL"},
     PatchState: {"CLEAN": "clean", "LOGGED": "logged", "SUMMARISED": "summarised", "NONE": "none"},
 }
@@ -143,12 +143,14 @@ def _artifact_arguments(tree: ast.AST) -> list[ast.Constant]:
 
 def _spelled_elsewhere() -> list[str]:
     """`file:line value` for every string literal in src/ (outside the schema) that spells a tag
-    key (or starts one), an artifact path, or any literal given to an artifact call.
+    key (or starts one), an artifact path, an MLflow run status, or any literal given to an
+    artifact call.
 
     Folder names that are also plain words (`hf`, `logs`, `plots`, `checkpoints`) count only as
     arguments of artifact calls: elsewhere they name local folders or JSON keys.
     """
-    values = {m.value for m in Tag} | {m.value for m in Artifact if "/" in m.value or "." in m.value}
+    values = ({m.value for m in Tag} | {m.value for m in Artifact if "/" in m.value or "." in m.value}
+              | {m.value for m in RunStatus})
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if path == PACKAGE / "schema.py":
@@ -163,4 +165,4 @@ def _spelled_elsewhere() -> list[str]:
 
 def test_no_tag_key_or_artifact_path_is_spelled_outside_the_schema():
     found = _spelled_elsewhere()
-    assert not found, "use mlproject.schema (Tag, Artifact, or its key functions) instead of:\n" + "\n".join(found)
+    assert not found, "use mlproject.schema (Tag, Artifact, RunStatus, or its key functions) instead of:\n" + "\n".join(found)

@@ -30,6 +30,7 @@ from mlproject.model.config import HFImportConfig, OriginalImportConfig, Summary
 from mlproject.orchestration.config import PipelineOptions
 from mlproject.research.config import (AblationConfig, ChildRunConfig, CompareConfig, PlotConfig, SweepStageConfig,
                                        TuneConfig)
+from mlproject.schema import RunStatus
 
 T = TypeVar("T")
 Handler = Callable[[argparse.Namespace], object]
@@ -132,13 +133,13 @@ def _train(args: argparse.Namespace) -> int:
         from mlproject.research.sweep import train_child
 
         status = train_child(child.run_id, args)
-        return {"FINISHED": 0, "KILLED": 130}.get(status, 1)
+        return {RunStatus.FINISHED: 0, RunStatus.KILLED: 130}.get(status, 1)
 
     cfg = RunConfig.load(args.config, args)  # validate before importing torch and mlflow
     from mlproject.tracking.train_tracker import train_tracked
 
     outcome = train_tracked(cfg)
-    return 130 if outcome.status == "KILLED" else 0  # interrupted (resumable): not a success
+    return 130 if outcome.status == RunStatus.KILLED else 0  # interrupted (resumable): not a success
 
 
 def _generate(args: argparse.Namespace) -> None:

@@ -160,7 +160,7 @@ class ChildAction(StrEnum):
 
 
 class StepStatus(StrEnum):
-    """A pipeline step's state in the runner's report (and `step_status_tag`)."""
+    """A pipeline step's state (and the pipeline's own) in the runner's report and `step_status_tag`."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -168,6 +168,7 @@ class StepStatus(StrEnum):
     REUSED = "reused"                              # a resumed pipeline kept an earlier success
     SKIPPED = "skipped"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"                    # the pipeline as a whole, stopped by a signal
 
 
 class TrialState(StrEnum):

@@ -26,12 +26,13 @@ from mlproject.app.signals import sigterm_as_interrupt
 from mlproject.app.tracker import Tracker
 from mlproject.errors import MlprojectError
 from mlproject.protocol import is_run_id, result_line
-from mlproject.schema import Artifact
+from mlproject.schema import Artifact, RunStatus, TrainStatus
 
 
 # Trainer status -> run status. An interrupted run (SIGTERM, Ctrl-C) wrote a final checkpoint
 # and can be resumed, so it is KILLED, never FAILED.
-RUN_STATUS = {"finished": "FINISHED", "early_stopped": "FINISHED", "interrupted": "KILLED"}
+RUN_STATUS = {TrainStatus.FINISHED: RunStatus.FINISHED, TrainStatus.EARLY_STOPPED: RunStatus.FINISHED,
+              TrainStatus.INTERRUPTED: RunStatus.KILLED}
 
 
 @dataclass
@@ -134,7 +135,7 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
     tracker.check()  # an unreachable store fails before the data is prepared
     with sigterm_as_interrupt():
         data, resolved = prepare(cfg)
-        outcome = TrainOutcome("", "", "FAILED")
+        outcome = TrainOutcome("", "", RunStatus.FAILED)
         run = None
         try:
             with tracker.run(resolved, data, resume_run_id=resume_run_id) as run:
@@ -151,7 +152,7 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
         except BaseException:
             if run is None:  # no run was opened: nothing to report
                 raise
-            if run.status == "FINISHED":  # a failed resume of a finished run: it stands
+            if run.status == RunStatus.FINISHED:  # a failed resume of a finished run: it stands
                 print(f"note: run {run.run_id} stays FINISHED; nothing was trained", file=sys.stderr)
                 raise
             outcome.status, outcome.checkpoint_uris = run.status, dict(run.checkpoint_uris)

@@ -25,7 +25,7 @@ from mlproject.research.eval_metrics import check_eval_datasets, prefer_bpb, wit
 from mlproject.research.sweep import (ChildSpec, SweepOutcome, SweepSpec, child_config, experiment_for, load_job,
                                       run_sweep, sweep_key, with_context)
 from mlproject.app.config import RunConfig
-from mlproject.schema import Tag
+from mlproject.schema import SweepKind, Tag
 
 AXES = ("norm_type", "mlp_type", "pos_encoding", "attention_impl", "gradient_checkpointing", "dropout",
         "n_layer", "n_head", "d_model", "mlp_expansion", "attention_pattern", "attention_window", "vocab_size")
@@ -136,7 +136,7 @@ class AblationJob:
                                "seeds": " ".join(map(str, a.seeds)), "metrics": " ".join(self.metrics)}, "ablation"))
         sections = {name: to_dict(getattr(self.run, name)) for name in RunConfig.SECTIONS}
         return SweepSpec(
-            kind="ablation", run_name=a.parent_run_name or f"ablation-{a.ablation_axis}",
+            kind=SweepKind.ABLATION, run_name=a.parent_run_name or f"ablation-{a.ablation_axis}",
             experiment=experiment_for(self.run),
             key=sweep_key("ablation", self.run, drop=[f"{section}.{a.ablation_axis}"], extra={"axis": a.ablation_axis}),
             groups=groups, metrics=self.metrics, children=self.children(), base=self.run, params=params,

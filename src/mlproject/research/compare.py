@@ -25,7 +25,7 @@ from mlproject.research.eval_metrics import check_eval_datasets, with_eval_metri
 from mlproject.research.sweep import (ChildSpec, SweepOutcome, SweepSpec, child_config, experiment_for, load_job,
                                       run_sweep, sweep_key, with_context)
 from mlproject.app.config import RunConfig
-from mlproject.schema import Tag
+from mlproject.schema import SweepKind, Tag
 from mlproject.training.config import TrainConfig
 
 # Sections a per-model override may change, and fields it may not (the sweep sets them).
@@ -96,7 +96,7 @@ class CompareJob:
         if self.per_model:
             params["compare.per_model"] = json.dumps(self.per_model, sort_keys=True)
         return SweepSpec(
-            kind="compare", run_name=c.parent_run_name or "compare-" + "-vs-".join(c.models),
+            kind=SweepKind.COMPARE, run_name=c.parent_run_name or "compare-" + "-vs-".join(c.models),
             experiment=experiment_for(self.run),
             key=sweep_key("compare", self.run, drop=["model.model_version"],
                           extra={"fair_recipe": c.fair_recipe, "per_model": self.per_model}),

@@ -27,7 +27,7 @@ from mlproject.research.config import PlotConfig
 from mlproject.protocol import process_run_id, result_line
 from mlproject.research.results import (Row, SweepStats, aggregate, read_results,
                                         summary_table_rows, to_csv)
-from mlproject.schema import Artifact, Tag
+from mlproject.schema import Artifact, RunRole, RunStatus, Tag
 
 CURVE_METRICS = ("train_loss", "val_loss")
 
@@ -74,7 +74,8 @@ def bar_chart(rows: Sequence[Row], stats: SweepStats, metric: str, path: Path, *
     points = []
     rng = np.random.default_rng(0)  # fixed jitter: the same data gives the same picture
     for i, group in enumerate(groups):
-        values = [r[metric] for r in rows if r.get("group") == group and r.get("status", "FINISHED") == "FINISHED"
+        values = [r[metric] for r in rows if r.get("group") == group
+                  and r.get("status", RunStatus.FINISHED) == RunStatus.FINISHED
                   and isinstance(r.get(metric), (int, float))]
         points += values
         ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, color="#de2d26", s=22, zorder=3,
@@ -204,7 +205,7 @@ def _from_store(cfg: PlotConfig, metric: str) -> _Source:
               f"{parent.status}), the newest with finished child runs", flush=True)
     else:
         raise MlprojectError("plot: give parent_run_id, experiment_name or results (a results.jsonl/csv file)")
-    if parent.tags.get(Tag.ROLE) != "sweep_parent":
+    if parent.tags.get(Tag.ROLE) != RunRole.SWEEP_PARENT:
         raise MlprojectError(f"run {parent.run_id} is not a compare/ablation parent run (tag {Tag.ROLE} missing)")
     children = list(sweep_cells(parent, parent.tags.get(Tag.SWEEP_KEY, "")).values())
     if not children:
@@ -220,9 +221,9 @@ def _newest_with_finished_children(experiment_id: str) -> Any:
     interrupted newer parent with nothing to plot is passed over)."""
     from mlproject.tracking.queries import search, sweep_cells
 
-    for parent in search([experiment_id], f"tags.`{Tag.ROLE}` = 'sweep_parent'"):  # newest first
+    for parent in search([experiment_id], f"tags.`{Tag.ROLE}` = '{RunRole.SWEEP_PARENT}'"):  # newest first
         cells = sweep_cells(parent, parent.tags.get(Tag.SWEEP_KEY, ""))
-        if any(c.status == "FINISHED" for c in cells.values()):
+        if any(c.status == RunStatus.FINISHED for c in cells.values()):
             return parent
     return None
 
@@ -234,7 +235,7 @@ def _histories(children: Sequence[Any]) -> tuple[dict[str, dict[str, list[dict[i
     curves: dict[str, dict[str, list[dict[int, float]]]] = {m: {} for m in CURVE_METRICS}
     tokens: dict[str, list[dict[int, float]]] = {}
     for child in children:
-        if child.status != "FINISHED":
+        if child.status != RunStatus.FINISHED:
             continue
         group = child.tags.get(Tag.GROUP, "")
         for metric in CURVE_METRICS:
@@ -279,7 +280,7 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
     # run_id is the plot step's own run under `mlflow run` (the pipeline links it as the step's
     # run); the plotted parent is plotted_run_id.
     print(result_line({"step": "plot", "run_id": process_run_id() or source.parent_run_id,
-                       "plotted_run_id": source.parent_run_id, "status": "FINISHED",
+                       "plotted_run_id": source.parent_run_id, "status": RunStatus.FINISHED,
                        "plots": [str(p) for p in written if p.suffix == ".png"], "summary_csv": str(written[-1])}),
           flush=True)
     return written

@@ -20,7 +20,7 @@ from typing import Any
 
 from mlproject.errors import MlprojectError
 from mlproject.io import atomic_write_text
-from mlproject.schema import Artifact
+from mlproject.schema import Artifact, RunStatus
 from mlproject.stats import PairedComparison, Summary, paired_comparison, summarize
 
 # Columns every row has, in file order. `group` is what statistics are grouped by: the model
@@ -147,7 +147,7 @@ class SweepStats:
 
 
 def finished(rows: Iterable[Row]) -> list[Row]:
-    return [r for r in rows if r.get("status", "FINISHED") == "FINISHED"]
+    return [r for r in rows if r.get("status", RunStatus.FINISHED) == RunStatus.FINISHED]
 
 
 def aggregate(rows: Sequence[Row], groups: Sequence[str], metrics: Sequence[str]) -> SweepStats:

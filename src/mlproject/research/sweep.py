@@ -60,7 +60,7 @@ from mlproject.research.results import (
     write_results,
 )
 from mlproject.app.config import RunConfig
-from mlproject.schema import Artifact, Tag, checkpoint_artifact
+from mlproject.schema import Artifact, ChildAction, RunStatus, Tag, checkpoint_artifact
 
 # Fields that change how fast a run goes, not what it computes: left out of the sweep key, so
 # a sweep resumed on another machine (or with --parallel) still matches its children.
@@ -235,7 +235,7 @@ class SweepPlan:
     @property
     def todo(self) -> list[str]:
         """Run ids of the children that still have to train."""
-        return [c["run_id"] for c in self.children if c["action"] != "done"]
+        return [c["run_id"] for c in self.children if c["action"] != ChildAction.DONE]
 
 
 def run_sweep(spec: SweepSpec) -> SweepOutcome:
@@ -248,7 +248,7 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
 
     plan, tasks = _plan_stage(spec, eager=False)
     try:
-        todo = [t for t in tasks if t.action != "done"]
+        todo = [t for t in tasks if t.action != ChildAction.DONE]
         if todo:
             _prepare_data(spec.base)
             if spec.parallel > 1 and len(todo) > 1:
@@ -256,7 +256,8 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
             else:
                 _run_sequential(todo)
     except BaseException as exc:
-        client.set_status(plan.parent_run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        client.set_status(plan.parent_run_id,
+                          RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
         raise
     finally:  # the children created while training, so `--aggregate PARENT` finds them
         _store_plan(plan, tasks)
@@ -300,7 +301,7 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
             eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device)
         _store_plan(plan, tasks)
     except BaseException as exc:
-        client.set_status(parent.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        client.set_status(parent.run_id, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
         raise
     return plan, tasks
 
@@ -338,14 +339,14 @@ def _plan(spec: SweepSpec, parent: Any, eager: bool) -> list[_Task]:
         run = existing.get((child.group, child.seed))
         if run is None:
             tags = {**child.tags, Tag.GROUP: child.group, Tag.SEED: str(child.seed), Tag.SWEEP_KEY: spec.key}
-            task = _Task(child, "", "new", tags, parent)
+            task = _Task(child, "", ChildAction.NEW, tags, parent)
             if eager:
                 _ensure_run(task)
         else:
             if run.tags.get(Tag.PARENT) != parent.run_id:
                 client.adopt_child(run.run_id, parent.run_id)
             task = _Task(child, run.run_id, child_action(run), parent=parent)
-            if task.action != "done":
+            if task.action != ChildAction.DONE:
                 _log_child_config(task)
         tasks.append(task)
     return tasks
@@ -356,13 +357,13 @@ def child_action(run: Any) -> str:
     checkpoint in its artifacts) or restart (started but never reached a checkpoint)."""
     from mlproject.tracking.queries import artifact_files
 
-    if run.status == "FINISHED":
-        return "done"
-    if run.status == "SCHEDULED":  # created by a plan, never started
-        return "new"
+    if run.status == RunStatus.FINISHED:
+        return ChildAction.DONE
+    if run.status == RunStatus.SCHEDULED:  # created by a plan, never started
+        return ChildAction.NEW
     if checkpoint_artifact("last") in artifact_files(run.run_id, Artifact.CHECKPOINTS):
-        return "resume"
-    return "restart"
+        return ChildAction.RESUME
+    return ChildAction.RESTART
 
 
 def _check_children(spec: SweepSpec) -> None:
@@ -381,9 +382,11 @@ def _check_children(spec: SweepSpec) -> None:
 
 
 def _print_plan(spec: SweepSpec, tasks: Sequence[_Task]) -> None:
-    counts = {a: sum(t.action == a for t in tasks) for a in ("done", "resume", "restart", "new")}
-    parts = [f"{n} {label}" for label, n in (("finished", counts["done"]), ("to resume", counts["resume"]),
-                                             ("to restart", counts["restart"]), ("new", counts["new"])) if n]
+    counts = {a: sum(t.action == a for t in tasks) for a in ChildAction}
+    parts = [f"{n} {label}" for label, n in (("finished", counts[ChildAction.DONE]),
+                                             ("to resume", counts[ChildAction.RESUME]),
+                                             ("to restart", counts[ChildAction.RESTART]),
+                                             ("new", counts[ChildAction.NEW])) if n]
     print(f"{spec.kind}: {len(tasks)} child runs ({', '.join(parts)}): "
           f"{len(spec.groups)} groups x {len({c.seed for c in spec.children})} seeds", flush=True)
 
@@ -425,11 +428,11 @@ def train_child(run_id: str, args: Any = None) -> str:
     cfg = planned_config(run_id, args)
     action = child_action(run)
     name = cfg.tracking.run_name or run_id
-    if action == "done":
+    if action == ChildAction.DONE:
         print(f"child {name}: run {run_id} is already FINISHED", flush=True)
-        return "FINISHED"
+        return RunStatus.FINISHED
     print(f"--- child {name} ({action}) run {run_id}", flush=True)
-    if action == "resume":
+    if action == ChildAction.RESUME:
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, resume_from=run_id))
     try:
         outcome = train_tracked(cfg, parent_run_id=run.tags.get(Tag.PARENT), run_id=run_id)
@@ -451,7 +454,7 @@ def _run_sequential(tasks: Sequence[_Task]) -> None:
             print(f"child {task.child.name} failed: {type(exc).__name__}: {exc}".splitlines()[0], flush=True)
             client.fail_if_unfinished(task.run_id)
             continue
-        if status == "KILLED":  # the trainer stopped on SIGTERM: stop the sweep too
+        if status == RunStatus.KILLED:  # the trainer stopped on SIGTERM: stop the sweep too
             raise KeyboardInterrupt(f"child {task.child.name} was interrupted")
 
 
@@ -487,7 +490,7 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
         evaluate_children(plan.child_run_ids, plan.eval_datasets, cache_dir=plan.cache_dir, device=plan.device)
     rows = [row_from_run(get_run(run_id), plan.metrics) for run_id in plan.child_run_ids]
     stats = aggregate(rows, plan.groups, plan.metrics)
-    status = "FINISHED" if all(r["status"] == "FINISHED" for r in rows) else "FAILED"
+    status = RunStatus.FINISHED if all(r["status"] == RunStatus.FINISHED for r in rows) else RunStatus.FAILED
     results_dir = _record_results(plan, rows, stats, output_dir or plan.output_dir)
     from mlproject.research.results import export_sweep_results
 
@@ -495,10 +498,10 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
     try:
         best = finish_parent(plan, plan.parent_run_id, rows, stats)
     except BaseException:
-        client.set_status(plan.parent_run_id, "FAILED")
+        client.set_status(plan.parent_run_id, RunStatus.FAILED)
         raise
     client.set_status(plan.parent_run_id, status)
-    if plots and any(r["status"] == "FINISHED" for r in rows):
+    if plots and any(r["status"] == RunStatus.FINISHED for r in rows):
         from mlproject.research.config import PlotConfig
         from mlproject.research.plots import run_plot
 
@@ -508,9 +511,10 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
     print(f"results: {results_dir / Artifact.RESULTS_JSONL} (logged to run {plan.parent_run_id})")
     print(result_line({"step": plan.kind, "run_id": plan.parent_run_id, "experiment_id": plan.experiment_id,
                        "experiment_name": plan.experiment_name, "status": status, "children": len(rows),
-                       "finished": sum(r["status"] == "FINISHED" for r in rows), **best}), flush=True)
-    if status != "FINISHED":
-        failed = [f"{c['name']} ({r['status']})" for c, r in zip(plan.children, rows) if r["status"] != "FINISHED"]
+                       "finished": sum(r["status"] == RunStatus.FINISHED for r in rows), **best}), flush=True)
+    if status != RunStatus.FINISHED:
+        failed = [f"{c['name']} ({r['status']})" for c, r in zip(plan.children, rows)
+                  if r["status"] != RunStatus.FINISHED]
         raise MlprojectError(f"{plan.kind}: {len(failed)} of {len(rows)} child runs did not finish: "
                              f"{', '.join(failed)}; re-run with --resume to complete them")
     return SweepOutcome(plan.parent_run_id, plan.experiment_id, plan.experiment_name, status, rows, stats,
@@ -610,7 +614,7 @@ def _record_results(plan: SweepPlan, rows: list[Row], stats: SweepStats, output_
     for row in rows:  # parameter counts per group: the size side of the comparison
         if row.get("params_total") is not None:
             metrics[f"params_total/{metric_key(row['group'])}"] = float(row["params_total"])
-    finished = sum(r["status"] == "FINISHED" for r in rows)
+    finished = sum(r["status"] == RunStatus.FINISHED for r in rows)
     client.log_metrics(plan.parent_run_id, {**metrics, "children_finished": finished,
                                             "children_total": len(rows)}, step=finished)
     results_dir = Path(output_dir) / "sweeps" / plan.parent_run_id

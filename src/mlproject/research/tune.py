@@ -38,7 +38,7 @@ from mlproject.protocol import hand_run_to, result_line
 from mlproject.research.config import TuneConfig
 from mlproject.research.sweep import experiment_for, load_job, sweep_key
 from mlproject.app.config import RunConfig
-from mlproject.schema import Artifact, Tag
+from mlproject.schema import Artifact, RunStatus, Tag, TrialState
 
 SEARCHABLE = ("model", "data", "train")  # sections a search space may change
 _TYPES = ("float", "int", "categorical")
@@ -234,20 +234,20 @@ def _optimize(job: TuneJob, study: Any, parent: Any) -> None:
         try:
             outcome = train_tracked(cfg, parent_run_id=parent.run_id, run_id=run_id, callbacks=[_pruner(trial)])
         except optuna.TrialPruned:
-            client.set_status(run_id, "KILLED")  # stopped on purpose; the tag says why
-            client.set_tags(run_id, {Tag.TRIAL_STATE: "PRUNED"})
+            client.set_status(run_id, RunStatus.KILLED)  # stopped on purpose; the tag says why
+            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.PRUNED})
             raise
         except BaseException:
-            client.set_tags(run_id, {Tag.TRIAL_STATE: "FAIL"})
+            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
             raise
-        if outcome.status == "KILLED":  # SIGINT/SIGTERM: stop the search (a re-run continues it)
-            client.set_tags(run_id, {Tag.TRIAL_STATE: "FAIL"})
+        if outcome.status == RunStatus.KILLED:  # SIGINT/SIGTERM: stop the search (a re-run continues it)
+            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
             raise KeyboardInterrupt(f"{name} was interrupted")
         value = outcome.summary.get(job.tune.metric)
         if value is None or not math.isfinite(value):
-            client.set_tags(run_id, {Tag.TRIAL_STATE: "FAIL"})
+            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
             raise MlprojectError(f"{name}: metric {job.tune.metric!r} is {value!r}; expected a finite number")
-        client.set_tags(run_id, {Tag.TRIAL_STATE: "COMPLETE"})
+        client.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.COMPLETE})
         return float(value)
 
     if _counted(study) >= job.tune.n_trials:
@@ -321,12 +321,12 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
             _optimize(job, study, parent)
         outcome = _record_best(job, study, parent)
     except BaseException as exc:
-        client.set_status(parent.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        client.set_status(parent.run_id, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
         raise
     if job.tune.then_compare:
         outcome.compare_run_id = _then_compare(job, outcome)
     print(result_line({"step": "tune", "run_id": parent.run_id, "experiment_id": parent.experiment_id,
-                       "experiment_name": parent.experiment_name, "status": "FINISHED",
+                       "experiment_name": parent.experiment_name, "status": RunStatus.FINISHED,
                        "study": job.study_name, "best_value": outcome.best_value,
                        "best_params": outcome.best_params, "trials": outcome.trials,
                        "compare_run_id": outcome.compare_run_id}), flush=True)
@@ -356,7 +356,7 @@ def _record_best(job: TuneJob, study: Any, parent: Any) -> TuneOutcome:
                                                "run_id": best.user_attrs.get("run_id")}, indent=2),
                     Artifact.BEST_PARAMS)
     _log_plots(study, parent.run_id)
-    client.set_status(parent.run_id, "FINISHED")
+    client.set_status(parent.run_id, RunStatus.FINISHED)
     print(f"tune: best {job.tune.metric} {best.value:.4f} at trial {best.number}: {json.dumps(best.params)} "
           f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed)", flush=True)
     return TuneOutcome(parent.run_id, job.study_name, float(best.value), dict(best.params), counts)

@@ -38,7 +38,7 @@ from mlflow.exceptions import MlflowException
 
 from mlproject.errors import MlprojectError
 from mlproject.protocol import process_run_id, release_process_run
-from mlproject.schema import TERMINAL_STATUSES, Tag
+from mlproject.schema import RunRole, RunStatus, TERMINAL_STATUSES, Tag
 from mlproject.tracking.queries import RunRecord, artifact_files, experiment_name, get_run, latest_sweep_parent
 from mlproject.tracking.run_context import standard_tags
 from mlproject.secrets import scrub
@@ -164,8 +164,8 @@ def fail_if_unfinished(run_id: str) -> str:
     """Mark a run FAILED if its process died before closing it; return its status."""
     status = get_run(run_id).status
     if status not in TERMINAL_STATUSES:
-        set_status(run_id, "FAILED")
-        return "FAILED"
+        set_status(run_id, RunStatus.FAILED)
+        return RunStatus.FAILED
     return status
 
 
@@ -268,7 +268,7 @@ def end_run(status: str, *, error: BaseException | None = None) -> None:
         if error is not None:
             message = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
             client().set_tag(run.info.run_id, Tag.ERROR, scrub(message)[:_MAX_TAG_VALUE])
-        elif status == "FINISHED" and Tag.ERROR in client().get_run(run.info.run_id).data.tags:
+        elif status == RunStatus.FINISHED and Tag.ERROR in client().get_run(run.info.run_id).data.tags:
             # an earlier session's error (a failed or killed attempt) no longer describes the run
             client().delete_tag(run.info.run_id, Tag.ERROR)
         mlflow.end_run(status=status)
@@ -285,8 +285,8 @@ def restore_finished(run: ActiveRun) -> None:
     try:
         mlflow.flush_async_logging()
     finally:
-        mlflow.end_run(status="FINISHED")
-        client().set_terminated(run.run_id, "FINISHED", end_time=run.previous_end_time)
+        mlflow.end_run(status=RunStatus.FINISHED)
+        client().set_terminated(run.run_id, RunStatus.FINISHED, end_time=run.previous_end_time)
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -311,7 +311,7 @@ def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, re
     """
     ensure_store()
     handed = process_run_id()
-    all_tags = {Tag.ROLE: "sweep_parent", Tag.SWEEP_KIND: kind, Tag.SWEEP_KEY: sweep_key, **tags}
+    all_tags = {Tag.ROLE: RunRole.SWEEP_PARENT, Tag.SWEEP_KIND: kind, Tag.SWEEP_KEY: sweep_key, **tags}
     previous = None
     if handed:
         run = get_run(handed)
@@ -324,8 +324,8 @@ def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, re
         if resume:
             previous = latest_sweep_parent(experiment_id, sweep_key=sweep_key, exclude=[handed])
         run_id = handed
-        if run.status != "RUNNING":
-            client().update_run(run_id, status="RUNNING")
+        if run.status != RunStatus.RUNNING:
+            client().update_run(run_id, status=RunStatus.RUNNING)
     else:
         experiment_id = ensure_experiment(experiment)
         name = experiment
@@ -333,7 +333,7 @@ def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, re
             previous = latest_sweep_parent(experiment_id, sweep_key=sweep_key)
         if previous is not None:
             run_id = previous.run_id
-            client().update_run(run_id, status="RUNNING")
+            client().update_run(run_id, status=RunStatus.RUNNING)
         else:
             run_id = client().create_run(experiment_id, run_name=run_name).info.run_id
     set_tags(run_id, all_tags)
@@ -351,14 +351,15 @@ def supersede(old: RunRecord, new_run_id: str) -> None:
     """
     client().set_tag(old.run_id, Tag.SUPERSEDED_BY, new_run_id)
     if old.status not in TERMINAL_STATUSES:
-        client().set_terminated(old.run_id, "KILLED")
+        client().set_terminated(old.run_id, RunStatus.KILLED)
 
 
 def create_child(parent: ParentRun, *, run_name: str, tags: Mapping[str, str]) -> str:
     """A SCHEDULED child run nested under `parent`; the trainer joins it by id."""
     run = client().create_run(parent.experiment_id, run_name=run_name,
-                              tags={**standard_tags(), Tag.PARENT: parent.run_id, Tag.ROLE: "sweep_child", **tags})
-    client().update_run(run.info.run_id, status="SCHEDULED")
+                              tags={**standard_tags(), Tag.PARENT: parent.run_id, Tag.ROLE: RunRole.SWEEP_CHILD,
+                                    **tags})
+    client().update_run(run.info.run_id, status=RunStatus.SCHEDULED)
     return run.info.run_id
 
 

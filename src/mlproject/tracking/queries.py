@@ -15,7 +15,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from mlproject.errors import MlprojectError
-from mlproject.schema import Tag
+from mlproject.schema import RunRole, RunStatus, Tag
 
 
 @dataclass
@@ -90,7 +90,7 @@ def sweep_cells(parent: RunRecord, sweep_key: str) -> dict[tuple[str, int], RunR
         if run.tags.get(Tag.SWEEP_KEY) != sweep_key or Tag.SEED not in run.tags:
             continue
         cell = (run.tags.get(Tag.GROUP, ""), int(run.tags[Tag.SEED]))
-        if cell not in cells or cells[cell].status != "FINISHED":
+        if cell not in cells or cells[cell].status != RunStatus.FINISHED:
             cells[cell] = run
     return cells
 
@@ -98,7 +98,7 @@ def sweep_cells(parent: RunRecord, sweep_key: str) -> dict[tuple[str, int], RunR
 def latest_sweep_parent(experiment_id: str, *, sweep_key: str | None = None,
                         exclude: Sequence[str] = ()) -> RunRecord | None:
     """The newest compare/ablation parent run of an experiment (with this sweep key, if given)."""
-    filters = [f"tags.`{Tag.ROLE}` = 'sweep_parent'"]
+    filters = [f"tags.`{Tag.ROLE}` = '{RunRole.SWEEP_PARENT}'"]
     if sweep_key is not None:
         filters.append(f"tags.`{Tag.SWEEP_KEY}` = {_quote(sweep_key)}")
     for run in search([experiment_id], " and ".join(filters)):

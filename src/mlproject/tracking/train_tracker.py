@@ -25,7 +25,7 @@ from mlproject.app.config import RunConfig
 from mlproject.app.train import TrainOutcome, run_training
 from mlproject.config import dump_yaml, flatten
 from mlproject.errors import MlprojectError
-from mlproject.schema import Artifact, Tag
+from mlproject.schema import Artifact, RunStatus, Tag
 from mlproject.tracking import client
 from mlproject.tracking.artifacts import download_checkpoint, log_file_as, log_model
 from mlproject.tracking.logger import MlflowLogger
@@ -77,7 +77,7 @@ class MlflowRun:
     run_name: str
     is_child: bool
     logger: MlflowLogger
-    status: str = "FAILED"
+    status: str = RunStatus.FAILED
     checkpoint_uris: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -111,17 +111,17 @@ class MlflowRun:
         if self.logger.changed_params:
             _note_changed_params(self.run_id, self.logger.changed_params)
         model_checkpoint = result.best_checkpoint or result.last_checkpoint
-        if outcome.status == "FINISHED" and self.cfg.tracking.log_model and model_checkpoint is not None:
+        if outcome.status == RunStatus.FINISHED and self.cfg.tracking.log_model and model_checkpoint is not None:
             outcome.model_uri = _log_best_model(model_checkpoint, self.data.tokenizer_path, self.cfg, result.step)
         client.end_run(outcome.status)
 
     def fail(self, exc: BaseException) -> None:
         """End the run after `exc`: KILLED or FAILED, or FINISHED again if nothing was trained."""
-        if self.run.previous_status == "FINISHED" and not self.logger.started:
+        if self.run.previous_status == RunStatus.FINISHED and not self.logger.started:
             client.restore_finished(self.run)
-            self.status = "FINISHED"
+            self.status = RunStatus.FINISHED
             return
-        self.status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        self.status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
         try:
             self.checkpoint_uris = self.logger.finish()
         except Exception:  # the run's own error is the one to report

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlproject.errors import MlprojectError
-from mlproject.schema import Tag
+from mlproject.schema import RunRole, RunStatus, SweepKind, Tag
 from mlproject.tracking import client
 from mlproject.tracking.queries import absolute_tracking_uri, experiment_name, get_run, search
 from mlproject.tracking.client import ParentRun
@@ -40,15 +40,15 @@ def open_parent(*, experiment: str, run_name: str, study_name: str, tags: Mappin
     """The study's parent run: the process's run (under `mlflow run`), else the newest parent
     of this study in the experiment (a re-run continues it), else a new run."""
     handed = client.process_run_id()
-    all_tags = {Tag.ROLE: "tune_parent", Tag.SWEEP_KIND: "tune", Tag.STUDY: study_name, **tags}
+    all_tags = {Tag.ROLE: RunRole.TUNE_PARENT, Tag.SWEEP_KIND: SweepKind.TUNE, Tag.STUDY: study_name, **tags}
     if handed:
         experiment_id, run_id = get_run(handed).experiment_id, handed
     else:
         experiment_id = client.ensure_experiment(experiment)
-        previous = search([experiment_id], f"tags.`{Tag.ROLE}` = 'tune_parent' and tags.`{Tag.STUDY}` = "
+        previous = search([experiment_id], f"tags.`{Tag.ROLE}` = '{RunRole.TUNE_PARENT}' and tags.`{Tag.STUDY}` = "
                                            f"'{study_name}'")
         run_id = previous[0].run_id if previous else client.client().create_run(experiment_id, run_name=run_name).info.run_id
-    client.set_status(run_id, "RUNNING")
+    client.set_status(run_id, RunStatus.RUNNING)
     client.set_tags(run_id, all_tags)
     return ParentRun(run_id=run_id, experiment_id=experiment_id, experiment_name=experiment_name(experiment_id),
                      previous=None)

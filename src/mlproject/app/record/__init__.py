@@ -24,7 +24,7 @@ from pathlib import Path
 import mlproject
 from mlproject.app.record.environment import EnvironmentRecord, capture_environment
 from mlproject.app.record.source import PATCH_LIMIT, SourceRecord, UntrackedFile, capture_source
-from mlproject.schema import Artifact, Tag
+from mlproject.schema import Artifact, PatchState, Tag
 from mlproject.secrets import scrub
 
 RECORD_VERSION = 1  # the value of Tag.RECORD
@@ -51,8 +51,10 @@ class RunRecord:
     def patch_state(self) -> str:
         src = self.source
         if src is None or src.commit is None or src.reason:
-            return "none"
-        return "summarised" if src.summarised else "logged" if src.dirty or src.untracked_text else "clean"
+            return PatchState.NONE
+        if src.summarised:
+            return PatchState.SUMMARISED
+        return PatchState.LOGGED if src.dirty or src.untracked_text else PatchState.CLEAN
 
     def notes(self) -> list[str]:
         """One line per thing a reader of the run must know about its record."""
