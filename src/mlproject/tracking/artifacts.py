@@ -1,10 +1,10 @@
 """Artifacts of a run: checkpoints, tokenizer, resolved config, and the best model as a LoggedModel.
 
-Layout inside a run:
+Layout inside a run (the paths are `mlproject.schema.Artifact` members):
 
-    checkpoints/last.pt  checkpoints/best.pt   torch.save checkpoints written by the trainer
-    tokenizer/tokenizer.json                   the run's BPE tokenizer
-    config/resolved.yaml                       sections model/data/train/tracking (RunConfig.load reads it)
+    CHECKPOINTS (last.pt, best.pt)   torch.save checkpoints written by the trainer
+    TOKENIZER                        the run's BPE tokenizer
+    RESOLVED_CONFIG                  sections model/data/train/tracking (RunConfig.load reads it)
 
 plus a LoggedModel (`models:/m-...`): a pyfunc text-generation model with safetensors weights,
 its config and the tokenizer (tracking/textgen.py), loaded without unpickling anything.
@@ -163,7 +163,7 @@ def download_artifact_uri(uri: str, dst_dir: str | Path) -> Path:
 
 
 def download_tokenizer(run_id: str, dst_dir: str | Path) -> Path:
-    """The run's `tokenizer/tokenizer.json`, downloaded into `dst_dir`."""
+    """The run's tokenizer (`Artifact.TOKENIZER`), downloaded into `dst_dir`."""
     try:
         with quiet():
             local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=Artifact.TOKENIZER,

@@ -15,7 +15,7 @@ Which run a step logs into is decided here, in this order (`start_run`):
 Sweep parents, children and the pipeline's run are created through `MlflowClient`, never the
 fluent `mlflow.start_run` stack: the in-process trainer owns that stack while it trains a
 child, and a parent held there would turn every `start_run` of the trainer into an error or a
-grandchild. Children are created with status SCHEDULED and the tag `mlflow.parentRunId`, so
+grandchild. Children are created with status SCHEDULED and MLflow's parent tag (`Tag.PARENT`), so
 the UI nests them under the parent, a parallel fan-out can hand each process its run id, and
 `mlflow.start_run(run_id=...)` in the trainer flips them to RUNNING.
 """

@@ -3,7 +3,7 @@
 It fetches what generate, evaluate and export-hf name (a run's best or last checkpoint, a
 `models:/` LoggedModel or registered version, a `runs:/` checkpoint URI) and records what they
 produced: generations as a table of the step's run, evaluation metrics (prefixed by dataset,
-`eval/wikitext2/bpb`) on the evaluated run or a new one tagged `mlproject.evaluated_run`, and
+`eval/wikitext2/bpb`) on the evaluated run or a new one tagged `Tag.EVALUATED_RUN`, and
 a Hugging Face export as the run's `hf/` folder (optionally a transformers-flavor model).
 """
 

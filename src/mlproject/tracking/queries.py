@@ -1,7 +1,7 @@
 """Read-only queries of the tracking store for the research steps (sweeps, plots).
 
 Results are plain `RunRecord`s, so `research/` never handles MLflow objects. Tag keys contain
-dots, so filter strings quote them with backticks: tags.`mlproject.sweep_key` = '...'.
+dots, so filter strings quote them with backticks: f"tags.`{Tag.SWEEP_KEY}` = '...'".
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def search(experiment_ids: Sequence[str], filter_string: str = "") -> list[RunRe
 
 
 def child_runs(parent: RunRecord) -> list[RunRecord]:
-    """The nested runs of `parent` (tag mlflow.parentRunId), oldest first."""
+    """The nested runs of `parent` (tag `Tag.PARENT`), oldest first."""
     runs = search([parent.experiment_id], f"tags.`{Tag.PARENT}` = {_quote(parent.run_id)}")
     return sorted(runs, key=lambda r: r.start_time)
 
