@@ -16,7 +16,7 @@ import pytest
 
 from mlproject import schema
 from mlproject.schema import (Artifact, ChildAction, PatchState, RunRole, RunStatus, StepStatus, SweepKind, Tag,
-                              TrainStatus, TrialState)
+                              TrainStatus, TrialOutcome)
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mlproject"
 
@@ -91,7 +91,7 @@ GOLDEN: dict[type[StrEnum], dict[str, str]] = {
     ChildAction: {"DONE": "done", "RESUME": "resume", "RESTART": "restart", "NEW": "new"},
     StepStatus: {"PENDING": "pending", "RUNNING": "running", "SUCCEEDED": "succeeded", "REUSED": "reused",
                  "SKIPPED": "skipped", "FAILED": "failed", "INTERRUPTED": "interrupted"},
-    TrialState: {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED", "FAIL": "FAIL"},
+    TrialOutcome: {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED", "FAIL": "FAIL"},
     PatchState: {"CLEAN": "clean", "LOGGED": "logged", "SUMMARISED": "summarised", "NONE": "none"},
 }
 

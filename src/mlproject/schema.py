@@ -43,7 +43,7 @@ class Tag(StrEnum):
     # tune
     STUDY = "mlproject.study"                      # parent and trials: the Optuna study name
     TRIAL_NUMBER = "mlproject.trial_number"        # trial run: Optuna's trial number
-    TRIAL_STATE = "mlproject.trial_state"          # trial run: TrialState
+    TRIAL_STATE = "mlproject.trial_state"          # trial run: TrialOutcome
     TUNE_WORKER = "mlproject.tune_worker"          # trial run: host:pid of the worker that ran it
     BEST_PARAMS = "mlproject.best_params"          # parent: JSON of the best trial's params
     # best model and registry
@@ -171,8 +171,9 @@ class StepStatus(StrEnum):
     INTERRUPTED = "interrupted"                    # the pipeline as a whole, stopped by a signal
 
 
-class TrialState(StrEnum):
-    """Values of `Tag.TRIAL_STATE` (Optuna's names)."""
+class TrialOutcome(StrEnum):
+    """Values of `Tag.TRIAL_STATE`: Optuna's state names (a name of its own, so that it never
+    shadows `optuna.trial.TrialState` in a module that uses both)."""
 
     COMPLETE = "COMPLETE"
     PRUNED = "PRUNED"

@@ -38,7 +38,7 @@ from mlproject.protocol import hand_run_to, result_line
 from mlproject.research.config import TuneConfig
 from mlproject.research.sweep import experiment_for, load_job, sweep_key
 from mlproject.app.config import RunConfig
-from mlproject.schema import Artifact, RunStatus, Tag, TrialState
+from mlproject.schema import Artifact, RunStatus, Tag, TrialOutcome
 
 SEARCHABLE = ("model", "data", "train")  # sections a search space may change
 _TYPES = ("float", "int", "categorical")
@@ -235,19 +235,19 @@ def _optimize(job: TuneJob, study: Any, parent: Any) -> None:
             outcome = train_tracked(cfg, parent_run_id=parent.run_id, run_id=run_id, callbacks=[_pruner(trial)])
         except optuna.TrialPruned:
             client.set_status(run_id, RunStatus.KILLED)  # stopped on purpose; the tag says why
-            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.PRUNED})
+            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialOutcome.PRUNED})
             raise
         except BaseException:
-            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
+            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialOutcome.FAIL})
             raise
         if outcome.status == RunStatus.KILLED:  # SIGINT/SIGTERM: stop the search (a re-run continues it)
-            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
+            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialOutcome.FAIL})
             raise KeyboardInterrupt(f"{name} was interrupted")
         value = outcome.summary.get(job.tune.metric)
         if value is None or not math.isfinite(value):
-            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.FAIL})
+            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialOutcome.FAIL})
             raise MlprojectError(f"{name}: metric {job.tune.metric!r} is {value!r}; expected a finite number")
-        client.set_tags(run_id, {Tag.TRIAL_STATE: TrialState.COMPLETE})
+        client.set_tags(run_id, {Tag.TRIAL_STATE: TrialOutcome.COMPLETE})
         return float(value)
 
     if _counted(study) >= job.tune.n_trials:
