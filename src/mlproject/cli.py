@@ -30,12 +30,41 @@ from mlproject.model.config import HFImportConfig, OriginalImportConfig, Summary
 from mlproject.orchestration.config import PipelineOptions
 from mlproject.research.config import (AblationConfig, ChildRunConfig, CompareConfig, PlotConfig, ReproduceConfig,
                                        SweepStageConfig, TuneConfig)
+from mlproject.schema import RunStatus
 
 T = TypeVar("T")
 Handler = Callable[[argparse.Namespace], object]
 # argparse reads `-1e-3` as a flag (its number pattern has no exponent): `--lr -1e-3` would
 # fail with "expected one argument" instead of the config's own message.
 _NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+# What argparse itself already reads as a negative number (its documented rule: plain integers
+# and decimals), so the fallback below only touches the forms it would misread.
+_PLAIN_NEGATIVE = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
+def accept_negative_numbers(parser: argparse.ArgumentParser) -> bool:
+    """Make `parser` read `-1e-3` as a value through argparse's private number pattern.
+
+    False where this argparse has no such attribute (a later Python may drop it); `main` then
+    joins such values to their flag (`--lr=-1e-3`), which argparse reads through its public syntax.
+    """
+    if not hasattr(parser, "_negative_number_matcher"):
+        return False
+    parser._negative_number_matcher = _NEGATIVE_NUMBER
+    return True
+
+
+def join_negative_values(argv: Sequence[str]) -> list[str]:
+    """`--flag -1e-3` as `--flag=-1e-3`: the public spelling of a value that starts with a dash."""
+    out: list[str] = []
+    for token in argv:
+        previous = out[-1] if out else ""
+        if (_NEGATIVE_NUMBER.match(token) and not _PLAIN_NEGATIVE.match(token)
+                and previous.startswith("--") and "=" not in previous):
+            out[-1] = f"{previous}={token}"
+        else:
+            out.append(token)
+    return out
 
 
 def _flags(args: argparse.Namespace, cls: type[T]) -> T:
@@ -104,13 +133,13 @@ def _train(args: argparse.Namespace) -> int:
         from mlproject.research.sweep import train_child
 
         status = train_child(child.run_id, args)
-        return {"FINISHED": 0, "KILLED": 130}.get(status, 1)
+        return {RunStatus.FINISHED: 0, RunStatus.KILLED: 130}.get(status, 1)
 
     cfg = RunConfig.load(args.config, args)  # validate before importing torch and mlflow
     from mlproject.tracking.train_tracker import train_tracked
 
     outcome = train_tracked(cfg)
-    return 130 if outcome.status == "KILLED" else 0  # interrupted (resumable): not a success
+    return 130 if outcome.status == RunStatus.KILLED else 0  # interrupted (resumable): not a success
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -256,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.help)
-        p._negative_number_matcher = _NEGATIVE_NUMBER
+        accept_negative_numbers(p)
         if command.config:
             p.add_argument("--config", help=command.config)
         for title, cls in command.sections.items():
@@ -274,7 +303,11 @@ def _tracking_failure(exc: BaseException) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not accept_negative_numbers(argparse.ArgumentParser()):
+        argv = join_negative_values(argv)
+    args = parser.parse_args(argv)
     from mlproject.secrets import quiet_mlflow_run_links
 
     quiet_mlflow_run_links()

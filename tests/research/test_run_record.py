@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from mlproject.app.record import (DIGEST_TAG, PATCH_FILE, RECORD_TAG, SOURCE_JSON, TOKENIZER_TAG, RunRecord,
-                                  capture_record, data_tags)
+from mlproject.app.record import RunRecord, capture_record, data_tags
 from mlproject.app.record.diff import data_changed, diff_record
 from mlproject.app.record.environment import capture_environment, installed_distributions
 from mlproject.app.record.materialise import import_root, materialised_source
 from mlproject.app.record.source import capture_source
 from mlproject.errors import MlprojectError
+from mlproject.schema import Artifact, Tag
 
 PASSWORD_URI = "postgresql://alice:hunter2secret@db.example:5432/mlflow"
 
@@ -70,7 +70,7 @@ def test_credentials_in_the_patch_are_scrubbed(repo):
     dirty(repo)
     record = RunRecord(capture_source(repo / "src" / "pkg", "0.1.0"), None)
     files = record.files()
-    assert b"hunter2secret" not in files[PATCH_FILE] and b"postgresql://***@db.example" in files[PATCH_FILE]
+    assert b"hunter2secret" not in files[Artifact.PATCH] and b"postgresql://***@db.example" in files[Artifact.PATCH]
     assert record.source.patch_scrubbed
     assert any("credentials" in note for note in record.notes())
 
@@ -87,7 +87,7 @@ def test_a_patch_over_the_limit_is_summarised_and_the_record_says_so(repo):
     record = RunRecord(src, None)
     assert src.patch is None and src.patch_size > 100 and len(src.patch_sha256) == 64
     assert "src/pkg/model.py" in src.patch_summary and "logo.bin" in src.patch_summary
-    assert PATCH_FILE not in record.files() and record.patch_state() == "summarised"
+    assert Artifact.PATCH not in record.files() and record.patch_state() == "summarised"
     assert any("over the logging limit" in note for note in record.notes())
     with pytest.raises(MlprojectError, match="over the logging limit"):
         with materialised_source(src, repo):
@@ -120,7 +120,8 @@ def test_the_record_round_trips_through_its_files(repo):
     record = capture_record(digest="abc123", tokenizer_hash="tok456", package_dir=repo / "src" / "pkg")
     back = RunRecord.from_files(record.files(), record.tags())
     assert back.source == record.source and back.environment == record.environment
-    assert back.data == {DIGEST_TAG: "abc123", TOKENIZER_TAG: "tok456"} and record.tags()[RECORD_TAG] == "1"
+    assert back.data == {Tag.DATA_DIGEST: "abc123", Tag.DATA_TOKENIZER_HASH: "tok456"}
+    assert record.tags()[Tag.RECORD] == "1"
     assert diff_record(back, record) == []
 
 
@@ -218,7 +219,7 @@ def test_a_source_record_reads_the_package_version_and_commit_of_this_checkout()
     record = capture_record()
     assert record.source.package_version
     assert record.source.commit or record.source.reason
-    assert SOURCE_JSON in record.files()
+    assert Artifact.SOURCE_JSON in record.files()
 
 
 def test_a_git_error_means_no_source_record_with_the_reason(repo, monkeypatch):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mlproject.research.stats import paired_comparison, summarize, t_interval
+from mlproject.stats import paired_comparison, summarize, t_interval
 
 T_975_DF2 = 4.302652729749464  # Student t quantile, 97.5%, 2 degrees of freedom (tables: 4.303)
 

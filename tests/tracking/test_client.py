@@ -10,9 +10,10 @@ import pytest
 from mlflow import MlflowClient
 
 from mlproject.app.signals import Terminated, sigterm_as_interrupt
+from mlproject.schema import Tag
 from mlproject.secrets import scrub as redact
 from mlproject.protocol import is_run_id
-from mlproject.tracking.client import ERROR_TAG, end_run, log_params_once, start_run
+from mlproject.tracking.client import end_run, log_params_once, start_run
 from mlproject.tracking.run_context import git_info
 
 
@@ -91,7 +92,7 @@ def test_end_run_with_an_error_tags_it_and_keeps_queued_metrics(experiment_name)
     end_run("FAILED", error=RuntimeError("boom\nsecond line"))
     stored = MlflowClient().get_run(run.run_id)
     assert stored.info.status == "FAILED"
-    assert stored.data.tags[ERROR_TAG] == "RuntimeError: boom"
+    assert stored.data.tags[Tag.ERROR] == "RuntimeError: boom"
     assert len(MlflowClient().get_metric_history(run.run_id, "train_loss")) == 5
 
 

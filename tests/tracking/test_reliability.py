@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from helpers import VENV_BIN
 from mlproject.errors import MlprojectError
-from mlproject.tracking.client import ERROR_TAG
+from mlproject.schema import Tag
 from mlproject.tracking.train_tracker import train_tracked
 
 
@@ -69,7 +69,7 @@ def test_a_resume_from_a_corrupt_checkpoint_leaves_the_finished_run_untouched(fi
     after = MlflowClient().get_run(outcome.run_id)
     assert after.info.status == "FINISHED"
     assert after.info.end_time == before.info.end_time
-    assert ERROR_TAG not in after.data.tags
+    assert Tag.ERROR not in after.data.tags
 
 
 def test_a_resume_with_a_contradicting_n_layer_leaves_the_finished_run_untouched(finished):
@@ -77,14 +77,14 @@ def test_a_resume_with_a_contradicting_n_layer_leaves_the_finished_run_untouched
     with pytest.raises(MlprojectError, match="the model differs"):
         train_tracked(_resume(cfg, outcome.run_id, n_layer=3))
     after = MlflowClient().get_run(outcome.run_id)
-    assert after.info.status == "FINISHED" and ERROR_TAG not in after.data.tags
+    assert after.info.status == "FINISHED" and Tag.ERROR not in after.data.tags
 
 
 def test_a_resumed_run_that_finishes_drops_the_error_of_an_earlier_attempt(finished):
     cfg, outcome = finished
-    MlflowClient().set_tag(outcome.run_id, ERROR_TAG, "RuntimeError: an earlier session died")
+    MlflowClient().set_tag(outcome.run_id, Tag.ERROR, "RuntimeError: an earlier session died")
     assert train_tracked(_resume(cfg, outcome.run_id)).status == "FINISHED"
-    assert ERROR_TAG not in MlflowClient().get_run(outcome.run_id).data.tags
+    assert Tag.ERROR not in MlflowClient().get_run(outcome.run_id).data.tags
 
 
 # ----------------------------------------------------------------------------- item 8: resume details

@@ -15,9 +15,9 @@ from mlflow import MlflowClient
 
 from mlproject.config import replace
 from mlproject.app.config import RunConfig
-from mlproject.tracking.client import ERROR_TAG
 from mlproject.protocol import RESULT_PREFIX
-from mlproject.tracking.train_tracker import CHANGED_PARAMS_TAG, train_tracked
+from mlproject.schema import Tag
+from mlproject.tracking.train_tracker import train_tracked
 
 
 def test_a_finished_run_reports_finished_with_summary_and_checkpoint_uris(trained):
@@ -129,7 +129,7 @@ def test_a_run_resumed_by_id_continues_the_same_run(tiny_config, monkeypatch):
     steps = [m.step for m in client.get_metric_history(first.run_id, "train_loss")]
     assert sorted(steps) == [2, 4, 6, 8, 10, 12]
     tags = client.get_run(first.run_id).data.tags
-    assert json.loads(tags[CHANGED_PARAMS_TAG]) == {"tracking.resume_from": first.run_id}
+    assert json.loads(tags[Tag.CHANGED_PARAMS]) == {"tracking.resume_from": first.run_id}
 
 
 def test_an_exception_ends_the_run_failed_with_the_error_and_earlier_metrics(tiny_config, experiment_name,
@@ -152,7 +152,7 @@ def test_an_exception_ends_the_run_failed_with_the_error_and_earlier_metrics(tin
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name(experiment_name).experiment_id])
     assert run.info.status == "FAILED"
-    assert run.data.tags[ERROR_TAG] == "RuntimeError: disk on fire"
+    assert run.data.tags[Tag.ERROR] == "RuntimeError: disk on fire"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == [2, 4, 6]
 
 

@@ -61,7 +61,7 @@ class RunConfig:
                          tracking=dataclasses.replace(self.tracking, experiment_name=self.experiment_name))
 
     def sections(self) -> dict[str, dict[str, Any]]:
-        """The config as plain dicts, one per section (what `config/resolved.yaml` holds)."""
+        """The config as plain dicts, one per section (what the `Artifact.RESOLVED_CONFIG` artifact holds)."""
         return {name: to_dict(getattr(self, name)) for name in self.SECTIONS}
 
     def flat(self, sections: Sequence[str] = ("model", "data", "train")) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from mlproject.app.tracker import ModelStore
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
 from mlproject.protocol import result_line
+from mlproject.schema import RunStatus
 
 
 @dataclass
@@ -109,7 +110,7 @@ def run_evaluate(cfg: EvaluateConfig, store: ModelStore | None = None) -> Evalua
     target = store.record_evaluation(cfg, source, metrics, step) if store is not None else None
     # the machine-readable last line the pipeline runner and the DAG read
     print(result_line({"step": "evaluate", "run_id": target, "evaluated_run": source.run_id,
-                       "checkpoint_sha256": source.sha256, "status": "FINISHED"}), flush=True)
+                       "checkpoint_sha256": source.sha256, "status": RunStatus.FINISHED}), flush=True)
     return EvaluateOutcome(target, source.sha256, metrics)
 
 

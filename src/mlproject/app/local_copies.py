@@ -9,7 +9,7 @@ directory, so the original commands run as written:
     research_runs/compare/<experiment>/results.{jsonl,csv}     copy of the parent run's results.*
     research_runs/ablations/<experiment>/results.{jsonl,csv}   the same for an ablation
     checkpoints/<run-name>.last.pt, .best.pt                    copies of the run's checkpoints/*.pt
-    checkpoints/<run-name>.tokenizer.json                       copy of the run's tokenizer/tokenizer.json
+    checkpoints/<run-name>.tokenizer.json                       copy of the run's Artifact.TOKENIZER
 
 They go under the working directory, or under `$MLPROJECT_LOCAL_DIR` when it is set (under
 `mlflow run` the working directory is the project). The MLflow run stays the source of truth:

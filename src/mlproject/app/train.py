@@ -26,12 +26,13 @@ from mlproject.app.signals import sigterm_as_interrupt
 from mlproject.app.tracker import Tracker
 from mlproject.errors import MlprojectError
 from mlproject.protocol import is_run_id, result_line
+from mlproject.schema import Artifact, RunStatus, TrainStatus
 
-CHECKPOINT_DIR = "checkpoints"  # output_dir/<run key>/checkpoints/{last,best}.pt
 
 # Trainer status -> run status. An interrupted run (SIGTERM, Ctrl-C) wrote a final checkpoint
 # and can be resumed, so it is KILLED, never FAILED.
-RUN_STATUS = {"finished": "FINISHED", "early_stopped": "FINISHED", "interrupted": "KILLED"}
+RUN_STATUS = {TrainStatus.FINISHED: RunStatus.FINISHED, TrainStatus.EARLY_STOPPED: RunStatus.FINISHED,
+              TrainStatus.INTERRUPTED: RunStatus.KILLED}
 
 
 @dataclass
@@ -106,7 +107,8 @@ def _train_replica(cfg: RunConfig) -> TrainOutcome:
     run_key, resume_path = _share()  # after rank 0 prepared the data: the caches exist now
     data, resolved = prepare(cfg)
     result = train(resolved.model, data, resolved.train,
-                   checkpoint_dir=Path(cfg.tracking.output_dir) / run_key / CHECKPOINT_DIR, resume_from=resume_path)
+                   checkpoint_dir=Path(cfg.tracking.output_dir) / run_key / Artifact.CHECKPOINTS,
+                   resume_from=resume_path)
     return TrainOutcome(run_key if cfg.tracking.log_to_mlflow else "", "", RUN_STATUS[result.status],
                         dict(result.summary))
 
@@ -119,7 +121,7 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
         if resume_run_id is not None:
             raise MlprojectError("resume_from a run id needs tracking; give a checkpoint path with log_to_mlflow=false")
         name = cfg.tracking.run_name or f"untracked-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        checkpoint_dir = Path(cfg.tracking.output_dir) / name / CHECKPOINT_DIR
+        checkpoint_dir = Path(cfg.tracking.output_dir) / name / Artifact.CHECKPOINTS
         data, resolved = prepare(cfg)
         _share((name, resume_path))
         result = train(resolved.model, data, resolved.train, checkpoint_dir=checkpoint_dir, callbacks=callbacks,
@@ -133,12 +135,12 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
     tracker.check()  # an unreachable store fails before the data is prepared
     with sigterm_as_interrupt():
         data, resolved = prepare(cfg)
-        outcome = TrainOutcome("", "", "FAILED")
+        outcome = TrainOutcome("", "", RunStatus.FAILED)
         run = None
         try:
             with tracker.run(resolved, data, resume_run_id=resume_run_id) as run:
                 outcome.run_id, outcome.experiment_id = run.run_id, run.experiment_id
-                checkpoint_dir = Path(cfg.tracking.output_dir) / run.run_id / CHECKPOINT_DIR
+                checkpoint_dir = Path(cfg.tracking.output_dir) / run.run_id / Artifact.CHECKPOINTS
                 if resume_run_id is not None:
                     resume_path = run.resume_checkpoint(resume_run_id, checkpoint_dir)
                 _share((run.run_id, resume_path))
@@ -150,7 +152,7 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
         except BaseException:
             if run is None:  # no run was opened: nothing to report
                 raise
-            if run.status == "FINISHED":  # a failed resume of a finished run: it stands
+            if run.status == RunStatus.FINISHED:  # a failed resume of a finished run: it stands
                 print(f"note: run {run.run_id} stays FINISHED; nothing was trained", file=sys.stderr)
                 raise
             outcome.status, outcome.checkpoint_uris = run.status, dict(run.checkpoint_uris)

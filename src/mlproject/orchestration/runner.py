@@ -32,9 +32,11 @@ from mlproject.orchestration.graph import load_pipeline
 from mlproject.orchestration.project import localize
 from mlproject.orchestration.steps import step_command, step_env
 from mlproject.protocol import parse_step_result, process_run_id, result_line
+from mlproject.schema import Artifact, RunRole, RunStatus, StepStatus, Tag, step_run_id_tag, step_status_tag
 from mlproject.secrets import scrub
 
 _ERROR_TAIL_LINES = 40
+_DECIDED = (StepStatus.SUCCEEDED, StepStatus.REUSED, StepStatus.FAILED)  # a resumed pipeline keeps these
 
 
 def _now() -> str:
@@ -54,9 +56,9 @@ def previous_results(settings: PipelineSettings) -> dict[str, dict[str, Any]]:
         except (OSError, json.JSONDecodeError, AttributeError):
             continue
         for s in steps:
-            if s.get("id") in decided or s.get("status") not in ("succeeded", "reused", "failed"):
+            if s.get("id") in decided or s.get("status") not in _DECIDED:
                 continue
-            decided[s["id"]] = (s.get("result") or {}) if s["status"] != "failed" else None
+            decided[s["id"]] = (s.get("result") or {}) if s["status"] != StepStatus.FAILED else None
     return {k: v for k, v in decided.items() if v is not None}
 
 
@@ -66,12 +68,12 @@ class _Report:
     def __init__(self, pipeline: Pipeline, path: Path, options: PipelineOptions) -> None:
         self.path = path
         self.data: dict[str, Any] = {
-            "pipeline": pipeline.settings.name, "config": pipeline.source, "status": "running",
+            "pipeline": pipeline.settings.name, "config": pipeline.source, "status": StepStatus.RUNNING,
             "started_at": _now(), "ended_at": None, "run_dir": str(path.parent), "pipeline_run_id": None,
             # `steps`, not the flag's `step`: the key every earlier report has
             "options": {"steps": list(options.step), "dry_run": options.dry_run,
                         "continue_on_error": options.continue_on_error, "resume": options.resume},
-            "steps": [{"id": s.id, "entry_point": s.entry_point, "needs": s.needs, "status": "pending",
+            "steps": [{"id": s.id, "entry_point": s.entry_point, "needs": s.needs, "status": StepStatus.PENDING,
                        "command": None, "run_id": None, "result": None, "started_at": None, "ended_at": None,
                        "duration_sec": None, "return_code": None, "error_tail": None, "reason": None, "log": None}
                       for s in pipeline.steps],
@@ -113,11 +115,11 @@ def run_pipeline(options: PipelineOptions) -> int:
     report.update()
     # Imported only now: a dry run (and a bad pipeline file) never loads MLflow.
     from mlproject.tracking import client
-    from mlproject.tracking.queries import ROLE_TAG, absolute_tracking_uri
+    from mlproject.tracking.queries import absolute_tracking_uri
 
     created_run = process_run_id() is None
     run_id, _ = client.open_run(experiment=pipeline.settings.experiment_name, run_name=pipeline.settings.name,
-                                 tags={ROLE_TAG: "pipeline", "mlproject.pipeline": pipeline.settings.name})
+                                 tags={Tag.ROLE: RunRole.PIPELINE, Tag.PIPELINE: pipeline.settings.name})
     report.update(pipeline_run_id=run_id)
     tracking_uri = absolute_tracking_uri()
     # This environment's `mlflow` and `mlproject` as a fallback when PATH has none (a venv
@@ -134,16 +136,16 @@ def run_pipeline(options: PipelineOptions) -> int:
     try:
         for step, action in plan:
             if action in ("not selected", "disabled"):
-                report.update(step.id, status="skipped", reason=action)
+                report.update(step.id, status=StepStatus.SKIPPED, reason=action)
                 continue
             if action == "reuse":
-                report.update(step.id, status="reused", result=previous_ok[step.id],
+                report.update(step.id, status=StepStatus.REUSED, result=previous_ok[step.id],
                               run_id=previous_ok[step.id].get("run_id"), reason="succeeded in an earlier execution")
                 continue
             blocked = [n for n in step.needs if n in failed]
             if stopped or blocked:
                 reason = "stopped after a failed step" if stopped else f"upstream step {blocked[0]} did not succeed"
-                report.update(step.id, status="skipped", reason=reason)
+                report.update(step.id, status=StepStatus.SKIPPED, reason=reason)
                 failed.add(step.id)
                 continue
             ok = _run_step(step, pipeline, results, env, report, run_dir, resume=options.resume)
@@ -151,12 +153,12 @@ def run_pipeline(options: PipelineOptions) -> int:
                 failed.add(step.id)
                 stopped = not options.continue_on_error
     except KeyboardInterrupt:
-        report.update(status="interrupted", ended_at=_now())
-        _finish_run(run_id, report, "KILLED", created_run)
+        report.update(status=StepStatus.INTERRUPTED, ended_at=_now())
+        _finish_run(run_id, report, RunStatus.KILLED, created_run)
         raise
-    status = "failed" if failed else "succeeded"
+    status = StepStatus.FAILED if failed else StepStatus.SUCCEEDED
     report.update(status=status, ended_at=_now(), duration_sec=round(time.monotonic() - t0, 1))
-    _finish_run(run_id, report, "FAILED" if failed else "FINISHED", created_run)
+    _finish_run(run_id, report, RunStatus.FAILED if failed else RunStatus.FINISHED, created_run)
     _print_summary(pipeline, report, tracking_uri)
     print(result_line({"step": "pipeline", "run_id": run_id, "status": status,
                        "report": str(report.path.resolve())}), flush=True)
@@ -171,10 +173,10 @@ def _run_step(step: PipelineStep, pipeline: Pipeline, results: dict[str, dict[st
     try:
         cmd = step_command(step, pipeline.settings.project_dir, results, resume=resume)
     except MlprojectError as exc:
-        report.update(step.id, status="failed", started_at=started, ended_at=_now(), error_tail=str(exc))
+        report.update(step.id, status=StepStatus.FAILED, started_at=started, ended_at=_now(), error_tail=str(exc))
         print(f"[{step.id}] {exc}", flush=True)
         return False
-    report.update(step.id, status="running", command=cmd, started_at=started, log=str(log_path))
+    report.update(step.id, status=StepStatus.RUNNING, command=cmd, started_at=started, log=str(log_path))
     print(f"[{step.id}] $ {shlex.join(cmd)}", flush=True)
     tail: collections.deque[str] = collections.deque(maxlen=400)
     try:
@@ -189,11 +191,11 @@ def _run_step(step: PipelineStep, pipeline: Pipeline, results: dict[str, dict[st
                 tail.append(line)
             rc = proc.wait()
     except OSError as exc:  # e.g. `mlflow` not on PATH
-        report.update(step.id, status="failed", ended_at=_now(), return_code=None, error_tail=str(exc))
+        report.update(step.id, status=StepStatus.FAILED, ended_at=_now(), return_code=None, error_tail=str(exc))
         print(f"[{step.id}] could not start: {exc}", flush=True)
         return False
     except KeyboardInterrupt:
-        report.update(step.id, status="failed", ended_at=_now(), reason="interrupted")
+        report.update(step.id, status=StepStatus.FAILED, ended_at=_now(), reason="interrupted")
         raise
     output = "".join(tail)
     result = parse_step_result(output) if rc == 0 else None
@@ -201,9 +203,9 @@ def _run_step(step: PipelineStep, pipeline: Pipeline, results: dict[str, dict[st
     fields: dict[str, Any] = {"ended_at": _now(), "duration_sec": round(time.monotonic() - t0, 1), "return_code": rc}
     if ok:
         results[step.id] = result or {}
-        fields.update(status="succeeded", result=result, run_id=(result or {}).get("run_id"))
+        fields.update(status=StepStatus.SUCCEEDED, result=result, run_id=(result or {}).get("run_id"))
     else:
-        fields.update(status="failed", error_tail="".join(list(tail)[-_ERROR_TAIL_LINES:]))
+        fields.update(status=StepStatus.FAILED, error_tail="".join(list(tail)[-_ERROR_TAIL_LINES:]))
     report.update(step.id, **fields)
     print(f"[{step.id}] {fields['status']} (exit code {rc}, {fields['duration_sec']} s)", flush=True)
     return ok
@@ -213,8 +215,8 @@ def _finish_run(run_id: str, report: _Report, status: str, created: bool) -> Non
     """Log the report (and step logs) to the pipeline run; end the run if this process created it."""
     from mlproject.tracking import client
 
-    tags = {f"mlproject.step.{s['id']}.status": s["status"] for s in report.data["steps"]}
-    tags.update({f"mlproject.step.{s['id']}.run_id": s["run_id"] for s in report.data["steps"] if s["run_id"]})
+    tags = {step_status_tag(s['id']): s["status"] for s in report.data["steps"]}
+    tags.update({step_run_id_tag(s['id']): s["run_id"] for s in report.data["steps"] if s["run_id"]})
     client.set_tags(run_id, tags)
     from mlproject.research.describe import pipeline_note
     from mlproject.tracking.client import describe_run
@@ -224,7 +226,7 @@ def _finish_run(run_id: str, report: _Report, status: str, created: bool) -> Non
     logs = [Path(s["log"]) for s in report.data["steps"] if s["log"] and Path(s["log"]).is_file()]
     client.log_files(run_id, [report.path])
     if logs:
-        client.log_files(run_id, logs, "logs")
+        client.log_files(run_id, logs, Artifact.LOGS)
     if created:
         client.set_status(run_id, status)
 

@@ -25,7 +25,7 @@ from mlproject.research.eval_metrics import check_eval_datasets, prefer_bpb, wit
 from mlproject.research.sweep import (ChildSpec, SweepOutcome, SweepSpec, child_config, experiment_for, load_job,
                                       run_sweep, sweep_key, with_context)
 from mlproject.app.config import RunConfig
-from mlproject.tracking.queries import AXIS_TAG, MODEL_TAG, VALUE_TAG
+from mlproject.schema import SweepKind, Tag
 
 AXES = ("norm_type", "mlp_type", "pos_encoding", "attention_impl", "gradient_checkpointing", "dropout",
         "n_layer", "n_head", "d_model", "mlp_expansion", "attention_pattern", "attention_window", "vocab_size")
@@ -104,7 +104,8 @@ class AblationJob:
             models[label] = model
         return [ChildSpec(group=label, seed=seed,
                           cfg=child_config(self.run, model=model, train=self.run.train, seed=seed),
-                          tags={AXIS_TAG: axis, VALUE_TAG: label, MODEL_TAG: model.model_version})
+                          tags={Tag.ABLATION_AXIS: axis, Tag.ABLATION_VALUE: label,
+                                Tag.MODEL_VERSION: model.model_version})
                 for seed in self.ablation.seeds for label, model in models.items()]
 
     def _data_children(self) -> list[ChildSpec]:
@@ -121,7 +122,8 @@ class AblationJob:
             bases[label] = dataclasses.replace(self.run, data=data)
         return [ChildSpec(group=label, seed=seed,
                           cfg=child_config(base, model=self.run.model, train=self.run.train, seed=seed),
-                          tags={AXIS_TAG: axis, VALUE_TAG: label, MODEL_TAG: self.run.model.model_version})
+                          tags={Tag.ABLATION_AXIS: axis, Tag.ABLATION_VALUE: label,
+                                Tag.MODEL_VERSION: self.run.model.model_version})
                 for seed in self.ablation.seeds for label, base in bases.items()]
 
     def spec(self) -> SweepSpec:
@@ -134,11 +136,12 @@ class AblationJob:
                                "seeds": " ".join(map(str, a.seeds)), "metrics": " ".join(self.metrics)}, "ablation"))
         sections = {name: to_dict(getattr(self.run, name)) for name in RunConfig.SECTIONS}
         return SweepSpec(
-            kind="ablation", run_name=a.parent_run_name or f"ablation-{a.ablation_axis}",
+            kind=SweepKind.ABLATION, run_name=a.parent_run_name or f"ablation-{a.ablation_axis}",
             experiment=experiment_for(self.run),
             key=sweep_key("ablation", self.run, drop=[f"{section}.{a.ablation_axis}"], extra={"axis": a.ablation_axis}),
             groups=groups, metrics=self.metrics, children=self.children(), base=self.run, params=params,
-            parallel=a.parallel, resume=a.resume, tags={AXIS_TAG: a.ablation_axis}, register_best=a.register_best,
+            parallel=a.parallel, resume=a.resume, tags={Tag.ABLATION_AXIS: a.ablation_axis},
+            register_best=a.register_best,
             eval_datasets=list(a.eval_datasets),
             config_text=dump_yaml({**sections, "ablation": to_dict(a)}))
 

@@ -25,14 +25,12 @@ from mlproject.research.eval_metrics import check_eval_datasets, with_eval_metri
 from mlproject.research.sweep import (ChildSpec, SweepOutcome, SweepSpec, child_config, experiment_for, load_job,
                                       run_sweep, sweep_key, with_context)
 from mlproject.app.config import RunConfig
-from mlproject.tracking.queries import MODEL_TAG
+from mlproject.schema import SweepKind, Tag
 from mlproject.training.config import TrainConfig
 
 # Sections a per-model override may change, and fields it may not (the sweep sets them).
 PER_MODEL_SECTIONS = {"model": GPTConfig, "train": TrainConfig}
 _SWEEP_FIELDS = {"model_version", "seed", "data_seed"}
-RECIPE_TAG = "mlproject.recipe"
-OVERRIDE_TAG = "mlproject.per_model_override"
 
 
 @dataclass
@@ -81,9 +79,9 @@ class CompareJob:
             model.resolved()
         except ConfigError as exc:
             raise with_context(f"{self.source}: compare model {version}", exc) from None
-        tags = {MODEL_TAG: version, RECIPE_TAG: train.recipe or version}
+        tags = {Tag.MODEL_VERSION: version, Tag.RECIPE: train.recipe or version}
         if override:
-            tags[OVERRIDE_TAG] = json.dumps(override, sort_keys=True)
+            tags[Tag.PER_MODEL_OVERRIDE] = json.dumps(override, sort_keys=True)
         return ChildSpec(group=version, seed=seed, cfg=child_config(base, model=model, train=train, seed=seed),
                          tags=tags)
 
@@ -98,7 +96,7 @@ class CompareJob:
         if self.per_model:
             params["compare.per_model"] = json.dumps(self.per_model, sort_keys=True)
         return SweepSpec(
-            kind="compare", run_name=c.parent_run_name or "compare-" + "-vs-".join(c.models),
+            kind=SweepKind.COMPARE, run_name=c.parent_run_name or "compare-" + "-vs-".join(c.models),
             experiment=experiment_for(self.run),
             key=sweep_key("compare", self.run, drop=["model.model_version"],
                           extra={"fair_recipe": c.fair_recipe, "per_model": self.per_model}),

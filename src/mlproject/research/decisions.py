@@ -62,7 +62,7 @@ def holm(p_values: Mapping[str, float | None], alpha: float = 0.05) -> dict[str,
 
 
 class PairedDifference(Protocol):
-    """`candidate - baseline` over the paired seeds (research.stats' PairedComparison fits)."""
+    """`candidate - baseline` over the paired seeds (mlproject.stats' PairedComparison fits)."""
 
     n: int
     mean_diff: float

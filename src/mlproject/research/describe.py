@@ -18,6 +18,7 @@ from typing import Any
 
 from mlproject.app.config import RunConfig
 from mlproject.research.results import Row, SweepStats
+from mlproject.schema import RunStatus
 
 # The seed fields always vary with the sweep (`<kind>.seeds` lists them); model.vocab_size is the
 # model default until the tokenizer fixes it per child, so the data section's value stands for it.
@@ -53,7 +54,7 @@ def lower_is_better(metric: str) -> bool:
 
 def best_row(rows: Sequence[Row], metric: str) -> Row | None:
     """The FINISHED child with the best value of `metric` (None if no child has one)."""
-    scored = [r for r in rows if r.get("status") == "FINISHED" and isinstance(r.get(metric), (int, float))
+    scored = [r for r in rows if r.get("status") == RunStatus.FINISHED and isinstance(r.get(metric), (int, float))
               and not math.isnan(r[metric])]
     if not scored:
         return None
@@ -69,7 +70,7 @@ def summary_markdown(kind: str, stats: SweepStats, rows: Sequence[Row], best: Ro
                      model_uri: str | None = None) -> str:
     """The parent's description: per metric a Markdown table of mean, std, 95% CI, n and the
     paired difference against the baseline, then the children and the best model."""
-    finished = sum(r.get("status") == "FINISHED" for r in rows)
+    finished = sum(r.get("status") == RunStatus.FINISHED for r in rows)
     seeds = sorted({int(r["seed"]) for r in rows})
     lines = [f"**{kind}** of {', '.join(stats.groups)} over seeds {', '.join(map(str, seeds))} "
              f"({finished}/{len(rows)} children finished; baseline {stats.baseline}).", ""]

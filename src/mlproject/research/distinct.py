@@ -14,6 +14,7 @@ from typing import Any
 
 from mlproject.config import to_dict
 from mlproject.errors import ConfigError
+from mlproject.schema import Tag
 
 # Fields that change how a model is computed, not what it computes.
 _SAME_FUNCTION = ("attention_impl", "gradient_checkpointing")
@@ -46,9 +47,8 @@ def check_groups_differ(spec: Any) -> None:
     function on purpose (its cost), so it passes.
     """
     from mlproject.research.ablation import SPEED_AXES
-    from mlproject.tracking.queries import AXIS_TAG
 
-    if spec.kind == "ablation" and spec.tags.get(AXIS_TAG) in SPEED_AXES:
+    if spec.kind == "ablation" and spec.tags.get(Tag.ABLATION_AXIS) in SPEED_AXES:
         return
     first: dict[str, Any] = {}
     for child in spec.children:

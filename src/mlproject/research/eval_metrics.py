@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from mlproject.errors import ConfigError, MlprojectError
+from mlproject.schema import RunStatus
 
 # Summary metrics measured per token of the run's own tokenizer.
 PER_TOKEN = ("val_loss_best", "val_ppl_best", "train_loss_last")
@@ -93,7 +94,7 @@ def evaluate_children(run_ids: Sequence[str], datasets: Sequence[str], *, cache_
     wanted = eval_metric_names(datasets)
     for run_id in run_ids:
         record = get_run(run_id)
-        if record.status != "FINISHED" or all(m in record.metrics for m in wanted):
+        if record.status != RunStatus.FINISHED or all(m in record.metrics for m in wanted):
             continue
         print(f"--- evaluating child {record.run_name or run_id} on {', '.join(datasets)}", flush=True)
         try:

@@ -27,6 +27,7 @@ from mlproject.research.config import PlotConfig
 from mlproject.protocol import process_run_id, result_line
 from mlproject.research.results import (Row, SweepStats, aggregate, read_results,
                                         summary_table_rows, to_csv)
+from mlproject.schema import Artifact, RunRole, RunStatus, Tag
 
 CURVE_METRICS = ("train_loss", "val_loss")
 
@@ -73,7 +74,8 @@ def bar_chart(rows: Sequence[Row], stats: SweepStats, metric: str, path: Path, *
     points = []
     rng = np.random.default_rng(0)  # fixed jitter: the same data gives the same picture
     for i, group in enumerate(groups):
-        values = [r[metric] for r in rows if r.get("group") == group and r.get("status", "FINISHED") == "FINISHED"
+        values = [r[metric] for r in rows if r.get("group") == group
+                  and r.get("status", RunStatus.FINISHED) == RunStatus.FINISHED
                   and isinstance(r.get(metric), (int, float))]
         points += values
         ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, color="#de2d26", s=22, zorder=3,
@@ -189,8 +191,7 @@ def _from_file(path: str) -> _Source:
 
 def _from_store(cfg: PlotConfig, metric: str) -> _Source:
     from mlproject.research.sweep import row_from_run
-    from mlproject.tracking.queries import (GROUPS_TAG, KEY_TAG, KIND_TAG, ROLE_TAG, experiment_id_by_name,
-                                            experiment_name, get_run, sweep_cells)
+    from mlproject.tracking.queries import experiment_id_by_name, experiment_name, get_run, sweep_cells
 
     if cfg.parent_run_id:
         parent = get_run(cfg.parent_run_id)
@@ -204,39 +205,39 @@ def _from_store(cfg: PlotConfig, metric: str) -> _Source:
               f"{parent.status}), the newest with finished child runs", flush=True)
     else:
         raise MlprojectError("plot: give parent_run_id, experiment_name or results (a results.jsonl/csv file)")
-    if parent.tags.get(ROLE_TAG) != "sweep_parent":
-        raise MlprojectError(f"run {parent.run_id} is not a compare/ablation parent run (tag {ROLE_TAG} missing)")
-    children = list(sweep_cells(parent, parent.tags.get(KEY_TAG, "")).values())
+    if parent.tags.get(Tag.ROLE) != RunRole.SWEEP_PARENT:
+        raise MlprojectError(f"run {parent.run_id} is not a compare/ablation parent run (tag {Tag.ROLE} missing)")
+    children = list(sweep_cells(parent, parent.tags.get(Tag.SWEEP_KEY, "")).values())
     if not children:
         raise MlprojectError(f"parent run {parent.run_id} has no child runs")
     rows = [row_from_run(c, [metric]) for c in children]
-    groups = json.loads(parent.tags.get(GROUPS_TAG, "[]")) or list(dict.fromkeys(r["group"] for r in rows))
+    groups = json.loads(parent.tags.get(Tag.GROUPS, "[]")) or list(dict.fromkeys(r["group"] for r in rows))
     name = f"{experiment_name(parent.experiment_id)}, run {parent.run_id[:8]}"
-    return _Source(rows, groups, parent.tags.get(KIND_TAG, "compare"), name, parent.run_id, children)
+    return _Source(rows, groups, parent.tags.get(Tag.SWEEP_KIND, "compare"), name, parent.run_id, children)
 
 
 def _newest_with_finished_children(experiment_id: str) -> Any:
     """The newest sweep parent of the experiment that has a FINISHED child (a FAILED or
     interrupted newer parent with nothing to plot is passed over)."""
-    from mlproject.tracking.queries import KEY_TAG, ROLE_TAG, search, sweep_cells
+    from mlproject.tracking.queries import search, sweep_cells
 
-    for parent in search([experiment_id], f"tags.`{ROLE_TAG}` = 'sweep_parent'"):  # newest first
-        cells = sweep_cells(parent, parent.tags.get(KEY_TAG, ""))
-        if any(c.status == "FINISHED" for c in cells.values()):
+    for parent in search([experiment_id], f"tags.`{Tag.ROLE}` = '{RunRole.SWEEP_PARENT}'"):  # newest first
+        cells = sweep_cells(parent, parent.tags.get(Tag.SWEEP_KEY, ""))
+        if any(c.status == RunStatus.FINISHED for c in cells.values()):
             return parent
     return None
 
 
 def _histories(children: Sequence[Any]) -> tuple[dict[str, dict[str, list[dict[int, float]]]],
                                                  dict[str, list[dict[int, float]]]]:
-    from mlproject.tracking.queries import GROUP_TAG, metric_history
+    from mlproject.tracking.queries import metric_history
 
     curves: dict[str, dict[str, list[dict[int, float]]]] = {m: {} for m in CURVE_METRICS}
     tokens: dict[str, list[dict[int, float]]] = {}
     for child in children:
-        if child.status != "FINISHED":
+        if child.status != RunStatus.FINISHED:
             continue
-        group = child.tags.get(GROUP_TAG, "")
+        group = child.tags.get(Tag.GROUP, "")
         for metric in CURVE_METRICS:
             curves[metric].setdefault(group, []).append(dict(metric_history(child.run_id, metric)))
         tokens.setdefault(group, []).append(dict(metric_history(child.run_id, "tokens_seen")))
@@ -279,7 +280,7 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
     # run_id is the plot step's own run under `mlflow run` (the pipeline links it as the step's
     # run); the plotted parent is plotted_run_id.
     print(result_line({"step": "plot", "run_id": process_run_id() or source.parent_run_id,
-                       "plotted_run_id": source.parent_run_id, "status": "FINISHED",
+                       "plotted_run_id": source.parent_run_id, "status": RunStatus.FINISHED,
                        "plots": [str(p) for p in written if p.suffix == ".png"], "summary_csv": str(written[-1])}),
           flush=True)
     return written
@@ -298,12 +299,12 @@ def _log(cfg: PlotConfig, source: _Source, files: Sequence[Path]) -> list[str]:
     from mlproject.tracking import client
 
     for run_id in targets:
-        client.log_files(run_id, files, "plots")
+        client.log_files(run_id, files, Artifact.PLOTS)
     if step_run and source.parent_run_id and step_run != source.parent_run_id:
         from mlproject.research.describe import plot_note
         from mlproject.tracking.client import describe_run
 
-        client.set_tags(step_run, {"mlproject.plotted_run_id": source.parent_run_id})
+        client.set_tags(step_run, {Tag.PLOTTED_RUN_ID: source.parent_run_id})
         describe_run(step_run, name=f"plot-{source.kind}-{source.parent_run_id[:8]}",
                      note=plot_note(source.kind, source.name, source.parent_run_id, files))
     return targets

@@ -25,21 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from mlproject.app.config import RunConfig
-from mlproject.app.record import DIGEST_TAG, TOKENIZER_TAG, RunRecord, capture_record
+from mlproject.app.record import RunRecord, capture_record
 from mlproject.app.record.diff import Difference, data_changed, diff_record
 from mlproject.config import build_sections, dump_yaml
 from mlproject.errors import MlprojectError
 from mlproject.protocol import hand_run_to, result_line
 from mlproject.research.config import ReproduceConfig
+from mlproject.schema import Artifact, RunRole, RunStatus, Tag
 from mlproject.research.reproduce import (TIMING_METRICS, MetricVerdict, Verdict, judge_histories, overall_verdict,
                                           overlay_plot)
 
-REPRODUCES_TAG = "mlproject.reproduces"  # on the new run: the id of the run it reproduces
-REPRODUCED_BY_TAG = "mlproject.reproduced_by"  # on the original: the latest reproduction's run id
-VERDICT_TAG = "mlproject.reproduce.verdict"
-REPORT_FILE = "reproduce/report.txt"
-PLOT_FILE = "reproduce/overlay.png"
-NOTE_TAG = "mlflow.note.content"
 
 
 @dataclass
@@ -71,11 +66,10 @@ def original_config(run: Any) -> tuple[RunConfig, str]:
     import yaml
 
     from mlproject.tracking import client
-    from mlproject.tracking.artifacts import CONFIG_ARTIFACT
 
-    text = client.load_text(run.run_id, CONFIG_ARTIFACT)
+    text = client.load_text(run.run_id, Artifact.RESOLVED_CONFIG)
     if text is not None:
-        data, where = yaml.safe_load(text) or {}, CONFIG_ARTIFACT
+        data, where = yaml.safe_load(text) or {}, Artifact.RESOLVED_CONFIG
     else:
         data, where = {}, "params"
         for key, value in run.params.items():
@@ -83,7 +77,7 @@ def original_config(run: Any) -> tuple[RunConfig, str]:
             if section in RunConfig.SECTIONS and name and "." not in name:
                 data.setdefault(section, {})[name] = _parse_param(value)
         if not data:
-            raise MlprojectError(f"run {run.run_id} has neither {CONFIG_ARTIFACT} nor model/data/train params: "
+            raise MlprojectError(f"run {run.run_id} has neither {Artifact.RESOLVED_CONFIG} nor model/data/train params: "
                                  "it is not a training run")
     return RunConfig(**build_sections(RunConfig.SECTIONS, yaml_path=f"run {run.run_id}: {where}", data=data)), where
 
@@ -104,7 +98,7 @@ def check_record(run: Any, cfg: RunConfig, opts: ReproduceConfig) -> tuple[RunRe
 
     tags = dict(run.tags)
     # A run made before records still logged its data digests as params (`dataset.*`).
-    for tag, param in ((DIGEST_TAG, "dataset.digest"), (TOKENIZER_TAG, "dataset.tokenizer_hash")):
+    for tag, param in ((Tag.DATA_DIGEST, "dataset.digest"), (Tag.DATA_TOKENIZER_HASH, "dataset.tokenizer_hash")):
         if tag not in tags and param in run.params:
             tags[tag] = run.params[param]
     recorded = load_record(run.run_id, tags)
@@ -172,36 +166,36 @@ def _log_report(original: Any, run_id: str, report: str, verdict: Verdict,
     """The report and overlay plot on the new run; both runs' descriptions link each other."""
     from mlproject.tracking import client
 
-    client.log_text(run_id, report, REPORT_FILE)
+    client.log_text(run_id, report, Artifact.REPRODUCE_REPORT)
     if histories[0]:
         with tempfile.TemporaryDirectory(prefix="mlproject-repro-") as tmp:
             plot = overlay_plot(*histories, Path(tmp) / "overlay.png", title=f"run {original.run_id} reproduced")
             client.log_files(run_id, [plot], "reproduce")
-    client.set_tags(run_id, {VERDICT_TAG: verdict.value})
+    client.set_tags(run_id, {Tag.REPRODUCE_VERDICT: verdict.value})
     client.describe_run(run_id, note=f"Reproduces run {original.run_id} ({original.run_name}): "
-                                     f"**{verdict.value}**. See `{REPORT_FILE}`.")
-    note = original.tags.get(NOTE_TAG, "")
+                                     f"**{verdict.value}**. See `{Artifact.REPRODUCE_REPORT}`.")
+    note = original.tags.get(Tag.NOTE, "")
     line = f"Reproduced by run {run_id}: **{verdict.value}**."
-    client.set_tags(original.run_id, {REPRODUCED_BY_TAG: run_id})
+    client.set_tags(original.run_id, {Tag.REPRODUCED_BY: run_id})
     client.describe_run(original.run_id, note=f"{note}\n\n{line}" if note else line)
 
 
 def reproduce_run(original: Any, opts: ReproduceConfig, *, parent_run_id: str | None = None) -> Reproduction:
     """Reproduce one training run into a new run (nested under `parent_run_id` when given)."""
     from mlproject.tracking import client
-    from mlproject.tracking.queries import PARENT_TAG, experiment_name
+    from mlproject.tracking.queries import experiment_name
 
     cfg, where = original_config(original)
     cfg = reproduction_config(cfg, original, opts, experiment_name(original.experiment_id))
     record, differences = check_record(original, cfg, opts)
     for d in differences:
         print(f"reproduce: {d.describe()}", flush=True)
-    nested = {PARENT_TAG: parent_run_id} if parent_run_id else {}
+    nested = {Tag.PARENT: parent_run_id} if parent_run_id else {}
     run_id, _ = client.open_run(experiment=cfg.tracking.experiment_name, run_name=cfg.tracking.run_name or "reproduce",
-                                tags={REPRODUCES_TAG: original.run_id, **nested})
+                                tags={Tag.REPRODUCES: original.run_id, **nested})
     status = (_train_from_record(cfg, run_id, record) if opts.source == "record"
               else _train_installed(cfg, run_id))
-    if status != "FINISHED":
+    if status != RunStatus.FINISHED:
         raise MlprojectError(f"the reproduction run {run_id} ended {status}; no verdict")
     metrics = judged_metrics(original)
     histories = (_histories(original.run_id, metrics), _histories(run_id, metrics))
@@ -217,14 +211,14 @@ def run_reproduce(opts: ReproduceConfig) -> int:
     """Reproduce run `opts.run_id` (a training run or a sweep parent); print and log the report.
     Returns the exit code: 1 when the numbers did not come back."""
     from mlproject.research.reproduce_sweep import reproduce_sweep
-    from mlproject.tracking.queries import ROLE_TAG, get_run
+    from mlproject.tracking.queries import get_run
 
     opts.validate()
     original = get_run(str(opts.run_id))
-    role = original.tags.get(ROLE_TAG)
+    role = original.tags.get(Tag.ROLE)
     if role == "tune_parent":
         raise MlprojectError(f"run {original.run_id} is a tune parent; reproduce its best trial's run instead")
-    if role == "sweep_parent":
+    if role == RunRole.SWEEP_PARENT:
         outcome = reproduce_sweep(original, opts)
         verdict, run_id, code = outcome.verdict_text, outcome.run_id, outcome.exit_code
     else:

@@ -20,8 +20,8 @@ from mlproject.protocol import release_process_run
 from mlproject.research.config import ReproduceConfig
 from mlproject.research.power import paired_power
 from mlproject.research.reproduce import EquivalenceVerdict, tost_verdict
-from mlproject.research.reproduce_step import (REPORT_FILE, REPRODUCED_BY_TAG, REPRODUCES_TAG, VERDICT_TAG,
-                                               Reproduction, reproduce_run)
+from mlproject.research.reproduce_step import Reproduction, reproduce_run
+from mlproject.schema import Artifact, RunStatus, Tag
 
 Values = dict[str, dict[int, float]]  # group -> seed -> metric value
 
@@ -65,10 +65,10 @@ def default_margin(values: Values, groups: Sequence[str]) -> float:
 
 
 def _children(parent: Any) -> list[Any]:
-    from mlproject.tracking.queries import GROUP_TAG, SEED_TAG, child_runs
+    from mlproject.tracking.queries import child_runs
 
     children = [c for c in child_runs(parent)
-                if c.status == "FINISHED" and GROUP_TAG in c.tags and SEED_TAG in c.tags]
+                if c.status == RunStatus.FINISHED and Tag.GROUP in c.tags and Tag.SEED in c.tags]
     if not children:
         raise MlprojectError(f"sweep parent {parent.run_id} has no FINISHED children to reproduce")
     return children
@@ -91,18 +91,18 @@ def sweep_report(s: SweepReproduction) -> str:
 def reproduce_sweep(parent: Any, opts: ReproduceConfig) -> SweepReproduction:
     """Reproduce every FINISHED child of `parent` and judge the group means (see the module doc)."""
     from mlproject.tracking import client
-    from mlproject.tracking.queries import GROUP_TAG, GROUPS_TAG, METRICS_TAG, SEED_TAG, experiment_name, get_run
+    from mlproject.tracking.queries import experiment_name, get_run
 
-    metric = json.loads(parent.tags.get(METRICS_TAG) or '["val_loss_best"]')[0]
+    metric = json.loads(parent.tags.get(Tag.METRICS) or '["val_loss_best"]')[0]
     children = _children(parent)
-    groups = json.loads(parent.tags.get(GROUPS_TAG) or "[]") or sorted({c.tags[GROUP_TAG] for c in children})
+    groups = json.loads(parent.tags.get(Tag.GROUPS) or "[]") or sorted({c.tags[Tag.GROUP] for c in children})
     original: Values = {}
     for child in children:
-        original.setdefault(child.tags[GROUP_TAG], {})[int(child.tags[SEED_TAG])] = _value(child, metric)
+        original.setdefault(child.tags[Tag.GROUP], {})[int(child.tags[Tag.SEED])] = _value(child, metric)
     margin = opts.margin or default_margin(original, groups)
     run_id, _ = client.open_run(experiment=experiment_name(parent.experiment_id),
                                 run_name=f"reproduce-{parent.run_name or parent.run_id[:8]}",
-                                tags={REPRODUCES_TAG: parent.run_id})
+                                tags={Tag.REPRODUCES: parent.run_id})
     release_process_run()  # the children's reproductions are runs of their own, nested under it
     reproduced: Values = {}
     repros = []
@@ -110,18 +110,18 @@ def reproduce_sweep(parent: Any, opts: ReproduceConfig) -> SweepReproduction:
         for child in children:
             repro = reproduce_run(child, opts, parent_run_id=run_id)
             repros.append(repro)
-            reproduced.setdefault(child.tags[GROUP_TAG], {})[int(child.tags[SEED_TAG])] = \
+            reproduced.setdefault(child.tags[Tag.GROUP], {})[int(child.tags[Tag.SEED])] = \
                 _value(get_run(repro.run_id), metric)
     except BaseException:
-        client.set_status(run_id, "FAILED")
+        client.set_status(run_id, RunStatus.FAILED)
         raise
     verdicts = {g: tost_verdict(original[g], reproduced.get(g, {}), margin) for g in groups if g in original}
     outcome = SweepReproduction(parent.run_id, run_id, metric, margin, verdicts, repros, "")
     outcome.report = sweep_report(outcome)
     print(outcome.report, flush=True)
-    client.log_text(run_id, outcome.report, REPORT_FILE)
-    client.set_tags(run_id, {VERDICT_TAG: outcome.verdict_text})
+    client.log_text(run_id, outcome.report, Artifact.REPRODUCE_REPORT)
+    client.set_tags(run_id, {Tag.REPRODUCE_VERDICT: outcome.verdict_text})
     client.describe_run(run_id, note=f"Reproduces sweep {parent.run_id}: **{outcome.verdict_text}**.")
-    client.set_tags(parent.run_id, {REPRODUCED_BY_TAG: run_id})
-    client.set_status(run_id, "FINISHED")
+    client.set_tags(parent.run_id, {Tag.REPRODUCED_BY: run_id})
+    client.set_status(run_id, RunStatus.FINISHED)
     return outcome

@@ -20,7 +20,8 @@ from typing import Any
 
 from mlproject.errors import MlprojectError
 from mlproject.io import atomic_write_text
-from mlproject.research.stats import PairedComparison, Summary, paired_comparison, summarize
+from mlproject.schema import Artifact, RunStatus
+from mlproject.stats import PairedComparison, Summary, paired_comparison, summarize
 
 # Columns every row has, in file order. `group` is what statistics are grouped by: the model
 # version in a compare, the axis value in an ablation (`axis`/`value` are empty in a compare).
@@ -79,8 +80,8 @@ def write_results(rows: Sequence[Row], directory: str | os.PathLike[str]) -> tup
     """Write `results.jsonl` and `results.csv` into `directory` (atomically); return both paths."""
     directory = Path(directory)
     jsonl = "".join(json.dumps(row) + "\n" for row in rows)
-    return (atomic_write_text(directory / "results.jsonl", jsonl),
-            atomic_write_text(directory / "results.csv", to_csv(rows, _columns(rows))))
+    return (atomic_write_text(directory / Artifact.RESULTS_JSONL, jsonl),
+            atomic_write_text(directory / Artifact.RESULTS_CSV, to_csv(rows, _columns(rows))))
 
 
 def read_results(path: str | os.PathLike[str]) -> list[Row]:
@@ -146,7 +147,7 @@ class SweepStats:
 
 
 def finished(rows: Iterable[Row]) -> list[Row]:
-    return [r for r in rows if r.get("status", "FINISHED") == "FINISHED"]
+    return [r for r in rows if r.get("status", RunStatus.FINISHED) == RunStatus.FINISHED]
 
 
 def aggregate(rows: Sequence[Row], groups: Sequence[str], metrics: Sequence[str]) -> SweepStats:

@@ -24,7 +24,7 @@ A sweep is three stages, and every way of running one uses these same three func
 subprocesses); the CLI exposes them as `compare --plan-only`, `train --run-id CHILD` and
 `compare --aggregate PARENT`; the Airflow DAG runs those commands as a plan task, one mapped
 task per child and an aggregate task. A child needs nothing but its run id and the tracking
-server: its config is the artifact `PLAN_CONFIG` of its run, and its checkpoints live in the
+server: its config is the artifact `Artifact.PLAN_CONFIG` of its run, and its checkpoints live in the
 run's artifacts, so it can train (and resume) on any worker.
 """
 
@@ -60,13 +60,12 @@ from mlproject.research.results import (
     write_results,
 )
 from mlproject.app.config import RunConfig
+from mlproject.schema import Artifact, ChildAction, RunStatus, Tag, checkpoint_artifact
 
 # Fields that change how fast a run goes, not what it computes: left out of the sweep key, so
 # a sweep resumed on another machine (or with --parallel) still matches its children.
 RUNTIME_FIELDS = {"train.device", "train.num_threads", "train.progress", "train.peak_flops",
                   "data.num_workers", "data.cache_dir"}
-PLAN_CONFIG = "plan/config.yaml"   # a child's config as planned (model/data/train/tracking)
-PLAN_FILE = "plan/sweep.json"      # the parent's plan: kind, groups, metrics, children in order
 
 
 @dataclass
@@ -159,19 +158,17 @@ def experiment_for(base: RunConfig) -> str:
 
 def row_from_run(record: Any, metrics: Sequence[str] = ()) -> Row:
     """A results row from a child run in the tracking store (tags say its group and seed)."""
-    from mlproject.app.train import CHECKPOINT_DIR
     from mlproject.tracking.artifacts import checkpoint_uri
-    from mlproject.tracking.queries import (AXIS_TAG, GROUP_TAG, MODEL_TAG, SEED_TAG, VALUE_TAG,
-                                            artifact_files)
+    from mlproject.tracking.queries import artifact_files
 
     tags = record.tags
-    present = {p.rsplit("/", 1)[-1] for p in artifact_files(record.run_id, CHECKPOINT_DIR)}
+    present = {p.rsplit("/", 1)[-1] for p in artifact_files(record.run_id, Artifact.CHECKPOINTS)}
     uris = {kind: checkpoint_uri(record.run_id, kind) for kind in ("last", "best") if f"{kind}.pt" in present}
     names = list(dict.fromkeys([*SUMMARY_COLUMNS, *metrics]))
-    return make_row(run_id=record.run_id, status=record.status, group=tags.get(GROUP_TAG, ""),
-                    model_version=tags.get(MODEL_TAG, ""), seed=int(tags.get(SEED_TAG, -1)),
+    return make_row(run_id=record.run_id, status=record.status, group=tags.get(Tag.GROUP, ""),
+                    model_version=tags.get(Tag.MODEL_VERSION, ""), seed=int(tags.get(Tag.SEED, -1)),
                     summary={k: record.metrics[k] for k in names if k in record.metrics},
-                    checkpoint_uris=uris, axis=tags.get(AXIS_TAG, ""), value=tags.get(VALUE_TAG, ""))
+                    checkpoint_uris=uris, axis=tags.get(Tag.ABLATION_AXIS, ""), value=tags.get(Tag.ABLATION_VALUE, ""))
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -201,17 +198,17 @@ def _ensure_run(task: _Task) -> None:
 
 
 def _log_child_config(task: _Task) -> None:
-    """The child's RunConfig on its run (`PLAN_CONFIG`): `train --run-id` trains it from that."""
+    """The child's RunConfig on its run (`Artifact.PLAN_CONFIG`): `train --run-id` trains it from that."""
     from mlproject.tracking import client
 
     client.log_text(task.run_id, dump_yaml(to_dict(_child_run_config(task.child, task.parent.experiment_name))),
-                    PLAN_CONFIG)
+                    Artifact.PLAN_CONFIG)
 
 
 @dataclass
 class SweepPlan:
     """A planned sweep: the parent run and its children (in the spec's order), as stored on
-    the parent (`PLAN_FILE`), so the aggregate stage can run anywhere from the parent's id."""
+    the parent (`Artifact.PLAN_FILE`), so the aggregate stage can run anywhere from the parent's id."""
 
     kind: str
     parent_run_id: str
@@ -238,7 +235,7 @@ class SweepPlan:
     @property
     def todo(self) -> list[str]:
         """Run ids of the children that still have to train."""
-        return [c["run_id"] for c in self.children if c["action"] != "done"]
+        return [c["run_id"] for c in self.children if c["action"] != ChildAction.DONE]
 
 
 def run_sweep(spec: SweepSpec) -> SweepOutcome:
@@ -251,7 +248,7 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
 
     plan, tasks = _plan_stage(spec, eager=False)
     try:
-        todo = [t for t in tasks if t.action != "done"]
+        todo = [t for t in tasks if t.action != ChildAction.DONE]
         if todo:
             _prepare_data(spec.base)
             if spec.parallel > 1 and len(todo) > 1:
@@ -259,7 +256,8 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
             else:
                 _run_sequential(todo)
     except BaseException as exc:
-        client.set_status(plan.parent_run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        client.set_status(plan.parent_run_id,
+                          RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
         raise
     finally:  # the children created while training, so `--aggregate PARENT` finds them
         _store_plan(plan, tasks)
@@ -280,7 +278,7 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
     from mlproject.research.describe import parent_params
     from mlproject.research.distinct import check_groups_differ
     from mlproject.tracking import client
-    from mlproject.tracking.queries import GROUPS_TAG, METRICS_TAG, get_run
+    from mlproject.tracking.queries import get_run
     from mlproject.tracking.record import record_run
     from mlproject.tracking.store import ensure_store
 
@@ -289,7 +287,7 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
     _check_children(spec)  # before the parent exists: a child that cannot train leaves no stray runs
     parent = client.open_parent(
         experiment=spec.experiment, run_name=spec.run_name, kind=spec.kind, sweep_key=spec.key,
-        resume=spec.resume, tags={GROUPS_TAG: json.dumps(spec.groups), METRICS_TAG: json.dumps(spec.metrics),
+        resume=spec.resume, tags={Tag.GROUPS: json.dumps(spec.groups), Tag.METRICS: json.dumps(spec.metrics),
                                   **spec.tags})
     record_run(parent.run_id, get_run(parent.run_id).tags)  # the children record the data they trained on
     print(f"{spec.kind}: parent run {parent.run_id} in experiment {parent.experiment_name!r} "
@@ -306,7 +304,7 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
             eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device)
         _store_plan(plan, tasks)
     except BaseException as exc:
-        client.set_status(parent.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        client.set_status(parent.run_id, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
         raise
     return plan, tasks
 
@@ -317,41 +315,41 @@ def _store_plan(plan: SweepPlan, tasks: Sequence[_Task]) -> None:
 
     plan.children = [{"run_id": t.run_id, "name": t.child.name, "group": t.child.group, "seed": t.child.seed,
                       "action": t.action} for t in tasks]
-    client.log_text(plan.parent_run_id, plan.to_json(), PLAN_FILE)
+    client.log_text(plan.parent_run_id, plan.to_json(), Artifact.PLAN_FILE)
 
 
 def load_plan(parent_run_id: str) -> SweepPlan:
     """The plan `plan_sweep` stored on a parent run, or a one-line error naming the run."""
     from mlproject.tracking import client
 
-    text = client.load_text(parent_run_id, PLAN_FILE)
+    text = client.load_text(parent_run_id, Artifact.PLAN_FILE)
     if text is None:
         raise MlprojectError(f"run {parent_run_id} is not a planned compare/ablation parent (it has no "
-                             f"{PLAN_FILE} artifact); plan one with `mlproject compare --plan-only`")
+                             f"{Artifact.PLAN_FILE} artifact); plan one with `mlproject compare --plan-only`")
     return SweepPlan(**json.loads(text))
 
 
 def _plan(spec: SweepSpec, parent: Any, eager: bool) -> list[_Task]:
     """Match children to existing runs (with resume); the missing ones are created now when
     `eager`, else as they start (`_ensure_run`). Every child not yet FINISHED gets its config
-    (`PLAN_CONFIG`) logged on its run."""
+    (`Artifact.PLAN_CONFIG`) logged on its run."""
     from mlproject.tracking import client
-    from mlproject.tracking.queries import GROUP_TAG, KEY_TAG, PARENT_TAG, SEED_TAG, sweep_cells
+    from mlproject.tracking.queries import sweep_cells
 
     existing = sweep_cells(parent.previous, spec.key) if spec.resume and parent.previous is not None else {}
     tasks = []
     for child in spec.children:
         run = existing.get((child.group, child.seed))
         if run is None:
-            tags = {**child.tags, GROUP_TAG: child.group, SEED_TAG: str(child.seed), KEY_TAG: spec.key}
-            task = _Task(child, "", "new", tags, parent)
+            tags = {**child.tags, Tag.GROUP: child.group, Tag.SEED: str(child.seed), Tag.SWEEP_KEY: spec.key}
+            task = _Task(child, "", ChildAction.NEW, tags, parent)
             if eager:
                 _ensure_run(task)
         else:
-            if run.tags.get(PARENT_TAG) != parent.run_id:
+            if run.tags.get(Tag.PARENT) != parent.run_id:
                 client.adopt_child(run.run_id, parent.run_id)
             task = _Task(child, run.run_id, child_action(run), parent=parent)
-            if task.action != "done":
+            if task.action != ChildAction.DONE:
                 _log_child_config(task)
         tasks.append(task)
     return tasks
@@ -360,16 +358,15 @@ def _plan(spec: SweepSpec, parent: Any, eager: bool) -> list[_Task]:
 def child_action(run: Any) -> str:
     """What a child run needs: done (FINISHED), new (never started), resume (has a last
     checkpoint in its artifacts) or restart (started but never reached a checkpoint)."""
-    from mlproject.app.train import CHECKPOINT_DIR
     from mlproject.tracking.queries import artifact_files
 
-    if run.status == "FINISHED":
-        return "done"
-    if run.status == "SCHEDULED":  # created by a plan, never started
-        return "new"
-    if f"{CHECKPOINT_DIR}/last.pt" in artifact_files(run.run_id, CHECKPOINT_DIR):
-        return "resume"
-    return "restart"
+    if run.status == RunStatus.FINISHED:
+        return ChildAction.DONE
+    if run.status == RunStatus.SCHEDULED:  # created by a plan, never started
+        return ChildAction.NEW
+    if checkpoint_artifact("last") in artifact_files(run.run_id, Artifact.CHECKPOINTS):
+        return ChildAction.RESUME
+    return ChildAction.RESTART
 
 
 def _check_children(spec: SweepSpec) -> None:
@@ -388,9 +385,11 @@ def _check_children(spec: SweepSpec) -> None:
 
 
 def _print_plan(spec: SweepSpec, tasks: Sequence[_Task]) -> None:
-    counts = {a: sum(t.action == a for t in tasks) for a in ("done", "resume", "restart", "new")}
-    parts = [f"{n} {label}" for label, n in (("finished", counts["done"]), ("to resume", counts["resume"]),
-                                             ("to restart", counts["restart"]), ("new", counts["new"])) if n]
+    counts = {a: sum(t.action == a for t in tasks) for a in ChildAction}
+    parts = [f"{n} {label}" for label, n in (("finished", counts[ChildAction.DONE]),
+                                             ("to resume", counts[ChildAction.RESUME]),
+                                             ("to restart", counts[ChildAction.RESTART]),
+                                             ("new", counts[ChildAction.NEW])) if n]
     print(f"{spec.kind}: {len(tasks)} child runs ({', '.join(parts)}): "
           f"{len(spec.groups)} groups x {len({c.seed for c in spec.children})} seeds", flush=True)
 
@@ -402,17 +401,17 @@ def _child_run_config(child: ChildSpec, experiment_name: str) -> RunConfig:
 
 
 def planned_config(run_id: str, args: Any = None) -> RunConfig:
-    """A planned child's RunConfig from its run (`PLAN_CONFIG`), with explicit flags in `args`
+    """A planned child's RunConfig from its run (`Artifact.PLAN_CONFIG`), with explicit flags in `args`
     on top (runtime settings such as --num-threads or --device)."""
     from mlproject.tracking import client
 
-    text = client.load_text(run_id, PLAN_CONFIG)
+    text = client.load_text(run_id, Artifact.PLAN_CONFIG)
     if text is None:
-        raise MlprojectError(f"run {run_id} is not a planned sweep child (it has no {PLAN_CONFIG} artifact); "
+        raise MlprojectError(f"run {run_id} is not a planned sweep child (it has no {Artifact.PLAN_CONFIG} artifact); "
                              "--run-id trains the children that `mlproject compare --plan-only` created")
     import yaml
 
-    sections = build_sections(RunConfig.SECTIONS, yaml_path=f"run {run_id}: {PLAN_CONFIG}", args=args,
+    sections = build_sections(RunConfig.SECTIONS, yaml_path=f"run {run_id}: {Artifact.PLAN_CONFIG}", args=args,
                               data=yaml.safe_load(text) or {})
     return RunConfig(**sections)
 
@@ -425,21 +424,21 @@ def train_child(run_id: str, args: Any = None) -> str:
     killed container's retry continues where the child stopped. Returns the run's status.
     """
     from mlproject.tracking import client
-    from mlproject.tracking.queries import PARENT_TAG, get_run
+    from mlproject.tracking.queries import get_run
     from mlproject.tracking.train_tracker import train_tracked
 
     run = get_run(run_id)
     cfg = planned_config(run_id, args)
     action = child_action(run)
     name = cfg.tracking.run_name or run_id
-    if action == "done":
+    if action == ChildAction.DONE:
         print(f"child {name}: run {run_id} is already FINISHED", flush=True)
-        return "FINISHED"
+        return RunStatus.FINISHED
     print(f"--- child {name} ({action}) run {run_id}", flush=True)
-    if action == "resume":
+    if action == ChildAction.RESUME:
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, resume_from=run_id))
     try:
-        outcome = train_tracked(cfg, parent_run_id=run.tags.get(PARENT_TAG), run_id=run_id)
+        outcome = train_tracked(cfg, parent_run_id=run.tags.get(Tag.PARENT), run_id=run_id)
     except Exception:
         client.fail_if_unfinished(run_id)
         raise
@@ -458,7 +457,7 @@ def _run_sequential(tasks: Sequence[_Task]) -> None:
             print(f"child {task.child.name} failed: {type(exc).__name__}: {exc}".splitlines()[0], flush=True)
             client.fail_if_unfinished(task.run_id)
             continue
-        if status == "KILLED":  # the trainer stopped on SIGTERM: stop the sweep too
+        if status == RunStatus.KILLED:  # the trainer stopped on SIGTERM: stop the sweep too
             raise KeyboardInterrupt(f"child {task.child.name} was interrupted")
 
 
@@ -494,7 +493,7 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
         evaluate_children(plan.child_run_ids, plan.eval_datasets, cache_dir=plan.cache_dir, device=plan.device)
     rows = [row_from_run(get_run(run_id), plan.metrics) for run_id in plan.child_run_ids]
     stats = aggregate(rows, plan.groups, plan.metrics)
-    status = "FINISHED" if all(r["status"] == "FINISHED" for r in rows) else "FAILED"
+    status = RunStatus.FINISHED if all(r["status"] == RunStatus.FINISHED for r in rows) else RunStatus.FAILED
     results_dir = _record_results(plan, rows, stats, output_dir or plan.output_dir)
     from mlproject.research.results import export_sweep_results
 
@@ -502,22 +501,23 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
     try:
         best = finish_parent(plan, plan.parent_run_id, rows, stats)
     except BaseException:
-        client.set_status(plan.parent_run_id, "FAILED")
+        client.set_status(plan.parent_run_id, RunStatus.FAILED)
         raise
     client.set_status(plan.parent_run_id, status)
-    if plots and any(r["status"] == "FINISHED" for r in rows):
+    if plots and any(r["status"] == RunStatus.FINISHED for r in rows):
         from mlproject.research.config import PlotConfig
         from mlproject.research.plots import run_plot
 
-        run_plot(PlotConfig(parent_run_id=plan.parent_run_id, output_dir=str(results_dir / "plots")))
+        run_plot(PlotConfig(parent_run_id=plan.parent_run_id, output_dir=str(results_dir / Artifact.PLOTS)))
 
     print(format_summary(stats, rows))
-    print(f"results: {results_dir / 'results.jsonl'} (logged to run {plan.parent_run_id})")
+    print(f"results: {results_dir / Artifact.RESULTS_JSONL} (logged to run {plan.parent_run_id})")
     print(result_line({"step": plan.kind, "run_id": plan.parent_run_id, "experiment_id": plan.experiment_id,
                        "experiment_name": plan.experiment_name, "status": status, "children": len(rows),
-                       "finished": sum(r["status"] == "FINISHED" for r in rows), **best}), flush=True)
-    if status != "FINISHED":
-        failed = [f"{c['name']} ({r['status']})" for c, r in zip(plan.children, rows) if r["status"] != "FINISHED"]
+                       "finished": sum(r["status"] == RunStatus.FINISHED for r in rows), **best}), flush=True)
+    if status != RunStatus.FINISHED:
+        failed = [f"{c['name']} ({r['status']})" for c, r in zip(plan.children, rows)
+                  if r["status"] != RunStatus.FINISHED]
         raise MlprojectError(f"{plan.kind}: {len(failed)} of {len(rows)} child runs did not finish: "
                              f"{', '.join(failed)}; re-run with --resume to complete them")
     return SweepOutcome(plan.parent_run_id, plan.experiment_id, plan.experiment_name, status, rows, stats,
@@ -579,7 +579,7 @@ def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan) -> Non
                 for child in [c for c in running if c.done()]:
                     running.remove(child)
                     status = client.fail_if_unfinished(child.task.run_id)
-                    client.log_files(child.task.run_id, [child.log], "logs")
+                    client.log_files(child.task.run_id, [child.log], Artifact.LOGS)
                     print(f"finished {child.task.child.name}: {status} (exit code {child.proc.returncode})",
                           flush=True)
                 time.sleep(0.2)
@@ -617,12 +617,12 @@ def _record_results(plan: SweepPlan, rows: list[Row], stats: SweepStats, output_
     for row in rows:  # parameter counts per group: the size side of the comparison
         if row.get("params_total") is not None:
             metrics[f"params_total/{metric_key(row['group'])}"] = float(row["params_total"])
-    finished = sum(r["status"] == "FINISHED" for r in rows)
+    finished = sum(r["status"] == RunStatus.FINISHED for r in rows)
     client.log_metrics(plan.parent_run_id, {**metrics, "children_finished": finished,
                                             "children_total": len(rows)}, step=finished)
     results_dir = Path(output_dir) / "sweeps" / plan.parent_run_id
     files = list(write_results(rows, results_dir))
-    files.append(atomic_write_text(results_dir / "summary.json", json.dumps(stats.as_dict(), indent=2)))
-    files.append(atomic_write_text(results_dir / "sweep.yaml", plan.config_text))
+    files.append(atomic_write_text(results_dir / Artifact.SWEEP_SUMMARY, json.dumps(stats.as_dict(), indent=2)))
+    files.append(atomic_write_text(results_dir / Artifact.SWEEP_CONFIG, plan.config_text))
     client.log_files(plan.parent_run_id, files)
     return results_dir

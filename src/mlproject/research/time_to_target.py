@@ -29,6 +29,7 @@ from scipy import stats
 from mlproject.errors import ConfigError
 from mlproject.research.decisions import DIRECTIONS
 from mlproject.research.power import check_alpha
+from mlproject.stats import t_interval
 
 QUANTITIES = ("tokens", "flops", "seconds")
 DEFAULT_TARGET_ALPHA = 0.01  # modded-nanogpt's rule for a new record
@@ -170,12 +171,8 @@ def final_below_target(finals: Sequence[float], target: float, direction: str = 
 
 def _mean_ci(values: Sequence[float], confidence: float) -> tuple[float | None, float | None, float | None]:
     """Mean and two-sided t interval (None where not computable: no value, or one)."""
-    n = len(values)
-    if n == 0:
+    if not values:
         return None, None, None
-    mean = math.fsum(values) / n
-    if n < 2:
-        return mean, None, None
-    sem = float(np.std(values, ddof=1)) / math.sqrt(n)
-    half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * sem
-    return mean, mean - half, mean + half
+    mean = math.fsum(values) / len(values)
+    interval = t_interval(values, confidence)
+    return (mean, *interval) if interval else (mean, None, None)

@@ -38,6 +38,7 @@ from mlproject.protocol import hand_run_to, result_line
 from mlproject.research.config import TuneConfig
 from mlproject.research.sweep import experiment_for, load_job, sweep_key
 from mlproject.app.config import RunConfig
+from mlproject.schema import Artifact, RunStatus, Tag, TrialOutcome
 
 SEARCHABLE = ("model", "data", "train")  # sections a search space may change
 _TYPES = ("float", "int", "categorical")
@@ -219,7 +220,6 @@ def _optimize(job: TuneJob, study: Any, parent: Any) -> None:
 
     from mlproject.tracking import client
     from mlproject.tracking.train_tracker import train_tracked
-    from mlproject.tracking.tune_runs import STATE_TAG, STUDY_TAG, TRIAL_TAG, WORKER_TAG
 
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -228,26 +228,26 @@ def _optimize(job: TuneJob, study: Any, parent: Any) -> None:
         name = f"trial-{trial.number}"
         cfg = trial_config(job.run, values, run_name=name, experiment=parent.experiment_name, source=name)
         run_id = client.create_child(parent, run_name=name, tags={
-            STUDY_TAG: job.study_name, TRIAL_TAG: str(trial.number), WORKER_TAG: worker})
+            Tag.STUDY: job.study_name, Tag.TRIAL_NUMBER: str(trial.number), Tag.TUNE_WORKER: worker})
         trial.set_user_attr("run_id", run_id)
         print(f"--- {name}: {json.dumps(values)} run {run_id}", flush=True)
         try:
             outcome = train_tracked(cfg, parent_run_id=parent.run_id, run_id=run_id, callbacks=[_pruner(trial)])
         except optuna.TrialPruned:
-            client.set_status(run_id, "KILLED")  # stopped on purpose; the tag says why
-            client.set_tags(run_id, {STATE_TAG: "PRUNED"})
+            client.set_status(run_id, RunStatus.KILLED)  # stopped on purpose; the tag says why
+            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialOutcome.PRUNED})
             raise
         except BaseException:
-            client.set_tags(run_id, {STATE_TAG: "FAIL"})
+            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialOutcome.FAIL})
             raise
-        if outcome.status == "KILLED":  # SIGINT/SIGTERM: stop the search (a re-run continues it)
-            client.set_tags(run_id, {STATE_TAG: "FAIL"})
+        if outcome.status == RunStatus.KILLED:  # SIGINT/SIGTERM: stop the search (a re-run continues it)
+            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialOutcome.FAIL})
             raise KeyboardInterrupt(f"{name} was interrupted")
         value = outcome.summary.get(job.tune.metric)
         if value is None or not math.isfinite(value):
-            client.set_tags(run_id, {STATE_TAG: "FAIL"})
+            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialOutcome.FAIL})
             raise MlprojectError(f"{name}: metric {job.tune.metric!r} is {value!r}; expected a finite number")
-        client.set_tags(run_id, {STATE_TAG: "COMPLETE"})
+        client.set_tags(run_id, {Tag.TRIAL_STATE: TrialOutcome.COMPLETE})
         return float(value)
 
     if _counted(study) >= job.tune.n_trials:
@@ -312,7 +312,7 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
                                if k not in ("parent_run_id", "storage")}, "tune"))
         params["tune.search_space"] = json.dumps(job.space_raw, sort_keys=True)
         client.log_params_once(parent.run_id, params)
-        client.log_text(parent.run_id, job.config_text(), "tune.yaml")
+        client.log_text(parent.run_id, job.config_text(), Artifact.TUNE_CONFIG)
         study = _study(job, storage, job.tune.sampler_seed)
         prepare_data(job.run.data)  # once, before any worker
         if job.tune.parallel > 1:
@@ -321,12 +321,12 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
             _optimize(job, study, parent)
         outcome = _record_best(job, study, parent)
     except BaseException as exc:
-        client.set_status(parent.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        client.set_status(parent.run_id, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
         raise
     if job.tune.then_compare:
         outcome.compare_run_id = _then_compare(job, outcome)
     print(result_line({"step": "tune", "run_id": parent.run_id, "experiment_id": parent.experiment_id,
-                       "experiment_name": parent.experiment_name, "status": "FINISHED",
+                       "experiment_name": parent.experiment_name, "status": RunStatus.FINISHED,
                        "study": job.study_name, "best_value": outcome.best_value,
                        "best_params": outcome.best_params, "trials": outcome.trials,
                        "compare_run_id": outcome.compare_run_id}), flush=True)
@@ -338,7 +338,6 @@ def _record_best(job: TuneJob, study: Any, parent: Any) -> TuneOutcome:
     from optuna.trial import TrialState
 
     from mlproject.tracking import client
-    from mlproject.tracking.tune_runs import BEST_TAG
 
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED,
@@ -351,13 +350,13 @@ def _record_best(job: TuneJob, study: Any, parent: Any) -> TuneOutcome:
                **{f"trials_{k.lower()}": v for k, v in counts.items()},
                **{f"best/{k}": float(v) for k, v in best.params.items() if isinstance(v, (int, float))}}
     client.log_metrics(parent.run_id, metrics, step=len(trials))
-    client.set_tags(parent.run_id, {BEST_TAG: json.dumps(best.params, sort_keys=True),
-                                    "mlproject.best_run_id": str(best.user_attrs.get("run_id", ""))})
+    client.set_tags(parent.run_id, {Tag.BEST_PARAMS: json.dumps(best.params, sort_keys=True),
+                                    Tag.BEST_RUN_ID: str(best.user_attrs.get("run_id", ""))})
     client.log_text(parent.run_id, json.dumps({"value": best.value, "params": best.params, "trial": best.number,
                                                "run_id": best.user_attrs.get("run_id")}, indent=2),
-                    "best_params.json")
+                    Artifact.BEST_PARAMS)
     _log_plots(study, parent.run_id)
-    client.set_status(parent.run_id, "FINISHED")
+    client.set_status(parent.run_id, RunStatus.FINISHED)
     print(f"tune: best {job.tune.metric} {best.value:.4f} at trial {best.number}: {json.dumps(best.params)} "
           f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed)", flush=True)
     return TuneOutcome(parent.run_id, job.study_name, float(best.value), dict(best.params), counts)
@@ -384,7 +383,7 @@ def _log_plots(study: Any, run_id: str) -> None:
             print(f"note: no {name} plot: {exc}", file=sys.stderr)
             continue
         figure = axes.figure
-        log_figure(run_id, figure, f"plots/{name}.png")
+        log_figure(run_id, figure, f"{Artifact.PLOTS}/{name}.png")
         plt.close(figure)
 
 

@@ -1,10 +1,10 @@
 """Artifacts of a run: checkpoints, tokenizer, resolved config, and the best model as a LoggedModel.
 
-Layout inside a run:
+Layout inside a run (the paths are `mlproject.schema.Artifact` members):
 
-    checkpoints/last.pt  checkpoints/best.pt   torch.save checkpoints written by the trainer
-    tokenizer/tokenizer.json                   the run's BPE tokenizer
-    config/resolved.yaml                       sections model/data/train/tracking (RunConfig.load reads it)
+    CHECKPOINTS (last.pt, best.pt)   torch.save checkpoints written by the trainer
+    TOKENIZER                        the run's BPE tokenizer
+    RESOLVED_CONFIG                  sections model/data/train/tracking (RunConfig.load reads it)
 
 plus a LoggedModel (`models:/m-...`): a pyfunc text-generation model with safetensors weights,
 its config and the tokenizer (tracking/textgen.py), loaded without unpickling anything.
@@ -27,11 +27,8 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 
-from mlproject.app.train import CHECKPOINT_DIR  # a run's checkpoints/ artifacts mirror its local folder
 from mlproject.errors import MlprojectError
-
-TOKENIZER_ARTIFACT = "tokenizer/tokenizer.json"
-CONFIG_ARTIFACT = "config/resolved.yaml"
+from mlproject.schema import Artifact, checkpoint_artifact
 
 
 @contextlib.contextmanager
@@ -53,7 +50,7 @@ def quiet() -> Iterator[None]:
 
 
 def checkpoint_uri(run_id: str, kind: str) -> str:
-    return f"runs:/{run_id}/{CHECKPOINT_DIR}/{kind}.pt"
+    return f"runs:/{run_id}/{checkpoint_artifact(kind)}"
 
 
 def log_file_as(client: MlflowClient, run_id: str, local_path: str | Path, artifact_file: str) -> None:
@@ -123,7 +120,7 @@ class CheckpointUploader:
         try:
             if before is not None:
                 before()
-            log_file_as(self.client, self.run_id, path, f"{CHECKPOINT_DIR}/{kind}.pt")
+            log_file_as(self.client, self.run_id, path, checkpoint_artifact(kind))
         finally:
             if pinned:
                 path.unlink(missing_ok=True)
@@ -144,15 +141,15 @@ class CheckpointUploader:
 def download_checkpoint(run_id: str, dst_dir: str | Path, kinds: tuple[str, ...] = ("last",)) -> Path:
     """Download the first of `kinds` that the run has (e.g. ("best", "last")) into `dst_dir`."""
     client = MlflowClient()
-    present = {Path(f.path).name for f in client.list_artifacts(run_id, CHECKPOINT_DIR)}
+    present = {Path(f.path).name for f in client.list_artifacts(run_id, Artifact.CHECKPOINTS)}
     for kind in kinds:
         if f"{kind}.pt" in present:
             Path(dst_dir).mkdir(parents=True, exist_ok=True)
             with quiet():
-                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{kind}.pt",
+                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=checkpoint_artifact(kind),
                                                             dst_path=str(dst_dir))
             return Path(local)
-    wanted = " or ".join(f"{CHECKPOINT_DIR}/{k}.pt" for k in kinds)
+    wanted = " or ".join(checkpoint_artifact(k) for k in kinds)
     raise MlprojectError(f"run {run_id} has no {wanted} artifact to load")
 
 
@@ -166,13 +163,13 @@ def download_artifact_uri(uri: str, dst_dir: str | Path) -> Path:
 
 
 def download_tokenizer(run_id: str, dst_dir: str | Path) -> Path:
-    """The run's `tokenizer/tokenizer.json`, downloaded into `dst_dir`."""
+    """The run's tokenizer (`Artifact.TOKENIZER`), downloaded into `dst_dir`."""
     try:
         with quiet():
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TOKENIZER_ARTIFACT,
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=Artifact.TOKENIZER,
                                                         dst_path=str(dst_dir))
     except mlflow.exceptions.MlflowException:
-        raise MlprojectError(f"run {run_id} has no {TOKENIZER_ARTIFACT} artifact") from None
+        raise MlprojectError(f"run {run_id} has no {Artifact.TOKENIZER} artifact") from None
     return Path(local)
 
 

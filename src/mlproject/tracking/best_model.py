@@ -18,13 +18,11 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mlproject.schema import Tag
 from mlproject.tracking.artifacts import download_checkpoint, download_tokenizer, log_model
 from mlproject.tracking.client import set_tags
 
 BEST_ALIAS = "best"
-BEST_RUN_TAG = "mlproject.best_run_id"
-BEST_MODEL_TAG = "mlproject.best_model_uri"
-REGISTERED_TAG = "mlproject.registered_model_uri"
 
 
 def predict_command(model_uri: str) -> str:
@@ -86,7 +84,7 @@ def publish_best(parent_run_id: str, run_id: str, register_as: str | None, *, me
     """The best child's model (logged if it has none), registered as `register_as` with alias `best`."""
     client = MlflowClient()
     best = BestModel(run_id=run_id, model_uri=child_model_uri(run_id) or log_child_model(run_id))
-    tags = {BEST_RUN_TAG: run_id, BEST_MODEL_TAG: best.model_uri}
+    tags = {Tag.BEST_RUN_ID: run_id, Tag.BEST_MODEL_URI: best.model_uri}
     if register_as:
         version = _current_best(register_as, best.model_uri)  # a resumed sweep registers nothing new
         if version is None:
@@ -95,6 +93,6 @@ def publish_best(parent_run_id: str, run_id: str, register_as: str | None, *, me
             client.set_registered_model_alias(register_as, BEST_ALIAS, version.version)
         best.registered_uri = f"models:/{register_as}/{version.version}"
         best.alias_uri = f"models:/{register_as}@{BEST_ALIAS}"
-        tags[REGISTERED_TAG] = best.registered_uri
+        tags[Tag.REGISTERED_MODEL_URI] = best.registered_uri
     set_tags(parent_run_id, tags)
     return best

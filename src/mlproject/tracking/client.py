@@ -15,7 +15,7 @@ Which run a step logs into is decided here, in this order (`start_run`):
 Sweep parents, children and the pipeline's run are created through `MlflowClient`, never the
 fluent `mlflow.start_run` stack: the in-process trainer owns that stack while it trains a
 child, and a parent held there would turn every `start_run` of the trainer into an error or a
-grandchild. Children are created with status SCHEDULED and the tag `mlflow.parentRunId`, so
+grandchild. Children are created with status SCHEDULED and MLflow's parent tag (`Tag.PARENT`), so
 the UI nests them under the parent, a parallel fan-out can hand each process its run id, and
 `mlflow.start_run(run_id=...)` in the trainer flips them to RUNNING.
 """
@@ -38,14 +38,12 @@ from mlflow.exceptions import MlflowException
 
 from mlproject.errors import MlprojectError
 from mlproject.protocol import process_run_id, release_process_run
-from mlproject.tracking.queries import (KEY_TAG, KIND_TAG, PARENT_TAG, ROLE_TAG, SUPERSEDED_TAG, TERMINAL, RunRecord,
-                                        artifact_files, experiment_name, get_run, latest_sweep_parent)
+from mlproject.schema import RunRole, RunStatus, TERMINAL_STATUSES, Tag
+from mlproject.tracking.queries import RunRecord, artifact_files, experiment_name, get_run, latest_sweep_parent
 from mlproject.tracking.run_context import standard_tags
 from mlproject.secrets import scrub
 from mlproject.tracking.store import ensure_store
 
-ERROR_TAG = "mlproject.error"
-TRAIN_STATUS_TAG = "mlproject.train_status"
 
 # MLflow's limits for one log_batch call (mlflow.utils.validation): 100 params or tags, 1000
 # metrics, 1000 entities in all.
@@ -151,12 +149,12 @@ def describe_run(run_id: str, *, name: str | None = None, note: str | None = Non
     if name:
         client().update_run(run_id, name=name)
     if note is not None:
-        set_tags(run_id, {"mlflow.note.content": note})
+        set_tags(run_id, {Tag.NOTE: note})
 
 
 def set_status(run_id: str, status: str) -> None:
     """Set a run's status; a terminal status also records the end time."""
-    if status in TERMINAL:
+    if status in TERMINAL_STATUSES:
         client().set_terminated(run_id, status)
     else:
         client().update_run(run_id, status=status)
@@ -165,9 +163,9 @@ def set_status(run_id: str, status: str) -> None:
 def fail_if_unfinished(run_id: str) -> str:
     """Mark a run FAILED if its process died before closing it; return its status."""
     status = get_run(run_id).status
-    if status not in TERMINAL:
-        set_status(run_id, "FAILED")
-        return "FAILED"
+    if status not in TERMINAL_STATUSES:
+        set_status(run_id, RunStatus.FAILED)
+        return RunStatus.FAILED
     return status
 
 
@@ -269,10 +267,10 @@ def end_run(status: str, *, error: BaseException | None = None) -> None:
     finally:
         if error is not None:
             message = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
-            client().set_tag(run.info.run_id, ERROR_TAG, scrub(message)[:_MAX_TAG_VALUE])
-        elif status == "FINISHED" and ERROR_TAG in client().get_run(run.info.run_id).data.tags:
+            client().set_tag(run.info.run_id, Tag.ERROR, scrub(message)[:_MAX_TAG_VALUE])
+        elif status == RunStatus.FINISHED and Tag.ERROR in client().get_run(run.info.run_id).data.tags:
             # an earlier session's error (a failed or killed attempt) no longer describes the run
-            client().delete_tag(run.info.run_id, ERROR_TAG)
+            client().delete_tag(run.info.run_id, Tag.ERROR)
         mlflow.end_run(status=status)
 
 
@@ -287,8 +285,8 @@ def restore_finished(run: ActiveRun) -> None:
     try:
         mlflow.flush_async_logging()
     finally:
-        mlflow.end_run(status="FINISHED")
-        client().set_terminated(run.run_id, "FINISHED", end_time=run.previous_end_time)
+        mlflow.end_run(status=RunStatus.FINISHED)
+        client().set_terminated(run.run_id, RunStatus.FINISHED, end_time=run.previous_end_time)
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -313,7 +311,7 @@ def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, re
     """
     ensure_store()
     handed = process_run_id()
-    all_tags = {ROLE_TAG: "sweep_parent", KIND_TAG: kind, KEY_TAG: sweep_key, **tags}
+    all_tags = {Tag.ROLE: RunRole.SWEEP_PARENT, Tag.SWEEP_KIND: kind, Tag.SWEEP_KEY: sweep_key, **tags}
     previous = None
     if handed:
         run = get_run(handed)
@@ -326,8 +324,8 @@ def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, re
         if resume:
             previous = latest_sweep_parent(experiment_id, sweep_key=sweep_key, exclude=[handed])
         run_id = handed
-        if run.status != "RUNNING":
-            client().update_run(run_id, status="RUNNING")
+        if run.status != RunStatus.RUNNING:
+            client().update_run(run_id, status=RunStatus.RUNNING)
     else:
         experiment_id = ensure_experiment(experiment)
         name = experiment
@@ -335,7 +333,7 @@ def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, re
             previous = latest_sweep_parent(experiment_id, sweep_key=sweep_key)
         if previous is not None:
             run_id = previous.run_id
-            client().update_run(run_id, status="RUNNING")
+            client().update_run(run_id, status=RunStatus.RUNNING)
         else:
             run_id = client().create_run(experiment_id, run_name=run_name).info.run_id
     set_tags(run_id, all_tags)
@@ -351,19 +349,20 @@ def supersede(old: RunRecord, new_run_id: str) -> None:
     A retried `mlflow run` (an Airflow retry, say) creates a new parent; the old one would
     otherwise stay RUNNING forever, with no children left under it.
     """
-    client().set_tag(old.run_id, SUPERSEDED_TAG, new_run_id)
-    if old.status not in TERMINAL:
-        client().set_terminated(old.run_id, "KILLED")
+    client().set_tag(old.run_id, Tag.SUPERSEDED_BY, new_run_id)
+    if old.status not in TERMINAL_STATUSES:
+        client().set_terminated(old.run_id, RunStatus.KILLED)
 
 
 def create_child(parent: ParentRun, *, run_name: str, tags: Mapping[str, str]) -> str:
     """A SCHEDULED child run nested under `parent`; the trainer joins it by id."""
     run = client().create_run(parent.experiment_id, run_name=run_name,
-                              tags={**standard_tags(), PARENT_TAG: parent.run_id, ROLE_TAG: "sweep_child", **tags})
-    client().update_run(run.info.run_id, status="SCHEDULED")
+                              tags={**standard_tags(), Tag.PARENT: parent.run_id, Tag.ROLE: RunRole.SWEEP_CHILD,
+                                    **tags})
+    client().update_run(run.info.run_id, status=RunStatus.SCHEDULED)
     return run.info.run_id
 
 
 def adopt_child(run_id: str, parent_run_id: str) -> None:
     """Nest an existing child (of an earlier, interrupted parent) under `parent_run_id`."""
-    client().set_tag(run_id, PARENT_TAG, parent_run_id)
+    client().set_tag(run_id, Tag.PARENT, parent_run_id)

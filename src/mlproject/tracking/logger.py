@@ -40,8 +40,15 @@ MAX_BUFFERED = client.METRICS_PER_BATCH  # metrics per log_batch call
 SUMMARY_RENAMES = {"tokens_per_sec": "tokens_per_sec_mean"}
 
 
-def _done(op: Any) -> bool:
-    return all(f.done() for f in getattr(op, "_operation_futures", ()))
+def operation_done(op: Any) -> bool:
+    """Whether an async MLflow logging operation has finished, without blocking.
+
+    MLflow's `RunOperations` offers only a blocking public `wait()`; its futures sit in the
+    private `_operation_futures`. Where that name is gone the operation counts as pending, so
+    the checkpoint upload still waits on it through the public `wait()`: slower, never out of order.
+    """
+    futures = getattr(op, "_operation_futures", None)
+    return futures is not None and all(f.done() for f in futures)
 
 
 def steps_logged_since(client: MlflowClient, run_id: str, start_step: int) -> dict[str, set[int]]:
@@ -113,7 +120,7 @@ class MlflowLogger(TrainerCallback):
 
     def _flush(self) -> None:
         if self._buffer:
-            self._pending = [op for op in self._pending if not _done(op)]
+            self._pending = [op for op in self._pending if not operation_done(op)]
             for batch in metric_batches(self._buffer):
                 self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
             self._buffer = []

@@ -3,7 +3,7 @@
 It fetches what generate, evaluate and export-hf name (a run's best or last checkpoint, a
 `models:/` LoggedModel or registered version, a `runs:/` checkpoint URI) and records what they
 produced: generations as a table of the step's run, evaluation metrics (prefixed by dataset,
-`eval/wikitext2/bpb`) on the evaluated run or a new one tagged `mlproject.evaluated_run`, and
+`eval/wikitext2/bpb`) on the evaluated run or a new one tagged `Tag.EVALUATED_RUN`, and
 a Hugging Face export as the run's `hf/` folder (optionally a transformers-flavor model).
 """
 
@@ -20,17 +20,12 @@ from mlproject.config import to_dict
 from mlproject.errors import MlprojectError
 from mlproject.model.folder import TOKENIZER_FILE, WEIGHTS_FILE
 from mlproject.protocol import process_run_id
+from mlproject.schema import Artifact, RunRole, Tag, eval_checkpoint_sha256_tag
 from mlproject.tracking import client
-from mlproject.tracking.artifacts import (CONFIG_ARTIFACT, download_artifact_uri, download_checkpoint,
-                                          download_tokenizer, quiet)
+from mlproject.tracking.artifacts import download_artifact_uri, download_checkpoint, download_tokenizer, quiet
 from mlproject.tracking.queries import experiment_name, get_run
 
-EVALUATED_RUN_TAG = "mlproject.evaluated_run"   # on a separate evaluation run: the run it evaluated
-SHA_TAG = "mlproject.eval.checkpoint_sha256"    # sha256 of the checkpoint file last evaluated
-SOURCE_TAG = "mlproject.eval.checkpoint"        # where that file came from (runs:/, models:/ or a path)
-HF_ARTIFACT = "hf"                              # the export's artifact folder in the run
 EVAL_EXPERIMENT = "evaluations"                 # new evaluation runs of a bare checkpoint
-GENERATIONS_TABLE = "generations.json"
 
 
 def model_uri_run(model_uri: str) -> str | None:
@@ -73,7 +68,7 @@ class MlflowModelStore:
 
         try:
             with quiet():
-                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CONFIG_ARTIFACT,
+                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=Artifact.RESOLVED_CONFIG,
                                                             dst_path=str(workdir / "config"))
         except MlflowException:
             return None
@@ -95,18 +90,19 @@ class MlflowModelStore:
                  "completion": [t[len(p):] if t.startswith(p) else t for p, t in zip(cfg.prompts, texts)],
                  **{k: [settings[k]] * n
                     for k in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed")}}
-        mlflow.log_table(table, artifact_file=GENERATIONS_TABLE, run_id=run_id)
+        mlflow.log_table(table, artifact_file=Artifact.GENERATIONS, run_id=run_id)
         source = cfg.model_uri or (f"run {cfg.run_id}" if cfg.run_id else cfg.checkpoint)
-        client.describe_run(run_id, name="generate", note=f"{n} sample(s) from `{source}`; see `{GENERATIONS_TABLE}`.")
+        client.describe_run(run_id, name="generate", note=f"{n} sample(s) from `{source}`; "
+                                                               f"see `{Artifact.GENERATIONS}`.")
 
     def record_evaluation(self, cfg: Any, source: Source, metrics: dict[str, float], step: int) -> str | None:
         target = self._evaluation_run(cfg, source)
         if target is None:
             return None
         client.log_metrics(target, metrics, step=step)
-        tags = {SHA_TAG: source.sha256, SOURCE_TAG: source.uri}
+        tags = {Tag.EVAL_CHECKPOINT_SHA256: source.sha256, Tag.EVAL_CHECKPOINT: source.uri}
         names = {k.split("/")[1] for k in metrics if k.startswith("eval/")}
-        tags.update({f"mlproject.eval.{name}.checkpoint_sha256": source.sha256 for name in names})
+        tags.update({eval_checkpoint_sha256_tag(name): source.sha256 for name in names})
         client.set_tags(target, tags)
         print(f"evaluate: logged {len(metrics)} metrics to run {target}", flush=True)
         return target
@@ -118,22 +114,22 @@ class MlflowModelStore:
         handed = process_run_id()
         if source.run_id and not cfg.new_run:
             if handed and handed != source.run_id:  # `mlflow run -e evaluate`: its run points at the result
-                client.set_tags(handed, {EVALUATED_RUN_TAG: source.run_id})
+                client.set_tags(handed, {Tag.EVALUATED_RUN: source.run_id})
             return source.run_id
         experiment = cfg.experiment_name
         if experiment is None and source.run_id:
             experiment = experiment_name(get_run(source.run_id).experiment_id)
-        tags = {"mlproject.role": "evaluation", SOURCE_TAG: source.uri}
+        tags = {Tag.ROLE: RunRole.EVALUATION, Tag.EVAL_CHECKPOINT: source.uri}
         if source.run_id:
-            tags[EVALUATED_RUN_TAG] = source.run_id
+            tags[Tag.EVALUATED_RUN] = source.run_id
         run_id, _ = client.open_run(experiment=experiment or EVAL_EXPERIMENT, run_name="evaluate", tags=tags)
         return run_id
 
     def record_export(self, cfg: Any, source: Source, folder: Path, class_name: str) -> None:
         assert source.run_id is not None
-        client.client().log_artifacts(source.run_id, str(folder), HF_ARTIFACT)
-        client.set_tags(source.run_id, {"mlproject.hf_export_class": class_name})
-        print(f"export-hf: logged to run {source.run_id} as {HF_ARTIFACT}/", flush=True)
+        client.client().log_artifacts(source.run_id, str(folder), Artifact.HF_EXPORT)
+        client.set_tags(source.run_id, {Tag.HF_EXPORT_CLASS: class_name})
+        print(f"export-hf: logged to run {source.run_id} as {Artifact.HF_EXPORT}/", flush=True)
         if cfg.log_transformers:
             _log_transformers(source.run_id, folder)
 

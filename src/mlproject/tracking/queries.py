@@ -1,7 +1,7 @@
 """Read-only queries of the tracking store for the research steps (sweeps, plots).
 
 Results are plain `RunRecord`s, so `research/` never handles MLflow objects. Tag keys contain
-dots, so filter strings quote them with backticks: tags.`mlproject.sweep_key` = '...'.
+dots, so filter strings quote them with backticks: f"tags.`{Tag.SWEEP_KEY}` = '...'".
 """
 
 from __future__ import annotations
@@ -15,22 +15,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from mlproject.errors import MlprojectError
-
-# Tags written by tracking/client.py and read back here and in research/.
-PARENT_TAG = "mlflow.parentRunId"
-ROLE_TAG = "mlproject.role"            # sweep_parent | sweep_child | pipeline
-KIND_TAG = "mlproject.sweep_kind"      # compare | ablation
-KEY_TAG = "mlproject.sweep_key"        # hash of the sweep's config minus seed and the varied field
-GROUP_TAG = "mlproject.group"          # model version (compare) or axis value (ablation)
-GROUPS_TAG = "mlproject.groups"        # parent: JSON list of groups, baseline first
-METRICS_TAG = "mlproject.metrics"      # parent: JSON list of aggregated metrics
-AXIS_TAG = "mlproject.ablation_axis"
-VALUE_TAG = "mlproject.ablation_value"
-MODEL_TAG = "mlproject.model_version"
-SEED_TAG = "mlproject.seed"
-SUPERSEDED_TAG = "mlproject.superseded_by"  # an interrupted parent: the parent that took over its children
-
-TERMINAL = ("FINISHED", "FAILED", "KILLED")
+from mlproject.schema import RunRole, RunStatus, Tag
 
 
 @dataclass
@@ -92,8 +77,8 @@ def search(experiment_ids: Sequence[str], filter_string: str = "") -> list[RunRe
 
 
 def child_runs(parent: RunRecord) -> list[RunRecord]:
-    """The nested runs of `parent` (tag mlflow.parentRunId), oldest first."""
-    runs = search([parent.experiment_id], f"tags.`{PARENT_TAG}` = {_quote(parent.run_id)}")
+    """The nested runs of `parent` (tag `Tag.PARENT`), oldest first."""
+    runs = search([parent.experiment_id], f"tags.`{Tag.PARENT}` = {_quote(parent.run_id)}")
     return sorted(runs, key=lambda r: r.start_time)
 
 
@@ -102,10 +87,10 @@ def sweep_cells(parent: RunRecord, sweep_key: str) -> dict[tuple[str, int], RunR
     newest one (a cell can hold several runs after a restart)."""
     cells: dict[tuple[str, int], RunRecord] = {}
     for run in child_runs(parent):  # oldest first
-        if run.tags.get(KEY_TAG) != sweep_key or SEED_TAG not in run.tags:
+        if run.tags.get(Tag.SWEEP_KEY) != sweep_key or Tag.SEED not in run.tags:
             continue
-        cell = (run.tags.get(GROUP_TAG, ""), int(run.tags[SEED_TAG]))
-        if cell not in cells or cells[cell].status != "FINISHED":
+        cell = (run.tags.get(Tag.GROUP, ""), int(run.tags[Tag.SEED]))
+        if cell not in cells or cells[cell].status != RunStatus.FINISHED:
             cells[cell] = run
     return cells
 
@@ -113,9 +98,9 @@ def sweep_cells(parent: RunRecord, sweep_key: str) -> dict[tuple[str, int], RunR
 def latest_sweep_parent(experiment_id: str, *, sweep_key: str | None = None,
                         exclude: Sequence[str] = ()) -> RunRecord | None:
     """The newest compare/ablation parent run of an experiment (with this sweep key, if given)."""
-    filters = [f"tags.`{ROLE_TAG}` = 'sweep_parent'"]
+    filters = [f"tags.`{Tag.ROLE}` = '{RunRole.SWEEP_PARENT}'"]
     if sweep_key is not None:
-        filters.append(f"tags.`{KEY_TAG}` = {_quote(sweep_key)}")
+        filters.append(f"tags.`{Tag.SWEEP_KEY}` = {_quote(sweep_key)}")
     for run in search([experiment_id], " and ".join(filters)):
         if run.run_id not in exclude:
             return run

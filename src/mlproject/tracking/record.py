@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlproject.app.record import RECORD_TAG, RunRecord, capture_record
+from mlproject.app.record import RunRecord, capture_record
+from mlproject.schema import Tag
 from mlproject.tracking import client
 from mlproject.tracking.queries import artifact_files
 
@@ -38,7 +39,7 @@ def log_record(run_id: str, record: RunRecord) -> None:
 
 def record_run(run_id: str, tags: Mapping[str, str], data_info: Mapping[str, Any] | None = None) -> None:
     """Capture and log the record on `run_id` unless it has one (`tags`: the run's current tags)."""
-    if RECORD_TAG in tags:
+    if Tag.RECORD in tags:
         return
     info = data_info or {}
     try:

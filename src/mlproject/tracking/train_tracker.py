@@ -25,17 +25,17 @@ from mlproject.app.config import RunConfig
 from mlproject.app.train import TrainOutcome, run_training
 from mlproject.config import dump_yaml, flatten
 from mlproject.errors import MlprojectError
+from mlproject.schema import Artifact, RunStatus, Tag
 from mlproject.tracking import client
-from mlproject.tracking.artifacts import CONFIG_ARTIFACT, TOKENIZER_ARTIFACT, download_checkpoint, log_file_as, log_model
+from mlproject.tracking.artifacts import download_checkpoint, log_file_as, log_model
 from mlproject.tracking.logger import MlflowLogger
-from mlproject.tracking.queries import PARENT_TAG, experiment_name, get_run
+from mlproject.tracking.queries import experiment_name, get_run
 from mlproject.tracking.record import record_run
 from mlproject.tracking.run_context import configure_system_metrics, environment_tags, git_info
 from mlproject.tracking.store import ensure_store
 from mlproject.training.trainer import TrainResult
 
 LOG_INPUT_ATTEMPTS = 3
-CHANGED_PARAMS_TAG = "mlproject.changed_params"  # {param: value of the latest session}
 # data.info entries recorded with the dataset input (all of data.info is also logged as `dataset.*` params)
 DATASET_INPUT_TAGS = ("train_tokens", "val_tokens", "train_docs", "val_docs", "vocab_size", "tokenizer_hash")
 
@@ -78,7 +78,7 @@ class MlflowRun:
     run_name: str
     is_child: bool
     logger: MlflowLogger
-    status: str = "FAILED"
+    status: str = RunStatus.FAILED
     checkpoint_uris: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -108,21 +108,21 @@ class MlflowRun:
     def finish(self, result: TrainResult, outcome: TrainOutcome) -> None:
         self.checkpoint_uris = outcome.checkpoint_uris = self.logger.finish()
         self.status = outcome.status
-        client.set_tags(self.run_id, {client.TRAIN_STATUS_TAG: result.status})
+        client.set_tags(self.run_id, {Tag.TRAIN_STATUS: result.status})
         if self.logger.changed_params:
             _note_changed_params(self.run_id, self.logger.changed_params)
         model_checkpoint = result.best_checkpoint or result.last_checkpoint
-        if outcome.status == "FINISHED" and self.cfg.tracking.log_model and model_checkpoint is not None:
+        if outcome.status == RunStatus.FINISHED and self.cfg.tracking.log_model and model_checkpoint is not None:
             outcome.model_uri = _log_best_model(model_checkpoint, self.data.tokenizer_path, self.cfg, result.step)
         client.end_run(outcome.status)
 
     def fail(self, exc: BaseException) -> None:
         """End the run after `exc`: KILLED or FAILED, or FINISHED again if nothing was trained."""
-        if self.run.previous_status == "FINISHED" and not self.logger.started:
+        if self.run.previous_status == RunStatus.FINISHED and not self.logger.started:
             client.restore_finished(self.run)
-            self.status = "FINISHED"
+            self.status = RunStatus.FINISHED
             return
-        self.status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        self.status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
         try:
             self.checkpoint_uris = self.logger.finish()
         except Exception:  # the run's own error is the one to report
@@ -159,14 +159,14 @@ class MlflowTracker:
         sections["tracking"]["experiment_name"] = experiment_name(active.experiment_id)  # where it really went
 
         def on_start(info: dict[str, Any]) -> None:  # training of this session begins
-            client.log_text(active.run_id, dump_yaml(sections), CONFIG_ARTIFACT)
+            client.log_text(active.run_id, dump_yaml(sections), Artifact.RESOLVED_CONFIG)
             log_dataset(data.info)
 
         params = {**flatten(sections), **flatten(data.info, "dataset")}
-        mlflow_run = MlflowRun(active, cfg, data, recorded.run_name, PARENT_TAG in recorded.tags,
+        mlflow_run = MlflowRun(active, cfg, data, recorded.run_name, Tag.PARENT in recorded.tags,
                                MlflowLogger(active.run_id, params, on_start=on_start))
         try:
-            log_file_as(client.client(), active.run_id, data.tokenizer_path, TOKENIZER_ARTIFACT)
+            log_file_as(client.client(), active.run_id, data.tokenizer_path, Artifact.TOKENIZER)
             yield mlflow_run
         except BaseException as exc:
             mlflow_run.fail(exc)
@@ -177,7 +177,7 @@ def _note_changed_params(run_id: str, changed: dict[str, tuple[str, str]]) -> No
     """Params are immutable: a resumed run keeps its first values; the new ones go to a tag."""
     print("note: these settings differ from the run's logged params (which are kept): "
           + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in sorted(changed.items())), file=sys.stderr)
-    client.set_tags(run_id, {CHANGED_PARAMS_TAG: json.dumps({k: new for k, (_, new) in sorted(changed.items())})})
+    client.set_tags(run_id, {Tag.CHANGED_PARAMS: json.dumps({k: new for k, (_, new) in sorted(changed.items())})})
 
 
 def _log_best_model(checkpoint: Path, tokenizer_path: str | Path, cfg: RunConfig, step: int) -> str:

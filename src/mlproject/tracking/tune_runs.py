@@ -15,16 +15,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlproject.errors import MlprojectError
+from mlproject.schema import RunRole, RunStatus, SweepKind, Tag
 from mlproject.tracking import client
-from mlproject.tracking.queries import KIND_TAG, ROLE_TAG, absolute_tracking_uri, experiment_name, get_run, search
+from mlproject.tracking.queries import absolute_tracking_uri, experiment_name, get_run, search
 from mlproject.tracking.client import ParentRun
 from mlproject.tracking.record import record_run
-
-STUDY_TAG = "mlproject.study"            # parent and trials: the Optuna study name
-TRIAL_TAG = "mlproject.trial_number"     # trial run: Optuna's trial number
-STATE_TAG = "mlproject.trial_state"      # trial run: COMPLETE | PRUNED | FAIL
-WORKER_TAG = "mlproject.tune_worker"     # trial run: host:pid of the worker that ran it
-BEST_TAG = "mlproject.best_params"       # parent: JSON of the best trial's params
 
 
 def study_storage(explicit: str | None) -> str:
@@ -46,15 +41,15 @@ def open_parent(*, experiment: str, run_name: str, study_name: str, tags: Mappin
     """The study's parent run: the process's run (under `mlflow run`), else the newest parent
     of this study in the experiment (a re-run continues it), else a new run."""
     handed = client.process_run_id()
-    all_tags = {ROLE_TAG: "tune_parent", KIND_TAG: "tune", STUDY_TAG: study_name, **tags}
+    all_tags = {Tag.ROLE: RunRole.TUNE_PARENT, Tag.SWEEP_KIND: SweepKind.TUNE, Tag.STUDY: study_name, **tags}
     if handed:
         experiment_id, run_id = get_run(handed).experiment_id, handed
     else:
         experiment_id = client.ensure_experiment(experiment)
-        previous = search([experiment_id], f"tags.`{ROLE_TAG}` = 'tune_parent' and tags.`{STUDY_TAG}` = "
+        previous = search([experiment_id], f"tags.`{Tag.ROLE}` = '{RunRole.TUNE_PARENT}' and tags.`{Tag.STUDY}` = "
                                            f"'{study_name}'")
         run_id = previous[0].run_id if previous else client.client().create_run(experiment_id, run_name=run_name).info.run_id
-    client.set_status(run_id, "RUNNING")
+    client.set_status(run_id, RunStatus.RUNNING)
     client.set_tags(run_id, all_tags)
     record_run(run_id, get_run(run_id).tags)
     return ParentRun(run_id=run_id, experiment_id=experiment_id, experiment_name=experiment_name(experiment_id),
@@ -64,9 +59,9 @@ def open_parent(*, experiment: str, run_name: str, study_name: str, tags: Mappin
 def join_parent(run_id: str, study_name: str) -> ParentRun:
     """An extra worker's handle on a parent another process opened (`--parent-run-id`)."""
     run = get_run(run_id)
-    if run.tags.get(STUDY_TAG) != study_name:
+    if run.tags.get(Tag.STUDY) != study_name:
         raise MlprojectError(f"--parent-run-id {run_id} is not the parent of study {study_name!r} "
-                             f"(its study tag is {run.tags.get(STUDY_TAG)!r})")
+                             f"(its study tag is {run.tags.get(Tag.STUDY)!r})")
     return ParentRun(run_id=run_id, experiment_id=run.experiment_id,
                      experiment_name=experiment_name(run.experiment_id), previous=None)
 

@@ -27,6 +27,7 @@ import torch
 
 from mlproject.errors import MlprojectError
 from mlproject.model.config import GPTConfig
+from mlproject.schema import TrainStatus
 from mlproject.training import distributed as D
 from mlproject.training import evaluation
 from mlproject.training.checkpoint import TrainingCheckpoint, TrainState, read_resume_checkpoint
@@ -153,11 +154,11 @@ class Trainer:
         self.setup(resume_from)
         cfg, state = self.cfg, self.state
         patience = cfg.early_stopping_patience
-        status, evaluated_at = "finished", -1
+        status, evaluated_at = TrainStatus.FINISHED, -1
         with _StopRequest() as stop:
             while state.step < self.total_steps:
                 if D.any_process(stop.requested, self.info, self.device):
-                    status = "interrupted"
+                    status = TrainStatus.INTERRUPTED
                     break
                 lr = self.train_step()
                 done = state.step == self.total_steps
@@ -169,19 +170,19 @@ class Trainer:
                         evaluated_at = state.step
                         if patience is not None and state.no_improve_evals >= patience and not done:
                             self.progress.write(f"early stopping: no improvement in {patience} evaluations")
-                            status = "early_stopped"
-                    if status == "early_stopped" or done:
+                            status = TrainStatus.EARLY_STOPPED
+                    if status == TrainStatus.EARLY_STOPPED or done:
                         break
                     if cfg.save_every and state.step % cfg.save_every == 0:
                         self.save_last()
 
             self.progress.close()
             self.batches.close()  # stops the prefetch thread
-            if status == "finished" and evaluated_at != state.step:
+            if status == TrainStatus.FINISHED and evaluated_at != state.step:
                 self.evaluate()  # a resumed run that had already reached total_steps
             self.save_last()
         result = self.finish(status)  # collective under DDP: every rank gets here first
-        if stop.requested and status != "interrupted":
+        if stop.requested and status != TrainStatus.INTERRUPTED:
             stop.pass_on()
         return result
 

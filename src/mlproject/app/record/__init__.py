@@ -24,22 +24,10 @@ from pathlib import Path
 import mlproject
 from mlproject.app.record.environment import EnvironmentRecord, capture_environment
 from mlproject.app.record.source import PATCH_LIMIT, SourceRecord, UntrackedFile, capture_source
+from mlproject.schema import Artifact, PatchState, Tag
 from mlproject.secrets import scrub
 
-RECORD_VERSION = 1
-# Tag keys (kept here until the store schema module names them).
-RECORD_TAG = "mlproject.record"  # the record format version: its presence marks a run that has one
-# clean | logged (a patch or untracked files) | summarised (too large to log) | none (no git)
-PATCH_TAG = "mlproject.record.patch"
-DIGEST_TAG = "mlproject.data.digest"
-TOKENIZER_TAG = "mlproject.data.tokenizer_hash"
-
-SOURCE_JSON = "source/source.json"
-PATCH_FILE = "source/patch.diff"
-PATCH_SUMMARY = "source/patch_summary.txt"
-UNTRACKED_DIR = "source/untracked/"
-ENVIRONMENT_JSON = "environment/environment.json"
-REQUIREMENTS = "environment/requirements.txt"
+RECORD_VERSION = 1  # the value of Tag.RECORD
 
 Files = Mapping[str, "bytes | str"]
 
@@ -47,7 +35,7 @@ Files = Mapping[str, "bytes | str"]
 def data_tags(digest: str | None, tokenizer_hash: str | None) -> dict[str, str]:
     """The data tags a reproduction checks: `PreparedData.info["digest"]` (sha256 over the
     tokenizer hash and both token caches' content hashes) and `info["tokenizer_hash"]`."""
-    tags = {DIGEST_TAG: digest, TOKENIZER_TAG: tokenizer_hash}
+    tags = {Tag.DATA_DIGEST: digest, Tag.DATA_TOKENIZER_HASH: tokenizer_hash}
     return {key: str(value) for key, value in tags.items() if value}
 
 
@@ -63,8 +51,10 @@ class RunRecord:
     def patch_state(self) -> str:
         src = self.source
         if src is None or src.commit is None or src.reason:
-            return "none"
-        return "summarised" if src.summarised else "logged" if src.dirty or src.untracked_text else "clean"
+            return PatchState.NONE
+        if src.summarised:
+            return PatchState.SUMMARISED
+        return PatchState.LOGGED if src.dirty or src.untracked_text else PatchState.CLEAN
 
     def notes(self) -> list[str]:
         """One line per thing a reader of the run must know about its record."""
@@ -81,7 +71,7 @@ class RunRecord:
         return notes
 
     def tags(self) -> dict[str, str]:
-        return {RECORD_TAG: str(RECORD_VERSION), PATCH_TAG: self.patch_state(), **self.data}
+        return {Tag.RECORD: str(RECORD_VERSION), Tag.RECORD_PATCH: self.patch_state(), **self.data}
 
     def files(self) -> dict[str, bytes | str]:
         """The record's artifacts by path; every text scrubbed of credentials."""
@@ -91,14 +81,14 @@ class RunRecord:
         if self.environment is not None:
             env = asdict(self.environment)
             dists = env.pop("distributions")
-            out[REQUIREMENTS] = "".join(f"{name}=={version}\n" for name, version in dists.items())
-            out[ENVIRONMENT_JSON] = json.dumps(env, indent=1)
+            out[Artifact.REQUIREMENTS] = "".join(f"{name}=={version}\n" for name, version in dists.items())
+            out[Artifact.ENVIRONMENT_JSON] = json.dumps(env, indent=1)
         return {path: scrub(data) if isinstance(data, str) else data for path, data in out.items()}
 
     @classmethod
     def from_files(cls, files: Files, tags: Mapping[str, str]) -> RunRecord:
         """The record logged as `files()` and `tags()` (parts absent from an older run are None)."""
-        data = {key: str(tags[key]) for key in (DIGEST_TAG, TOKENIZER_TAG) if tags.get(key)}
+        data = {key: str(tags[key]) for key in (Tag.DATA_DIGEST, Tag.DATA_TOKENIZER_HASH) if tags.get(key)}
         return cls(_read_source(files), _read_environment(files), data)
 
     @classmethod
@@ -112,12 +102,12 @@ def _source_files(src: SourceRecord) -> dict[str, bytes | str]:
     manifest = asdict(src)
     for key in ("patch", "untracked_text"):
         manifest.pop(key)
-    out: dict[str, bytes | str] = {SOURCE_JSON: json.dumps(manifest, indent=1)}
+    out: dict[str, bytes | str] = {Artifact.SOURCE_JSON: json.dumps(manifest, indent=1)}
     if src.patch is not None:
-        out[PATCH_FILE] = src.patch
+        out[Artifact.PATCH] = src.patch
     if src.summarised:
-        out[PATCH_SUMMARY] = src.patch_summary
-    out.update({UNTRACKED_DIR + rel: text for rel, text in src.untracked_text.items()})
+        out[Artifact.PATCH_SUMMARY] = src.patch_summary
+    out.update({Artifact.UNTRACKED + rel: text for rel, text in src.untracked_text.items()})
     return out
 
 
@@ -126,22 +116,22 @@ def _text(data: bytes | str) -> str:
 
 
 def _read_source(files: Files) -> SourceRecord | None:
-    if SOURCE_JSON not in files:
+    if Artifact.SOURCE_JSON not in files:
         return None
-    manifest = json.loads(_text(files[SOURCE_JSON]))
+    manifest = json.loads(_text(files[Artifact.SOURCE_JSON]))
     manifest["untracked"] = [UntrackedFile(**entry) for entry in manifest.get("untracked", [])]
-    patch = files.get(PATCH_FILE)
+    patch = files.get(Artifact.PATCH)
     manifest["patch"] = patch.encode("utf-8", "surrogateescape") if isinstance(patch, str) else patch
-    manifest["untracked_text"] = {path[len(UNTRACKED_DIR):]: _text(data) for path, data in files.items()
-                                  if path.startswith(UNTRACKED_DIR)}
+    manifest["untracked_text"] = {path[len(Artifact.UNTRACKED):]: _text(data) for path, data in files.items()
+                                  if path.startswith(Artifact.UNTRACKED)}
     return SourceRecord(**_known(SourceRecord, manifest))
 
 
 def _read_environment(files: Files) -> EnvironmentRecord | None:
-    if ENVIRONMENT_JSON not in files:
+    if Artifact.ENVIRONMENT_JSON not in files:
         return None
-    env = json.loads(_text(files[ENVIRONMENT_JSON]))
-    lines = _text(files.get(REQUIREMENTS, "")).splitlines()
+    env = json.loads(_text(files[Artifact.ENVIRONMENT_JSON]))
+    lines = _text(files.get(Artifact.REQUIREMENTS, "")).splitlines()
     env["distributions"] = dict(line.split("==", 1) for line in lines if "==" in line)
     return EnvironmentRecord(**_known(EnvironmentRecord, env))
 

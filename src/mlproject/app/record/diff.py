@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlproject.app.record import DIGEST_TAG, TOKENIZER_TAG, RunRecord
+from mlproject.app.record import RunRecord
 from mlproject.app.record.environment import EnvironmentRecord
 from mlproject.app.record.source import SourceRecord
+from mlproject.schema import Tag
 
 ABSENT = "absent"
 
@@ -108,7 +109,7 @@ def _diff_environment(rec: EnvironmentRecord | None, cur: EnvironmentRecord | No
 
 def _diff_data(rec: dict[str, str], cur: dict[str, str]) -> list[Difference]:
     out: list[Difference] = []
-    for item, key in (("data digest", DIGEST_TAG), ("tokenizer", TOKENIZER_TAG)):
+    for item, key in (("data digest", Tag.DATA_DIGEST), ("tokenizer", Tag.DATA_TOKENIZER_HASH)):
         if key not in rec:
             out += _unchecked((item,), "the run did not record it")
         elif key not in cur:
