@@ -64,7 +64,7 @@ from mlproject.app.config import RunConfig
 # Fields that change how fast a run goes, not what it computes: left out of the sweep key, so
 # a sweep resumed on another machine (or with --parallel) still matches its children.
 RUNTIME_FIELDS = {"train.device", "train.num_threads", "train.progress", "train.peak_flops",
-                  "data.num_workers", "data.cache_dir"}
+                  "train.allow_nonfinite", "data.num_workers", "data.cache_dir"}
 PLAN_CONFIG = "plan/config.yaml"   # a child's config as planned (model/data/train/tracking)
 PLAN_FILE = "plan/sweep.json"      # the parent's plan: kind, groups, metrics, children in order
 
