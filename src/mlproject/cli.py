@@ -34,8 +34,9 @@ from mlproject.research.config import (AblationConfig, ChildRunConfig, CompareCo
 T = TypeVar("T")
 Handler = Callable[[argparse.Namespace], object]
 # argparse reads `-1e-3` as a flag (its number pattern has no exponent): `--lr -1e-3` would
-# fail with "expected one argument" instead of the config's own message.
-_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+# fail with "expected one argument" instead of the config's own message (`-inf` too: the config
+# names it as the non-finite value it is).
+_NEGATIVE_NUMBER = re.compile(r"^-((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|inf|infinity|nan)$", re.IGNORECASE)
 
 
 def _flags(args: argparse.Namespace, cls: type[T]) -> T:
