@@ -80,8 +80,9 @@ def test_dataloaders_refuses_a_negative_preview_count(capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_device_cuda_without_a_gpu_is_refused_before_any_run(tiny_yaml, capsys):
-    _refused(["train", "--config", str(tiny_yaml()), "--device", "cuda"], capsys, "device='cuda'")
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_device_cuda_without_a_gpu_is_refused_before_any_run(tiny_yaml, capsys, command):
+    _refused([command, "--config", str(tiny_yaml()), "--device", "cuda"], capsys, "device='cuda'")
 
 
 @pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n", b""])

@@ -373,8 +373,10 @@ def child_action(run: Any) -> str:
 def _check_children(spec: SweepSpec) -> None:
     """Prepare the shared data once and check every child's model and batch shape against it."""
     from mlproject.data.prepare import prepare_data
+    from mlproject.training.device import select_device
     from mlproject.training.preflight import check_fits
 
+    select_device(spec.base.train.device)  # the children train here: a device this machine lacks is refused now
     data = prepare_data(spec.base.data)
     for child in spec.children:
         where = f"{spec.kind} child {child.name}"
