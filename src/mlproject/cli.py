@@ -35,8 +35,9 @@ from mlproject.schema import RunStatus
 T = TypeVar("T")
 Handler = Callable[[argparse.Namespace], object]
 # argparse reads `-1e-3` as a flag (its number pattern has no exponent): `--lr -1e-3` would
-# fail with "expected one argument" instead of the config's own message.
-_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+# fail with "expected one argument" instead of the config's own message (`-inf` too: the config
+# names it as the non-finite value it is).
+_NEGATIVE_NUMBER = re.compile(r"^-((\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|inf|infinity|nan)$", re.IGNORECASE)
 # What argparse itself already reads as a negative number (its documented rule: plain integers
 # and decimals), so the fallback below only touches the forms it would misread.
 _PLAIN_NEGATIVE = re.compile(r"^-\d+$|^-\d*\.\d+$")
@@ -302,7 +303,33 @@ def _tracking_failure(exc: BaseException) -> str | None:
     return connection_failure(exc)
 
 
+def _report(message: str, exc: BaseException | None = None) -> None:
+    """Print `message` as one scrubbed line on stderr; with MLPROJECT_DEBUG=1 the traceback of `exc`
+    first (scrubbed too: a URI with a password ends many tracebacks)."""
+    import os
+
+    from mlproject.secrets import scrub
+
+    if exc is not None and os.environ.get("MLPROJECT_DEBUG") == "1":
+        import traceback
+
+        print(scrub("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
+    line = " ".join(str(message).split())  # one line, whatever the exception's text holds
+    print(scrub(f"mlproject: error: {line}"), file=sys.stderr)
+
+
+def _unexpected(exc: BaseException) -> str:
+    """The one line of an exception no check anticipated: its type and first line, never a traceback."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    detail = f": {first[:300]}" if first else ""
+    return (f"unexpected {type(exc).__name__}{detail} (set MLPROJECT_DEBUG=1 for the traceback; "
+            "please report it)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Every way out goes through here: bad input ends with one line and exit code 2,
+    any other failure with one line and 1, an interrupt with 130; no line carries a credential."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not accept_negative_numbers(argparse.ArgumentParser()):
@@ -314,17 +341,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = COMMANDS[args.command].handler(args)
     except MlprojectError as exc:
-        print(f"mlproject: error: {exc}", file=sys.stderr)
+        _report(str(exc), exc)
         return 2
-    except Exception as exc:
-        line = _tracking_failure(exc)
-        if line is None:
-            raise
-        print(f"mlproject: error: {line}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("mlproject: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one scrubbed line, never a traceback
+        _report(_tracking_failure(exc) or _unexpected(exc), exc)
+        return 1
     return result if isinstance(result, int) else 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import os
 import types
 import typing
@@ -67,6 +68,8 @@ def _type_name(tp: Any) -> str:
     if origin is list:
         (inner,) = typing.get_args(tp) or (str,)
         return f"list of {_type_name(inner)}"
+    if tp is float:
+        return "finite float"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -126,16 +129,7 @@ def coerce(value: Any, tp: Any, *, key: str, source: str = "config") -> Any:
                 return int(as_float)
         raise fail()
     if tp is float:
-        if isinstance(value, bool):
-            raise fail()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise fail() from None
-        raise fail()
+        return _finite_float(value, fail)
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -151,6 +145,21 @@ def coerce(value: Any, tp: Any, *, key: str, source: str = "config") -> Any:
     if isinstance(value, tp):
         return value
     raise fail()
+
+
+def _finite_float(value: Any, fail: Any) -> float:
+    """`value` as a finite float. NaN and infinity are refused for every float field: each of
+    them passes a range check written as `x <= 0` (every comparison with NaN is false) and then
+    trains to a NaN loss, so no field of the suite means anything by them."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise fail()
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise fail() from None
+    if not math.isfinite(number):
+        raise fail()
+    return number
 
 
 @functools.lru_cache(maxsize=None)

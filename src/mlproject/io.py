@@ -31,17 +31,15 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], *, replace_dir: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write (a file, or a folder the caller creates); on success it
-    replaces `path`. With `replace_dir`, an existing folder at `path` is removed first (a
-    folder cannot be renamed over a non-empty one)."""
+    replaces `path`. A folder replaces only an absent or empty one: `mlproject.outdir` decides
+    when an existing output folder may go."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
         yield tmp
-        if replace_dir and path.is_dir():
-            shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
         _remove(tmp)

@@ -109,7 +109,7 @@ def test_gpt3_with_untrained_zero_query_bias_exports_to_gpt_neo():
 
 def test_export_refuses_a_folder_that_is_not_an_earlier_export(tmp_path, tokenizer_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(MlprojectError, match="is not an earlier export"):
+    with pytest.raises(MlprojectError, match="is not an earlier export-hf output"):
         export_hf(model(), tokenizer_path, tmp_path)
     export_hf(model(), tokenizer_path, tmp_path / "hf")
     export_hf(model(model_version="gpt3", bias=False), tokenizer_path, tmp_path / "hf")  # replaces it

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from mlproject.cli import main
-from mlproject.errors import ConfigError
+from helpers import free_port
+from mlproject.errors import ConfigError, MlprojectError
 from mlproject.app.config import ServerConfig
 from mlproject.app.server import allowed_hosts, run_server, server_command, server_environment
 
@@ -61,12 +62,16 @@ class FakeServer:
     def wait(self):
         return 3
 
+    def poll(self):
+        return 3
+
 
 def test_run_server_prints_no_password(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(subprocess, "Popen", FakeServer)
-    code = run_server(ServerConfig(backend_store_uri=SECRET_URI, artifacts_destination=str(tmp_path / "art")))
+    with pytest.raises(MlprojectError, match="exited with code 3 before it answered"):
+        run_server(ServerConfig(backend_store_uri=SECRET_URI, artifacts_destination=str(tmp_path / "art"),
+                                port=free_port()))
     out = capsys.readouterr().out
-    assert code == 3  # the server's exit code
     assert "s3cret" not in out and "postgresql://***@db:5432/mlflow" in out
     assert (tmp_path / "art").is_dir()
     started = FakeServer.started[-1]

@@ -91,6 +91,9 @@ class ServerConfig:
     artifacts_destination: str = field("./mlartifacts", help="where proxied artifacts are stored")
     allowed_hosts: list[str] | None = field(None, help="extra Host headers to accept (container service names)")
     workers: int = field(2, help="server worker processes")
+    startup_timeout: float = field(300.0, help="seconds the server has to answer /health before it counts as failed")
 
     def validate(self) -> None:
         check_types(self, source="server")
+        if self.startup_timeout <= 0:
+            raise ConfigError(f"server: startup_timeout={self.startup_timeout} must be > 0 seconds")

@@ -27,6 +27,21 @@ def check_sizes(cfg: GenerateConfig, model_config: Any) -> None:
                               "the model config always comes from the checkpoint (drop the flag)")
 
 
+def check_vocab(tokenizer_size: int, model_size: int, tokenizer_name: str) -> None:
+    """The tokenizer must be the one the model was trained with: as large as the embedding, but
+    for the rows training pads it with (up to a multiple of VOCAB_MULTIPLE). A smaller one decodes
+    the model's ids as other words, with no error: garbage that looks like a weak model."""
+    from mlproject.training.resolve import VOCAB_MULTIPLE
+
+    if tokenizer_size > model_size:
+        raise MlprojectError(f"tokenizer {tokenizer_name} has {tokenizer_size} tokens but the model only "
+                             f"{model_size}; they are not from the same run")
+    if model_size - tokenizer_size >= VOCAB_MULTIPLE:
+        raise MlprojectError(f"tokenizer {tokenizer_name} has {tokenizer_size} tokens but the model's vocabulary "
+                             f"is {model_size} (at most {VOCAB_MULTIPLE - 1} padding rows expected); give the "
+                             "tokenizer the model was trained with")
+
+
 def run_generate(cfg: GenerateConfig, store: ModelStore | None = None) -> list[str]:
     """Load the model and tokenizer `cfg` names (through `store` unless it is a local
     checkpoint), generate from its prompts, print, record and return the texts."""
@@ -41,9 +56,7 @@ def run_generate(cfg: GenerateConfig, store: ModelStore | None = None) -> list[s
         model, _ = load_source(source, device)
         check_sizes(cfg, model.config)
         tokenizer = load_tokenizer(source.tokenizer)
-    if tokenizer.get_vocab_size() > model.config.vocab_size:
-        raise MlprojectError(f"tokenizer {source.tokenizer.name} has {tokenizer.get_vocab_size()} tokens but the "
-                             f"model only {model.config.vocab_size}; they are not from the same run")
+    check_vocab(tokenizer.get_vocab_size(), model.config.vocab_size, source.tokenizer.name)
     eot_id, _ = special_ids(tokenizer)
     texts = generate_text(model, tokenizer, cfg, eot_id)
     if store is not None:

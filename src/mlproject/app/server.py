@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from mlproject.errors import ConfigError
+from mlproject.errors import ConfigError, MlprojectError
 from mlproject.app.config import ServerConfig
 from mlproject.secrets import scrub
 
@@ -78,14 +83,72 @@ def validate_server_config(cfg: ServerConfig) -> None:
         raise ConfigError(f"server: workers={cfg.workers} must be >= 1")
 
 
+def check_bindable(host: str, port: int) -> None:
+    """Refuse now, in one line, an address the server could not listen on (port in use, an
+    address of no interface here, an unknown name): `mlflow server` logs the errno and exits 0."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise MlprojectError(f"server: cannot listen on {host}:{port}: unknown host ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server does: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise MlprojectError(f"server: cannot listen on {host}:{port}: {exc.strerror or exc} "
+                                 "(is another server running there? choose another --port or --host)") from None
+
+
+def health_url(cfg: ServerConfig) -> str:
+    """Where this machine reaches the server's /health: a wildcard bind answers on loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(cfg.host, cfg.host)
+    return f"http://[{host}]:{cfg.port}/health" if ":" in host else f"http://{host}:{cfg.port}/health"
+
+
+def _healthy(url: str) -> bool:
+    """True once the web server answers at all: an HTTP error status (a Host header outside
+    --allowed-hosts) still means it is up and serving."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - our own server's address
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def wait_healthy(proc: subprocess.Popen, cfg: ServerConfig, is_stopped: Callable[[], bool]) -> None:
+    """Return once the server answers /health; raise a one-line error when it exits first or does
+    not answer within `startup_timeout` seconds (and stop it then)."""
+    url, deadline = health_url(cfg), time.monotonic() + cfg.startup_timeout
+    while not is_stopped():
+        code = proc.poll()
+        if code is not None:
+            raise MlprojectError(f"server: mlflow server exited with code {code} before it answered {url}; "
+                                 "its log above says why")
+        if _healthy(url):
+            print(f"mlproject server: healthy at {url}", flush=True)
+            return
+        if time.monotonic() > deadline:
+            _signal_group(proc.pid, signal.SIGTERM)
+            raise MlprojectError(f"server: no answer from {url} within startup_timeout={cfg.startup_timeout:g}s; "
+                                 "stopped it (its log above says why)")
+        time.sleep(0.5)
+
+
 def run_server(cfg: ServerConfig) -> int:
     """Run `mlflow server` in the foreground until it exits or is stopped; returns its exit code.
 
+    The address is checked before the server starts and its /health is awaited after: a server
+    that cannot bind or never becomes healthy is an error (one line, non-zero exit), not the
+    zero exit code `mlflow server` gives then.
     SIGTERM/SIGINT stop the whole server (exit code 0): `mlflow server` runs its web server
     as a child process and does not pass the signal on, so the server gets its own process
     group and the signal goes to the group.
     """
     validate_server_config(cfg)
+    check_bindable(cfg.host, cfg.port)
     if "://" not in cfg.artifacts_destination:
         os.makedirs(cfg.artifacts_destination, exist_ok=True)
     cmd = server_command(cfg)
@@ -103,6 +166,7 @@ def run_server(cfg: ServerConfig) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        wait_healthy(proc, cfg, lambda: stopped)
         code = proc.wait()
     finally:
         for sig, handler in previous.items():

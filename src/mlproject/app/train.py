@@ -68,8 +68,10 @@ def run_training(cfg: RunConfig, tracker: Tracker | None = None, *, callbacks: S
 def prepare(cfg: RunConfig) -> tuple[Any, RunConfig]:
     """(PreparedData, the resolved config): everything that can fail on the config alone fails here."""
     from mlproject.data.prepare import prepare_data
+    from mlproject.training.device import select_device
     from mlproject.training.preflight import check_fits
 
+    select_device(cfg.train.device)  # `--device cuda` on a machine without one: refused before any run exists
     data = prepare_data(cfg.data)
     resolved = cfg.resolved(data.vocab_size)
     check_fits(resolved.model, resolved.train, data)
@@ -135,6 +137,10 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
     tracker.check()  # an unreachable store fails before the data is prepared
     with sigterm_as_interrupt():
         data, resolved = prepare(cfg)
+        if resume_path is not None:  # a file that cannot be resumed from is refused before a run exists
+            from mlproject.training.checkpoint import read_resume_checkpoint
+
+            read_resume_checkpoint(resume_path, resolved.model)
         outcome = TrainOutcome("", "", RunStatus.FAILED)
         run = None
         try:

@@ -85,3 +85,11 @@ class PreviewConfig:
 
     def validate(self) -> None:
         check_types(self, source="dataloaders")
+        for name in ("block_size", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"dataloaders: {name}={getattr(self, name)} must be positive")
+        if self.seed < 0:
+            raise ConfigError(f"dataloaders: seed={self.seed} must be >= 0")
+        if self.preview_batches < 0:
+            raise ConfigError(f"dataloaders: preview_batches={self.preview_batches} must be >= 0 (0: build the "
+                              "caches only)")

@@ -71,6 +71,11 @@ class GenerateConfig:
             if value is None and name in wants:
                 raise ConfigError(f"generate: strategy={self.strategy!r} needs {name} (--{name.replace('_', '-')})")
         if self.strategy == "greedy":
+            # 1.0 is the default, indistinguishable from not given; any other sampling temperature
+            # asks for sampling, which greedy decoding never does
+            if self.temperature not in (0.0, 1.0):
+                raise ConfigError(f"generate: temperature={self.temperature} contradicts strategy='greedy' "
+                                  "(greedy ignores temperature); drop it or use strategy=sample")
             self.temperature = 0.0
         elif self.temperature == 0:
             raise ConfigError(f"generate: temperature=0 (greedy) contradicts strategy={self.strategy!r}; "

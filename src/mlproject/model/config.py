@@ -170,6 +170,8 @@ class GPTConfig:
             raise ConfigError(f"mlp_hidden_size={self.mlp_hidden_size} must be positive")
         if self.norm_eps <= 0:
             raise ConfigError(f"norm_eps={self.norm_eps} must be positive")
+        if self.rope_theta <= 0:
+            raise ConfigError(f"rope_theta={self.rope_theta} must be positive")
         if self.preset is not None:
             preset_sizes(self.preset)
 

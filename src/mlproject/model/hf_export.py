@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from mlproject.errors import MlprojectError
-from mlproject.io import atomic_path
+from mlproject.outdir import check_replaceable, output_folder
 from mlproject.model.config import GPTConfig
 
 GPT2_CLASS, NEO_CLASS, LLAMA_CLASS = "GPT2LMHeadModel", "GPTNeoForCausalLM", "LlamaForCausalLM"
@@ -223,21 +223,24 @@ def to_hf_tokenizer(tokenizer_path: str | os.PathLike[str], block_size: int) -> 
                                       model_max_length=block_size, clean_up_tokenization_spaces=False)
 
 
+EXPORT_KIND = "export-hf"  # the output-folder marker's kind: only an earlier export is ever replaced
+
+
 def export_hf(model: torch.nn.Module, tokenizer_path: str | os.PathLike[str], output: str | os.PathLike[str]) -> str:
     """Write the HF folder for `model` and its tokenizer to `output`; return the class name.
 
     The folder is written beside `output` and renamed into place, so a reader never sees half
-    an export; an earlier export at `output` is replaced, any other non-empty folder refused.
+    an export; an earlier export at `output` (by its marker, holding nothing the export did not
+    write) is replaced, any other non-empty folder refused (`mlproject.outdir`).
     """
     from mlproject.data.tokenizer import load_tokenizer, special_ids
 
     out = Path(output).expanduser()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
-        raise MlprojectError(f"output={str(out)!r} exists and is not an earlier export; expected a new or empty folder")
+    check_replaceable(out, EXPORT_KIND)  # before the conversion: a refused folder costs nothing
     eot_id, pad_id = special_ids(load_tokenizer(tokenizer_path))
     hf_model = to_hf(model, eot_id=eot_id, pad_id=pad_id)
     hf_tokenizer = to_hf_tokenizer(tokenizer_path, model.config.block_size)
-    with atomic_path(out, replace_dir=True) as tmp:
+    with output_folder(out, EXPORT_KIND) as tmp:
         hf_model.save_pretrained(tmp, safe_serialization=True)
         hf_tokenizer.save_pretrained(tmp)
     return type(hf_model).__name__

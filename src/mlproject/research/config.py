@@ -43,11 +43,22 @@ class SweepConfig:
             raise ConfigError(f"{self.section}: seeds is empty; expected at least one seed")
         if min(self.seeds) < 0:
             raise ConfigError(f"{self.section}: seeds={self.seeds}: seed {min(self.seeds)} must be >= 0")
+        # paired statistics match children by seed, and two equal children are one trained twice
+        _refuse_duplicates(self.section, "seeds", self.seeds)
         if self.parallel < 1:
             raise ConfigError(f"{self.section}: parallel={self.parallel} must be >= 1")
 
     def validate_own(self) -> None:
         """The checks of the sweep's own fields, run before the shared ones."""
+
+
+def _refuse_duplicates(section: str, name: str, values: list) -> None:
+    """A one-line error naming the first value given twice: a sweep trains each group once."""
+    seen: set = set()
+    for value in values:
+        if value in seen:
+            raise ConfigError(f"{section}: {name}={values} has {value} more than once; give each once")
+        seen.add(value)
 
 
 @dataclass
@@ -71,8 +82,7 @@ class CompareConfig(SweepConfig, CompareFields):
     def validate_own(self) -> None:
         if not self.models:
             raise ConfigError("compare: models is empty; expected at least one of gpt2, gpt3")
-        if len(set(self.seeds)) != len(self.seeds):  # paired statistics match children by seed
-            raise ConfigError(f"compare: seeds={self.seeds} has duplicates")
+        _refuse_duplicates("compare", "models", self.models)
 
 
 @dataclass
@@ -144,6 +154,8 @@ class TuneConfig:
             raise ConfigError(f"tune: parallel={self.parallel} must be >= 1")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"tune: timeout={self.timeout} must be > 0 seconds")
+        if self.then_compare:
+            _refuse_duplicates("tune", "compare_seeds", self.compare_seeds)
 
 
 @dataclass

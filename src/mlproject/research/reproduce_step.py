@@ -169,8 +169,9 @@ def _log_report(original: Any, run_id: str, report: str, verdict: Verdict,
     client.log_text(run_id, report, Artifact.REPRODUCE_REPORT)
     if histories[0]:
         with tempfile.TemporaryDirectory(prefix="mlproject-repro-") as tmp:
-            plot = overlay_plot(*histories, Path(tmp) / "overlay.png", title=f"run {original.run_id} reproduced")
-            client.log_files(run_id, [plot], "reproduce")
+            folder, name = Artifact.REPRODUCE_OVERLAY.rsplit("/", 1)
+            plot = overlay_plot(*histories, Path(tmp) / name, title=f"run {original.run_id} reproduced")
+            client.log_files(run_id, [plot], folder)
     client.set_tags(run_id, {Tag.REPRODUCE_VERDICT: verdict.value})
     client.describe_run(run_id, note=f"Reproduces run {original.run_id} ({original.run_name}): "
                                      f"**{verdict.value}**. See `{Artifact.REPRODUCE_REPORT}`.")

@@ -65,7 +65,7 @@ from mlproject.schema import Artifact, ChildAction, RunStatus, Tag, checkpoint_a
 # Fields that change how fast a run goes, not what it computes: left out of the sweep key, so
 # a sweep resumed on another machine (or with --parallel) still matches its children.
 RUNTIME_FIELDS = {"train.device", "train.num_threads", "train.progress", "train.peak_flops",
-                  "data.num_workers", "data.cache_dir"}
+                  "train.allow_nonfinite", "data.num_workers", "data.cache_dir"}
 
 
 @dataclass
@@ -372,8 +372,10 @@ def child_action(run: Any) -> str:
 def _check_children(spec: SweepSpec) -> None:
     """Prepare the shared data once and check every child's model and batch shape against it."""
     from mlproject.data.prepare import prepare_data
+    from mlproject.training.device import select_device
     from mlproject.training.preflight import check_fits
 
+    select_device(spec.base.train.device)  # the children train here: a device this machine lacks is refused now
     data = prepare_data(spec.base.data)
     for child in spec.children:
         where = f"{spec.kind} child {child.name}"

@@ -43,6 +43,8 @@ class TrainConfig:
     peak_flops: float | None = field(None, help="peak FLOP/s for MFU (default: device table or CPU probe)")
     num_threads: int | None = field(None, help="torch intra-op threads (default: torch's choice)")
     progress: Literal["auto", "bar", "lines"] = field("auto", help="progress bar on terminals, lines otherwise")
+    allow_nonfinite: bool = field(False, help="keep training when the loss becomes NaN or infinite (default: stop "
+                                              "the run FAILED, with no model logged)")
 
     def validate(self) -> None:
         check_types(self, source="train")
@@ -64,3 +66,15 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (numpy and torch seeds are unsigned)")
         if self.eval_batches < 0 or self.save_every < 0 or self.grad_clip < 0:
             raise ConfigError("eval_batches, save_every and grad_clip must be >= 0")
+        self._validate_optimizer()
+
+    def _validate_optimizer(self) -> None:
+        """The AdamW fields a recipe leaves open (finiteness is checked for every float field)."""
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ConfigError(f"weight_decay={self.weight_decay} must be >= 0")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name}={value} must be in [0, 1)")
+        if self.peak_flops is not None and self.peak_flops <= 0:
+            raise ConfigError(f"peak_flops={self.peak_flops} must be positive (FLOP/s)")

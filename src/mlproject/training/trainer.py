@@ -40,6 +40,10 @@ from mlproject.training.resolve import require_resolved
 from mlproject.training.throughput import StepTimer, mfu, peak_flops, peak_memory_mb
 
 
+class NonFiniteLossError(MlprojectError):
+    """The training or validation loss became NaN or infinite: the run cannot recover."""
+
+
 class TrainerCallback:
     """Hooks the trainer calls on the main process; every method is a no-op here."""
 
@@ -234,6 +238,7 @@ class Trainer:
         self.progress.log(state.step, metrics)
         for cb in self.callbacks:
             cb.on_log(state.step, metrics)
+        self.check_finite("train_loss", metrics["train_loss"])
 
     def evaluate(self) -> None:
         """Validation loss on the fixed windows; a new best writes best.pt."""
@@ -251,11 +256,28 @@ class Trainer:
                             f"{bpb} | val_acc {metrics['val_token_acc']:.3f}{' (best)' if improved else ''}")
         for cb in self.callbacks:
             cb.on_eval(state.step, metrics)
+        self.check_finite("val_loss", metrics["val_loss"])
         if improved and self.info.is_main:
             self.checkpoint.save_best(self.best_path)
             self.wrote_best = True
             for cb in self.callbacks:
                 cb.on_checkpoint(self.best_path, "best", state.step)
+
+    def check_finite(self, name: str, value: float) -> None:
+        """Stop the run when a loss is NaN or infinite (after it was logged, so the curve shows it).
+
+        Nothing trains back from a NaN (every later step's weights are NaN), and a model logged
+        from such a run would look like a result; `allow_nonfinite` keeps going for those who
+        study the divergence itself. The value is the all-reduced one: every rank stops alike.
+        """
+        if self.cfg.allow_nonfinite or math.isfinite(value):
+            return
+        self.progress.close()
+        self.batches.close()  # stops the prefetch thread
+        raise NonFiniteLossError(
+            f"{name} became {value} at step {self.state.step} (learning_rate={self.cfg.learning_rate}); the run stops "
+            "FAILED and logs no model. Lower the learning rate or raise grad_clip, or give --allow-nonfinite to "
+            "train on")
 
     def save_last(self) -> None:
         """last.pt with everything needed to continue exactly (every rank calls this)."""

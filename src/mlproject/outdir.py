@@ -1,0 +1,93 @@
+"""Output folders: written whole beside their place, renamed in, and never a user's files lost.
+
+A command that writes a folder (`export-hf`) fills a fresh hidden sibling and renames it into
+place when the write succeeded, so a reader (or a crash) never sees half of it. Each such
+folder carries a marker file listing what the suite wrote into it. An existing folder is
+replaced only when it is empty or its marker covers every entry in it: then it is moved aside,
+the new one renamed in, and the old one removed. Anything else (a user's folder, an earlier
+export the user added files to, a file) is refused with one line, and nothing is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from mlproject.errors import MlprojectError
+from mlproject.io import temp_path
+
+MARKER = ".mlproject-output.json"  # {"written_by": "mlproject", "kind": ..., "entries": [top-level names]}
+
+
+def _marker(folder: Path) -> dict | None:
+    """The marker of `folder`, or None when it has none (or one that is not ours)."""
+    try:
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("written_by") != "mlproject" or not isinstance(data.get("entries"), list):
+        return None
+    return data
+
+
+def check_replaceable(path: str | os.PathLike[str], kind: str) -> None:
+    """Raise a one-line error unless `path` is absent, an empty folder, or an earlier `kind` output
+    holding only what the suite wrote there."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise MlprojectError(f"output={str(path)!r} exists and is not a folder; expected a new or empty folder")
+    if not path.exists():
+        return
+    entries = sorted(p.name for p in path.iterdir())
+    if not entries:
+        return
+    marker = _marker(path)
+    if marker is None or marker.get("kind") != kind:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise MlprojectError(f"output={str(path)!r} is not empty ({shown}) and is not an earlier {kind} output; "
+                             "give a new or empty folder (nothing was changed)")
+    foreign = sorted(set(entries) - set(marker["entries"]) - {MARKER})
+    if foreign:
+        raise MlprojectError(f"output={str(path)!r} is an earlier {kind} output but also holds "
+                             f"{', '.join(foreign[:5])}, which {kind} did not write; move them away or give "
+                             "another folder (nothing was changed)")
+
+
+@contextlib.contextmanager
+def output_folder(path: str | os.PathLike[str], kind: str) -> Iterator[Path]:
+    """Yield a new empty folder beside `path` to fill; when the block succeeds it becomes `path`
+    (see the module doc for when an existing `path` is replaced). On error nothing at `path` changes."""
+    path = Path(path).expanduser()
+    check_replaceable(path, kind)  # before the caller's work: a refusal costs nothing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        entries = sorted(p.name for p in tmp.iterdir())
+        (tmp / MARKER).write_text(json.dumps({"written_by": "mlproject", "kind": kind, "entries": entries}),
+                                  encoding="utf-8")
+        _swap_in(tmp, path, kind)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_in(new: Path, path: Path, kind: str) -> None:
+    """Rename `new` to `path`; an earlier output there is moved aside first, removed after."""
+    check_replaceable(path, kind)  # again: the user may have added files while the output was written
+    if not path.exists() or not any(path.iterdir()):
+        os.replace(new, path)  # POSIX renames a folder over an empty one
+        return
+    aside = temp_path(path.with_name(path.name + ".old"))
+    os.rename(path, aside)
+    try:
+        os.rename(new, path)
+    except BaseException:
+        os.rename(aside, path)  # put the earlier output back
+        raise
+    shutil.rmtree(aside, ignore_errors=True)  # only what the marker showed the suite wrote
