@@ -30,6 +30,7 @@ run's artifacts, so it can train (and resume) on any worker.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -40,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,15 +250,18 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
     """
     from mlproject.tracking import client
 
-    plan, tasks = _plan_stage(spec, eager=False)
+    plan, tasks = _plan_stage(spec, eager=spec.resume)
+    settings = spec.base.tracking  # the lease's heartbeat and timeout
     try:
-        todo = [t for t in tasks if t.action != "done"]
-        if todo:
+        todo = [t for t in tasks if t.action not in ("done", "leased")]
+        elsewhere = [t for t in tasks if t.action == "leased"]
+        if todo or elsewhere:
             _prepare_data(spec.base)
-            if spec.parallel > 1 and len(todo) > 1:
-                _run_parallel(todo, spec.parallel, plan)
-            else:
-                _run_sequential(todo)
+        if spec.parallel > 1 and len(todo) > 1:
+            elsewhere += _run_parallel(todo, spec.parallel, plan, settings.lease_timeout)
+        else:
+            elsewhere += _run_sequential(todo)
+        _wait_for_others(elsewhere, settings.lease_heartbeat, settings.lease_timeout)
     except BaseException as exc:
         client.set_status(plan.parent_run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
@@ -294,7 +298,8 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
           f"(id {parent.experiment_id})", flush=True)
     try:
         client.log_params_once(parent.run_id, parent_params(spec))
-        tasks = _plan(spec, parent, eager)
+        with _planning_lease(parent.run_id, spec):
+            tasks = _plan(spec, parent, eager)
         _print_plan(spec, tasks)
         plan = SweepPlan(
             kind=spec.kind, parent_run_id=parent.run_id, experiment_id=parent.experiment_id,
@@ -307,6 +312,28 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
         client.set_status(parent.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     return plan, tasks
+
+
+@contextlib.contextmanager
+def _planning_lease(parent_run_id: str, spec: SweepSpec) -> Iterator[None]:
+    """With --resume, plan while holding the parent's lease: two processes resuming one sweep at
+    once plan one after the other, so the second finds (and shares) the children the first
+    created instead of creating a second run for each missing cell."""
+    if not spec.resume:
+        yield
+        return
+    from mlproject.tracking.lease import Lease, LeaseHeld
+
+    settings = spec.base.tracking
+    lease = Lease(parent_run_id, heartbeat_sec=settings.lease_heartbeat, timeout_sec=settings.lease_timeout)
+    while True:
+        try:
+            lease.acquire()
+            break
+        except LeaseHeld:  # another process is planning this sweep: its plan takes a moment
+            time.sleep(min(1.0, settings.lease_heartbeat))
+    with lease:
+        yield
 
 
 def _store_plan(plan: SweepPlan, tasks: Sequence[_Task]) -> None:
@@ -348,21 +375,25 @@ def _plan(spec: SweepSpec, parent: Any, eager: bool) -> list[_Task]:
         else:
             if run.tags.get(PARENT_TAG) != parent.run_id:
                 client.adopt_child(run.run_id, parent.run_id)
-            task = _Task(child, run.run_id, child_action(run), parent=parent)
-            if task.action != "done":
+            task = _Task(child, run.run_id, child_action(run, child.cfg.tracking.lease_timeout), parent=parent)
+            if task.action not in ("done", "leased"):
                 _log_child_config(task)
         tasks.append(task)
     return tasks
 
 
-def child_action(run: Any) -> str:
-    """What a child run needs: done (FINISHED), new (never started), resume (has a last
-    checkpoint in its artifacts) or restart (started but never reached a checkpoint)."""
+def child_action(run: Any, lease_timeout: float) -> str:
+    """What a child run needs: done (FINISHED), leased (another live process trains it), new
+    (never started), resume (has a last checkpoint in its artifacts) or restart (started but
+    never reached a checkpoint)."""
     from mlproject.app.train import CHECKPOINT_DIR
+    from mlproject.tracking.lease import live_holder
     from mlproject.tracking.queries import artifact_files
 
     if run.status == "FINISHED":
         return "done"
+    if live_holder(run.run_id, lease_timeout) is not None:
+        return "leased"
     if run.status == "SCHEDULED":  # created by a plan, never started
         return "new"
     if f"{CHECKPOINT_DIR}/last.pt" in artifact_files(run.run_id, CHECKPOINT_DIR):
@@ -386,9 +417,11 @@ def _check_children(spec: SweepSpec) -> None:
 
 
 def _print_plan(spec: SweepSpec, tasks: Sequence[_Task]) -> None:
-    counts = {a: sum(t.action == a for t in tasks) for a in ("done", "resume", "restart", "new")}
-    parts = [f"{n} {label}" for label, n in (("finished", counts["done"]), ("to resume", counts["resume"]),
-                                             ("to restart", counts["restart"]), ("new", counts["new"])) if n]
+    counts = {a: sum(t.action == a for t in tasks) for a in ("done", "leased", "resume", "restart", "new")}
+    parts = [f"{n} {label}" for label, n in (("finished", counts["done"]), ("trained by another process",
+                                                                            counts["leased"]),
+                                             ("to resume", counts["resume"]), ("to restart", counts["restart"]),
+                                             ("new", counts["new"])) if n]
     print(f"{spec.kind}: {len(tasks)} child runs ({', '.join(parts)}): "
           f"{len(spec.groups)} groups x {len({c.seed for c in spec.children})} seeds", flush=True)
 
@@ -423,41 +456,74 @@ def train_child(run_id: str, args: Any = None) -> str:
     killed container's retry continues where the child stopped. Returns the run's status.
     """
     from mlproject.tracking import client
+    from mlproject.tracking.lease import LeaseHeld, check_free
     from mlproject.tracking.queries import PARENT_TAG, get_run
     from mlproject.tracking.train_tracker import train_tracked
 
     run = get_run(run_id)
     cfg = planned_config(run_id, args)
-    action = child_action(run)
+    action = child_action(run, cfg.tracking.lease_timeout)
     name = cfg.tracking.run_name or run_id
     if action == "done":
         print(f"child {name}: run {run_id} is already FINISHED", flush=True)
         return "FINISHED"
+    if action == "leased":
+        check_free(run_id, cfg.tracking.lease_timeout)  # raises LeaseHeld naming the holder
     print(f"--- child {name} ({action}) run {run_id}", flush=True)
     if action == "resume":
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, resume_from=run_id))
     try:
         outcome = train_tracked(cfg, parent_run_id=run.tags.get(PARENT_TAG), run_id=run_id)
+    except LeaseHeld:  # another process took the run first: its state is that process's
+        raise
     except Exception:
         client.fail_if_unfinished(run_id)
         raise
     return outcome.status
 
 
-def _run_sequential(tasks: Sequence[_Task]) -> None:
+def _run_sequential(tasks: Sequence[_Task]) -> list[_Task]:
+    """Train the children one by one in this process; return those another process holds."""
     from mlproject.tracking import client
+    from mlproject.tracking.lease import LeaseHeld
 
+    elsewhere = []
     for i, task in enumerate(tasks, 1):
         _ensure_run(task)
         print(f"--- child {i}/{len(tasks)}: {task.child.name} ({task.action}) run {task.run_id}", flush=True)
         try:
             status = train_child(task.run_id)
+        except LeaseHeld as exc:  # trained by another process: skipped here, waited for before aggregating
+            print(f"child {task.child.name} skipped: {exc}", flush=True)
+            elsewhere.append(task)
+            continue
         except Exception as exc:  # the run is FAILED with its error tag; the other children still run
             print(f"child {task.child.name} failed: {type(exc).__name__}: {exc}".splitlines()[0], flush=True)
             client.fail_if_unfinished(task.run_id)
             continue
         if status == "KILLED":  # the trainer stopped on SIGTERM: stop the sweep too
             raise KeyboardInterrupt(f"child {task.child.name} was interrupted")
+    return elsewhere
+
+
+def _wait_for_others(tasks: Sequence[_Task], heartbeat_sec: float, lease_timeout: float) -> None:
+    """Wait until the children other processes train are released, so the aggregate includes
+    them. A child whose holder died (its lease went stale, the run never ended) is trained here."""
+    from mlproject.tracking.lease import live_holder
+    from mlproject.tracking.queries import TERMINAL, get_run
+
+    waiting = list(tasks)
+    if waiting:
+        print(f"waiting for {len(waiting)} child run(s) trained by other processes: "
+              + ", ".join(t.child.name for t in waiting), flush=True)
+    while waiting:
+        time.sleep(heartbeat_sec)
+        for task in list(waiting):
+            if live_holder(task.run_id, lease_timeout) is not None:
+                continue
+            waiting.remove(task)
+            if get_run(task.run_id).status not in TERMINAL:  # its holder died: continue it here
+                waiting += _run_sequential([task])
 
 
 def _prepare_data(base: RunConfig) -> None:
@@ -549,9 +615,9 @@ class _ChildProcess:
         return True
 
 
-def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan) -> None:
-    """`parallel` children at a time as `mlproject train --run-id` processes (the child stage)."""
-    from mlproject.tracking import client
+def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan, lease_timeout: float) -> list[_Task]:
+    """`parallel` children at a time as `mlproject train --run-id` processes (the child stage);
+    return those another process holds."""
     from mlproject.tracking.queries import absolute_tracking_uri
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -561,6 +627,7 @@ def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan) -> Non
     print(f"running {len(tasks)} children, {parallel} at a time with {threads} torch thread(s) each", flush=True)
     pending = list(tasks)
     running: list[_ChildProcess] = []
+    elsewhere: list[_Task] = []
     with tempfile.TemporaryDirectory(prefix="mlproject-sweep-") as tmp:
         try:
             while pending or running:
@@ -576,14 +643,30 @@ def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan) -> Non
                     print(f"started {task.child.name} ({task.action}) run {task.run_id}", flush=True)
                 for child in [c for c in running if c.done()]:
                     running.remove(child)
-                    status = client.fail_if_unfinished(child.task.run_id)
-                    client.log_files(child.task.run_id, [child.log], "logs")
-                    print(f"finished {child.task.child.name}: {status} (exit code {child.proc.returncode})",
-                          flush=True)
+                    if _ended_here(child, lease_timeout):
+                        elsewhere.append(child.task)
                 time.sleep(0.2)
         except BaseException:
             _stop([c.proc for c in running])
             raise
+    return elsewhere
+
+
+def _ended_here(child: _ChildProcess, lease_timeout: float) -> bool:
+    """Close a child process's run; True (nothing touched) when another process trains the run."""
+    from mlproject.tracking import client
+    from mlproject.tracking.lease import live_holder, release_dead
+
+    holder = live_holder(child.task.run_id, lease_timeout)
+    if holder is not None and holder.pid != child.proc.pid:
+        print(f"skipped {child.task.child.name}: run {child.task.run_id} is trained by another process ({holder})",
+              flush=True)
+        return True
+    release_dead(child.task.run_id, child.proc.pid)  # a child killed hard never released its lease
+    status = client.fail_if_unfinished(child.task.run_id)
+    client.log_files(child.task.run_id, [child.log], "logs")
+    print(f"finished {child.task.child.name}: {status} (exit code {child.proc.returncode})", flush=True)
+    return False
 
 
 def _stop(running: Sequence[subprocess.Popen], grace_sec: float = 60.0) -> None:

@@ -28,7 +28,8 @@ from mlproject.errors import MlprojectError
 from mlproject.tracking import client
 from mlproject.tracking.artifacts import CONFIG_ARTIFACT, TOKENIZER_ARTIFACT, download_checkpoint, log_file_as, log_model
 from mlproject.tracking.logger import MlflowLogger
-from mlproject.tracking.queries import PARENT_TAG, experiment_name, get_run
+from mlproject.tracking.lease import Lease
+from mlproject.tracking.queries import KIND_TAG, PARENT_TAG, ROLE_TAG, experiment_name, get_run
 from mlproject.tracking.run_context import configure_system_metrics, environment_tags, git_info
 from mlproject.tracking.store import ensure_store
 from mlproject.training.trainer import TrainResult
@@ -149,9 +150,28 @@ class MlflowTracker:
     def run(self, cfg: RunConfig, data: Any, *, resume_run_id: str | None) -> Iterator[MlflowRun]:
         tags = {"model_version": cfg.model.model_version, "dataset": cfg.data.dataset,
                 **git_info(), **environment_tags(), **self.extra_tags}
-        active = client.start_run(experiment_name=cfg.experiment_name, run_name=cfg.tracking.run_name,
-                                  run_id=self.run_id, parent_run_id=self.parent_run_id, resume_run_id=resume_run_id,
-                                  tags=tags, log_system_metrics=configure_system_metrics(cfg.tracking))
+        join = client.join_target(run_id=self.run_id, parent_run_id=self.parent_run_id, resume_run_id=resume_run_id)
+        if self.run_id is None and resume_run_id:
+            check_standalone_resume(resume_run_id)
+        if join:
+            client.check_run(join)
+        # An existing run is leased before anything about it changes: a refusal leaves it as it was.
+        held = _lease(join, cfg, contested=True) if join else None
+        try:
+            active = client.start_run(experiment_name=cfg.experiment_name, run_name=cfg.tracking.run_name,
+                                      run_id=self.run_id, parent_run_id=self.parent_run_id,
+                                      resume_run_id=resume_run_id, tags=tags,
+                                      log_system_metrics=configure_system_metrics(cfg.tracking))
+            if held is None:  # a new run: no other process knows its id yet
+                held = _lease(active.run_id, cfg, contested=False)
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+        with held:
+            yield from self._record(cfg, data, active)
+
+    def _record(self, cfg: RunConfig, data: Any, active: client.ActiveRun) -> Iterator[MlflowRun]:
         recorded = get_run(active.run_id)
         sections = cfg.sections()
         sections["tracking"]["experiment_name"] = experiment_name(active.experiment_id)  # where it really went
@@ -169,6 +189,29 @@ class MlflowTracker:
         except BaseException as exc:
             mlflow_run.fail(exc)
             raise
+
+
+def _lease(run_id: str, cfg: RunConfig, *, contested: bool) -> Lease:
+    return Lease(run_id, heartbeat_sec=cfg.tracking.lease_heartbeat,
+                 timeout_sec=cfg.tracking.lease_timeout).acquire(contested=contested)
+
+
+def check_standalone_resume(run_id: str) -> None:
+    """Refuse `--resume-from` a sweep's parent or child: the sweep owns their state.
+
+    A standalone train would join the run with the command line's config, turn a planned
+    parent FAILED or train a child another process planned; the sweep's own commands do it.
+    """
+    tags = client.check_run(run_id, "resume_from run").data.tags
+    role = tags.get(ROLE_TAG)
+    command = "ablate" if tags.get(KIND_TAG) == "ablation" else "compare"
+    if role == "sweep_parent":
+        raise MlprojectError(f"resume_from={run_id} is the parent run of a {command} sweep; resume the sweep with "
+                             f"`mlproject {command} --resume` and the sweep's config, not with train --resume-from")
+    if role == "sweep_child":
+        raise MlprojectError(f"resume_from={run_id} is a child run of a {command} sweep; train it with its planned "
+                             f"config by `mlproject train --run-id {run_id}`, or resume the whole sweep with "
+                             f"`mlproject {command} --resume`")
 
 
 def _note_changed_params(run_id: str, changed: dict[str, tuple[str, str]]) -> None:
