@@ -228,6 +228,8 @@ class SweepPlan:
     eval_datasets: list[str] = field(default_factory=list)  # evaluated in the aggregate stage
     cache_dir: str | None = None     # of the data, for those evaluations
     device: str = "auto"
+    lease_heartbeat: float = 10.0    # of the parent's lease while aggregating
+    lease_timeout: float = 60.0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -306,7 +308,8 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
             experiment_name=parent.experiment_name, groups=list(spec.groups), metrics=list(spec.metrics),
             children=[], output_dir=spec.base.tracking.output_dir, config_text=spec.config_text,
             run_name=spec.run_name, register_best=spec.register_best,
-            eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device)
+            eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device,
+            lease_heartbeat=spec.base.tracking.lease_heartbeat, lease_timeout=spec.base.tracking.lease_timeout)
         _store_plan(plan, tasks)
     except BaseException as exc:
         client.set_status(parent.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
@@ -322,17 +325,10 @@ def _planning_lease(parent_run_id: str, spec: SweepSpec) -> Iterator[None]:
     if not spec.resume:
         yield
         return
-    from mlproject.tracking.lease import Lease, LeaseHeld
+    from mlproject.tracking.lease import waiting_hold
 
     settings = spec.base.tracking
-    lease = Lease(parent_run_id, heartbeat_sec=settings.lease_heartbeat, timeout_sec=settings.lease_timeout)
-    while True:
-        try:
-            lease.acquire()
-            break
-        except LeaseHeld:  # another process is planning this sweep: its plan takes a moment
-            time.sleep(min(1.0, settings.lease_heartbeat))
-    with lease:
+    with waiting_hold(parent_run_id, heartbeat_sec=settings.lease_heartbeat, timeout_sec=settings.lease_timeout):
         yield
 
 
@@ -455,20 +451,37 @@ def train_child(run_id: str, args: Any = None) -> str:
     from the last checkpoint in its artifacts (downloaded from the tracking server), so a
     killed container's retry continues where the child stopped. Returns the run's status.
     """
+    from mlproject.tracking.lease import Lease
+
+    cfg = planned_config(run_id, args)
+    settings = cfg.tracking
+    if not _already_finished(run_id, cfg):
+        # The action is decided under the lease: another process may have finished the run meanwhile.
+        with Lease(run_id, heartbeat_sec=settings.lease_heartbeat, timeout_sec=settings.lease_timeout).acquire():
+            if not _already_finished(run_id, cfg):
+                return _train_leased_child(run_id, cfg)
+    return "FINISHED"
+
+
+def _already_finished(run_id: str, cfg: RunConfig) -> bool:
+    from mlproject.tracking.queries import get_run
+
+    if get_run(run_id).status != "FINISHED":
+        return False
+    print(f"child {cfg.tracking.run_name or run_id}: run {run_id} is already FINISHED", flush=True)
+    return True
+
+
+def _train_leased_child(run_id: str, cfg: RunConfig) -> str:
+    """Train (or resume) a child whose lease this process holds; its final status."""
     from mlproject.tracking import client
-    from mlproject.tracking.lease import LeaseHeld, check_free
+    from mlproject.tracking.lease import LeaseHeld
     from mlproject.tracking.queries import PARENT_TAG, get_run
     from mlproject.tracking.train_tracker import train_tracked
 
     run = get_run(run_id)
-    cfg = planned_config(run_id, args)
     action = child_action(run, cfg.tracking.lease_timeout)
     name = cfg.tracking.run_name or run_id
-    if action == "done":
-        print(f"child {name}: run {run_id} is already FINISHED", flush=True)
-        return "FINISHED"
-    if action == "leased":
-        check_free(run_id, cfg.tracking.lease_timeout)  # raises LeaseHeld naming the holder
     print(f"--- child {name} ({action}) run {run_id}", flush=True)
     if action == "resume":
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, resume_from=run_id))
@@ -541,13 +554,22 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
     parent's charts (as `mlproject plot` does) into the results folder and logs them. Raises
     MlprojectError after reporting when some children did not finish.
     """
-    from mlproject.tracking import client
-    from mlproject.tracking.queries import get_run
-
-    from mlproject.research.describe import finish_parent
+    from mlproject.tracking.lease import waiting_hold
 
     if isinstance(plan, str):
         plan = load_plan(plan)
+    # One aggregator at a time: two processes that shared a sweep's children both aggregate it,
+    # and the second must find the best child's model the first logged, not log another.
+    with waiting_hold(plan.parent_run_id, heartbeat_sec=plan.lease_heartbeat, timeout_sec=plan.lease_timeout):
+        return _aggregate(plan, output_dir, plots)
+
+
+def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOutcome:
+    from mlproject.research.describe import finish_parent
+    from mlproject.research.results import export_sweep_results
+    from mlproject.tracking import client
+    from mlproject.tracking.queries import get_run
+
     missing = [c["name"] for c in plan.children if not c["run_id"]]
     if missing:
         raise MlprojectError(f"{plan.kind}: {len(missing)} planned child runs were never started "
@@ -560,8 +582,6 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
     stats = aggregate(rows, plan.groups, plan.metrics)
     status = "FINISHED" if all(r["status"] == "FINISHED" for r in rows) else "FAILED"
     results_dir = _record_results(plan, rows, stats, output_dir or plan.output_dir)
-    from mlproject.research.results import export_sweep_results
-
     export_sweep_results(plan.kind, plan.experiment_name, rows)  # research_runs/<kind>/<experiment>/
     try:
         best = finish_parent(plan, plan.parent_run_id, rows, stats)

@@ -16,12 +16,14 @@ was taken away.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from mlproject.errors import MlprojectError
@@ -32,6 +34,7 @@ HEARTBEAT_TAG = "mlproject.lease.heartbeat"  # epoch seconds of its last heartbe
 RELEASED = "released"
 _PROCESS_START = round(time.time(), 3)  # tells apart two processes with the same pid over time
 SETTLE_SEC = 0.5  # between writing the holder and reading it back: longer than a store round trip
+_HELD: dict[str, Lease] = {}  # run id -> the lease this process holds on it
 
 
 class LeaseHeld(MlprojectError):
@@ -123,6 +126,7 @@ class Lease:
         self.run_id, self.heartbeat_sec, self.timeout_sec = run_id, heartbeat_sec, timeout_sec
         self.me = this_process(timeout_sec)
         self.lost = False
+        self._nested = False  # this process already held the run's lease: release leaves it to the outer holder
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -130,6 +134,9 @@ class Lease:
         """Take the lease (over a stale one too) and start the heartbeat; LeaseHeld if another live
         process holds it or wins the race for it. `contested=False`: a run just created by this
         process, whose id no other process knows yet."""
+        if self.run_id in _HELD:
+            self._nested = True
+            return self
         state = read(self.run_id)
         if state.holder is not None and state.holder != self.me and state.heartbeat is not None:
             if state.live(self.timeout_sec):
@@ -148,6 +155,7 @@ class Lease:
                             f"run {self.run_id}: its lease was released while this process took it; retry")
         self._thread = threading.Thread(target=self._beat, name=f"lease-{self.run_id[:8]}", daemon=True)
         self._thread.start()
+        _HELD[self.run_id] = self
         return self
 
     def _write(self) -> None:
@@ -168,6 +176,10 @@ class Lease:
 
     def release(self) -> None:
         """Stop the heartbeat and mark the lease released (if this process still holds it)."""
+        if self._nested:
+            return
+        if _HELD.get(self.run_id) is self:
+            del _HELD[self.run_id]
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -185,6 +197,20 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def waiting_hold(run_id: str, *, heartbeat_sec: float, timeout_sec: float) -> Iterator[Lease]:
+    """Hold the run's lease for a short critical section, waiting while another live process holds it."""
+    lease = Lease(run_id, heartbeat_sec=heartbeat_sec, timeout_sec=timeout_sec)
+    while True:
+        try:
+            lease.acquire()
+            break
+        except LeaseHeld:  # another process is in the same section: it takes a moment
+            time.sleep(min(1.0, heartbeat_sec))
+    with lease:
+        yield lease
 
 
 def release_dead(run_id: str, pid: int) -> None:
