@@ -673,19 +673,26 @@ def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan, lease_
 
 
 def _ended_here(child: _ChildProcess, lease_timeout: float) -> bool:
-    """Close a child process's run; True (nothing touched) when another process trains the run."""
+    """Close a child process's run; True (nothing touched) when another live process trains it."""
     from mlproject.tracking import client
-    from mlproject.tracking.lease import live_holder, release_dead
+    from mlproject.tracking.lease import read, release_dead, this_process
+    from mlproject.tracking.queries import TERMINAL, get_run
 
-    holder = live_holder(child.task.run_id, lease_timeout)
-    if holder is not None and holder.pid != child.proc.pid:
-        print(f"skipped {child.task.child.name}: run {child.task.run_id} is trained by another process ({holder})",
-              flush=True)
-        return True
-    release_dead(child.task.run_id, child.proc.pid)  # a child killed hard never released its lease
-    status = client.fail_if_unfinished(child.task.run_id)
-    client.log_files(child.task.run_id, [child.log], "logs")
-    print(f"finished {child.task.child.name}: {status} (exit code {child.proc.returncode})", flush=True)
+    run_id, name = child.task.run_id, child.task.child.name
+    state = read(run_id)
+    ours = state.holder is not None and (state.holder.host, state.holder.pid) == (this_process().host, child.proc.pid)
+    if not ours and state.holder is not None:  # refused: the run's state and logs are the holder's
+        if state.live(lease_timeout):
+            print(f"skipped {name}: run {run_id} is trained by another process ({state.holder})", flush=True)
+            return True
+        status = get_run(run_id).status
+        if status in TERMINAL:
+            print(f"skipped {name}: run {run_id} was trained by another process: {status}", flush=True)
+            return False
+    release_dead(run_id, child.proc.pid)  # a child killed hard never released its lease
+    status = client.fail_if_unfinished(run_id)
+    client.log_files(run_id, [child.log], "logs")
+    print(f"finished {name}: {status} (exit code {child.proc.returncode})", flush=True)
     return False
 
 
