@@ -413,11 +413,10 @@ def _check_children(spec: SweepSpec) -> None:
 
 
 def _print_plan(spec: SweepSpec, tasks: Sequence[_Task]) -> None:
-    counts = {a: sum(t.action == a for t in tasks) for a in ("done", "leased", "resume", "restart", "new")}
-    parts = [f"{n} {label}" for label, n in (("finished", counts["done"]), ("trained by another process",
-                                                                            counts["leased"]),
-                                             ("to resume", counts["resume"]), ("to restart", counts["restart"]),
-                                             ("new", counts["new"])) if n]
+    labels = {"done": "finished", "leased": "trained by another process", "resume": "to resume",
+              "restart": "to restart", "new": "new"}
+    counts = {action: sum(t.action == action for t in tasks) for action in labels}
+    parts = [f"{n} {labels[action]}" for action, n in counts.items() if n]
     print(f"{spec.kind}: {len(tasks)} child runs ({', '.join(parts)}): "
           f"{len(spec.groups)} groups x {len({c.seed for c in spec.children})} seeds", flush=True)
 
