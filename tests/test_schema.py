@@ -58,6 +58,8 @@ GOLDEN: dict[type[StrEnum], dict[str, str]] = {
         "RECORD_PATCH": "mlproject.record.patch",
         "DATA_DIGEST": "mlproject.data.digest",
         "DATA_TOKENIZER_HASH": "mlproject.data.tokenizer_hash",
+        "LEASE_HOLDER": "mlproject.lease.holder",
+        "LEASE_HEARTBEAT": "mlproject.lease.heartbeat",
         "REPRODUCES": "mlproject.reproduces",
         "REPRODUCED_BY": "mlproject.reproduced_by",
         "REPRODUCE_VERDICT": "mlproject.reproduce.verdict",
@@ -93,7 +95,7 @@ GOLDEN: dict[type[StrEnum], dict[str, str]] = {
     RunStatus: {"SCHEDULED": "SCHEDULED", "RUNNING": "RUNNING", "FINISHED": "FINISHED", "FAILED": "FAILED",
                 "KILLED": "KILLED"},
     TrainStatus: {"FINISHED": "finished", "EARLY_STOPPED": "early_stopped", "INTERRUPTED": "interrupted"},
-    ChildAction: {"DONE": "done", "RESUME": "resume", "RESTART": "restart", "NEW": "new"},
+    ChildAction: {"DONE": "done", "RESUME": "resume", "RESTART": "restart", "NEW": "new", "LEASED": "leased"},
     StepStatus: {"PENDING": "pending", "RUNNING": "running", "SUCCEEDED": "succeeded", "REUSED": "reused",
                  "SKIPPED": "skipped", "FAILED": "failed", "INTERRUPTED": "interrupted"},
     TrialOutcome: {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED", "FAIL": "FAIL"},
@@ -118,6 +120,7 @@ def test_prefix_built_keys_and_paths_keep_their_shape():
     assert schema.step_run_id_tag("train") == "mlproject.step.train.run_id"
     assert schema.checkpoint_artifact("last") == "checkpoints/last.pt"
     assert schema.TERMINAL_STATUSES == ("FINISHED", "FAILED", "KILLED")
+    assert schema.LEASE_RELEASED == "released"
 
 
 def test_members_are_the_plain_strings_mlflow_stores():

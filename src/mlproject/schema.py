@@ -62,6 +62,9 @@ class Tag(StrEnum):
     RECORD_PATCH = "mlproject.record.patch"        # PatchState
     DATA_DIGEST = "mlproject.data.digest"
     DATA_TOKENIZER_HASH = "mlproject.data.tokenizer_hash"
+    # leases (tracking/lease.py): one process trains a run at a time
+    LEASE_HOLDER = "mlproject.lease.holder"        # JSON {"host", "pid", "start", "timeout"} of the holder
+    LEASE_HEARTBEAT = "mlproject.lease.heartbeat"  # epoch seconds of its last heartbeat, or LEASE_RELEASED
     # reproduce
     REPRODUCES = "mlproject.reproduces"            # on a reproduction: the id of the run it re-made
     REPRODUCED_BY = "mlproject.reproduced_by"      # on the original: its latest reproduction's run id
@@ -163,6 +166,7 @@ class ChildAction(StrEnum):
     DONE = "done"                                  # finished: nothing to do
     RESUME = "resume"                              # from the last checkpoint in its artifacts
     RESTART = "restart"                            # started but never reached a checkpoint
+    LEASED = "leased"                              # another live process trains it: skip and wait
     NEW = "new"
 
 
@@ -194,3 +198,6 @@ class PatchState(StrEnum):
     LOGGED = "logged"                              # a patch or untracked files
     SUMMARISED = "summarised"                      # too large to log
     NONE = "none"                                  # no git
+
+# The heartbeat tag's value once its holder let the run go.
+LEASE_RELEASED = "released"

@@ -18,8 +18,8 @@ from mlproject.protocol import parse_step_result
 from mlproject.model.checkpoint import load_checkpoint
 
 
-def _plan(tmp_path, capsys, **train) -> dict:
-    path = write_sweep(tmp_path / "c.yaml", unique("stages"), train=train,
+def _plan(tmp_path, capsys, tracking=None, **train) -> dict:
+    path = write_sweep(tmp_path / "c.yaml", unique("stages"), train=train, tracking=tracking or {},
                        extra={"compare": {"models": ["gpt2", "gpt3"], "seeds": [1]}})
     assert main(["compare", "--config", str(path), "--plan-only"]) == 0
     result = parse_step_result(capsys.readouterr().out)
@@ -77,8 +77,10 @@ def test_aggregate_before_the_children_finish_fails_the_parent_naming_them(resea
 def test_a_killed_child_process_resumes_from_the_checkpoint_in_its_artifacts(research_env, tmp_path, capsys):
     """SIGKILL (a killed container) leaves the run RUNNING with its uploaded last.pt; the retry
     downloads it and continues the same run. The retry caps max_steps a few steps past the
-    checkpoint so the test does not depend on when the kill lands."""
-    plan = _plan(tmp_path, capsys, max_steps=100_000, save_every=4, eval_interval=4)
+    checkpoint so the test does not depend on when the kill lands. The dead process's lease
+    goes stale after its 2 s timeout; the retry takes it over."""
+    plan = _plan(tmp_path, capsys, tracking={"lease_heartbeat": 0.5, "lease_timeout": 2},
+                 max_steps=100_000, save_every=4, eval_interval=4)
     child = plan["children"][0]
     client = MlflowClient()
     proc = subprocess.Popen([sys.executable, "-m", "mlproject", "train", "--run-id", child],
@@ -94,6 +96,7 @@ def test_a_killed_child_process_resumes_from_the_checkpoint_in_its_artifacts(res
         proc.wait()
     assert client.get_run(child).info.status == "RUNNING"
     step = load_checkpoint(client.download_artifacts(child, "checkpoints/last.pt", str(tmp_path)))["step"]
+    time.sleep(2.5)  # the lease of the killed process times out
 
     assert main(["train", "--run-id", child, "--max-steps", str(step + 4)]) == 0
     assert f"({'resume'}) run {child}" in capsys.readouterr().out

@@ -104,9 +104,11 @@ def test_resuming_at_the_final_step_reports_the_last_training_loss(finished, cap
 
 
 def test_sigkill_then_resume_leaves_every_step_logged_exactly_once(tiny_yaml, experiment_name):
-    """SIGKILL (no handler runs, buffered metrics are lost) after a checkpoint, then --resume-from."""
+    """SIGKILL (no handler runs, buffered metrics are lost) after a checkpoint, then --resume-from
+    once the killed process's lease timed out (2 s here)."""
     steps = 60
-    config = tiny_yaml(train={"max_steps": steps, "log_interval": 1, "save_every": 7, "eval_interval": 30})
+    config = tiny_yaml(train={"max_steps": steps, "log_interval": 1, "save_every": 7, "eval_interval": 30},
+                       tracking={"lease_heartbeat": 0.5, "lease_timeout": 2})
     proc = subprocess.Popen([str(VENV_BIN / "mlproject"), "train", "--config", str(config)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     assert proc.stdout is not None
@@ -117,6 +119,7 @@ def test_sigkill_then_resume_leaves_every_step_logged_exactly_once(tiny_yaml, ex
     proc.wait(timeout=60)
     (run,) = _runs(experiment_name)
     assert run.info.status == "RUNNING"  # nothing got to close it
+    time.sleep(2.5)
     done = _cli("train", "--config", str(config), "--resume-from", run.info.run_id)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     client = MlflowClient()

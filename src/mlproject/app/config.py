@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,11 +30,20 @@ class TrackingConfig:
     log_to_mlflow: bool = field(True, help="false disables tracking (benchmarks, debugging)")
     system_metrics: bool = field(True, help="log MLflow system metrics (CPU, memory; GPU with nvidia-ml-py)")
     system_metrics_interval: float = field(10.0, help="seconds between system metrics samples")
+    # Runtime settings: the tracking section is outside the sweep key, so they never split a sweep.
+    lease_heartbeat: float = field(10.0, help="seconds between heartbeats of the lease on the run being trained")
+    lease_timeout: float = field(60.0, help="seconds without a heartbeat after which a run's lease is stale "
+                                            "and another process may take the run over")
 
     def validate(self) -> None:
         check_types(self, source="tracking")
         if not self.system_metrics_interval > 0:
             raise ConfigError(f"tracking: system_metrics_interval={self.system_metrics_interval} must be > 0 (seconds)")
+        if not 0 < self.lease_heartbeat < math.inf:
+            raise ConfigError(f"tracking: lease_heartbeat={self.lease_heartbeat} must be a finite number > 0 (seconds)")
+        if not self.lease_heartbeat < self.lease_timeout < math.inf:
+            raise ConfigError(f"tracking: lease_timeout={self.lease_timeout} must be finite and longer than "
+                              f"lease_heartbeat={self.lease_heartbeat} (seconds)")
 
 
 @dataclass

@@ -30,6 +30,7 @@ run's artifacts, so it can train (and resume) on any worker.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -40,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ from mlproject.research.results import (
     write_results,
 )
 from mlproject.app.config import RunConfig
-from mlproject.schema import Artifact, ChildAction, RunStatus, Tag, checkpoint_artifact
+from mlproject.schema import TERMINAL_STATUSES, Artifact, ChildAction, RunStatus, Tag, checkpoint_artifact
 
 # Fields that change how fast a run goes, not what it computes: left out of the sweep key, so
 # a sweep resumed on another machine (or with --parallel) still matches its children.
@@ -224,6 +225,8 @@ class SweepPlan:
     eval_datasets: list[str] = field(default_factory=list)  # evaluated in the aggregate stage
     cache_dir: str | None = None     # of the data, for those evaluations
     device: str = "auto"
+    lease_heartbeat: float = 10.0    # of the parent's lease while aggregating
+    lease_timeout: float = 60.0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -246,15 +249,18 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
     """
     from mlproject.tracking import client
 
-    plan, tasks = _plan_stage(spec, eager=False)
+    plan, tasks = _plan_stage(spec, eager=spec.resume)
+    settings = spec.base.tracking  # the lease's heartbeat and timeout
     try:
-        todo = [t for t in tasks if t.action != ChildAction.DONE]
-        if todo:
+        todo = [t for t in tasks if t.action not in (ChildAction.DONE, ChildAction.LEASED)]
+        elsewhere = [t for t in tasks if t.action == ChildAction.LEASED]
+        if todo or elsewhere:
             _prepare_data(spec.base)
-            if spec.parallel > 1 and len(todo) > 1:
-                _run_parallel(todo, spec.parallel, plan)
-            else:
-                _run_sequential(todo)
+        if spec.parallel > 1 and len(todo) > 1:
+            elsewhere += _run_parallel(todo, spec.parallel, plan, settings.lease_timeout)
+        else:
+            elsewhere += _run_sequential(todo)
+        _wait_for_others(elsewhere, settings.lease_heartbeat, settings.lease_timeout)
     except BaseException as exc:
         client.set_status(plan.parent_run_id,
                           RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
@@ -294,19 +300,36 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
           f"(id {parent.experiment_id})", flush=True)
     try:
         client.log_params_once(parent.run_id, parent_params(spec))
-        tasks = _plan(spec, parent, eager)
+        with _planning_lease(parent.run_id, spec):
+            tasks = _plan(spec, parent, eager)
         _print_plan(spec, tasks)
         plan = SweepPlan(
             kind=spec.kind, parent_run_id=parent.run_id, experiment_id=parent.experiment_id,
             experiment_name=parent.experiment_name, groups=list(spec.groups), metrics=list(spec.metrics),
             children=[], output_dir=spec.base.tracking.output_dir, config_text=spec.config_text,
             run_name=spec.run_name, register_best=spec.register_best,
-            eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device)
+            eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device,
+            lease_heartbeat=spec.base.tracking.lease_heartbeat, lease_timeout=spec.base.tracking.lease_timeout)
         _store_plan(plan, tasks)
     except BaseException as exc:
         client.set_status(parent.run_id, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
         raise
     return plan, tasks
+
+
+@contextlib.contextmanager
+def _planning_lease(parent_run_id: str, spec: SweepSpec) -> Iterator[None]:
+    """With --resume, plan while holding the parent's lease: two processes resuming one sweep at
+    once plan one after the other, so the second finds (and shares) the children the first
+    created instead of creating a second run for each missing cell."""
+    if not spec.resume:
+        yield
+        return
+    from mlproject.tracking.lease import waiting_hold
+
+    settings = spec.base.tracking
+    with waiting_hold(parent_run_id, heartbeat_sec=settings.lease_heartbeat, timeout_sec=settings.lease_timeout):
+        yield
 
 
 def _store_plan(plan: SweepPlan, tasks: Sequence[_Task]) -> None:
@@ -348,20 +371,24 @@ def _plan(spec: SweepSpec, parent: Any, eager: bool) -> list[_Task]:
         else:
             if run.tags.get(Tag.PARENT) != parent.run_id:
                 client.adopt_child(run.run_id, parent.run_id)
-            task = _Task(child, run.run_id, child_action(run), parent=parent)
-            if task.action != ChildAction.DONE:
+            task = _Task(child, run.run_id, child_action(run, child.cfg.tracking.lease_timeout), parent=parent)
+            if task.action not in (ChildAction.DONE, ChildAction.LEASED):
                 _log_child_config(task)
         tasks.append(task)
     return tasks
 
 
-def child_action(run: Any) -> str:
-    """What a child run needs: done (FINISHED), new (never started), resume (has a last
-    checkpoint in its artifacts) or restart (started but never reached a checkpoint)."""
+def child_action(run: Any, lease_timeout: float) -> str:
+    """What a child run needs: done (FINISHED), leased (another live process trains it), new
+    (never started), resume (has a last checkpoint in its artifacts) or restart (started but
+    never reached a checkpoint)."""
+    from mlproject.tracking.lease import live_holder
     from mlproject.tracking.queries import artifact_files
 
     if run.status == RunStatus.FINISHED:
         return ChildAction.DONE
+    if live_holder(run.run_id, lease_timeout) is not None:
+        return ChildAction.LEASED
     if run.status == RunStatus.SCHEDULED:  # created by a plan, never started
         return ChildAction.NEW
     if checkpoint_artifact("last") in artifact_files(run.run_id, Artifact.CHECKPOINTS):
@@ -387,11 +414,10 @@ def _check_children(spec: SweepSpec) -> None:
 
 
 def _print_plan(spec: SweepSpec, tasks: Sequence[_Task]) -> None:
-    counts = {a: sum(t.action == a for t in tasks) for a in ChildAction}
-    parts = [f"{n} {label}" for label, n in (("finished", counts[ChildAction.DONE]),
-                                             ("to resume", counts[ChildAction.RESUME]),
-                                             ("to restart", counts[ChildAction.RESTART]),
-                                             ("new", counts[ChildAction.NEW])) if n]
+    labels = {ChildAction.DONE: "finished", ChildAction.LEASED: "trained by another process",
+              ChildAction.RESUME: "to resume", ChildAction.RESTART: "to restart", ChildAction.NEW: "new"}
+    counts = {action: sum(t.action == action for t in tasks) for action in labels}
+    parts = [f"{n} {labels[action]}" for action, n in counts.items() if n]
     print(f"{spec.kind}: {len(tasks)} child runs ({', '.join(parts)}): "
           f"{len(spec.groups)} groups x {len({c.seed for c in spec.children})} seeds", flush=True)
 
@@ -425,42 +451,92 @@ def train_child(run_id: str, args: Any = None) -> str:
     from the last checkpoint in its artifacts (downloaded from the tracking server), so a
     killed container's retry continues where the child stopped. Returns the run's status.
     """
+    from mlproject.tracking.lease import Lease
+
+    cfg = planned_config(run_id, args)
+    settings = cfg.tracking
+    if not _already_finished(run_id, cfg):
+        # The action is decided under the lease: another process may have finished the run meanwhile.
+        with Lease(run_id, heartbeat_sec=settings.lease_heartbeat, timeout_sec=settings.lease_timeout).acquire():
+            if not _already_finished(run_id, cfg):
+                return _train_leased_child(run_id, cfg)
+    return RunStatus.FINISHED
+
+
+def _already_finished(run_id: str, cfg: RunConfig) -> bool:
+    from mlproject.tracking.queries import get_run
+
+    if get_run(run_id).status != RunStatus.FINISHED:
+        return False
+    print(f"child {cfg.tracking.run_name or run_id}: run {run_id} is already FINISHED", flush=True)
+    return True
+
+
+def _train_leased_child(run_id: str, cfg: RunConfig) -> str:
+    """Train (or resume) a child whose lease this process holds; its final status."""
     from mlproject.tracking import client
+    from mlproject.tracking.lease import LeaseHeld
     from mlproject.tracking.queries import get_run
     from mlproject.tracking.train_tracker import train_tracked
 
     run = get_run(run_id)
-    cfg = planned_config(run_id, args)
-    action = child_action(run)
+    action = child_action(run, cfg.tracking.lease_timeout)
     name = cfg.tracking.run_name or run_id
-    if action == ChildAction.DONE:
-        print(f"child {name}: run {run_id} is already FINISHED", flush=True)
-        return RunStatus.FINISHED
     print(f"--- child {name} ({action}) run {run_id}", flush=True)
     if action == ChildAction.RESUME:
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, resume_from=run_id))
     try:
         outcome = train_tracked(cfg, parent_run_id=run.tags.get(Tag.PARENT), run_id=run_id)
+    except LeaseHeld:  # another process took the run first: its state is that process's
+        raise
     except Exception:
         client.fail_if_unfinished(run_id)
         raise
     return outcome.status
 
 
-def _run_sequential(tasks: Sequence[_Task]) -> None:
+def _run_sequential(tasks: Sequence[_Task]) -> list[_Task]:
+    """Train the children one by one in this process; return those another process holds."""
     from mlproject.tracking import client
+    from mlproject.tracking.lease import LeaseHeld
 
+    elsewhere = []
     for i, task in enumerate(tasks, 1):
         _ensure_run(task)
         print(f"--- child {i}/{len(tasks)}: {task.child.name} ({task.action}) run {task.run_id}", flush=True)
         try:
             status = train_child(task.run_id)
+        except LeaseHeld as exc:  # trained by another process: skipped here, waited for before aggregating
+            print(f"child {task.child.name} skipped: {exc}", flush=True)
+            elsewhere.append(task)
+            continue
         except Exception as exc:  # the run is FAILED with its error tag; the other children still run
             print(f"child {task.child.name} failed: {type(exc).__name__}: {exc}".splitlines()[0], flush=True)
             client.fail_if_unfinished(task.run_id)
             continue
         if status == RunStatus.KILLED:  # the trainer stopped on SIGTERM: stop the sweep too
             raise KeyboardInterrupt(f"child {task.child.name} was interrupted")
+    return elsewhere
+
+
+def _wait_for_others(tasks: Sequence[_Task], heartbeat_sec: float, lease_timeout: float) -> None:
+    """Wait until the children other processes train are released, so the aggregate includes
+    them. A child whose holder died (its lease went stale, the run never ended) is trained here."""
+    from mlproject.tracking.lease import live_holder
+    from mlproject.tracking.queries import get_run
+
+    waiting = list(tasks)
+    if waiting:
+        print(f"waiting for {len(waiting)} child run(s) trained by other processes: "
+              + ", ".join(t.child.name for t in waiting), flush=True)
+    while waiting:
+        time.sleep(heartbeat_sec)
+        for task in list(waiting):
+            if live_holder(task.run_id, lease_timeout) is not None:
+                continue
+            waiting.remove(task)
+            if get_run(task.run_id).status not in TERMINAL_STATUSES:  # its holder died: continue it here
+                waiting += _run_sequential([task])
 
 
 def _prepare_data(base: RunConfig) -> None:
@@ -478,13 +554,22 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
     parent's charts (as `mlproject plot` does) into the results folder and logs them. Raises
     MlprojectError after reporting when some children did not finish.
     """
-    from mlproject.tracking import client
-    from mlproject.tracking.queries import get_run
-
-    from mlproject.research.describe import finish_parent
+    from mlproject.tracking.lease import waiting_hold
 
     if isinstance(plan, str):
         plan = load_plan(plan)
+    # One aggregator at a time: two processes that shared a sweep's children both aggregate it,
+    # and the second must find the best child's model the first logged, not log another.
+    with waiting_hold(plan.parent_run_id, heartbeat_sec=plan.lease_heartbeat, timeout_sec=plan.lease_timeout):
+        return _aggregate(plan, output_dir, plots)
+
+
+def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOutcome:
+    from mlproject.research.describe import finish_parent
+    from mlproject.research.results import export_sweep_results
+    from mlproject.tracking import client
+    from mlproject.tracking.queries import get_run
+
     missing = [c["name"] for c in plan.children if not c["run_id"]]
     if missing:
         raise MlprojectError(f"{plan.kind}: {len(missing)} planned child runs were never started "
@@ -497,8 +582,6 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
     stats = aggregate(rows, plan.groups, plan.metrics)
     status = RunStatus.FINISHED if all(r["status"] == RunStatus.FINISHED for r in rows) else RunStatus.FAILED
     results_dir = _record_results(plan, rows, stats, output_dir or plan.output_dir)
-    from mlproject.research.results import export_sweep_results
-
     export_sweep_results(plan.kind, plan.experiment_name, rows)  # research_runs/<kind>/<experiment>/
     try:
         best = finish_parent(plan, plan.parent_run_id, rows, stats)
@@ -553,9 +636,9 @@ class _ChildProcess:
         return True
 
 
-def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan) -> None:
-    """`parallel` children at a time as `mlproject train --run-id` processes (the child stage)."""
-    from mlproject.tracking import client
+def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan, lease_timeout: float) -> list[_Task]:
+    """`parallel` children at a time as `mlproject train --run-id` processes (the child stage);
+    return those another process holds."""
     from mlproject.tracking.queries import absolute_tracking_uri
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -565,6 +648,7 @@ def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan) -> Non
     print(f"running {len(tasks)} children, {parallel} at a time with {threads} torch thread(s) each", flush=True)
     pending = list(tasks)
     running: list[_ChildProcess] = []
+    elsewhere: list[_Task] = []
     with tempfile.TemporaryDirectory(prefix="mlproject-sweep-") as tmp:
         try:
             while pending or running:
@@ -580,14 +664,37 @@ def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan) -> Non
                     print(f"started {task.child.name} ({task.action}) run {task.run_id}", flush=True)
                 for child in [c for c in running if c.done()]:
                     running.remove(child)
-                    status = client.fail_if_unfinished(child.task.run_id)
-                    client.log_files(child.task.run_id, [child.log], Artifact.LOGS)
-                    print(f"finished {child.task.child.name}: {status} (exit code {child.proc.returncode})",
-                          flush=True)
+                    if _ended_here(child, lease_timeout):
+                        elsewhere.append(child.task)
                 time.sleep(0.2)
         except BaseException:
             _stop([c.proc for c in running])
             raise
+    return elsewhere
+
+
+def _ended_here(child: _ChildProcess, lease_timeout: float) -> bool:
+    """Close a child process's run; True (nothing touched) when another live process trains it."""
+    from mlproject.tracking import client
+    from mlproject.tracking.lease import read, release_dead, this_process
+    from mlproject.tracking.queries import get_run
+
+    run_id, name = child.task.run_id, child.task.child.name
+    state = read(run_id)
+    ours = state.holder is not None and (state.holder.host, state.holder.pid) == (this_process().host, child.proc.pid)
+    if not ours and state.holder is not None:  # refused: the run's state and logs are the holder's
+        if state.live(lease_timeout):
+            print(f"skipped {name}: run {run_id} is trained by another process ({state.holder})", flush=True)
+            return True
+        status = get_run(run_id).status
+        if status in TERMINAL_STATUSES:
+            print(f"skipped {name}: run {run_id} was trained by another process: {status}", flush=True)
+            return False
+    release_dead(run_id, child.proc.pid)  # a child killed hard never released its lease
+    status = client.fail_if_unfinished(run_id)
+    client.log_files(run_id, [child.log], Artifact.LOGS)
+    print(f"finished {name}: {status} (exit code {child.proc.returncode})", flush=True)
+    return False
 
 
 def _stop(running: Sequence[subprocess.Popen], grace_sec: float = 60.0) -> None:

@@ -193,7 +193,8 @@ def ensure_experiment(name: str) -> str:
         return experiment.experiment_id
 
 
-def _check_run(run_id: str, what: str) -> Any:
+def check_run(run_id: str, what: str = "run") -> Any:
+    """The MLflow run `run_id`, or a one-line error if it does not exist or is deleted."""
     try:
         run = client().get_run(run_id)
     except MlflowException:
@@ -230,21 +231,27 @@ class ActiveRun:
     previous_end_time: int | None = None
 
 
+def join_target(*, run_id: str | None = None, parent_run_id: str | None = None,
+                resume_run_id: str | None = None) -> str | None:
+    """The existing run `start_run` joins with these arguments (None: it creates a new run)."""
+    return run_id or (None if parent_run_id else process_run_id() or resume_run_id)
+
+
 def start_run(*, experiment_name: str, run_name: str | None = None, run_id: str | None = None,
               parent_run_id: str | None = None, resume_run_id: str | None = None,
               tags: Mapping[str, str] | None = None, log_system_metrics: bool | None = None) -> ActiveRun:
     """Start or join a training step's run (see the module docstring for the order) as the active run."""
     ensure_store()
-    join = run_id or (None if parent_run_id else process_run_id() or resume_run_id)
+    join = join_target(run_id=run_id, parent_run_id=parent_run_id, resume_run_id=resume_run_id)
     nested = mlflow.active_run() is not None
     if join:
-        before = _check_run(join, "run").info
+        before = check_run(join, "run").info
         run = mlflow.start_run(run_id=join, nested=nested, run_name=run_name, log_system_metrics=log_system_metrics)
         set_tags(join, tags or {})
         add_standard_tags(join)
         return ActiveRun(join, run.info.experiment_id, before.status, before.end_time)
     if parent_run_id:
-        experiment_id = _check_run(parent_run_id, "parent run").info.experiment_id
+        experiment_id = check_run(parent_run_id, "parent run").info.experiment_id
     else:
         experiment_id = ensure_experiment(experiment_name)
     # A child of `parent_run_id` must not join the handed run: start_run reads the variable

@@ -25,10 +25,11 @@ from mlproject.app.config import RunConfig
 from mlproject.app.train import TrainOutcome, run_training
 from mlproject.config import dump_yaml, flatten
 from mlproject.errors import MlprojectError
-from mlproject.schema import Artifact, RunStatus, Tag
+from mlproject.schema import Artifact, RunRole, RunStatus, SweepKind, Tag
 from mlproject.tracking import client
 from mlproject.tracking.artifacts import download_checkpoint, log_file_as, log_model
 from mlproject.tracking.logger import MlflowLogger
+from mlproject.tracking.lease import Lease
 from mlproject.tracking.queries import experiment_name, get_run
 from mlproject.tracking.record import record_run
 from mlproject.tracking.run_context import configure_system_metrics, environment_tags, git_info
@@ -150,9 +151,28 @@ class MlflowTracker:
     def run(self, cfg: RunConfig, data: Any, *, resume_run_id: str | None) -> Iterator[MlflowRun]:
         tags = {"model_version": cfg.model.model_version, "dataset": cfg.data.dataset,
                 **git_info(), **environment_tags(), **self.extra_tags}
-        active = client.start_run(experiment_name=cfg.experiment_name, run_name=cfg.tracking.run_name,
-                                  run_id=self.run_id, parent_run_id=self.parent_run_id, resume_run_id=resume_run_id,
-                                  tags=tags, log_system_metrics=configure_system_metrics(cfg.tracking))
+        join = client.join_target(run_id=self.run_id, parent_run_id=self.parent_run_id, resume_run_id=resume_run_id)
+        if self.run_id is None and resume_run_id:
+            check_standalone_resume(resume_run_id)
+        if join:
+            client.check_run(join)
+        # An existing run is leased before anything about it changes: a refusal leaves it as it was.
+        held = _lease(join, cfg, contested=True) if join else None
+        try:
+            active = client.start_run(experiment_name=cfg.experiment_name, run_name=cfg.tracking.run_name,
+                                      run_id=self.run_id, parent_run_id=self.parent_run_id,
+                                      resume_run_id=resume_run_id, tags=tags,
+                                      log_system_metrics=configure_system_metrics(cfg.tracking))
+            if held is None:  # a new run: no other process knows its id yet
+                held = _lease(active.run_id, cfg, contested=False)
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+        with held:
+            yield from self._record(cfg, data, active)
+
+    def _record(self, cfg: RunConfig, data: Any, active: client.ActiveRun) -> Iterator[MlflowRun]:
         recorded = get_run(active.run_id)
         record_run(active.run_id, recorded.tags, data.info)  # what a reproduction needs: source, environment, data
         sections = cfg.sections()
@@ -171,6 +191,29 @@ class MlflowTracker:
         except BaseException as exc:
             mlflow_run.fail(exc)
             raise
+
+
+def _lease(run_id: str, cfg: RunConfig, *, contested: bool) -> Lease:
+    return Lease(run_id, heartbeat_sec=cfg.tracking.lease_heartbeat,
+                 timeout_sec=cfg.tracking.lease_timeout).acquire(contested=contested)
+
+
+def check_standalone_resume(run_id: str) -> None:
+    """Refuse `--resume-from` a sweep's parent or child: the sweep owns their state.
+
+    A standalone train would join the run with the command line's config, turn a planned
+    parent FAILED or train a child another process planned; the sweep's own commands do it.
+    """
+    tags = client.check_run(run_id, "resume_from run").data.tags
+    role = tags.get(Tag.ROLE)
+    command = "ablate" if tags.get(Tag.SWEEP_KIND) == SweepKind.ABLATION else "compare"
+    if role == RunRole.SWEEP_PARENT:
+        raise MlprojectError(f"resume_from={run_id} is the parent run of a {command} sweep; resume the sweep with "
+                             f"`mlproject {command} --resume` and the sweep's config, not with train --resume-from")
+    if role == RunRole.SWEEP_CHILD:
+        raise MlprojectError(f"resume_from={run_id} is a child run of a {command} sweep; train it with its planned "
+                             f"config by `mlproject train --run-id {run_id}`, or resume the whole sweep with "
+                             f"`mlproject {command} --resume`")
 
 
 def _note_changed_params(run_id: str, changed: dict[str, tuple[str, str]]) -> None:
