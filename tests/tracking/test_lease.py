@@ -102,7 +102,7 @@ def test_a_finished_run_releases_its_lease(tiny_config):
 @pytest.mark.parametrize("flags, message", [
     (["--lease-heartbeat", "0"], "lease_heartbeat=0.0 must be a finite number > 0"),
     (["--lease-heartbeat", "10", "--lease-timeout", "5"], "lease_timeout=5.0 must be finite and longer than"),
-    (["--lease-timeout", "inf"], "lease_timeout=inf must be finite"),
+    (["--lease-timeout", "inf"], "lease_timeout='inf' is not a valid value; expected finite float"),
 ])
 def test_lease_settings_are_checked_before_anything_runs(flags, message):
     from mlproject.app.config import RunConfig
