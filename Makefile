@@ -28,13 +28,13 @@ run: $(STAMP)
 TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not e2e" -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -m "not e2e" -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 # Every test: the fast tier, then the end-to-end tests one at a time (they start servers and
 # containers of their own, each on free ports). What CI runs.
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -m "not e2e" -n $(TEST_WORKERS) --dist loadfile
-	$(BIN)/python -m pytest -m e2e
+	$(BIN)/python -m pytest -m "not e2e" -n $(TEST_WORKERS) --dist loadfile --durations=10
+	$(BIN)/python -m pytest -m e2e --durations=10
 
 # The documentation site (mkdocs.yml, pages under docs/) into site/; --strict fails on a broken
 # link or a page missing from the nav, as CI does.

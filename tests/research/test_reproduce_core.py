@@ -78,6 +78,17 @@ def test_a_shorter_rerun_is_compared_up_to_its_last_step():
     assert verdict.verdict is Verdict.IDENTICAL and verdict.steps == 3
 
 
+def test_a_shortened_rerun_s_own_end_of_run_evaluation_is_not_judged():
+    val = [(4, 7.1), (8, 6.3)]
+    stopped_at_6 = [(4, 7.1), (6, 6.8)]  # the run stopped at 6 evaluates there; the original never did
+    assert judge_history("val_loss", val, stopped_at_6, max_step=6).verdict is Verdict.IDENTICAL
+    assert judge_history("val_loss", val, [(4, 7.1), (5, 6.9)], max_step=6).verdict is Verdict.DIFFERS
+    # a metric the original first logged after the stop (an end-of-run summary) is not judged at all
+    verdicts = judge_histories({"val_loss": val, "val_loss_best": [(8, 6.3)]},
+                               {"val_loss": stopped_at_6, "val_loss_best": [(6, 6.8)]}, max_step=6)
+    assert [(v.metric, v.verdict) for v in verdicts] == [("val_loss", Verdict.IDENTICAL)]
+
+
 def test_the_worst_verdict_wins_and_a_missing_metric_differs():
     original = {"train_loss": LOSS, "val_loss": [(4, 9.0), (8, 7.0)], "lr": [(0, 0.0), (2, 1e-3)]}
     reproduced = {"train_loss": LOSS, "lr": [(0, 0.0), (2, 1e-3 * (1 + 1e-6))]}

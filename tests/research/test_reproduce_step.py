@@ -64,6 +64,24 @@ def test_a_tiny_cpu_run_logs_its_record_and_reproduces_identical(research_env, e
         "reproduce/report.txt", "reproduce/overlay.png"}
 
 
+def test_max_steps_re_makes_the_first_steps_exactly_with_the_full_schedule(research_env, experiment_name, tmp_path,
+                                                                           capsys):
+    from mlflow import MlflowClient
+
+    run_id = _train(tmp_path, experiment_name)  # 8 steps: train_loss every 2, val_loss every 4
+
+    code, out = _reproduce(capsys, "--run-id", run_id, "--max-steps", "4")
+
+    assert code == 0, out
+    assert "verdict: identical" in out
+    assert "train_loss: identical (bitwise, 2 steps)" in out and "val_loss: identical (bitwise, 1 steps)" in out
+    new = _reproduction_of(run_id)
+    assert new.info.status == "FINISHED"
+    steps = [m.step for m in MlflowClient().get_metric_history(new.info.run_id, "train_loss")]
+    assert max(steps) == 4  # it stopped there; the same losses prove the schedule is the 8-step one
+    assert new.data.params["train.stop_at_step"] == "4" and new.data.params["train.max_steps"] == "8"
+
+
 def test_a_changed_token_cache_is_refused_unless_allowed(research_env, experiment_name, tmp_path, capsys):
     from mlflow import MlflowClient
 
@@ -141,6 +159,20 @@ def test_a_sweep_parent_reproduces_with_a_tost_verdict_on_its_group_means(compar
     assert {r.data.tags["mlproject.reproduces"] for r in reproductions} == originals
     assert all(r.data.tags["mlproject.reproduce.verdict"] == "identical" for r in reproductions)
     assert MlflowClient().get_run(parent).data.tags["mlproject.reproduced_by"] == new.info.run_id
+
+    seeds = sorted({int(c.data.tags["mlproject.seed"]) for c in children_of(parent)})
+    code, out = _reproduce(capsys, "--run-id", parent, "--seeds", str(seeds[0]), "999")
+    assert code == 2 and f"seeds [999] are not seeds of sweep {parent}; expected some of {seeds}" in out
+    code, out = _reproduce(capsys, "--run-id", parent, "--max-steps", "2")
+    assert code == 2 and "--max-steps applies to a training run" in out
+
+    code, out = _reproduce(capsys, "--run-id", parent, "--seeds", str(seeds[0]), "--margin", "0.01")
+    assert code == 1, out  # one seed per group cannot show equivalence: said, and gated on
+    latest = MlflowClient().search_runs([new.info.experiment_id], f"tags.`mlproject.reproduces` = '{parent}'",
+                                        order_by=["attributes.start_time DESC"])[0]
+    again = children_of(latest.info.run_id)
+    first_seed = {c.info.run_id for c in children_of(parent) if c.data.tags["mlproject.seed"] == str(seeds[0])}
+    assert len(again) == 2 and {r.data.tags["mlproject.reproduces"] for r in again} == first_seed
 
 
 COSINE = "    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))"

@@ -198,6 +198,10 @@ class ReproduceConfig:
                                                 "from the recorded one")
     num_threads: int | None = field(None, help="train with this many torch threads instead of the recorded "
                                                "count (bitwise equality is then not expected)")
+    seeds: list[int] | None = field(None, help="sweep parent: re-make only the children of these seeds "
+                                              "(default: every FINISHED child)")
+    max_steps: int | None = field(None, help="re-make only the first N optimizer steps (with the full run's "
+                                             "learning-rate schedule) and judge the metrics up to step N")
     margin: float | None = field(None, help="sweep parent: the largest group-mean difference that counts as the "
                                             "same result in the TOST equivalence test (default: the original "
                                             "sweep's minimum detectable difference)")
@@ -212,3 +216,5 @@ class ReproduceConfig:
             raise ConfigError(f"reproduce: rtol={self.rtol} must be >= 0")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"reproduce: num_threads={self.num_threads} must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"reproduce: max_steps={self.max_steps} must be >= 1")

@@ -98,6 +98,9 @@ def judge_history(metric: str, original: History, reproduced: History, *, rtol: 
         raise ConfigError(f"rtol must be a non-negative number, got {rtol!r}")
     orig = sorted((int(s), float(v)) for s, v in original if max_step is None or s <= max_step)
     repro = sorted((int(s), float(v)) for s, v in reproduced if max_step is None or s <= max_step)
+    if max_step is not None:  # stopping there adds an end-of-run evaluation the original never made there
+        logged = {s for s, _ in orig}
+        repro = [(s, v) for s, v in repro if s != max_step or s in logged]
     if not orig and not repro:
         return MetricVerdict(metric, Verdict.DIFFERS, 0, math.inf, note="no values to compare")
     aligned = 0  # leading pairs logged at the same step
@@ -127,9 +130,12 @@ def judge_histories(original: Mapping[str, History], reproduced: Mapping[str, Hi
                     rtol: float = DEFAULT_RTOL, max_step: int | None = None,
                     skip: frozenset[str] = TIMING_METRICS) -> list[MetricVerdict]:
     """A verdict per metric of the original but those in `skip` (timings, and MLflow's
-    `system/` metrics); a metric the reproduction never logged `differs`."""
+    `system/` metrics) and, with `max_step`, those it first logged after that step; a metric
+    the reproduction never logged `differs`."""
     verdicts = []
     for metric in sorted(m for m in original if m not in skip and not m.startswith("system/")):
+        if max_step is not None and not any(s <= max_step for s, _ in original[metric]):
+            continue  # logged only after the shortened reproduction stopped (end-of-run summaries)
         if metric not in reproduced:
             verdicts.append(MetricVerdict(metric, Verdict.DIFFERS, 0, math.inf, note="not logged by the reproduction"))
         else:

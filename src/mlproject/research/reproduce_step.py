@@ -88,6 +88,8 @@ def reproduction_config(cfg: RunConfig, run: Any, opts: ReproduceConfig, experim
     tracking = dataclasses.replace(cfg.tracking, run_name=f"reproduce-{run.run_name or run.run_id[:8]}",
                                    experiment_name=experiment, resume_from=None, register_as=None)
     train = cfg.train if opts.num_threads is None else dataclasses.replace(cfg.train, num_threads=opts.num_threads)
+    if opts.max_steps is not None:
+        train = dataclasses.replace(train, stop_at_step=opts.max_steps)
     return dataclasses.replace(cfg, tracking=tracking, train=train)
 
 
@@ -200,7 +202,7 @@ def reproduce_run(original: Any, opts: ReproduceConfig, *, parent_run_id: str | 
         raise MlprojectError(f"the reproduction run {run_id} ended {status}; no verdict")
     metrics = judged_metrics(original)
     histories = (_histories(original.run_id, metrics), _histories(run_id, metrics))
-    verdicts = judge_histories(*histories, rtol=opts.rtol)
+    verdicts = judge_histories(*histories, rtol=opts.rtol, max_step=opts.max_steps)
     verdict = overall_verdict(verdicts)
     report = report_text(original.run_id, run_id, where, opts.source, differences, verdict, verdicts)
     print(report, flush=True)

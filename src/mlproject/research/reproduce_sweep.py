@@ -64,13 +64,20 @@ def default_margin(values: Values, groups: Sequence[str]) -> float:
     return min(found)
 
 
-def _children(parent: Any) -> list[Any]:
+def _children(parent: Any, seeds: Sequence[int] | None = None) -> list[Any]:
+    """The FINISHED children to re-make: all of them, or those of `seeds` (`--seeds`)."""
     from mlproject.tracking.queries import child_runs
 
     children = [c for c in child_runs(parent)
                 if c.status == RunStatus.FINISHED and Tag.GROUP in c.tags and Tag.SEED in c.tags]
     if not children:
         raise MlprojectError(f"sweep parent {parent.run_id} has no FINISHED children to reproduce")
+    if seeds:
+        have = sorted({int(c.tags[Tag.SEED]) for c in children})
+        if missing := sorted(set(seeds) - set(have)):
+            raise MlprojectError(f"reproduce: seeds {missing} are not seeds of sweep {parent.run_id}; "
+                                 f"expected some of {have}")
+        children = [c for c in children if int(c.tags[Tag.SEED]) in set(seeds)]
     return children
 
 
@@ -94,7 +101,10 @@ def reproduce_sweep(parent: Any, opts: ReproduceConfig) -> SweepReproduction:
     from mlproject.tracking.queries import experiment_name, get_run
 
     metric = json.loads(parent.tags.get(Tag.METRICS) or '["val_loss_best"]')[0]
-    children = _children(parent)
+    if opts.max_steps is not None:
+        raise MlprojectError(f"reproduce: --max-steps applies to a training run; sweep {parent.run_id} is judged on "
+                             f"its children's final {metric}, which a shortened run does not reach")
+    children = _children(parent, opts.seeds)
     groups = json.loads(parent.tags.get(Tag.GROUPS) or "[]") or sorted({c.tags[Tag.GROUP] for c in children})
     original: Values = {}
     for child in children:

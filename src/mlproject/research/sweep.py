@@ -65,8 +65,10 @@ from mlproject.schema import TERMINAL_STATUSES, Artifact, ChildAction, RunStatus
 
 # Fields that change how fast a run goes, not what it computes: left out of the sweep key, so
 # a sweep resumed on another machine (or with --parallel) still matches its children.
+# stop_at_step is here because a sweep never sets it (reproduce does) and a new field in the key
+# would change the key of every sweep in users' stores.
 RUNTIME_FIELDS = {"train.device", "train.num_threads", "train.progress", "train.peak_flops",
-                  "train.allow_nonfinite", "data.num_workers", "data.cache_dir"}
+                  "train.allow_nonfinite", "train.stop_at_step", "data.num_workers", "data.cache_dir"}
 
 
 @dataclass

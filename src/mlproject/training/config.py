@@ -45,6 +45,9 @@ class TrainConfig:
     progress: Literal["auto", "bar", "lines"] = field("auto", help="progress bar on terminals, lines otherwise")
     allow_nonfinite: bool = field(False, help="keep training when the loss becomes NaN or infinite (default: stop "
                                               "the run FAILED, with no model logged)")
+    stop_at_step: int | None = field(None, help="end the run after this optimizer step, with the learning-rate "
+                                                "schedule of the full run (how `reproduce --max-steps` re-makes "
+                                                "the start of a run exactly)")
 
     def validate(self) -> None:
         check_types(self, source="train")
@@ -53,6 +56,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"max_steps={self.max_steps} must be positive")
+        if self.stop_at_step is not None and self.stop_at_step <= 0:
+            raise ConfigError(f"stop_at_step={self.stop_at_step} must be positive")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate={self.learning_rate} must be positive")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

@@ -165,7 +165,8 @@ class Trainer:
                     status = TrainStatus.INTERRUPTED
                     break
                 lr = self.train_step()
-                done = state.step == self.total_steps
+                # stop_at_step ends early but keeps the schedule of total_steps: the first steps of a run, exactly
+                done = state.step == self.total_steps or state.step == cfg.stop_at_step
                 if state.step % cfg.log_interval == 0 or done:
                     self.log(lr)
                 with self.timer.paused():
