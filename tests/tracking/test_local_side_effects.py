@@ -46,8 +46,9 @@ def afile(tmp_path: Path) -> Path:
 
 
 def _temp_files(*roots: Path) -> list[Path]:
-    """Every temporary the atomic writers might leave (`.NAME.PID.HASH.tmp.SUFFIX`) under `roots`."""
-    return [p for root in roots if root.exists() for p in root.rglob("*") if ".tmp" in p.name]
+    """Every temporary a writer might leave under `roots`: the atomic writers' `.NAME.PID.HASH.tmp.SUFFIX`,
+    the uploader's pinned `.NAME....upload`, any hidden file."""
+    return [p for root in roots if root.exists() for p in root.rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
 
 
 def test_a_run_name_too_long_for_its_local_copies_is_refused_before_training(tiny_yaml, capsys):
@@ -60,6 +61,14 @@ def test_a_local_dir_under_a_regular_file_is_refused_before_training(tiny_yaml, 
     _refused(["train", "--config", str(tiny_yaml())], capsys,
              f"MLPROJECT_LOCAL_DIR='{afile}/local/checkpoints'", f"'{afile}' is a file, not a folder")
     assert afile.read_text() == "user data\n"
+
+
+@pytest.mark.parametrize("command", ["compare", "ablate"])
+def test_a_sweep_whose_results_copy_cannot_be_written_is_refused_before_its_parent_exists(
+        tiny_yaml, capsys, afile, monkeypatch, command):
+    monkeypatch.setenv("MLPROJECT_LOCAL_DIR", str(afile / "local"))
+    _refused([command, "--config", str(tiny_yaml())], capsys,
+             f"MLPROJECT_LOCAL_DIR='{afile}/local/research_runs/", f"'{afile}' is a file, not a folder")
 
 
 def test_a_cache_dir_under_a_regular_file_is_refused_before_training(tiny_yaml, capsys, afile, monkeypatch):

@@ -51,6 +51,17 @@ def results_dir(kind: str, experiment_name: str) -> Path:
     return _local(RESULTS_ROOT / SWEEP_FOLDERS[kind] / _safe_name(experiment_name))
 
 
+def _field() -> str:
+    """What a user changes to move the copies: the variable when set, else the working directory."""
+    return LOCAL_DIR_ENV if os.environ.get(LOCAL_DIR_ENV, "").strip() else "working directory"
+
+
+def check_results_dir(kind: str, experiment_name: str) -> None:
+    """Raise a one-line error now if a sweep's results copy could not be written: checked before
+    the parent run exists, not found when the children have trained."""
+    check_writable(results_dir(kind, experiment_name), _field())
+
+
 def _copy_atomic(src: Path, dst: Path) -> Path:
     """`dst` becomes a copy of `src`, its own bytes: never a link. A hard link to the cache's
     tokenizer made an edit of the copy an edit of the cache (reused by the next run), and
@@ -64,8 +75,7 @@ def check_local_copies(run_name: str | None) -> None:
     """Raise a one-line error now if the local copies of a run named `run_name` (None: a name MLflow
     picks, short) could not be written: checked before training, so no run is created for it."""
     folder = _local(CHECKPOINTS_ROOT)
-    field = LOCAL_DIR_ENV if os.environ.get(LOCAL_DIR_ENV, "").strip() else "checkpoints folder"
-    check_writable(folder, field)
+    check_writable(folder, _field())
     if run_name is None:
         return
     # The longest name written is the tokenizer copy's temporary, beside its final name.
