@@ -34,12 +34,53 @@ def _marker(folder: Path) -> dict | None:
     return data
 
 
+def _nearest_existing(path: Path) -> Path:
+    """`path` or its closest ancestor that exists (`Path.exists` is False below a regular file)."""
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _short(text: str, keep: int = 60) -> str:
+    """`text` cut for an error line (a too-long name would fill the screen)."""
+    return text if len(text) <= keep else f"{text[:keep]}...({len(text)} characters)"
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name, in bytes, the file system holding `folder` allows (255 when unknown)."""
+    try:
+        return os.pathconf(_nearest_existing(folder), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def check_writable(path: str | os.PathLike[str], field: str) -> None:
+    """Raise a one-line error unless folder `path` exists or can be created there, and can be written.
+
+    Called before the work that writes there, so a path under a regular file, with a name too long
+    or in a read-only place is refused while nothing exists yet, not found after an hour of training."""
+    path = Path(path).expanduser()
+    limit = name_max(path)
+    for part in path.parts:
+        if len(os.fsencode(part)) > limit:
+            raise MlprojectError(f"{field}={_short(str(path))!r}: the name {_short(part)!r} is {len(os.fsencode(part))} "
+                                 f"bytes, longer than the {limit} a file name may have; give a shorter one")
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        raise MlprojectError(f"{field}={str(path)!r}: {str(existing)!r} is a file, not a folder; "
+                             "expected a folder path (nothing was changed)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MlprojectError(f"{field}={str(path)!r}: {str(existing)!r} cannot be written by this user; "
+                             "give a writable folder (nothing was changed)")
+
+
 def check_replaceable(path: str | os.PathLike[str], kind: str) -> None:
     """Raise a one-line error unless `path` is absent, an empty folder, or an earlier `kind` output
     holding only what the suite wrote there."""
     path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise MlprojectError(f"output={str(path)!r} exists and is not a folder; expected a new or empty folder")
+    check_writable(path, "output")
     if not path.exists():
         return
     entries = sorted(p.name for p in path.iterdir())

@@ -118,8 +118,10 @@ def run_evaluate(cfg: EvaluateConfig, store: ModelStore | None = None) -> Evalua
 
 def run_export_hf(cfg: ExportConfig, store: ModelStore | None = None) -> Path:
     """Write the HF folder; the store logs it to the run as `hf/` (and as a transformers model if asked)."""
-    from mlproject.model.hf_export import export_hf
+    from mlproject.model.hf_export import EXPORT_KIND, export_hf
+    from mlproject.outdir import check_replaceable
 
+    check_replaceable(cfg.output, EXPORT_KIND)  # a bad --output is refused before the model is fetched
     with tempfile.TemporaryDirectory(prefix="mlproject-export-") as tmp:
         source = resolve_source(ModelRef(cfg.run_id, cfg.model_uri, cfg.checkpoint, cfg.tokenizer_path), Path(tmp),
                                 store, command="export-hf")

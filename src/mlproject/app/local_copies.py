@@ -23,7 +23,9 @@ import os
 import shutil
 from pathlib import Path
 
-from mlproject.io import atomic_path
+from mlproject.errors import MlprojectError
+from mlproject.io import atomic_path, temp_path
+from mlproject.outdir import check_writable, name_max
 
 RESULTS_ROOT = Path("research_runs")
 CHECKPOINTS_ROOT = Path("checkpoints")
@@ -49,14 +51,41 @@ def results_dir(kind: str, experiment_name: str) -> Path:
     return _local(RESULTS_ROOT / SWEEP_FOLDERS[kind] / _safe_name(experiment_name))
 
 
+def _field() -> str:
+    """What a user changes to move the copies: the variable when set, else the working directory."""
+    return LOCAL_DIR_ENV if os.environ.get(LOCAL_DIR_ENV, "").strip() else "working directory"
+
+
+def check_results_dir(kind: str, experiment_name: str) -> None:
+    """Raise a one-line error now if a sweep's results copy could not be written: checked before
+    the parent run exists, not found when the children have trained."""
+    check_writable(results_dir(kind, experiment_name), _field())
+
+
 def _copy_atomic(src: Path, dst: Path) -> Path:
-    """`dst` becomes a snapshot of `src`: a hard link when possible (no bytes copied), else a copy."""
+    """`dst` becomes a copy of `src`, its own bytes: never a link. A hard link to the cache's
+    tokenizer made an edit of the copy an edit of the cache (reused by the next run), and
+    renaming a link over another link to the same file is a no-op that left the temporary behind."""
     with atomic_path(dst) as tmp:
-        try:
-            os.link(src, tmp)
-        except OSError:  # another file system, or links not allowed
-            shutil.copyfile(src, tmp)
+        shutil.copyfile(src, tmp)
     return dst
+
+
+def check_local_copies(run_name: str | None) -> None:
+    """Raise a one-line error now if the local copies of a run named `run_name` (None: a name MLflow
+    picks, short) could not be written: checked before training, so no run is created for it."""
+    folder = _local(CHECKPOINTS_ROOT)
+    check_writable(folder, _field())
+    if run_name is None:
+        return
+    # The longest name written is the tokenizer copy's temporary, beside its final name.
+    longest = temp_path(folder / f"{_safe_name(run_name)}.tokenizer.json").name
+    limit = name_max(folder)
+    if len(os.fsencode(longest)) > limit:
+        room = limit - (len(os.fsencode(longest)) - len(os.fsencode(_safe_name(run_name))))
+        raise MlprojectError(f"run_name={run_name[:40] + '...'!r} ({len(run_name)} characters) is too long for its "
+                             f"local copies {CHECKPOINTS_ROOT}/<run name>.*: at most {room} bytes fit in a file "
+                             "name; give a shorter --run-name")
 
 
 def export_checkpoints(run_name: str, *, last: Path | None, best: Path | None,

@@ -56,6 +56,10 @@ class Tracker(Protocol):
     def check(self) -> None:
         """Raise a one-line error now if the store cannot be reached or opened."""
 
+    @property
+    def joins_planned(self) -> bool:
+        """True when the run is one a sweep planned (a child): such a run makes no local copies."""
+
     def run(self, cfg: RunConfig, data: Any, *,
             resume_run_id: str | None) -> contextlib.AbstractContextManager[TrackedRun]:
         """Start (or join) the run for the resolved `cfg` on `data` (a PreparedData); the

@@ -135,6 +135,10 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
 
     checkpoint_dir: Path | None = None
     tracker.check()  # an unreachable store fails before the data is prepared
+    if not tracker.joins_planned:  # a local copy that cannot be written is refused before a run exists
+        from mlproject.app.local_copies import check_local_copies
+
+        check_local_copies(cfg.tracking.run_name)
     with sigterm_as_interrupt():
         data, resolved = prepare(cfg)
         if resume_path is not None:  # a file that cannot be resumed from is refused before a run exists
@@ -164,13 +168,26 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
             outcome.status, outcome.checkpoint_uris = run.status, dict(run.checkpoint_uris)
             _report(outcome, checkpoint_dir, tracker)
             raise
-    if not run.is_child:  # a standalone train: the original suite's checkpoints/<name>.*
-        from mlproject.app.local_copies import export_checkpoints
+    copy_error = None if run.is_child else _local_copies(cfg, run, result, data, outcome.status)
+    _report(outcome, checkpoint_dir, tracker)
+    if copy_error is not None:
+        raise MlprojectError(copy_error)
+    return outcome
 
+
+def _local_copies(cfg: RunConfig, run: Any, result: Any, data: Any, status: str) -> str | None:
+    """Write a standalone run's copies at the original suite's `checkpoints/<name>.*`; return the
+    error line if that failed. The run is recorded and ended by then: the line says it is safe."""
+    from mlproject.app.local_copies import export_checkpoints
+
+    try:
         export_checkpoints(cfg.tracking.run_name or run.run_name or run.run_id,
                            last=result.last_checkpoint, best=result.best_checkpoint, tokenizer=data.tokenizer_path)
-    _report(outcome, checkpoint_dir, tracker)
-    return outcome
+    except (OSError, MlprojectError) as exc:
+        where = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
+        return (f"run {run.run_id} is {status} and safe in the tracking store; only its local copies under "
+                f"checkpoints/ failed ({where})")
+    return None
 
 
 def summary_text(outcome: TrainOutcome, checkpoint_dir: Path | None, where: str | None) -> str:

@@ -37,6 +37,7 @@ from mlproject.data.pydocs import corpus_name
 from mlproject.data.sources import SPLITS, Corpus, check_hub, resolve_corpus
 from mlproject.data.tokenizer import load_tokenizer, save_tokenizer, special_ids, tokenizer_hash, train_tokenizer
 from mlproject.errors import ConfigError, MlprojectError
+from mlproject.outdir import check_writable
 
 DOCS_PER_BATCH = 256  # documents per encode_batch call: large enough to keep every core busy
 SAMPLE_DOCS = 200  # documents on which the fast encoder must give exactly the tokenizer's ids
@@ -62,6 +63,8 @@ class PreparedData:
 def prepare_data(cfg: DataConfig, *, log: Log = print) -> PreparedData:
     """Tokenizer and token caches for `cfg`, built on first use and reused afterwards."""
     cfg.validate()
+    # A cache root under a regular file (or read-only) is named now, not met as an errno deep inside.
+    check_writable(cfg.cache_root, "cache_dir" if cfg.cache_dir else "MLPROJECT_CACHE_DIR")
     corpus = resolve_corpus(cfg)
     name = f"{corpus.spec.key}-{corpus.key}"
     root = cfg.cache_root

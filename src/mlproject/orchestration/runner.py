@@ -172,6 +172,7 @@ def _run_step(step: PipelineStep, pipeline: Pipeline, results: dict[str, dict[st
     log_path = run_dir / f"{step.id}.log"
     try:
         cmd = step_command(step, pipeline.settings.project_dir, results, resume=resume)
+        _check_config_file(step.id, cmd)
     except MlprojectError as exc:
         report.update(step.id, status=StepStatus.FAILED, started_at=started, ended_at=_now(), error_tail=str(exc))
         print(f"[{step.id}] {exc}", flush=True)
@@ -209,6 +210,19 @@ def _run_step(step: PipelineStep, pipeline: Pipeline, results: dict[str, dict[st
     report.update(step.id, **fields)
     print(f"[{step.id}] {fields['status']} (exit code {rc}, {fields['duration_sec']} s)", flush=True)
     return ok
+
+
+def _check_config_file(step_id: str, cmd: Sequence[str]) -> None:
+    """Refuse a step whose `config` parameter names no file, before `mlflow run` starts.
+
+    `mlflow run` creates the step's run and only then checks its path parameters: a missing
+    config left that run RUNNING forever, with no process to end it."""
+    for flag, value in zip(cmd, cmd[1:]):
+        if flag == "-P" and value.startswith("config="):
+            path = value.removeprefix("config=")
+            if "://" not in path and not Path(path).expanduser().is_file():
+                raise MlprojectError(f"step {step_id}: config={path!r} is not a file; expected the path of the "
+                                     "step's YAML config (the step was not started, no run was created)")
 
 
 def _finish_run(run_id: str, report: _Report, status: str, created: bool) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from mlproject.errors import MlprojectError
 from mlproject.io import atomic_path, atomic_write_text
+from mlproject.outdir import check_writable
 from mlproject.research.config import PlotConfig
 from mlproject.protocol import process_run_id, result_line
 from mlproject.research.results import (Row, SweepStats, aggregate, read_results,
@@ -249,6 +250,7 @@ def _histories(children: Sequence[Any]) -> tuple[dict[str, dict[str, list[dict[i
 def run_plot(cfg: PlotConfig) -> list[Path]:
     """Write the charts and the summary CSV, log them to the parent run, print the paths and
     the MLPROJECT_RESULT line; return the written files."""
+    check_writable(cfg.output_dir, "output_dir")  # before reading the runs: a bad path costs nothing
     source = _from_file(cfg.results) if cfg.results else _from_store(cfg, cfg.metric)
     if cfg.kind == "curves" and cfg.results:
         raise MlprojectError("plot: kind=curves needs the tracking store (metric histories), not a results file")

@@ -283,6 +283,7 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
 
 
 def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
+    from mlproject.app.local_copies import check_results_dir
     from mlproject.research.describe import parent_params
     from mlproject.research.distinct import check_groups_differ
     from mlproject.tracking import client
@@ -291,6 +292,7 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
     from mlproject.tracking.store import ensure_store
 
     check_groups_differ(spec)  # before any run exists: a sweep must not compare a model with itself
+    check_results_dir(spec.kind, spec.experiment)  # the local results copy, written when the children are done
     ensure_store()
     _check_children(spec)  # before the parent exists: a child that cannot train leaves no stray runs
     parent = client.open_parent(

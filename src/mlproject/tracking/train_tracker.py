@@ -141,6 +141,10 @@ class MlflowTracker:
         self.parent_run_id = parent_run_id
         self.extra_tags = dict(extra_tags or {})
 
+    @property
+    def joins_planned(self) -> bool:
+        return self.run_id is not None or self.parent_run_id is not None
+
     def check(self) -> None:
         ensure_store()  # opens (and on a new SQLite file migrates) the store, or says why it cannot
 
