@@ -119,6 +119,36 @@ def test_a_run_without_record_or_config_reproduces_from_its_params_and_lists_the
     assert "not checked: data digest" not in out  # the dataset.digest param still checks the data
 
 
+def test_another_thread_count_gets_the_verdict_its_numbers_give_never_a_false_identical(
+        research_env, experiment_name, tmp_path, capsys):
+    import struct
+
+    from mlflow import MlflowClient
+
+    run_id = _train(tmp_path, experiment_name, num_threads=1)
+
+    code, out = _reproduce(capsys, "--run-id", run_id, "--num-threads", "2")
+
+    new = _reproduction_of(run_id)
+    assert new.data.params["train.num_threads"] == "2"
+    # The verdict checked against the numbers themselves: identical only if every value is equal bit
+    # for bit; else within tolerance (exit 0) or differs (exit 1) as the largest relative difference says.
+    worst, bitwise = 0.0, True
+    for metric in ("train_loss", "val_loss"):
+        a = [m.value for m in sorted(MlflowClient().get_metric_history(run_id, metric), key=lambda m: m.step)]
+        b = [m.value for m in sorted(MlflowClient().get_metric_history(new.info.run_id, metric), key=lambda m: m.step)]
+        assert len(a) == len(b)
+        bitwise &= all(struct.pack("<d", x) == struct.pack("<d", y) for x, y in zip(a, b))
+        worst = max([worst] + [abs(x - y) / max(abs(x), abs(y)) for x, y in zip(a, b)])
+    verdict = new.data.tags["mlproject.reproduce.verdict"]
+    if bitwise:
+        assert verdict == "identical" and code == 0
+    elif worst <= 1e-4:
+        assert verdict == "within tolerance" and code == 0
+    else:
+        assert verdict == "differs" and code == 1, out
+
+
 def test_a_metric_that_did_not_come_back_differs_and_exits_non_zero(research_env, experiment_name, tmp_path, capsys):
     from mlflow import MlflowClient
 
