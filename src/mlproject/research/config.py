@@ -7,11 +7,13 @@ importing that code (statistics, plotting, Optuna)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from mlproject.config import check_types, field
 from mlproject.errors import ConfigError
+from mlproject.research.power import check_alpha
 
 
 @dataclass
@@ -35,6 +37,12 @@ class SweepConfig:
     register_best: str | None = field(None, help="register the best child's model under this name (alias `best`)")
     eval_datasets: list[str] = field(default_factory=list, help="evaluate every child on these datasets "
                                      "after training; the parent aggregates eval/<dataset>/bpb")
+    register_best_ungated: bool = field(False, help="with register_best: give `best` to the lowest-loss child "
+                                                    "even when its group does not beat the baseline")
+    alpha: float = field(0.05, help="significance level of the paired tests (Holm-adjusted over the candidates), "
+                                    "of the power figures and of the gated `best` alias")
+    effect: float | None = field(None, help="the difference (in the metric's units) the seeds-needed figure "
+                                            "refers to (default: the observed difference)")
 
     def validate(self) -> None:
         check_types(self, source=self.section)
@@ -47,6 +55,9 @@ class SweepConfig:
         _refuse_duplicates(self.section, "seeds", self.seeds)
         if self.parallel < 1:
             raise ConfigError(f"{self.section}: parallel={self.parallel} must be >= 1")
+        check_alpha(self.alpha, f"{self.section}: alpha")
+        if self.effect is not None and not (math.isfinite(self.effect) and self.effect != 0):
+            raise ConfigError(f"{self.section}: effect={self.effect} must be a finite non-zero difference")
 
     def validate_own(self) -> None:
         """The checks of the sweep's own fields, run before the shared ones."""

@@ -102,6 +102,9 @@ class SweepSpec:
     tags: dict[str, str] = field(default_factory=dict)
     register_best: str | None = None  # register the best child's model under this name
     eval_datasets: list[str] = field(default_factory=list)  # evaluated after training (research.eval_metrics)
+    register_best_ungated: bool = False  # `best` to the lowest-loss child without the evidence gate
+    alpha: float = 0.05                  # of the paired tests, the power figures and the alias gate
+    effect: float | None = None          # the difference the seeds-needed figure refers to
 
 
 @dataclass
@@ -227,6 +230,9 @@ class SweepPlan:
     device: str = "auto"
     lease_heartbeat: float = 10.0    # of the parent's lease while aggregating
     lease_timeout: float = 60.0
+    register_best_ungated: bool = False
+    alpha: float = 0.05
+    effect: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -309,7 +315,8 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
             children=[], output_dir=spec.base.tracking.output_dir, config_text=spec.config_text,
             run_name=spec.run_name, register_best=spec.register_best,
             eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device,
-            lease_heartbeat=spec.base.tracking.lease_heartbeat, lease_timeout=spec.base.tracking.lease_timeout)
+            lease_heartbeat=spec.base.tracking.lease_heartbeat, lease_timeout=spec.base.tracking.lease_timeout,
+            register_best_ungated=spec.register_best_ungated, alpha=spec.alpha, effect=spec.effect)
         _store_plan(plan, tasks)
     except BaseException as exc:
         client.set_status(parent.run_id, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
@@ -579,7 +586,7 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
 
         evaluate_children(plan.child_run_ids, plan.eval_datasets, cache_dir=plan.cache_dir, device=plan.device)
     rows = [row_from_run(get_run(run_id), plan.metrics) for run_id in plan.child_run_ids]
-    stats = aggregate(rows, plan.groups, plan.metrics)
+    stats = aggregate(rows, plan.groups, plan.metrics, alpha=plan.alpha, effect=plan.effect)
     status = RunStatus.FINISHED if all(r["status"] == RunStatus.FINISHED for r in rows) else RunStatus.FAILED
     results_dir = _record_results(plan, rows, stats, output_dir or plan.output_dir)
     export_sweep_results(plan.kind, plan.experiment_name, rows)  # research_runs/<kind>/<experiment>/
