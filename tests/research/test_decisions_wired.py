@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 
 import pytest
 from mlflow import MlflowClient
@@ -17,6 +18,8 @@ from mlproject.research.compare import CompareJob, run_compare
 from mlproject.research.describe import gate_alias
 from mlproject.research.power import paired_power
 from mlproject.research.results import aggregate
+from mlproject.research.targets import target_figures
+from mlproject.research.time_to_target import CurvePoint
 
 
 def _run(job_runner, job):
@@ -32,7 +35,8 @@ def lopsided_compare(session_env):
     `register_best`: gpt3 beats the baseline by a mile. (outcome, output, registered name)."""
     name = unique("gated")
     path = write_sweep(session_env / "lopsided.yaml", unique("lopsided"),
-                       extra={"compare": {"models": ["gpt2", "gpt3"], "seeds": [1, 2, 3], "register_best": name},
+                       extra={"compare": {"models": ["gpt2", "gpt3"], "seeds": [1, 2, 3], "register_best": name,
+                                          "target": ["val_loss=100", "val_loss=0.01"]},
                               "per_model": {"gpt2": {"train": {"learning_rate": 1e-5}},
                                             "gpt3": {"train": {"learning_rate": 1e-3}}}})
     outcome, out = _run(run_compare, CompareJob.load(path))
@@ -132,4 +136,47 @@ def test_alpha_outside_0_1_is_refused_before_any_run_exists(research_env, tmp_pa
     assert main(["compare", "--config", str(path), "--alpha", "1.5"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "alpha" in err and "1.5" in err and "(0, 1)" in err
+    assert MlflowClient().get_experiment_by_name(experiment) is None
+
+
+def _curve(*points: tuple[float, float]) -> list[CurvePoint]:
+    return [CurvePoint(tokens=t, seconds=t / 100, flops=t * 6, value=v) for t, v in points]
+
+
+def test_time_to_target_figures_count_not_reached_apart_and_pair_the_speedup():
+    rows = [{"run_id": f"{g}{s}", "status": "FINISHED", "group": g, "seed": s} for g in ("a", "b") for s in (1, 2, 3)]
+    curves = {"a1": _curve((100, 6.0), (300, 4.0)), "a2": _curve((100, 6.0), (300, 4.0)),  # 5.0 at 200 tokens
+              "a3": _curve((100, 6.0), (300, 5.5)),                                           # never reached
+              "b1": _curve((100, 5.0), (300, 3.0)), "b2": _curve((100, 5.5), (200, 4.5)),   # at 100 and 150
+              "b3": _curve((100, 4.0), (300, 3.5))}                                          # at its first eval
+    metrics, lines = target_figures(rows, ["a", "b"], "val_loss", 5.0, 0.01, curves)
+    assert metrics["ttt/val_loss_5/a/fraction_reached"] == pytest.approx(2 / 3)
+    assert metrics["ttt/val_loss_5/a/tokens_mean"] == pytest.approx(200)  # over the two that reached it
+    assert metrics["ttt/val_loss_5/b/tokens_mean"] == pytest.approx((100 + 150 + 100) / 3)
+    assert metrics["ttt/val_loss_5/b/flops_mean"] == pytest.approx(6 * 350 / 3)
+    # paired over seeds 1 and 2 (seed 3's baseline never reached): geometric mean of 200/100, 200/150
+    assert metrics["ttt/val_loss_5/b/speedup"] == pytest.approx(math.sqrt(2 * 200 / 150))
+    assert "a: reached by 2/3 seeds" in lines[1] and "speedup vs a" in lines[2]
+
+
+def test_targets_are_logged_on_the_parent(lopsided_compare):
+    outcome, out, _ = lopsided_compare
+    metrics = MlflowClient().get_run(outcome.parent_run_id).data.metrics
+    for group in ("gpt2", "gpt3"):  # every child's first evaluation is below 100
+        assert metrics[f"ttt/val_loss_100/{group}/fraction_reached"] == 1.0
+        assert metrics[f"ttt/val_loss_0.01/{group}/fraction_reached"] == 0.0
+        assert f"ttt/val_loss_0.01/{group}/tokens_mean" not in metrics  # not reached is no number
+        assert metrics[f"ttt/val_loss_100/{group}/final_p_value"] < 0.01
+    assert metrics["ttt/val_loss_100/gpt3/speedup"] == pytest.approx(1.0)
+    assert "time to val_loss = 100" in out and "gpt2: reached by 0/3 seeds" in out
+
+
+@pytest.mark.parametrize("target, message", [("val_los=5", "no evaluation logs 'val_los'"),
+                                             ("val_loss", "expected metric=value")])
+def test_a_bad_target_is_refused_before_any_run_exists(research_env, tmp_path, capsys, target, message):
+    experiment = unique("target")
+    path = write_sweep(tmp_path / "c.yaml", experiment, extra={"compare": {"seeds": [1]}})
+    assert main(["compare", "--config", str(path), "--target", target]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
     assert MlflowClient().get_experiment_by_name(experiment) is None

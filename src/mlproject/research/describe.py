@@ -132,7 +132,8 @@ def gate_alias(stats: SweepStats, rows: Sequence[Row], metric: str) -> AliasDeci
     return gate_best(groups, direction, p_holm, alpha=stats.alpha, metric=metric)
 
 
-def finish_parent(spec: Any, parent_run_id: str, rows: Sequence[Row], stats: SweepStats) -> dict[str, str]:
+def finish_parent(spec: Any, parent_run_id: str, rows: Sequence[Row], stats: SweepStats,
+                  notes: Sequence[str] = ()) -> dict[str, str]:
     """After the sweep: the best child's model logged (and registered with `register_best`,
     gated by the evidence unless `register_best_ungated`), the parent's description written.
     Returns the fields this adds to the MLPROJECT_RESULT line."""
@@ -167,7 +168,8 @@ def finish_parent(spec: Any, parent_run_id: str, rows: Sequence[Row], stats: Swe
                                  f"{first}") from None
     describe_run(parent_run_id, name=spec.run_name,
                  note=summary_markdown(spec.kind, stats, rows, best,
-                                       published and (published.alias_uri or published.model_uri), alias))
+                                       published and (published.alias_uri or published.model_uri), alias)
+                 + "".join(f"\n\n{line}" for line in notes))
     if published is None:
         return {}
     print(f"best model: {chosen['group']} seed {chosen['seed']} ({metric} {chosen[metric]:.4f}), "

@@ -105,6 +105,8 @@ class SweepSpec:
     register_best_ungated: bool = False  # `best` to the lowest-loss child without the evidence gate
     alpha: float = 0.05                  # of the paired tests, the power figures and the alias gate
     effect: float | None = None          # the difference the seeds-needed figure refers to
+    targets: list[str] = field(default_factory=list)  # metric=value: time-to-target (research.targets)
+    target_alpha: float = 0.01
 
 
 @dataclass
@@ -233,6 +235,8 @@ class SweepPlan:
     register_best_ungated: bool = False
     alpha: float = 0.05
     effect: float | None = None
+    targets: list[str] = field(default_factory=list)
+    target_alpha: float = 0.01
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -316,7 +320,8 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
             run_name=spec.run_name, register_best=spec.register_best,
             eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device,
             lease_heartbeat=spec.base.tracking.lease_heartbeat, lease_timeout=spec.base.tracking.lease_timeout,
-            register_best_ungated=spec.register_best_ungated, alpha=spec.alpha, effect=spec.effect)
+            register_best_ungated=spec.register_best_ungated, alpha=spec.alpha, effect=spec.effect,
+            targets=list(spec.targets), target_alpha=spec.target_alpha)
         _store_plan(plan, tasks)
     except BaseException as exc:
         client.set_status(parent.run_id, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
@@ -589,9 +594,14 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
     stats = aggregate(rows, plan.groups, plan.metrics, alpha=plan.alpha, effect=plan.effect)
     status = RunStatus.FINISHED if all(r["status"] == RunStatus.FINISHED for r in rows) else RunStatus.FAILED
     results_dir = _record_results(plan, rows, stats, output_dir or plan.output_dir)
+    target_lines: list[str] = []
+    if plan.targets:  # after the statistics: the same finished children, their eval curves
+        from mlproject.research.targets import record_targets
+
+        target_lines = record_targets(plan, rows)
     export_sweep_results(plan.kind, plan.experiment_name, rows)  # research_runs/<kind>/<experiment>/
     try:
-        best = finish_parent(plan, plan.parent_run_id, rows, stats)
+        best = finish_parent(plan, plan.parent_run_id, rows, stats, notes=target_lines)
     except BaseException:
         client.set_status(plan.parent_run_id, RunStatus.FAILED)
         raise
@@ -603,6 +613,8 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
         run_plot(PlotConfig(parent_run_id=plan.parent_run_id, output_dir=str(results_dir / Artifact.PLOTS)))
 
     print(format_summary(stats, rows))
+    if target_lines:
+        print("\n".join(target_lines))
     print(f"results: {results_dir / Artifact.RESULTS_JSONL} (logged to run {plan.parent_run_id})")
     print(result_line({"step": plan.kind, "run_id": plan.parent_run_id, "experiment_id": plan.experiment_id,
                        "experiment_name": plan.experiment_name, "status": status, "children": len(rows),
