@@ -171,10 +171,10 @@ def finish_parent(spec: Any, parent_run_id: str, rows: Sequence[Row], stats: Swe
                                        published and (published.alias_uri or published.model_uri), alias)
                  + "".join(f"\n\n{line}" for line in notes))
     if published is None:
-        return {}
+        return {"best_alias": alias} if alias else {}
     print(f"best model: {chosen['group']} seed {chosen['seed']} ({metric} {chosen[metric]:.4f}), "
           f"run {chosen['run_id']}: {published.model_uri}")
-    fields = {"model_uri": published.model_uri}
+    fields = {"model_uri": published.model_uri, **({"best_alias": alias} if alias else {})}
     if published.alias_uri:
         print(f"registered: {published.registered_uri} (alias {published.alias_uri})")
         print(f"predict: {predict_command(published.alias_uri)}")

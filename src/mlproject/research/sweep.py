@@ -618,7 +618,8 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
     print(f"results: {results_dir / Artifact.RESULTS_JSONL} (logged to run {plan.parent_run_id})")
     print(result_line({"step": plan.kind, "run_id": plan.parent_run_id, "experiment_id": plan.experiment_id,
                        "experiment_name": plan.experiment_name, "status": status, "children": len(rows),
-                       "finished": sum(r["status"] == RunStatus.FINISHED for r in rows), **best}), flush=True)
+                       "finished": sum(r["status"] == RunStatus.FINISHED for r in rows),
+                       "power": stats.power_lines(plan.metrics[0]) if plan.metrics else [], **best}), flush=True)
     if status != RunStatus.FINISHED:
         failed = [f"{c['name']} ({r['status']})" for c, r in zip(plan.children, rows)
                   if r["status"] != RunStatus.FINISHED]
