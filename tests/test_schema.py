@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mlproject import schema
-from mlproject.schema import (Artifact, ChildAction, PatchState, RunRole, RunStatus, StepStatus, SweepKind, Tag,
+from mlproject.schema import (AliasOutcome, Artifact, ChildAction, PatchState, RunRole, RunStatus, StepStatus, SweepKind, Tag,
                               TrainStatus, TrialOutcome)
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mlproject"
@@ -49,6 +49,8 @@ GOLDEN: dict[type[StrEnum], dict[str, str]] = {
         "BEST_RUN_ID": "mlproject.best_run_id",
         "BEST_MODEL_URI": "mlproject.best_model_uri",
         "REGISTERED_MODEL_URI": "mlproject.registered_model_uri",
+        "BEST_ALIAS_DECISION": "mlproject.best_alias.decision",
+        "BEST_ALIAS_REASON": "mlproject.best_alias.reason",
         "EVALUATED_RUN": "mlproject.evaluated_run",
         "EVAL_CHECKPOINT": "mlproject.eval.checkpoint",
         "EVAL_CHECKPOINT_SHA256": "mlproject.eval.checkpoint_sha256",
@@ -100,6 +102,7 @@ GOLDEN: dict[type[StrEnum], dict[str, str]] = {
                  "SKIPPED": "skipped", "FAILED": "failed", "INTERRUPTED": "interrupted"},
     TrialOutcome: {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED", "FAIL": "FAIL"},
     PatchState: {"CLEAN": "clean", "LOGGED": "logged", "SUMMARISED": "summarised", "NONE": "none"},
+    AliasOutcome: {"MOVED": "moved", "STAYED": "stayed", "UNGATED": "ungated"},
 }
 
 
@@ -117,6 +120,7 @@ def test_every_value_is_the_released_one(enum):
 def test_prefix_built_keys_and_paths_keep_their_shape():
     assert schema.eval_checkpoint_sha256_tag("bpb") == "mlproject.eval.bpb.checkpoint_sha256"
     assert schema.step_status_tag("train") == "mlproject.step.train.status"
+    assert schema.evidence_tag("p_adjusted") == "mlproject.evidence.p_adjusted"
     assert schema.step_run_id_tag("train") == "mlproject.step.train.run_id"
     assert schema.checkpoint_artifact("last") == "checkpoints/last.pt"
     assert schema.TERMINAL_STATUSES == ("FINISHED", "FAILED", "KILLED")

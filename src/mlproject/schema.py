@@ -50,6 +50,8 @@ class Tag(StrEnum):
     BEST_RUN_ID = "mlproject.best_run_id"
     BEST_MODEL_URI = "mlproject.best_model_uri"
     REGISTERED_MODEL_URI = "mlproject.registered_model_uri"
+    BEST_ALIAS_DECISION = "mlproject.best_alias.decision"  # sweep parent: AliasOutcome of --register-best
+    BEST_ALIAS_REASON = "mlproject.best_alias.reason"      # sweep parent: why, in one line
     # evaluation and export
     EVALUATED_RUN = "mlproject.evaluated_run"      # on a separate evaluation run: the run it evaluated
     EVAL_CHECKPOINT = "mlproject.eval.checkpoint"  # where the evaluated file came from (runs:/, models:/ or a path)
@@ -74,6 +76,20 @@ class Tag(StrEnum):
 def eval_checkpoint_sha256_tag(suite: str) -> str:
     """Per evaluation suite: sha256 of the checkpoint file that suite last evaluated."""
     return f"mlproject.eval.{suite}.checkpoint_sha256"
+
+
+def evidence_tag(field: str) -> str:
+    """A model version registered by a gated `--register-best`: one field of its evidence
+    (metric, difference, ci_low, ci_high, p_adjusted, n, ...)."""
+    return f"mlproject.evidence.{field}"
+
+
+class AliasOutcome(StrEnum):
+    """What a sweep's `--register-best` did with the alias `best`."""
+
+    MOVED = "moved"        # a candidate beat the baseline at the adjusted alpha
+    STAYED = "stayed"      # no candidate did: the baseline's best child
+    UNGATED = "ungated"    # --register-best-ungated: the lowest-loss child, no evidence asked
 
 
 def step_status_tag(step_id: str) -> str:

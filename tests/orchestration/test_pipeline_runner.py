@@ -22,6 +22,8 @@ from mlproject.orchestration.runner import run_pipeline
 FAKE_MLFLOW = textwrap.dedent('''\
     import json, os, sys
     args = sys.argv[1:]
+    SWEEP_EXTRA = {"compare": {"power": ["gpt3 vs gpt2: 2 seeds: the test has no power to speak of"],
+                               "best_alias": "no candidate beat gpt2 at 0.05 (Holm)"}}
     entry_point = args[args.index("-e") + 1]
     params = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "-P")
     with open(os.environ["FAKE_MLFLOW_LOG"], "a") as log:
@@ -35,7 +37,7 @@ FAKE_MLFLOW = textwrap.dedent('''\
         sys.exit(3)
     print("MLPROJECT_RESULT {\\"step\\": \\"other\\", \\"run_id\\": \\"not-this-one\\"}")
     print("MLPROJECT_RESULT " + json.dumps({"step": entry_point, "run_id": "run-" + params.get("name", entry_point),
-                                            "status": "FINISHED"}))
+                                            "status": "FINISHED", **SWEEP_EXTRA.get(entry_point, {})}))
 ''')
 
 
@@ -129,6 +131,14 @@ def test_the_summary_prints_how_to_reproduce_the_sweep_but_not_the_plot(fake_mlf
     assert run_pipeline(PipelineOptions(str(path))) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.strip() for line in lines if "reproduce:" in line] == ["reproduce: mlproject reproduce --run-id run-compare"]
+
+
+def test_the_summary_prints_the_sweeps_power_and_alias_decision(fake_mlflow, tmp_path, capsys):
+    path = write_pipeline(tmp_path / "p.yaml", STEPS)
+    assert run_pipeline(PipelineOptions(str(path))) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    assert "power: gpt3 vs gpt2: 2 seeds: the test has no power to speak of" in lines
+    assert "alias best: no candidate beat gpt2 at 0.05 (Holm)" in lines
 
 
 def test_report_records_each_step(fake_mlflow, tmp_path):

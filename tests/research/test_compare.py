@@ -82,6 +82,9 @@ def test_compare_prints_the_summary_and_ends_with_its_result_line(compare_sweep)
     result = json.loads(lines[-1].split(" ", 1)[1])
     model_uri = result.pop("model_uri")  # the best child's LoggedModel (no --register-best here)
     assert model_uri.startswith("models:/m-")
+    power = result.pop("power")  # one line per comparison: gpt3 vs gpt2, 2 seeds
+    assert power == outcome.stats.power_lines("val_loss_best") and len(power) == 1
+    assert "gpt3 vs gpt2: 2 seeds: the test has no power to speak of" in power[0]
     assert result == {"step": "compare", "run_id": outcome.parent_run_id, "experiment_id": outcome.experiment_id,
                       "experiment_name": outcome.experiment_name, "status": "FINISHED", "children": 4, "finished": 4}
 

@@ -22,6 +22,14 @@ def test_seeds_for_a_medium_effect_match_the_textbook_value():
     assert TTestPower().power(effect_size=0.5, nobs=34, alpha=0.05) == pytest.approx(0.8078, abs=1e-4)
 
 
+@pytest.mark.filterwarnings("error")  # statsmodels' solver warns and returns NaN for effects this large
+@pytest.mark.parametrize("effect_size", [3.0, 5.0, 8.0])
+def test_seeds_for_a_large_effect_is_the_smallest_count_with_the_power(effect_size):
+    n = seeds_for(effect_size)
+    assert TTestPower().power(effect_size=effect_size, nobs=n, alpha=0.05) >= 0.8
+    assert n == 2 or not TTestPower().power(effect_size=effect_size, nobs=n - 1, alpha=0.05) >= 0.8  # NaN at df=1
+
+
 def test_power_figures_equal_statsmodels_for_a_hand_computed_case():
     diffs = [-0.03, -0.01, -0.02, -0.04]  # mean -0.025, sd = sqrt(0.0005 / 3)
     p = paired_power(diffs, alpha=0.05)

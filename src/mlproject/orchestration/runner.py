@@ -291,6 +291,10 @@ def _print_summary(pipeline: Pipeline, report: _Report, tracking_uri: str) -> No
         if s.get("reason"):
             line += f"  ({s['reason']})"
         print(line)
+        for line in result.get("power", []):  # a sweep: what its seeds could detect
+            print(f"      power: {line}")
+        if result.get("best_alias"):
+            print(f"      alias best: {result['best_alias']}")
         for plot in result.get("plots", []):
             print(f"      plot: {plot}")
         if result.get("model_uri"):

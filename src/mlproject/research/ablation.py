@@ -142,6 +142,8 @@ class AblationJob:
             groups=groups, metrics=self.metrics, children=self.children(), base=self.run, params=params,
             parallel=a.parallel, resume=a.resume, tags={Tag.ABLATION_AXIS: a.ablation_axis},
             register_best=a.register_best,
+            register_best_ungated=a.register_best_ungated, alpha=a.alpha, effect=a.effect,
+            targets=list(a.target), target_alpha=a.target_alpha,
             eval_datasets=list(a.eval_datasets),
             config_text=dump_yaml({**sections, "ablation": to_dict(a)}))
 

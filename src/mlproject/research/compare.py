@@ -102,6 +102,8 @@ class CompareJob:
                           extra={"fair_recipe": c.fair_recipe, "per_model": self.per_model}),
             groups=list(c.models), metrics=with_eval_metrics(c.metrics, c.eval_datasets), children=self.children(),
             base=self.run, params=params, parallel=c.parallel, resume=c.resume, register_best=c.register_best,
+            register_best_ungated=c.register_best_ungated, alpha=c.alpha, effect=c.effect,
+            targets=list(c.target), target_alpha=c.target_alpha,
             eval_datasets=list(c.eval_datasets),
             config_text=dump_yaml({**sections, "compare": to_dict(c), "per_model": self.per_model}))
 

@@ -7,11 +7,13 @@ importing that code (statistics, plotting, Optuna)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from mlproject.config import check_types, field
 from mlproject.errors import ConfigError
+from mlproject.research.power import check_alpha
 
 
 @dataclass
@@ -35,6 +37,16 @@ class SweepConfig:
     register_best: str | None = field(None, help="register the best child's model under this name (alias `best`)")
     eval_datasets: list[str] = field(default_factory=list, help="evaluate every child on these datasets "
                                      "after training; the parent aggregates eval/<dataset>/bpb")
+    register_best_ungated: bool = field(False, help="with register_best: give `best` to the lowest-loss child "
+                                                    "even when its group does not beat the baseline")
+    alpha: float = field(0.05, help="significance level of the paired tests (Holm-adjusted over the candidates), "
+                                    "of the power figures and of the gated `best` alias")
+    effect: float | None = field(None, help="the difference (in the metric's units) the seeds-needed figure "
+                                            "refers to (default: the observed difference)")
+    target: list[str] = field(default_factory=list, help="metric=value (e.g. val_loss=5.3): tokens, FLOPs and "
+                              "seconds at which each child first reaches it, per group and against the baseline")
+    target_alpha: float = field(0.01, help="level of the one-sided test that a group's mean final metric is "
+                                           "beyond each target (modded-nanogpt's record rule)")
 
     def validate(self) -> None:
         check_types(self, source=self.section)
@@ -47,9 +59,35 @@ class SweepConfig:
         _refuse_duplicates(self.section, "seeds", self.seeds)
         if self.parallel < 1:
             raise ConfigError(f"{self.section}: parallel={self.parallel} must be >= 1")
+        check_alpha(self.alpha, f"{self.section}: alpha")
+        if self.effect is not None and not (math.isfinite(self.effect) and self.effect != 0):
+            raise ConfigError(f"{self.section}: effect={self.effect} must be a finite non-zero difference")
+        check_alpha(self.target_alpha, f"{self.section}: target_alpha")
+        for text in self.target:
+            parse_target(text, self.section)
 
     def validate_own(self) -> None:
         """The checks of the sweep's own fields, run before the shared ones."""
+
+
+# The metrics an evaluation logs at its step (training/trainer.py `evaluate`): a target must name one.
+EVAL_METRICS = ("val_loss", "val_ppl", "val_token_acc", "val_bpb")
+
+
+def parse_target(text: str, section: str = "sweep") -> tuple[str, float]:
+    """`metric=value` as (metric, value), or a one-line error naming the bad target."""
+    metric, sep, raw = str(text).partition("=")
+    metric = metric.strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not sep or not math.isfinite(value):
+        raise ConfigError(f"{section}: target={text!r}: expected metric=value with a finite value, e.g. val_loss=5.3")
+    if metric not in EVAL_METRICS:
+        raise ConfigError(f"{section}: target={text!r}: no evaluation logs {metric!r}; expected one of "
+                          f"{', '.join(EVAL_METRICS)}")
+    return metric, value
 
 
 def _refuse_duplicates(section: str, name: str, values: list) -> None:

@@ -21,16 +21,16 @@ differences. For d = 0.5, alpha = 0.05 and 80% power it asks for 34 pairs, as G*
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-
-from statsmodels.stats.power import TTestPower
 
 from mlproject.errors import ConfigError
 
 DEFAULT_POWER = 0.8
 # The t-test needs 2 pairs (1 degree of freedom); below 3 it has no power to speak of.
 FEW_SEEDS = 3
+_DIRECT_UP_TO = 10  # seeds_for counts pairs up to this before asking the solver
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,8 @@ def paired_power(diffs: Sequence[float], alpha: float = 0.05, power: float = DEF
     `seeds_needed` then answers "how many seeds to detect it" instead of using the observed
     mean difference.
     """
+    from statsmodels.stats.power import TTestPower  # here: the config imports check_alpha, the CLI stays light
+
     alpha, power = check_alpha(alpha), check_alpha(power, "power")
     values = [float(d) for d in diffs]
     n = len(values)
@@ -105,13 +107,20 @@ def seeds_for(effect_size: float, alpha: float = 0.05, power: float = DEFAULT_PO
     """Seed pairs a two-sided paired t-test needs to detect standardized `effect_size` with
     probability `power`; None for a zero effect or one too small for the solver (no practical
     number of seeds detects it)."""
+    from statsmodels.stats.power import TTestPower
+
     if effect_size == 0.0 or not math.isfinite(effect_size):
         return None
     analysis = TTestPower()
-    if analysis.power(effect_size=abs(effect_size), nobs=2, alpha=alpha) >= power:
-        return 2  # the t-test needs at least 2 pairs (the solver fails for effects this large)
-    nobs = float(analysis.solve_power(effect_size=abs(effect_size), nobs=None, alpha=alpha, power=power,
-                                      alternative="two-sided"))
+    # The solver's root finding fails (NaN and a ConvergenceWarning) for large effects that need
+    # only a handful of pairs: count those directly, power grows with n.
+    for n in range(2, _DIRECT_UP_TO + 1):
+        if analysis.power(effect_size=abs(effect_size), nobs=n, alpha=alpha) >= power:
+            return n
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a failed solve is a None below, not a warning on stderr
+        nobs = float(analysis.solve_power(effect_size=abs(effect_size), nobs=None, alpha=alpha, power=power,
+                                          alternative="two-sided"))
     return math.ceil(nobs - 1e-9) if math.isfinite(nobs) else None
 
 

@@ -21,6 +21,8 @@ from typing import Any
 from mlproject.errors import MlprojectError
 from mlproject.io import atomic_write_text
 from mlproject.schema import Artifact, RunStatus
+from mlproject.research.decisions import AdjustedP, holm
+from mlproject.research.power import PairedPower, paired_power, power_line
 from mlproject.stats import PairedComparison, Summary, paired_comparison, summarize
 
 # Columns every row has, in file order. `group` is what statistics are grouped by: the model
@@ -133,16 +135,37 @@ class SweepStats:
     metrics: list[str]
     summaries: dict[str, dict[str, Summary]] = field(default_factory=dict)            # metric -> group -> Summary
     paired: dict[str, dict[str, PairedComparison]] = field(default_factory=dict)      # metric -> group -> vs baseline
+    power: dict[str, dict[str, PairedPower]] = field(default_factory=dict)            # metric -> group -> vs baseline
+    adjusted: dict[str, dict[str, AdjustedP]] = field(default_factory=dict)           # metric -> group -> Holm
+    alpha: float = 0.05
 
     @property
     def baseline(self) -> str:
         return self.groups[0]
+
+    @property
+    def corrected(self) -> bool:
+        """Whether the comparisons form a family (more than one candidate): Holm is then reported."""
+        return len(self.groups) > 2
+
+    def significant(self, metric: str, group: str) -> bool:
+        """The one reading of "significant" in every output: the Holm-adjusted p-value at alpha."""
+        adjusted = self.adjusted.get(metric, {}).get(group)
+        return adjusted is not None and adjusted.significant
+
+    def power_lines(self, metric: str) -> list[str]:
+        """One plain sentence per comparison against the baseline (`group vs baseline: ...`)."""
+        return [f"{g} vs {self.baseline}: {power_line(p, metric)}" for g, p in self.power.get(metric, {}).items()]
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "groups": self.groups, "baseline": self.baseline, "metrics": self.metrics,
             "summaries": {m: {g: s.as_dict() for g, s in by.items()} for m, by in self.summaries.items()},
             "paired": {m: {g: p.as_dict() for g, p in by.items()} for m, by in self.paired.items()},
+            "alpha": self.alpha,
+            "power": {m: {g: p.as_dict() for g, p in by.items()} for m, by in self.power.items()},
+            "holm": {m: {g: {"p_raw": a.p_raw, "p_holm": a.p_holm, "significant": a.significant}
+                         for g, a in by.items()} for m, by in self.adjusted.items()},
         }
 
 
@@ -150,9 +173,15 @@ def finished(rows: Iterable[Row]) -> list[Row]:
     return [r for r in rows if r.get("status", RunStatus.FINISHED) == RunStatus.FINISHED]
 
 
-def aggregate(rows: Sequence[Row], groups: Sequence[str], metrics: Sequence[str]) -> SweepStats:
-    """Statistics over the FINISHED rows: groups in the given order, the first is the baseline."""
-    out = SweepStats(groups=list(groups), metrics=list(metrics))
+def aggregate(rows: Sequence[Row], groups: Sequence[str], metrics: Sequence[str], alpha: float = 0.05,
+              effect: float | None = None) -> SweepStats:
+    """Statistics over the FINISHED rows: groups in the given order, the first is the baseline.
+
+    Each comparison against the baseline also gets its power figures (at `alpha`; `effect` is the
+    difference the seeds-needed figure refers to, else the observed one) and its Holm-adjusted
+    p-value over the family of candidates of that metric.
+    """
+    out = SweepStats(groups=list(groups), metrics=list(metrics), alpha=alpha)
     done = finished(rows)
     for metric in metrics:
         by_group: dict[str, dict[int, float]] = {g: {} for g in groups}
@@ -166,6 +195,10 @@ def aggregate(rows: Sequence[Row], groups: Sequence[str], metrics: Sequence[str]
             comparison = paired_comparison(base, by_group[g])
             if comparison is not None:
                 out.paired.setdefault(metric, {})[g] = comparison
+                shared = sorted(set(base) & set(by_group[g]))
+                out.power.setdefault(metric, {})[g] = paired_power(
+                    [by_group[g][s] - base[s] for s in shared], alpha=alpha, effect=effect)
+        out.adjusted[metric] = holm({g: p.p_value for g, p in out.paired.get(metric, {}).items()}, alpha)
     return out
 
 
@@ -176,7 +209,8 @@ def metric_key(name: str) -> str:
 
 def stats_to_metrics(st: SweepStats) -> dict[str, float]:
     """Flat MLflow metrics: `<metric>/<group>/{mean,std,ci95_low,ci95_high,n}` and
-    `<metric>/<group>-<baseline>/{mean_diff,ci95_low,ci95_high,p_value,n}`."""
+    `<metric>/<group>-<baseline>/{mean_diff,ci95_low,ci95_high,p_value,n}`, with the power figures
+    `{min_detectable_diff,seeds_needed,effect_size}` and, for a family, `p_holm`."""
     out: dict[str, float] = {}
     for metric, by_group in st.summaries.items():
         for group, s in by_group.items():
@@ -190,6 +224,14 @@ def stats_to_metrics(st: SweepStats) -> dict[str, float]:
             out.update(_present({f"{prefix}/mean_diff": p.mean_diff, f"{prefix}/ci95_low": p.ci_low,
                                  f"{prefix}/ci95_high": p.ci_high, f"{prefix}/p_value": p.p_value,
                                  f"{prefix}/n": p.n}))
+            pw = st.power.get(metric, {}).get(group)
+            if pw is not None:
+                out.update(_present({f"{prefix}/min_detectable_diff": pw.min_detectable_diff,
+                                     f"{prefix}/seeds_needed": pw.seeds_needed,
+                                     f"{prefix}/effect_size": pw.effect_size}))
+            adjusted = st.adjusted.get(metric, {}).get(group)
+            if st.corrected and adjusted is not None:
+                out.update(_present({f"{prefix}/p_holm": adjusted.p_holm}))
     return out
 
 
@@ -210,8 +252,14 @@ def summary_table_rows(st: SweepStats) -> list[dict[str, Any]]:
                          "ci95_low": s.ci_low, "ci95_high": s.ci_high,
                          "diff_vs_baseline": p.mean_diff if p else None,
                          "diff_ci95_low": p.ci_low if p else None, "diff_ci95_high": p.ci_high if p else None,
-                         "p_value": p.p_value if p else None})
+                         "p_value": p.p_value if p else None,
+                         "p_holm": _p_holm(st, metric, group), "significant": st.significant(metric, group)})
     return rows
+
+
+def _p_holm(st: SweepStats, metric: str, group: str) -> float | None:
+    adjusted = st.adjusted.get(metric, {}).get(group)
+    return adjusted.p_holm if adjusted is not None else None
 
 
 def format_summary(st: SweepStats, rows: Sequence[Row] | None = None) -> str:
@@ -224,8 +272,9 @@ def format_summary(st: SweepStats, rows: Sequence[Row] | None = None) -> str:
     for metric in st.metrics:
         by_group = st.summaries.get(metric, {})
         lines.append(f"{metric} (95% t CI; paired difference vs {st.baseline} over shared seeds)")
+        holm_col = f" {'p_holm':>7}" if st.corrected else ""
         lines.append(f"  {'group':<16} {'n':>3} {'mean':>10} {'std':>9} {'ci95':>21} "
-                     f"{'diff':>10} {'diff ci95':>21} {'p':>7}")
+                     f"{'diff':>10} {'diff ci95':>21} {'p':>7}{holm_col}")
         for group in st.groups:
             s = by_group.get(group)
             if s is None:
@@ -236,7 +285,15 @@ def format_summary(st: SweepStats, rows: Sequence[Row] | None = None) -> str:
             diff = num(p.mean_diff, "+.4f") if p else "-"
             dci = f"[{num(p.ci_low, '+.4f')}, {num(p.ci_high, '+.4f')}]" if p and p.ci_low is not None else "-"
             pv = num(p.p_value, ".3g") if p else "-"
-            lines.append(f"  {group:<16} {s.n:>3} {s.mean:>10.4f} {num(s.std):>9} {ci:>21} {diff:>10} {dci:>21} {pv:>7}")
+            adjusted = st.adjusted.get(metric, {}).get(group)
+            ph = f" {num(adjusted.p_holm if adjusted else None, '.3g'):>7}" if st.corrected else ""
+            mark = "  significant" if st.significant(metric, group) else ""
+            lines.append(f"  {group:<16} {s.n:>3} {s.mean:>10.4f} {num(s.std):>9} {ci:>21} {diff:>10} {dci:>21} "
+                         f"{pv:>7}{ph}{mark}")
+        lines += [f"  power: {line}" for line in st.power_lines(metric)]
+        if st.paired.get(metric):
+            rule = "the Holm-adjusted p" if st.corrected else "p"
+            lines.append(f"  significant: {rule} <= α = {st.alpha:g}")
     if rows:
         params = {}
         for row in rows:

@@ -104,6 +104,11 @@ class SweepSpec:
     tags: dict[str, str] = field(default_factory=dict)
     register_best: str | None = None  # register the best child's model under this name
     eval_datasets: list[str] = field(default_factory=list)  # evaluated after training (research.eval_metrics)
+    register_best_ungated: bool = False  # `best` to the lowest-loss child without the evidence gate
+    alpha: float = 0.05                  # of the paired tests, the power figures and the alias gate
+    effect: float | None = None          # the difference the seeds-needed figure refers to
+    targets: list[str] = field(default_factory=list)  # metric=value: time-to-target (research.targets)
+    target_alpha: float = 0.01
 
 
 @dataclass
@@ -229,6 +234,11 @@ class SweepPlan:
     device: str = "auto"
     lease_heartbeat: float = 10.0    # of the parent's lease while aggregating
     lease_timeout: float = 60.0
+    register_best_ungated: bool = False
+    alpha: float = 0.05
+    effect: float | None = None
+    targets: list[str] = field(default_factory=list)
+    target_alpha: float = 0.01
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -313,7 +323,9 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
             children=[], output_dir=spec.base.tracking.output_dir, config_text=spec.config_text,
             run_name=spec.run_name, register_best=spec.register_best,
             eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device,
-            lease_heartbeat=spec.base.tracking.lease_heartbeat, lease_timeout=spec.base.tracking.lease_timeout)
+            lease_heartbeat=spec.base.tracking.lease_heartbeat, lease_timeout=spec.base.tracking.lease_timeout,
+            register_best_ungated=spec.register_best_ungated, alpha=spec.alpha, effect=spec.effect,
+            targets=list(spec.targets), target_alpha=spec.target_alpha)
         _store_plan(plan, tasks)
     except BaseException as exc:
         client.set_status(parent.run_id, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
@@ -583,12 +595,17 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
 
         evaluate_children(plan.child_run_ids, plan.eval_datasets, cache_dir=plan.cache_dir, device=plan.device)
     rows = [row_from_run(get_run(run_id), plan.metrics) for run_id in plan.child_run_ids]
-    stats = aggregate(rows, plan.groups, plan.metrics)
+    stats = aggregate(rows, plan.groups, plan.metrics, alpha=plan.alpha, effect=plan.effect)
     status = RunStatus.FINISHED if all(r["status"] == RunStatus.FINISHED for r in rows) else RunStatus.FAILED
     results_dir = _record_results(plan, rows, stats, output_dir or plan.output_dir)
+    target_lines: list[str] = []
+    if plan.targets:  # after the statistics: the same finished children, their eval curves
+        from mlproject.research.targets import record_targets
+
+        target_lines = record_targets(plan, rows)
     export_sweep_results(plan.kind, plan.experiment_name, rows)  # research_runs/<kind>/<experiment>/
     try:
-        best = finish_parent(plan, plan.parent_run_id, rows, stats)
+        best = finish_parent(plan, plan.parent_run_id, rows, stats, notes=target_lines)
     except BaseException:
         client.set_status(plan.parent_run_id, RunStatus.FAILED)
         raise
@@ -600,10 +617,13 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
         run_plot(PlotConfig(parent_run_id=plan.parent_run_id, output_dir=str(results_dir / Artifact.PLOTS)))
 
     print(format_summary(stats, rows))
+    if target_lines:
+        print("\n".join(target_lines))
     print(f"results: {results_dir / Artifact.RESULTS_JSONL} (logged to run {plan.parent_run_id})")
     print(result_line({"step": plan.kind, "run_id": plan.parent_run_id, "experiment_id": plan.experiment_id,
                        "experiment_name": plan.experiment_name, "status": status, "children": len(rows),
-                       "finished": sum(r["status"] == RunStatus.FINISHED for r in rows), **best}), flush=True)
+                       "finished": sum(r["status"] == RunStatus.FINISHED for r in rows),
+                       "power": stats.power_lines(plan.metrics[0]) if plan.metrics else [], **best}), flush=True)
     if status != RunStatus.FINISHED:
         failed = [f"{c['name']} ({r['status']})" for c, r in zip(plan.children, rows)
                   if r["status"] != RunStatus.FINISHED]

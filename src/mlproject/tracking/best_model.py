@@ -11,6 +11,7 @@ and with `register_best: NAME` a version of registered model NAME with the alias
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,8 +81,9 @@ def _current_best(name: str, model_uri: str):  # -> ModelVersion | None
 
 
 def publish_best(parent_run_id: str, run_id: str, register_as: str | None, *, metric: str,
-                 value: float) -> BestModel:
-    """The best child's model (logged if it has none), registered as `register_as` with alias `best`."""
+                 value: float, version_tags: Mapping[str, str] | None = None) -> BestModel:
+    """The best child's model (logged if it has none), registered as `register_as` with alias `best`;
+    `version_tags` (the gate's evidence) go on the new version."""
     client = MlflowClient()
     best = BestModel(run_id=run_id, model_uri=child_model_uri(run_id) or log_child_model(run_id))
     tags = {Tag.BEST_RUN_ID: run_id, Tag.BEST_MODEL_URI: best.model_uri}
@@ -89,7 +91,8 @@ def publish_best(parent_run_id: str, run_id: str, register_as: str | None, *, me
         version = _current_best(register_as, best.model_uri)  # a resumed sweep registers nothing new
         if version is None:
             version = mlflow.register_model(best.model_uri, register_as,
-                                            tags={"sweep_parent_run_id": parent_run_id, metric: f"{value:.6g}"})
+                                            tags={"sweep_parent_run_id": parent_run_id, metric: f"{value:.6g}",
+                                                  **(version_tags or {})})
             client.set_registered_model_alias(register_as, BEST_ALIAS, version.version)
         best.registered_uri = f"models:/{register_as}/{version.version}"
         best.alias_uri = f"models:/{register_as}@{BEST_ALIAS}"

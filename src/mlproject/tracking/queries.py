@@ -113,6 +113,12 @@ def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted({m.step: m.value for m in points}.items())
 
 
+def metric_points(run_id: str, key: str) -> list[tuple[int, int, float]]:
+    """(step, timestamp in ms, value) of a metric, by step; a step logged twice keeps its last point."""
+    points = sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    return sorted({m.step: (m.step, m.timestamp, m.value) for m in points}.values())
+
+
 def artifact_files(run_id: str, folder: str) -> list[str]:
     """Paths of the files directly in a run's artifact `folder` ([] if it has none)."""
     try:
