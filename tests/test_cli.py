@@ -92,11 +92,12 @@ def test_every_mlproject_entry_point_command_parses_with_underscored_extras():
               "plot": "--parent_run_id abc --kind compare --output_dir outputs/plots",
               "generate": '--run_id abc --prompts "Once upon" --temperature 0.8 --top_k 50',
               "evaluate": '--run_id abc --datasets "pydocs" --new_run true --tasks "hellaswag"',
-              "reproduce": "--run_id abc --source record --allow_data_change true --num_threads 2",
+              "reproduce": "--source record --allow_data_change true --num_threads 2 --max_steps 100",
               "pipeline": "--dry_run true --continue_on_error true --resume true --step compare"}
     parser = build_parser()
     for name, entry in project["entry_points"].items():
-        defaults = {k: v["default"] for k, v in entry.get("parameters", {}).items()}
+        # a parameter without a default is one `mlflow run` requires (-P run_id=...): a sample value
+        defaults = {k: v.get("default", "abc") for k, v in entry.get("parameters", {}).items()}
         command = entry["command"].format(**defaults)
         argv = shlex.split(command)[1:] + shlex.split(extras[name])
         parser.parse_args(argv)  # a usage error raises SystemExit

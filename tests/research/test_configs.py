@@ -65,7 +65,7 @@ def test_the_main_job_reports_val_bpb_best_in_its_summary_table_and_plot():
 def test_mlproject_entry_points_default_to_offline_configs():
     entry_points = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
     assert set(entry_points) == {"train", "compare", "ablation", "plot", "generate", "evaluate", "pipeline",
-                                 "tune"}
+                                 "tune", "reproduce"}
     for name, entry in entry_points.items():
         config = entry["parameters"].get("config")
         if config is not None:
