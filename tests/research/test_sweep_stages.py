@@ -48,6 +48,8 @@ def test_children_train_from_their_run_id_and_aggregate_gives_the_parent_statist
     assert main(["compare", "--aggregate", plan["run_id"]]) == 0
     result = parse_step_result(capsys.readouterr().out)
     assert result.pop("model_uri").startswith("models:/")  # the best child's logged model
+    assert result.pop("power") == ["gpt3 vs gpt2: 1 seed: the test has no power to speak of; run at least 3 seeds "
+                                   "before reading its p-value"]
     assert result == {"step": "compare", "run_id": plan["run_id"], "experiment_id": plan["experiment_id"],
                       "experiment_name": plan["experiment_name"], "status": "FINISHED", "children": 2,
                       "finished": 2}
