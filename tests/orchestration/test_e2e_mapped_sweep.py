@@ -31,7 +31,9 @@ EXPERIMENT = "e2e-mapped"
 
 # nano-sized children, 120 steps with a checkpoint every 10: long enough to be caught mid-run.
 COMPARE = tiny(train={"max_steps": 120, "eval_interval": 40, "log_interval": 5, "save_every": 10},
-               tracking={"experiment_name": EXPERIMENT},
+               # A killed container never releases its lease: a short one lets the retry (1 s later)
+               # take the run over after a few seconds instead of the default minute.
+               tracking={"experiment_name": EXPERIMENT, "lease_heartbeat": 1, "lease_timeout": 4},
                extra={"compare": {"models": ["gpt2", "gpt3"], "seeds": [42, 43]}})
 
 
