@@ -78,3 +78,27 @@ def test_train_resume_from_a_planned_child_is_refused_naming_train_run_id(resear
     assert before[2][0] == "SCHEDULED"
     experiment_id = MlflowClient().get_run(child).info.experiment_id
     assert len(MlflowClient().search_runs([experiment_id])) == 3  # no run was created either
+
+
+def test_a_retried_child_waits_for_a_dead_holder_s_lease_to_lapse_then_trains_it(research_env, tmp_path, capsys):
+    import json
+    import socket
+    import time
+
+    from mlproject.schema import Tag
+
+    plan, _ = _plan(tmp_path, capsys)
+    child = plan["children"][0]
+    # what a killed container leaves: a holder that will never beat again, its last heartbeat just now
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder = {"host": socket.gethostname(), "pid": dead.pid, "start": time.time() - 5, "timeout": 3}
+    MlflowClient().set_tag(child, Tag.LEASE_HOLDER, json.dumps(holder))
+    MlflowClient().set_tag(child, Tag.LEASE_HEARTBEAT, f"{time.time():.3f}")
+
+    assert main(["train", "--run-id", child]) == 0
+
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert f"waiting for the lease of run {child}" in out and "taking over the lease" in out
+    assert MlflowClient().get_run(child).info.status == "FINISHED"

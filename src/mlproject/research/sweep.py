@@ -467,16 +467,34 @@ def train_child(run_id: str, args: Any = None) -> str:
     from the last checkpoint in its artifacts (downloaded from the tracking server), so a
     killed container's retry continues where the child stopped. Returns the run's status.
     """
-    from mlproject.tracking.lease import Lease
-
     cfg = planned_config(run_id, args)
-    settings = cfg.tracking
     if not _already_finished(run_id, cfg):
         # The action is decided under the lease: another process may have finished the run meanwhile.
-        with Lease(run_id, heartbeat_sec=settings.lease_heartbeat, timeout_sec=settings.lease_timeout).acquire():
+        with _child_lease(run_id, cfg):
             if not _already_finished(run_id, cfg):
                 return _train_leased_child(run_id, cfg)
     return RunStatus.FINISHED
+
+
+def _child_lease(run_id: str, cfg: RunConfig) -> Any:
+    """The child's lease, waiting up to one lease timeout while another process holds it.
+
+    A killed container never releases its lease, and a scheduler retries it within seconds: the
+    retry waits for the dead holder's lease to lapse and takes the run over, instead of failing
+    every retry. A holder still alive after that long is a real one: refused, naming it.
+    """
+    from mlproject.tracking.lease import Lease, LeaseHeld
+
+    settings = cfg.tracking
+    deadline = time.monotonic() + settings.lease_timeout + 2 * settings.lease_heartbeat
+    while True:
+        try:
+            return Lease(run_id, heartbeat_sec=settings.lease_heartbeat, timeout_sec=settings.lease_timeout).acquire()
+        except LeaseHeld as exc:
+            if time.monotonic() > deadline:
+                raise
+            print(f"waiting for the lease of run {run_id}: {exc}".splitlines()[0], flush=True)
+            time.sleep(settings.lease_heartbeat)
 
 
 def _already_finished(run_id: str, cfg: RunConfig) -> bool:
