@@ -483,18 +483,11 @@ def _child_lease(run_id: str, cfg: RunConfig) -> Any:
     retry waits for the dead holder's lease to lapse and takes the run over, instead of failing
     every retry. A holder still alive after that long is a real one: refused, naming it.
     """
-    from mlproject.tracking.lease import Lease, LeaseHeld
+    from mlproject.tracking.lease import waiting_hold
 
     settings = cfg.tracking
-    deadline = time.monotonic() + settings.lease_timeout + 2 * settings.lease_heartbeat
-    while True:
-        try:
-            return Lease(run_id, heartbeat_sec=settings.lease_heartbeat, timeout_sec=settings.lease_timeout).acquire()
-        except LeaseHeld as exc:
-            if time.monotonic() > deadline:
-                raise
-            print(f"waiting for the lease of run {run_id}: {exc}".splitlines()[0], flush=True)
-            time.sleep(settings.lease_heartbeat)
+    return waiting_hold(run_id, heartbeat_sec=settings.lease_heartbeat, timeout_sec=settings.lease_timeout,
+                        max_wait_sec=settings.lease_timeout + 2 * settings.lease_heartbeat)
 
 
 def _already_finished(run_id: str, cfg: RunConfig) -> bool:

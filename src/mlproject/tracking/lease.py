@@ -110,13 +110,6 @@ def held_message(run_id: str, holder: Holder, state: LeaseState | None = None) -
             "or after it died retry once its lease times out (--lease-timeout)")
 
 
-def check_free(run_id: str, timeout_sec: float) -> None:
-    """Raise LeaseHeld (one line naming the holder) if another live process trains the run."""
-    state = read(run_id)
-    if state.live(timeout_sec) and state.holder != this_process():
-        raise LeaseHeld(held_message(run_id, state.holder, state))
-
-
 class Lease:
     """This process's lease on one run; `release` (or the context manager) gives it back."""
 
@@ -198,14 +191,25 @@ class Lease:
 
 
 @contextlib.contextmanager
-def waiting_hold(run_id: str, *, heartbeat_sec: float, timeout_sec: float) -> Iterator[Lease]:
-    """Hold the run's lease for a short critical section, waiting while another live process holds it."""
+def waiting_hold(run_id: str, *, heartbeat_sec: float, timeout_sec: float,
+                 max_wait_sec: float | None = None) -> Iterator[Lease]:
+    """Hold the run's lease, waiting while another live process holds it: without a bound for a
+    short critical section (another process in the same section takes a moment), or up to
+    `max_wait_sec` (then LeaseHeld, naming the holder), saying once that it waits."""
     lease = Lease(run_id, heartbeat_sec=heartbeat_sec, timeout_sec=timeout_sec)
+    deadline = None if max_wait_sec is None else time.monotonic() + max_wait_sec
+    told = False
     while True:
         try:
             lease.acquire()
             break
-        except LeaseHeld:  # another process is in the same section: it takes a moment
+        except LeaseHeld as exc:
+            if deadline is not None:
+                if time.monotonic() > deadline:
+                    raise
+                if not told:
+                    print(f"waiting for the lease of run {run_id}: {exc}".splitlines()[0], flush=True)
+                    told = True
             time.sleep(min(1.0, heartbeat_sec))
     with lease:
         yield lease
