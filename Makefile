@@ -30,11 +30,12 @@ TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not e2e" -n $(TEST_WORKERS) --dist loadfile --durations=10
 
-# Every test: the fast tier, then the end-to-end tests one at a time (they start servers and
-# containers of their own, each on free ports). What CI runs.
+# Every test: all but the serial ones one worker per core (the fast tier and the end-to-end tests
+# that run processes of their own), then the serial ones one at a time (they start servers and
+# containers, each on free ports, or measure speed). What CI runs.
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -m "not e2e" -n $(TEST_WORKERS) --dist loadfile --durations=10
-	$(BIN)/python -m pytest -m e2e --durations=10
+	$(BIN)/python -m pytest -m "not serial" -n $(TEST_WORKERS) --dist loadfile --durations=20
+	$(BIN)/python -m pytest -m serial --durations=10
 
 # The documentation site (mkdocs.yml, pages under docs/) into site/; --strict fails on a broken
 # link or a page missing from the nav, as CI does.

@@ -16,7 +16,8 @@ from helpers import unique
 
 
 # A test that asks for one of these fixtures starts a container, PostgreSQL or a tracking server:
-# it is end-to-end whether or not its module says so, so `make test` (-m "not e2e") never waits on one.
+# it is end-to-end whether or not its module says so, so `make test` (-m "not e2e") never waits on
+# one, and it runs alone (marker serial) in `make test-all`: its timeouts assume an idle machine.
 E2E_FIXTURES = frozenset({"docker_engine", "step_image", "postgres_uri", "start_server", "skip_or_fail"})
 
 
@@ -24,6 +25,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.serial)
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,7 @@ def ftp_uri() -> str:
     return f"ftp://carol:{PASSWORD}@127.0.0.1/x"
 
 
+@pytest.mark.e2e
 def test_train_against_an_unsupported_store_prints_one_scrubbed_line(tmp_path, ftp_uri, cache_dir):
     config = write_tiny(tmp_path / "train.yaml", "secret-output", data={"cache_dir": str(cache_dir)})
     done = _mlproject(["train", "--config", str(config)], tmp_path, ftp_uri)
@@ -58,6 +59,7 @@ def test_train_against_an_unsupported_store_prints_one_scrubbed_line(tmp_path, f
     assert "ftp://***@127.0.0.1/x" in done.stderr
 
 
+@pytest.mark.e2e
 def test_debug_traceback_is_scrubbed_too(tmp_path, ftp_uri):
     done = _mlproject(["generate", "--run-id", "0123456789abcdef"], tmp_path, ftp_uri, debug=True)
     _assert_clean_failure(done, traceback_allowed=True)
@@ -70,6 +72,7 @@ def test_a_secret_value_given_as_input_is_masked_in_the_error(tmp_path, ftp_uri)
     _assert_clean_failure(done)
 
 
+@pytest.mark.e2e
 def test_an_unreachable_server_with_credentials_prints_one_scrubbed_line(tmp_path):
     uri = f"http://carol:{PASSWORD}@127.0.0.1:{free_port()}"
     done = _mlproject(["generate", "--run-id", "0123456789abcdef"], tmp_path, uri)

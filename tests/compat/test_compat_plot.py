@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from compat_helpers import Shell
+
+# End-to-end (make test-all): the original suite's plot commands over sweeps trained for the module.
+pytestmark = pytest.mark.e2e
 
 
 def test_plot_by_experiment_skips_a_newer_failed_parent_and_says_which_it_picked(sh: Shell, compared, tracking,

@@ -13,10 +13,14 @@ import json
 import logging
 from pathlib import Path
 
+import pytest
 import yaml
 
 from compat_helpers import DATA_SHRINK, Shell
 from helpers import REPO
+
+# End-to-end (make test-all): the original README's commands, each run as a user runs it.
+pytestmark = pytest.mark.e2e
 
 DATASET_KEYS = ("small", "large", "wikitext2", "tinystories", "openwebtext", "c4_en", "pile", "redpajama",
                 "local_jsonl")

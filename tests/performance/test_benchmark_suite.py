@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import REPO
 
 
@@ -20,6 +22,7 @@ FIGURES = {
 }
 
 
+@pytest.mark.e2e
 def test_quick_json_run_reports_every_figure_with_its_target(tmp_path):
     env = {**os.environ, "MLPROJECT_CACHE_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/unused.db"}

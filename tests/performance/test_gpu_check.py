@@ -13,6 +13,7 @@ from helpers import REPO
 
 
 @pytest.mark.e2e
+@pytest.mark.serial  # it measures MFU: a busy neighbour would skew the probe against the run
 def test_gpu_check_dry_run_writes_every_figure(tmp_path):
     out = tmp_path / "gpu_check.json"
     # The script runs with the test's interpreter (PYTHON) and installs nothing in a dry run.

@@ -122,6 +122,7 @@ def test_bad_compare_file_is_one_line_naming_file_key_and_type(tmp_path, capsys)
     assert str(path) in err and "max_steps='many'" in err and "expected int" in err
 
 
+@pytest.mark.e2e
 def test_resume_keeps_finished_children_resumes_killed_and_adds_missing(research_env, tmp_path, capsys):
     """An interrupted sweep: one child KILLED, one never recorded; --resume --parallel 2 completes it."""
     experiment = unique("resume")
@@ -143,6 +144,7 @@ def test_resume_keeps_finished_children_resumes_killed_and_adds_missing(research
     assert "logs/train.log" in [f.path for f in client.list_artifacts(after[3].info.run_id, "logs")]
 
 
+@pytest.mark.e2e
 def test_a_retry_under_a_new_mlflow_run_adopts_the_children_and_closes_the_old_parent(
         research_env, tmp_path, monkeypatch):
     """An Airflow retry: `mlflow run` creates a new parent; the killed one must not stay RUNNING."""

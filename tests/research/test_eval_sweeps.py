@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 
+import pytest
+
 from helpers import children_of, unique, write_sweep
 from mlproject.cli import main
 from mlproject.research.ablation import AblationJob, run_ablation
@@ -49,6 +51,7 @@ def test_a_vocab_size_ablation_with_a_fixed_tokenizer_is_refused_before_any_run(
     assert MlflowClient().get_experiment_by_name(experiment) is None
 
 
+@pytest.mark.e2e
 def test_compare_eval_datasets_are_evaluated_per_child_and_aggregated_with_bpb_metric(research_env, tmp_path,
                                                                                        capsys):
     experiment = unique("compare-eval")

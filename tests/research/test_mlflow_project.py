@@ -6,9 +6,13 @@ import os
 import subprocess
 
 from mlflow import MlflowClient
+import pytest
 
 from mlproject.protocol import parse_step_result
 from helpers import REPO, VENV_BIN, children_of, unique, write_sweep
+
+# End-to-end (make test-all): `mlflow run` of an entry point, in a subprocess.
+pytestmark = pytest.mark.e2e
 
 
 def test_mlflow_run_compare_makes_the_mlflow_run_the_parent(research_env, tmp_path):

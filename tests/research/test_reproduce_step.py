@@ -11,6 +11,9 @@ import pytest
 
 from helpers import write_tiny
 
+# End-to-end (make test-all): each test trains a run (or a sweep) and re-trains it.
+pytestmark = pytest.mark.e2e
+
 
 def _train(tmp_path: Path, experiment: str, name: str = "orig", **train: object) -> str:
     from mlproject.app.config import RunConfig
@@ -225,7 +228,6 @@ def _mlproject(repo: Path, *args: str) -> "subprocess.CompletedProcess[str]":
                           timeout=600)
 
 
-@pytest.mark.e2e
 def test_source_record_re_creates_a_dirty_tree_after_it_moved_on(research_env, experiment_name, tmp_path):
     """The run is made from a copy of the package in a git repository of its own, with an
     uncommitted change that alters the numbers (half the cosine learning rate); the tree then

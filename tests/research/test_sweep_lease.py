@@ -33,6 +33,7 @@ def _state(run_ids) -> list[tuple[str, dict]]:
     return [(client.get_run(r).info.status, client.get_run(r).data.tags) for r in run_ids]
 
 
+@pytest.mark.e2e
 def test_two_concurrent_resumes_train_every_child_once_and_report_the_same_best(research_env, tmp_path, capsys):
     plan, config = _plan(tmp_path, capsys)
     procs = [subprocess.Popen([sys.executable, "-m", "mlproject", "compare", "--config", config, "--resume"],
@@ -80,6 +81,7 @@ def test_train_resume_from_a_planned_child_is_refused_naming_train_run_id(resear
     assert len(MlflowClient().search_runs([experiment_id])) == 3  # no run was created either
 
 
+@pytest.mark.e2e
 def test_a_retried_child_waits_for_a_dead_holder_s_lease_to_lapse_then_trains_it(research_env, tmp_path, capsys):
     import json
     import socket

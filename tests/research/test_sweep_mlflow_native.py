@@ -16,6 +16,9 @@ from mlflow import MlflowClient
 from helpers import children_of, unique, write_sweep
 from mlproject.research.compare import CompareJob, run_compare
 
+# End-to-end (make test-all): a make-run-sized compare, trained once for the module.
+pytestmark = pytest.mark.e2e
+
 SEEDS = (1, 2)
 
 

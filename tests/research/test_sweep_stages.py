@@ -39,6 +39,7 @@ def test_plan_only_creates_the_parent_and_scheduled_children_and_prints_their_id
     assert "plan/config.yaml" in [f.path for f in client.list_artifacts(children[0].info.run_id, "plan")]
 
 
+@pytest.mark.e2e
 def test_children_train_from_their_run_id_and_aggregate_gives_the_parent_statistics(
         research_env, tmp_path, capsys):
     plan = _plan(tmp_path, capsys)
@@ -76,6 +77,7 @@ def test_aggregate_before_the_children_finish_fails_the_parent_naming_them(resea
     assert MlflowClient().get_run(plan["run_id"]).info.status == "FAILED"
 
 
+@pytest.mark.e2e
 def test_a_killed_child_process_resumes_from_the_checkpoint_in_its_artifacts(research_env, tmp_path, capsys):
     """SIGKILL (a killed container) leaves the run RUNNING with its uploaded last.pt; the retry
     downloads it and continues the same run. The retry caps max_steps a few steps past the

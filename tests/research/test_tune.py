@@ -35,6 +35,7 @@ def trials(parent_run_id: str) -> list:
     return sorted(children_of(parent_run_id), key=lambda r: int(r.data.tags["mlproject.trial_number"]))
 
 
+@pytest.mark.e2e
 def test_a_six_trial_search_finds_a_best_rate_in_range_prunes_and_nests_its_trials(research_env, tmp_path, capsys):
     path, _ = tune_yaml(tmp_path, 6)
     assert main(["tune", "--config", str(path)]) == 0
@@ -65,6 +66,7 @@ def test_a_six_trial_search_finds_a_best_rate_in_range_prunes_and_nests_its_tria
     assert plots == {"plots/optimization_history.png", "plots/param_importances.png"}
 
 
+@pytest.mark.e2e
 def test_two_worker_processes_share_one_study_with_no_duplicated_trial_numbers(research_env, tmp_path, capsys):
     path, _ = tune_yaml(tmp_path, 4, parallel=2)
     assert main(["tune", "--config", str(path)]) == 0
@@ -79,6 +81,7 @@ def test_two_worker_processes_share_one_study_with_no_duplicated_trial_numbers(r
     assert {t.user_attrs["run_id"] for t in study.trials} == {r.info.run_id for r in runs}
 
 
+@pytest.mark.e2e
 def test_an_interrupted_search_continues_in_the_same_study_and_parent(research_env, tmp_path, capsys):
     path, experiment = tune_yaml(tmp_path, 50)
     proc = subprocess.Popen([sys.executable, "-m", "mlproject", "tune", "--config", str(path)],

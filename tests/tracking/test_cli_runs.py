@@ -12,6 +12,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+import pytest
+
 from helpers import REPO, VENV_BIN, free_port
 from mlproject.cli import main
 from mlproject.protocol import RESULT_PREFIX
@@ -36,6 +38,7 @@ def _run(cmd: list[str], cwd: Path, timeout: float = 240) -> subprocess.Complete
     return done
 
 
+@pytest.mark.e2e
 def test_mlflow_run_train_logs_into_the_run_it_created(tiny_yaml, experiment_name, tmp_path):
     config = tiny_yaml()
     # Created here so its artifacts go to tmp_path, not to ./mlruns of the repository mlflow runs in.
@@ -50,6 +53,7 @@ def test_mlflow_run_train_logs_into_the_run_it_created(tiny_yaml, experiment_nam
     assert _result(done.stdout) == {"step": "train", "run_id": run.info.run_id, "status": "FINISHED"}
 
 
+@pytest.mark.e2e
 def test_sigterm_ends_the_run_killed_with_last_checkpoint_uploaded(tiny_yaml, experiment_name, tmp_path):
     config = tiny_yaml(train={"max_steps": None, "epochs": 50, "eval_interval": 1000, "save_every": 1000})
     proc = subprocess.Popen([str(VENV_BIN / "mlproject"), "train", "--config", str(config)], cwd=tmp_path,
@@ -71,6 +75,7 @@ def test_sigterm_ends_the_run_killed_with_last_checkpoint_uploaded(tiny_yaml, ex
     assert _result(stdout)["status"] == "KILLED"
 
 
+@pytest.mark.e2e
 def test_torchrun_with_two_processes_makes_exactly_one_run(tiny_yaml, experiment_name, tmp_path):
     config = tiny_yaml(train={"max_steps": 4, "eval_interval": 2})
     done = _run([str(VENV_BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",

@@ -125,6 +125,7 @@ def test_a_hub_dataset_offline_is_a_one_line_error(run, capsys):
     assert "wikitext2" in err and "HF_HUB_OFFLINE" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_mlflow_entry_point_evaluate_logs_to_the_evaluated_run(run, tmp_path):
     done = subprocess.run([str(VENV_BIN / "mlflow"), "run", str(REPO), "-e", "evaluate", "--env-manager", "local",
                            "--experiment-name", "test-evaluate", "-P", f"run_id={run.run_id}", "-P", "max_tokens=96",
@@ -196,6 +197,7 @@ metric_list:
 """
 
 
+@pytest.mark.e2e
 def test_lm_eval_runs_a_local_task_end_to_end_offline_and_logs_metrics_with_stderr(run, tmp_path, monkeypatch,
                                                                                     capsys):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -49,6 +49,7 @@ def _steps(run_id: str, key: str) -> list[int]:
     return [m.step for m in MlflowClient().get_metric_history(run_id, key)]
 
 
+@pytest.mark.e2e
 def test_resume_from_a_run_that_another_process_trains_is_refused_naming_the_holder(tiny_yaml, tmp_path, capsys):
     config = tiny_yaml(train=LONG_TRAIN, tracking=SHORT_LEASE)
     proc, run_id = _start_training(config, tmp_path)
@@ -70,6 +71,7 @@ def test_resume_from_a_run_that_another_process_trains_is_refused_naming_the_hol
     assert run.info.status == "KILLED" and run.data.tags[Tag.LEASE_HEARTBEAT] == "released"
 
 
+@pytest.mark.e2e
 def test_a_holder_killed_hard_loses_its_lease_after_the_timeout_and_the_next_process_resumes(
         tiny_yaml, tmp_path, capsys):
     config = tiny_yaml(train=LONG_TRAIN, tracking=SHORT_LEASE)

@@ -60,6 +60,7 @@ def _resume(cfg, run_id, **model):
     return replace(cfg, model=replace(cfg.model, **model), tracking=replace(cfg.tracking, resume_from=run_id))
 
 
+@pytest.mark.e2e
 def test_a_resume_from_a_corrupt_checkpoint_leaves_the_finished_run_untouched(finished):
     cfg, outcome = finished
     before = MlflowClient().get_run(outcome.run_id)
@@ -103,6 +104,7 @@ def test_resuming_at_the_final_step_reports_the_last_training_loss(finished, cap
     assert len(client.get_metric_history(outcome.run_id, "val_loss_best")) == 1
 
 
+@pytest.mark.e2e
 def test_sigkill_then_resume_leaves_every_step_logged_exactly_once(tiny_yaml, experiment_name):
     """SIGKILL (no handler runs, buffered metrics are lost) after a checkpoint, then --resume-from
     once the killed process's lease timed out (2 s here)."""
@@ -157,6 +159,7 @@ def test_a_compare_that_cannot_start_creates_no_run(tiny_yaml, experiment_name, 
 
 # ----------------------------------------------------------------------------- item 3: SQLite first use
 
+@pytest.mark.e2e
 def test_four_concurrent_first_users_of_a_new_sqlite_store_all_finish(tiny_yaml, experiment_name, tmp_path):
     uri = f"sqlite:///{tmp_path}/fresh.db"
     config = tiny_yaml(train={"max_steps": 4, "eval_interval": 4, "save_every": 4})
@@ -181,6 +184,7 @@ def test_a_half_migrated_sqlite_store_is_a_one_line_error_saying_how_to_recover(
 
 # ----------------------------------------------------------------------------- item 6: one-line errors
 
+@pytest.mark.e2e
 def test_an_unreachable_tracking_server_is_one_line_naming_the_uri(tiny_yaml, experiment_name):
     with socket_port() as port:
         uri = f"http://alice:secret123@127.0.0.1:{port}"
@@ -206,6 +210,7 @@ class socket_port:
         self.sock.close()
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_write_that_fails_for_lack_of_space_is_one_line(tiny_yaml, tmp_path):
     """RLIMIT_FSIZE makes the kernel refuse the checkpoint's bytes, as a full disk does."""
     config = tiny_yaml(tracking={"log_to_mlflow": False, "run_name": "full", "output_dir": str(tmp_path / "out")})

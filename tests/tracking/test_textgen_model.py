@@ -93,6 +93,7 @@ def test_greedy_predict_equals_mlproject_generate_greedy_also_through_an_alias(t
     assert capsys.readouterr().out.splitlines()[1:] == predicted[0].splitlines()
 
 
+@pytest.mark.e2e
 def test_mlflow_models_serve_answers_two_prompts_with_two_strings(trained, tmp_path):
     model_uri = f"models:/tiny-gpt/{_version()}"
     expected = _greedy(model_uri, PROMPTS)
@@ -131,6 +132,7 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.e2e
 def test_a_tampered_logged_model_runs_no_code_through_any_loader(trained, tmp_path, monkeypatch):
     """The weights file replaced by a pickle payload (and one planted as data/model.pth), with
     MLflow's own default (3.17: pickle deserialization allowed): every loader refuses, none runs it."""
@@ -171,6 +173,7 @@ def test_a_tampered_logged_model_runs_no_code_through_any_loader(trained, tmp_pa
     assert marker.exists()
 
 
+@pytest.mark.e2e
 def test_a_generate_run_logs_its_settings_and_a_table_of_prompts_and_outputs(trained, tmp_path):
     experiment = "test-generate-run"
     done = subprocess.run(

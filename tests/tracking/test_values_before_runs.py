@@ -114,6 +114,7 @@ def _runs(experiment_name: str) -> list:
     return client.search_runs([experiment.experiment_id]) if experiment else []
 
 
+@pytest.mark.e2e
 def test_a_loss_that_becomes_non_finite_fails_the_run_with_no_model(tiny_yaml, experiment_name, capsys):
     config = tiny_yaml(tracking={"log_model": True})
     assert main(["train", "--config", str(config), "--learning-rate", "1e30"]) == 2
