@@ -51,6 +51,8 @@ GOLDEN: dict[type[StrEnum], dict[str, str]] = {
         "REGISTERED_MODEL_URI": "mlproject.registered_model_uri",
         "BEST_ALIAS_DECISION": "mlproject.best_alias.decision",
         "BEST_ALIAS_REASON": "mlproject.best_alias.reason",
+        "ADAPTIVE_VERDICT": "mlproject.adaptive.verdict",
+        "ADAPTIVE_DESIGN": "mlproject.adaptive.design",
         "EVALUATED_RUN": "mlproject.evaluated_run",
         "EVAL_CHECKPOINT": "mlproject.eval.checkpoint",
         "EVAL_CHECKPOINT_SHA256": "mlproject.eval.checkpoint_sha256",

@@ -32,7 +32,8 @@ Settings (environment of the DAG processor and workers):
     MLPROJECT_DAG_SCHEDULE     a cron expression or preset (@daily); unset: manual runs only
     MLPROJECT_SWEEP_TASKS      mapped (default): a compare/ablation step is a plan task, one
                                mapped task per child and an aggregate task; single: one
-                               container runs the whole sweep (`mlflow run -e compare`)
+                               container runs the whole sweep (`mlflow run -e compare`), as
+                               it always does for a step with adaptive_seeds (its rounds)
     MLPROJECT_CHILD_OPERATOR   docker (default) or kubernetes: what runs a mapped child task
     MLPROJECT_K8S_NAMESPACE, MLPROJECT_K8S_CACHE_PVC, MLPROJECT_K8S_SECRET, MLPROJECT_K8S_CPU,
     MLPROJECT_K8S_MEMORY       the child pods' namespace, the token-cache PersistentVolumeClaim,
@@ -62,7 +63,7 @@ from docker.types import DeviceRequest, Mount
 
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.orchestration.graph import load_pipeline
-from mlproject.orchestration.steps import RESUMABLE, step_command, step_env, sweep_stage_command
+from mlproject.orchestration.steps import RESUMABLE, runs_in_rounds, step_command, step_env, sweep_stage_command
 from mlproject.protocol import parse_step_result
 from mlproject.research.sweep import child_command
 
@@ -312,7 +313,7 @@ def build_dag(settings: DagSettings) -> DAG:
         if not step.enabled:
             continue
         doc = f"`{step.entry_point}` step; needs: {', '.join(step.needs) or 'nothing'}"
-        if settings.sweep_tasks == "mapped" and step.entry_point in RESUMABLE:
+        if settings.sweep_tasks == "mapped" and step.entry_point in RESUMABLE and not runs_in_rounds(step):
             plan = docker_task(plan_task_id(step.id), step.id,
                                "{{ mlproject_plan_command(ti, params, %r) }}" % step.id, "plan", do_xcom_push=True,
                                doc_md=f"plan of the {doc}: the parent and its SCHEDULED children")

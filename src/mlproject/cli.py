@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from mlproject.app.config import RunConfig, ServerConfig
 from mlproject.config import add_arguments, build_sections, from_dict, section_overrides
 from mlproject.data.config import DataConfig, PreviewConfig, RegistryConfig
-from mlproject.errors import MlprojectError
+from mlproject.errors import ConfigError, MlprojectError
 from mlproject.inference.config import GenerateConfig
 from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
 from mlproject.model.config import HFImportConfig, OriginalImportConfig, SummaryConfig
@@ -175,7 +175,13 @@ def _sweep_stage(args: argparse.Namespace, job: Any) -> bool:
     if stage.aggregate:
         aggregate_sweep(stage.aggregate, plots=True)
     else:
-        plan_sweep(job.load(args.config, args).spec())
+        sweep = job.load(args.config, args)
+        settings = getattr(sweep, "compare", None) or sweep.ablation
+        if settings.adaptive_seeds is not None:  # its rounds are decided by the looks, in one process
+            raise ConfigError(f"--plan-only plans a fixed set of seeds, but adaptive_seeds={settings.adaptive_seeds} "
+                              "adds seeds in rounds; run the sweep without --plan-only (in the DAG: "
+                              "MLPROJECT_SWEEP_TASKS=single)")
+        plan_sweep(sweep.spec())
     return True
 
 

@@ -52,6 +52,9 @@ class Tag(StrEnum):
     REGISTERED_MODEL_URI = "mlproject.registered_model_uri"
     BEST_ALIAS_DECISION = "mlproject.best_alias.decision"  # sweep parent: AliasOutcome of --register-best
     BEST_ALIAS_REASON = "mlproject.best_alias.reason"      # sweep parent: why, in one line
+    # adaptive seeds (research/adaptive.py)
+    ADAPTIVE_VERDICT = "mlproject.adaptive.verdict"  # sweep parent: better | worse | no difference ... (per candidate)
+    ADAPTIVE_DESIGN = "mlproject.adaptive.design"    # sweep parent: JSON seeds, boundaries, alpha of the looks
     # evaluation and export
     EVALUATED_RUN = "mlproject.evaluated_run"      # on a separate evaluation run: the run it evaluated
     EVAL_CHECKPOINT = "mlproject.eval.checkpoint"  # where the evaluated file came from (runs:/, models:/ or a path)

@@ -135,3 +135,19 @@ def test_the_mapped_dag_parses_in_a_dagbag(monkeypatch, pipeline_yaml):
     bag = DagBag(dag_folder=str(DAG_FILE.parent))
     assert bag.import_errors == {}
     assert "compare__train" in bag.dags["gpt_research_pipeline"].task_ids
+
+
+def test_an_adaptive_compare_step_runs_as_one_task_that_resumes_on_a_retry(dagmod, tmp_path):
+    import yaml
+
+    path = tmp_path / "adaptive.yaml"
+    path.write_text(yaml.safe_dump({
+        "pipeline": {"name": "unit", "experiment_name": "unit-exp"},
+        "steps": [{"id": "compare", "entry_point": "compare",
+                   "parameters": {"config": "configs/compare/x.yaml", "seeds": [42, 43], "adaptive_seeds": 6}}],
+    }, sort_keys=False))
+    dag = build(dagmod, path)
+    assert dag.task_ids == ["compare"]  # no plan/children/aggregate: the looks decide the seeds
+    command = render_command(dag, "compare", FakeTI(try_number=2))
+    assert command[:4] == ["mlflow", "run", "/app", "-e"] and "adaptive_seeds=6" in command
+    assert "resume=true" in command

@@ -83,3 +83,24 @@ def test_ablation_groups_are_ordered_numerically_only_when_numeric():
     assert order_groups(["4", "2", "16"], "ablation") == ["2", "4", "16"]
     assert order_groups(["rmsnorm", "layernorm"], "ablation") == ["rmsnorm", "layernorm"]
     assert order_groups(["gpt3", "gpt2"], "compare") == ["gpt3", "gpt2"]
+
+
+def test_a_target_is_a_horizontal_line_on_its_metric_with_each_groups_crossing_marked():
+    from mlproject.research.plots import curves_figure
+
+    # val_loss per seed at steps 1..3; tokens_seen = 100 x step. Group a's mean: 6, 5, 4 (crosses
+    # 4.5 halfway between steps 2 and 3, at 250 tokens); group b's mean stays at 5 (never crosses).
+    curves = {"train_loss": {}, "val_loss": {"a": [{1: 6.5, 2: 5.5, 3: 4.5}, {1: 5.5, 2: 4.5, 3: 3.5}],
+                                             "b": [{1: 5.0, 2: 5.0, 3: 5.0}]}}
+    tokens = {g: [{1: 100.0, 2: 200.0, 3: 300.0}] * 2 for g in ("a", "b")}
+    fig = curves_figure(curves, tokens, title="t", groups=["a", "b"], targets=[("val_loss", 4.5), ("val_ppl", 90.0)])
+    train_ax, val_ax = fig.axes
+    lines = {line.get_label(): line for line in val_ax.get_lines()}
+    assert list(lines["target 4.5"].get_ydata()) == [4.5, 4.5]
+    assert list(lines["a reaches 4.5"].get_xdata()) == pytest.approx([250.0])
+    assert list(lines["a reaches 4.5"].get_ydata()) == [4.5]
+    assert "b reaches 4.5" not in lines  # never reached: no mark
+    assert not any(line.get_label().startswith("target") for line in train_ax.get_lines())  # not its metric
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

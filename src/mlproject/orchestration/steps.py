@@ -23,6 +23,13 @@ RESUMABLE = {"compare", "ablation"}  # entry points that accept resume=true
 SWEEP_COMMANDS = {"compare": "compare", "ablation": "ablate"}  # entry point -> CLI subcommand
 
 
+def runs_in_rounds(step: PipelineStep) -> bool:
+    """A compare/ablation step with `adaptive_seeds`: its seeds are decided look by look in one
+    process (research.adaptive), so the DAG cannot plan its children up front; it runs as one
+    task (`mlflow run -e compare`), and a retry resumes it at its last look."""
+    return step.entry_point in RESUMABLE and step.parameters.get("adaptive_seeds") is not None
+
+
 def substitute(value: str, upstream_results: Mapping[str, Mapping[str, Any]], step_id: str = "") -> str:
     """Replace `{{ steps.<id>.<key> }}` with the upstream step's result value."""
 

@@ -149,5 +149,14 @@ class AblationJob:
 
 
 def run_ablation(job: AblationJob) -> SweepOutcome:
-    """Train every value x seed as children of one parent run and log the ablation."""
-    return run_sweep(job.spec())
+    """Train every value x seed as children of one parent run and log the ablation;
+    with `adaptive_seeds`, in rounds of seeds until the answer is clear (research.adaptive)."""
+    settings = job.ablation
+    if settings.adaptive_seeds is None:
+        return run_sweep(job.spec())
+    from mlproject.research.adaptive import run_adaptive
+
+    def spec_for(seeds: list[int]) -> SweepSpec:
+        return dataclasses.replace(job, ablation=dataclasses.replace(settings, seeds=seeds)).spec()
+
+    return run_adaptive(spec_for, settings.seeds, settings.adaptive_seeds).outcome

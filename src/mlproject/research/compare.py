@@ -11,6 +11,7 @@ may differ on purpose through a `per_model:` section of the YAML, recorded on it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -135,5 +136,14 @@ def _per_model(raw: Any, models: list[str], source: str) -> dict[str, dict[str, 
 
 
 def run_compare(job: CompareJob) -> SweepOutcome:
-    """Train every model x seed as children of one parent run and log the comparison."""
-    return run_sweep(job.spec())
+    """Train every model x seed as children of one parent run and log the comparison;
+    with `adaptive_seeds`, in rounds of seeds until the answer is clear (research.adaptive)."""
+    settings = job.compare
+    if settings.adaptive_seeds is None:
+        return run_sweep(job.spec())
+    from mlproject.research.adaptive import run_adaptive
+
+    def spec_for(seeds: list[int]) -> SweepSpec:
+        return dataclasses.replace(job, compare=dataclasses.replace(settings, seeds=seeds)).spec()
+
+    return run_adaptive(spec_for, settings.seeds, settings.adaptive_seeds).outcome

@@ -47,6 +47,9 @@ class SweepConfig:
                               "seconds at which each child first reaches it, per group and against the baseline")
     target_alpha: float = field(0.01, help="level of the one-sided test that a group's mean final metric is "
                                            "beyond each target (modded-nanogpt's record rule)")
+    adaptive_seeds: int | None = field(None, metavar="MAX", help="add seeds in rounds until a group-sequential "
+                                       "test (O'Brien-Fleming spending at alpha) finds each candidate better or "
+                                       "worse than the baseline, or MAX seeds ran")
 
     def validate(self) -> None:
         check_types(self, source=self.section)
@@ -65,6 +68,17 @@ class SweepConfig:
         check_alpha(self.target_alpha, f"{self.section}: target_alpha")
         for text in self.target:
             parse_target(text, self.section)
+        if self.adaptive_seeds is not None:
+            self._check_adaptive(self.adaptive_seeds)
+
+    def _check_adaptive(self, max_seeds: int) -> None:
+        # The design's first look is at the starting seeds, and a paired t needs two of them.
+        if len(self.seeds) < 2:
+            raise ConfigError(f"{self.section}: adaptive_seeds={max_seeds} needs at least 2 starting seeds, "
+                              f"got seeds={self.seeds}")
+        if max_seeds < len(self.seeds):
+            raise ConfigError(f"{self.section}: adaptive_seeds={max_seeds} is below the starting seed count "
+                              f"{len(self.seeds)} (seeds={self.seeds}); expected at least {len(self.seeds)}")
 
     def validate_own(self) -> None:
         """The checks of the sweep's own fields, run before the shared ones."""

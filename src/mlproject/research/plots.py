@@ -6,7 +6,8 @@ is needed; `--results` reads a `results.jsonl`/`.csv` instead (offline, no curve
 
 - compare / ablation: mean of a summary metric per group with 95% t-CI error bars, every seed
   as a point, and the paired difference to the baseline under each label;
-- curves: train and validation loss against tokens seen, mean across seeds with a +-1 std band.
+- curves: train and validation loss against tokens seen, mean across seeds with a +-1 std band,
+  and each `--target` of the sweep as a horizontal line with each group's crossing marked.
 
 PNGs and the summary CSV go to `output_dir` and are logged to the parent run under `plots/`.
 """
@@ -103,8 +104,16 @@ def bar_chart(rows: Sequence[Row], stats: SweepStats, metric: str, path: Path, *
 
 
 def curves_chart(curves: dict[str, dict[str, list[dict[int, float]]]], tokens: dict[str, list[dict[int, float]]],
-                 path: Path, *, title: str, groups: Sequence[str]) -> Path:
-    """Train/val loss vs tokens seen per group: mean across seeds with a +-1 std band.
+                 path: Path, *, title: str, groups: Sequence[str], targets: Sequence[tuple[str, float]] = ()) -> Path:
+    """`curves_figure` saved to `path`."""
+    plt = _pyplot()
+    return _save(curves_figure(curves, tokens, title=title, groups=groups, targets=targets), plt, path)
+
+
+def curves_figure(curves: dict[str, dict[str, list[dict[int, float]]]], tokens: dict[str, list[dict[int, float]]],
+                  *, title: str, groups: Sequence[str], targets: Sequence[tuple[str, float]] = ()) -> Any:
+    """Train/val loss vs tokens seen per group: mean across seeds with a +-1 std band, and each
+    target (metric, value) on a plotted metric as a horizontal line with each group's crossing.
 
     `curves[metric][group]` holds one {step: value} per seed; `tokens[group]` the matching
     {step: tokens_seen} per seed (the x axis falls back to steps without it).
@@ -114,6 +123,7 @@ def curves_chart(curves: dict[str, dict[str, list[dict[int, float]]]], tokens: d
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     x_label = "tokens seen"
     for ax, metric in zip(axes, CURVE_METRICS):
+        means = []
         for i, group in enumerate(groups):
             seeds = curves.get(metric, {}).get(group, [])
             seeds = [s for s in seeds if s]
@@ -130,9 +140,12 @@ def curves_chart(curves: dict[str, dict[str, list[dict[int, float]]]], tokens: d
             mean = values.mean(axis=0)
             color = colors[i % len(colors)]
             ax.plot(xs, mean, color=color, label=f"{group} (n={len(seeds)})")
+            means.append((group, xs, mean, color))
             if len(seeds) > 1:
                 std = values.std(axis=0, ddof=1)
                 ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+        for value in [v for m, v in targets if m == metric]:
+            _draw_target(ax, value, means)
         ax.set_title(metric)
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
@@ -145,7 +158,21 @@ def curves_chart(curves: dict[str, dict[str, list[dict[int, float]]]], tokens: d
         ax.xaxis.set_major_formatter(EngFormatter())  # 150k, not 150000
     fig.suptitle(f"{title}: mean across seeds, band ±1 std")
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return fig
+
+
+def _draw_target(ax: Any, target: float, means: Sequence[tuple[str, np.ndarray, np.ndarray, str]]) -> None:
+    """A target as a dashed horizontal line, and an x where each group's mean curve first reaches
+    it (interpolated, as time-to-target does per seed); a group that never does gets no mark."""
+    from mlproject.research.time_to_target import CurvePoint, time_to_target
+
+    ax.axhline(target, color="0.3", linestyle="--", linewidth=1, label=f"target {target:g}")
+    for group, xs, mean, color in means:
+        crossing = time_to_target([CurvePoint(tokens=float(x), seconds=0.0, flops=0.0, value=float(v))
+                                   for x, v in zip(xs, mean)], target)  # the plotted curves are losses
+        if crossing.reached:
+            ax.plot([crossing.tokens], [target], marker="x", markersize=9, color=color, linestyle="none",
+                    label=f"{group} reaches {target:g}")
 
 
 def _tokens_at(steps: Sequence[int], per_seed: Sequence[dict[int, float]]) -> np.ndarray | None:
@@ -245,6 +272,15 @@ def _histories(children: Sequence[Any]) -> tuple[dict[str, dict[str, list[dict[i
     return curves, tokens
 
 
+def _targets(parent_run_id: str | None) -> list[tuple[str, float]]:
+    """The sweep's `--target`s (metric, value), from the plan stored on its parent (none without one)."""
+    from mlproject.research.config import parse_target
+    from mlproject.tracking import client
+
+    text = client.load_text(parent_run_id, Artifact.PLAN_FILE) if parent_run_id else None
+    return [parse_target(t) for t in (json.loads(text).get("targets", []) if text else [])]
+
+
 # ----------------------------------------------------------------------------- the step
 
 def run_plot(cfg: PlotConfig) -> list[Path]:
@@ -269,7 +305,8 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
     if cfg.kind == "curves" or (cfg.kind == "auto" and source.children):
         curves, tokens = _histories(source.children)
         title = cfg.title or f"{source.kind} learning curves ({source.name})"
-        written.append(curves_chart(curves, tokens, out / f"{source.kind}_curves.png", title=title, groups=groups))
+        written.append(curves_chart(curves, tokens, out / f"{source.kind}_curves.png", title=title, groups=groups,
+                                    targets=_targets(source.parent_run_id)))
     summary = [row for group in groups for row in summary_table_rows(stats) if row["group"] == group]
     written.append(atomic_write_text(out / f"{source.kind}_{cfg.metric}_summary.csv", to_csv(summary)))
     written = [p.resolve() for p in written]

@@ -109,6 +109,10 @@ class SweepSpec:
     effect: float | None = None          # the difference the seeds-needed figure refers to
     targets: list[str] = field(default_factory=list)  # metric=value: time-to-target (research.targets)
     target_alpha: float = 0.01
+    # The next round of an adaptive sweep (research.adaptive): continue this ParentRun, keeping
+    # its children, instead of opening a parent (a resume would pick the newest same-key parent,
+    # or under `mlflow run` an older one).
+    parent: Any = None
 
 
 @dataclass
@@ -239,6 +243,7 @@ class SweepPlan:
     effect: float | None = None
     targets: list[str] = field(default_factory=list)
     target_alpha: float = 0.01
+    adopted_from: str | None = None  # the earlier parent whose children a --resume took over
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -259,6 +264,12 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
     Raises MlprojectError after reporting when some children did not finish, and
     KeyboardInterrupt (parent KILLED) when interrupted.
     """
+    return aggregate_sweep(train_sweep(spec))
+
+
+def train_sweep(spec: SweepSpec) -> SweepPlan:
+    """Plan the sweep and train its children here (the first two stages); the parent stays
+    RUNNING for `aggregate_sweep` (or, in an adaptive sweep, for the next round's children)."""
     from mlproject.tracking import client
 
     plan, tasks = _plan_stage(spec, eager=spec.resume)
@@ -279,7 +290,7 @@ def run_sweep(spec: SweepSpec) -> SweepOutcome:
         raise
     finally:  # the children created while training, so `--aggregate PARENT` finds them
         _store_plan(plan, tasks)
-    return aggregate_sweep(plan)
+    return plan
 
 
 def plan_sweep(spec: SweepSpec) -> SweepPlan:
@@ -305,10 +316,7 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
     check_results_dir(spec.kind, spec.experiment)  # the local results copy, written when the children are done
     ensure_store()
     _check_children(spec)  # before the parent exists: a child that cannot train leaves no stray runs
-    parent = client.open_parent(
-        experiment=spec.experiment, run_name=spec.run_name, kind=spec.kind, sweep_key=spec.key,
-        resume=spec.resume, tags={Tag.GROUPS: json.dumps(spec.groups), Tag.METRICS: json.dumps(spec.metrics),
-                                  **spec.tags})
+    parent = _open_parent(spec)
     record_run(parent.run_id, get_run(parent.run_id).tags)  # the children record the data they trained on
     print(f"{spec.kind}: parent run {parent.run_id} in experiment {parent.experiment_name!r} "
           f"(id {parent.experiment_id})", flush=True)
@@ -325,12 +333,28 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
             eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device,
             lease_heartbeat=spec.base.tracking.lease_heartbeat, lease_timeout=spec.base.tracking.lease_timeout,
             register_best_ungated=spec.register_best_ungated, alpha=spec.alpha, effect=spec.effect,
-            targets=list(spec.targets), target_alpha=spec.target_alpha)
+            targets=list(spec.targets), target_alpha=spec.target_alpha,
+            adopted_from=parent.previous.run_id if parent.previous and parent.previous.run_id != parent.run_id
+            else None)
         _store_plan(plan, tasks)
     except BaseException as exc:
         client.set_status(parent.run_id, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
         raise
     return plan, tasks
+
+
+def _open_parent(spec: SweepSpec) -> Any:
+    """The spec's parent to continue (an adaptive sweep's next round, back to RUNNING) or a
+    parent opened as `client.open_parent` decides."""
+    from mlproject.tracking import client
+
+    if spec.parent is not None:
+        client.set_status(spec.parent.run_id, RunStatus.RUNNING)
+        return spec.parent
+    return client.open_parent(
+        experiment=spec.experiment, run_name=spec.run_name, kind=spec.kind, sweep_key=spec.key,
+        resume=spec.resume, tags={Tag.GROUPS: json.dumps(spec.groups), Tag.METRICS: json.dumps(spec.metrics),
+                                  **spec.tags})
 
 
 @contextlib.contextmanager
@@ -373,9 +397,8 @@ def _plan(spec: SweepSpec, parent: Any, eager: bool) -> list[_Task]:
     `eager`, else as they start (`_ensure_run`). Every child not yet FINISHED gets its config
     (`Artifact.PLAN_CONFIG`) logged on its run."""
     from mlproject.tracking import client
-    from mlproject.tracking.queries import sweep_cells
 
-    existing = sweep_cells(parent.previous, spec.key) if spec.resume and parent.previous is not None else {}
+    existing = _existing_cells(spec, parent)
     tasks = []
     for child in spec.children:
         run = existing.get((child.group, child.seed))
@@ -392,6 +415,20 @@ def _plan(spec: SweepSpec, parent: Any, eager: bool) -> list[_Task]:
                 _log_child_config(task)
         tasks.append(task)
     return tasks
+
+
+def _existing_cells(spec: SweepSpec, parent: Any) -> dict[tuple[str, int], Any]:
+    """With resume, the children to keep by (group, seed): those of the parent taken over, then
+    those already under this parent (an adaptive sweep's later rounds add cells to a parent that
+    adopted only the cells of its first round)."""
+    from mlproject.tracking.queries import get_run, sweep_cells
+
+    if not spec.resume or parent.previous is None:
+        return {}
+    cells = sweep_cells(parent.previous, spec.key)
+    if parent.previous.run_id != parent.run_id:
+        cells.update(sweep_cells(get_run(parent.run_id), spec.key))
+    return cells
 
 
 def child_action(run: Any, lease_timeout: float) -> str:
