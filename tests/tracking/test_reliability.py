@@ -105,6 +105,26 @@ def test_resuming_at_the_final_step_reports_the_last_training_loss(finished, cap
 
 
 @pytest.mark.e2e
+def test_a_run_stopped_off_the_log_interval_and_resumed_logs_the_uninterrupted_curve(tiny_config):
+    """Stopped at step 3 (logs every 2), resumed by id: every point of the uninterrupted run's
+    train_loss and val_loss curves is in the resumed run, equal; the only extra point is the
+    stopped session's own last one, at step 3. Dropout on: the RNG streams must match too."""
+    client = MlflowClient()
+    short = {"max_steps": 8, "save_every": 0}
+    reference = train_tracked(tiny_config(model={"dropout": 0.1}, train=short))
+    cfg = tiny_config(model={"dropout": 0.1}, train={**short, "stop_at_step": 3})
+    stopped = train_tracked(cfg)
+    resumed = train_tracked(replace(cfg, train=replace(cfg.train, stop_at_step=None),
+                                    tracking=replace(cfg.tracking, resume_from=stopped.run_id)))
+    assert resumed.run_id == stopped.run_id and resumed.status == "FINISHED"
+    for key in ("train_loss", "val_loss"):
+        expected = {m.step: m.value for m in client.get_metric_history(reference.run_id, key)}
+        got = {m.step: m.value for m in client.get_metric_history(stopped.run_id, key)}
+        assert set(got) - set(expected) == {3}, key
+        assert {step: got[step] for step in expected} == expected, key
+
+
+@pytest.mark.e2e
 def test_sigkill_then_resume_leaves_every_step_logged_exactly_once(tiny_yaml, experiment_name):
     """SIGKILL (no handler runs, buffered metrics are lost) after a checkpoint, then --resume-from
     once the killed process's lease timed out (2 s here)."""

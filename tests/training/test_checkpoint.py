@@ -19,12 +19,13 @@ from mlproject.training.distributed import DistInfo
 from mlproject.training.optim import build_optimizer, build_scheduler
 from mlproject.training.resolve import resolve
 
-STATE_KEYS = {"step", "tokens_seen", "elapsed_sec", "best_val_loss", "best_val_bpb", "no_improve_evals", "train_loss"}
+STATE_KEYS = {"step", "tokens_seen", "elapsed_sec", "best_val_loss", "best_val_bpb", "no_improve_evals", "train_loss",
+              "window_loss_sum", "window_steps"}
 
 
 def test_train_state_round_trips_through_its_state_dict():
     state = TrainState(step=7, tokens_seen=896, elapsed_sec=1.5, best_val_loss=2.25, best_val_bpb=1.1,
-                       no_improve_evals=2, train_loss=2.5)
+                       no_improve_evals=2, train_loss=2.5, window_loss_sum=4.75, window_steps=2)
     assert set(state.state_dict()) == STATE_KEYS
     restored = TrainState()
     restored.load_state_dict(state.state_dict())
@@ -36,6 +37,7 @@ def test_train_state_of_a_checkpoint_without_bpb_or_last_loss_leaves_them_unknow
     restored.load_state_dict({"step": 3, "tokens_seen": 10, "elapsed_sec": 0.5, "best_val_loss": 4.0,
                               "no_improve_evals": 0})
     assert restored.step == 3 and math.isnan(restored.best_val_bpb) and math.isnan(restored.train_loss)
+    assert restored.window_loss_sum == 0.0 and restored.window_steps == 0  # an empty logging window
 
 
 def parts(seed: int) -> TrainingCheckpoint:

@@ -61,6 +61,15 @@ def test_real_cpu_probe_measures_a_plausible_rate():
     assert 1e8 < rate < 1e14
 
 
+def test_the_probe_leaves_the_global_rng_alone():
+    """A run whose peak came from the probe and one whose peak came from the cache draw the
+    same dropout masks."""
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    throughput.probe_peak_flops(torch.device("cpu"), n=256, repeats=1, budget_s=60.0)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_probe_keeps_the_full_size_for_a_fast_kernel_and_shrinks_it_for_a_slow_one():
     cpu = torch.device("cpu")
     assert throughput._probe_size(cpu, torch.float32, 256, budget_s=60.0) == 256

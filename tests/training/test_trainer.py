@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.model.checkpoint import load_checkpoint, save_model_checkpoint
@@ -237,6 +238,42 @@ def test_sigterm_in_process_stops_at_the_step_boundary_and_resumes_exactly(data,
     assert resumed.summary["train_loss_last"] == pytest.approx(reference.summary["train_loss_last"], abs=1e-6)
     assert resumed.summary["val_loss_best"] == pytest.approx(reference.summary["val_loss_best"], abs=1e-6)
     assert resumed.summary["tokens_seen"] == reference.summary["tokens_seen"]
+
+
+def test_a_run_stopped_off_the_log_interval_resumes_onto_the_uninterrupted_curve(data, model_cfg, tmp_path):
+    """The logging window (the train loss since the last log) goes into last.pt: the first log
+    after the resume averages steps 4-6 as the uninterrupted run does, not 5-6 alone."""
+    model_cfg = GPTConfig(**{**vars(model_cfg), "dropout": 0.1})
+    cfg = tcfg(max_steps=10, log_interval=3, eval_interval=5, save_every=0)
+    reference, stopped, resumed = Recorder(), Recorder(), Recorder()
+    resolved_train(model_cfg, data, cfg, checkpoint_dir=tmp_path / "ref", callbacks=[reference])
+    resolved_train(model_cfg, data, dataclasses.replace(cfg, stop_at_step=4), checkpoint_dir=tmp_path / "run",
+                   callbacks=[stopped])
+    resolved_train(model_cfg, data, cfg, checkpoint_dir=tmp_path / "run", callbacks=[resumed],
+                   resume_from=tmp_path / "run" / "last.pt")
+    assert sorted(reference.logs) == [3, 6, 9, 10] and sorted(resumed.logs) == [6, 9, 10]
+    for step in (3, 6, 9, 10):  # the curve the run's store holds: the stopped session's logs, then the resumed
+        logged = (resumed.logs if step in resumed.logs else stopped.logs)[step]
+        assert logged["train_loss"] == reference.logs[step]["train_loss"], step
+        assert logged["tokens_seen"] == reference.logs[step]["tokens_seen"]
+    assert sorted(resumed.evals) == sorted(reference.evals) == [5, 10]
+    for step in (5, 10):
+        assert resumed.evals[step]["val_loss"] == reference.evals[step]["val_loss"], step
+
+
+def test_a_checkpoint_without_the_logging_window_resumes_with_an_empty_one(data, model_cfg, tmp_path):
+    """last.pt written before the window was saved: the resumed run's first log averages its own steps."""
+    cfg = tcfg(max_steps=6, log_interval=4, eval_interval=6, save_every=0)
+    resolved_train(model_cfg, data, dataclasses.replace(cfg, stop_at_step=2), checkpoint_dir=tmp_path)
+    old = load_checkpoint(tmp_path / "last.pt")
+    for key in ("window_loss_sum", "window_steps"):
+        del old[key]
+    torch.save(old, tmp_path / "old.pt")
+    resumed = Recorder()
+    result = resolved_train(model_cfg, data, cfg, checkpoint_dir=tmp_path, callbacks=[resumed],
+                            resume_from=tmp_path / "old.pt")
+    assert result.status == "finished" and sorted(resumed.logs) == [4, 6]
+    assert math.isfinite(resumed.logs[4]["train_loss"])
 
 
 def test_resuming_a_different_model_is_an_error(data, model_cfg, tmp_path):

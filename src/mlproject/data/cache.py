@@ -144,21 +144,24 @@ class TokenCacheWriter:
         self._open = contextlib.ExitStack()
         self._file = self._open.enter_context(atomic_open(self.path, "wb"))
 
-    def write(self, docs: Sequence[Sequence[int]], text_bytes: int = 0) -> None:
-        """Append documents (lists of ids), each followed by `<|endoftext|>`."""
+    def write(self, docs: Sequence[Sequence[int]], text_bytes: int = 0, *, last_continues: bool = False) -> None:
+        """Append documents (lists of ids), each followed by `<|endoftext|>`. With `last_continues`
+        the last one goes on in the next write (a long document written piece by piece): it gets
+        no separator yet and is counted when it ends."""
         if not docs:
             return
         parts = []
-        for ids in docs:
+        for i, ids in enumerate(docs):
             parts.append(np.asarray(ids, dtype=self.dtype))
-            parts.append(self.eot)
+            if not (last_continues and i == len(docs) - 1):
+                parts.append(self.eot)
         flat = np.concatenate(parts)  # (sum(len(doc) + 1),)
         if flat.size and int(flat.max()) >= self.vocab_size:  # else an IndexError deep in training
             raise MlprojectError(f"token id {int(flat.max())} is out of range for vocab_size={self.vocab_size}")
         flat.tofile(self._file)
         self._hasher.update(flat)
         self.num_tokens += int(flat.shape[0])
-        self.num_docs += len(docs)
+        self.num_docs += len(docs) - last_continues
         self.text_bytes += text_bytes
 
     def close(self) -> TokenCache:

@@ -23,7 +23,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +32,20 @@ from tqdm import tqdm
 from mlproject.data.cache import CorruptTokenCache, TokenCache, TokenCacheWriter, file_lock, open_token_cache
 from mlproject.data.config import DataConfig
 from mlproject.data.fast_encode import fast_encoder, hf_encoder
+from mlproject.data.pieces import Piece, document_pieces
 from mlproject.data.pydocs import corpus_name
 from mlproject.data.sources import SPLITS, Corpus, check_hub, resolve_corpus
 from mlproject.data.tokenizer import load_tokenizer, save_tokenizer, special_ids, tokenizer_hash, train_tokenizer
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.outdir import check_writable
 
-DOCS_PER_BATCH = 256  # documents per encode_batch call: large enough to keep every core busy
-SAMPLE_DOCS = 200  # documents on which the fast encoder must give exactly the tokenizer's ids
-BATCH_BYTES = 1 << 20  # ... and at most about 1 MB of text, so memory does not grow with document size
+DOCS_PER_BATCH = 256  # pieces of documents per encode_batch call: large enough to keep every core busy
+SAMPLE_DOCS = 200  # pieces on which the fast encoder must give exactly the tokenizer's ids
+BATCH_BYTES = 1 << 20  # ... and at most 1 MB of text (pieces: `data.pieces`), so memory does not grow with documents
+# A document is read whole: its line, and its text as the JSON parser builds it and as it is
+# returned. One character outside the BMP (an emoji) makes a Python str 4 bytes a character, so
+# the worst case is 1 + 4 + 4 times the line's size (a 48 MB line with emoji: 6x; ASCII: 3x).
+DOCUMENT_FACTOR = 9
 
 Log = Callable[[str], object]
 
@@ -113,8 +117,8 @@ def _tokenizer(cfg: DataConfig, corpus: Corpus, folder: Path, name: str, log: Lo
     log(f"data: training a {vocab_size}-token byte-level BPE on the {corpus.spec.key} train split")
     t0 = time.perf_counter()
     counter = _Counter(limit_bytes=int(cfg.tokenizer_sample_mb * 1e6))
-    texts = counter.count(text for _, text in corpus.documents(("train",)))
-    tokenizer = train_tokenizer(tqdm(texts, desc="training BPE", unit="doc", disable=None), vocab_size)
+    texts = counter.count(document_pieces(corpus.documents(("train",))))
+    tokenizer = train_tokenizer(tqdm(texts, desc="training BPE", unit="piece", disable=None), vocab_size)
     if counter.docs == 0:
         raise MlprojectError(f"dataset {corpus.spec.key!r}: the train split has no documents")
     save_tokenizer(tokenizer, path)
@@ -125,10 +129,11 @@ def _tokenizer(cfg: DataConfig, corpus: Corpus, folder: Path, name: str, log: Lo
 
 
 class _Counter:
-    """Counts documents and UTF-8 bytes flowing through an iterator; stops once `limit_bytes` passed.
+    """Passes on the texts of pieces, counting documents and UTF-8 bytes; stops once `limit_bytes` passed.
 
     The bound keeps BPE training on a 40 GB corpus to minutes and its memory (word counts) flat:
-    merges learnt from a few hundred MB of text are the ones a larger sample would learn.
+    merges learnt from a few hundred MB of text are the ones a larger sample would learn. It is
+    checked per piece, so one huge document is sampled as far as the bound too.
     """
 
     def __init__(self, limit_bytes: int | None = None) -> None:
@@ -137,26 +142,30 @@ class _Counter:
         self.limit = limit_bytes
         self.truncated = False
 
-    def count(self, texts: Iterable[str]) -> Iterator[str]:
-        for text in texts:
+    def count(self, pieces: Iterable[Piece]) -> Iterator[str]:
+        starts = True  # the next piece begins a document
+        for _, text, ends in pieces:
             if self.limit is not None and self.bytes >= self.limit:
                 self.truncated = True
                 return
-            self.docs += 1
+            self.docs += starts
             self.bytes += len(text.encode("utf-8"))
+            starts = ends
             yield text
 
 
-def _batches(docs: Iterable[tuple[str, str]]) -> Iterator[tuple[list[tuple[str, str]], int]]:
-    """(documents, their UTF-8 bytes) in batches of at most BATCH_BYTES or DOCS_PER_BATCH."""
-    batch: list[tuple[str, str]] = []
+def _batches(pieces: Iterable[Piece]) -> Iterator[tuple[list[Piece], int]]:
+    """(pieces, their UTF-8 bytes) in batches of at most BATCH_BYTES and DOCS_PER_BATCH pieces
+    (a piece holds at most BATCH_BYTES: `data.pieces.PIECE_CHARS` characters of up to 4 bytes)."""
+    batch: list[Piece] = []
     size = 0
-    for doc in docs:
-        batch.append(doc)
-        size += len(doc[1].encode("utf-8"))
-        if size >= BATCH_BYTES or len(batch) >= DOCS_PER_BATCH:
+    for piece in pieces:
+        piece_bytes = len(piece[1].encode("utf-8"))
+        if batch and (size + piece_bytes > BATCH_BYTES or len(batch) >= DOCS_PER_BATCH):
             yield batch, size
             batch, size = [], 0
+        batch.append(piece)
+        size += piece_bytes
     if batch:
         yield batch, size
 
@@ -179,10 +188,11 @@ def in_flight_batches(workers: int) -> int:
 def memory_bound_mb(workers: int) -> float:
     """Upper bound of the encoder's working set in MB, whatever the corpus size.
 
-    Each in-flight batch holds at most BATCH_BYTES of text (plus one document) as Python str
-    (up to 4 bytes a character) and its ids as uint32 (at most one per byte); the encoder's
-    own objects of one batch per worker exist only inside the worker (`tokenizers`' Encoding:
-    about 100 bytes a token).
+    Each in-flight batch holds at most BATCH_BYTES of text (documents are cut into pieces:
+    `data.pieces`) as Python str (up to 4 bytes a character) and its ids as uint32 (at most one
+    per byte); the encoder's own objects of one batch per worker exist only inside the worker
+    (`tokenizers`' Encoding: about 100 bytes a token). The document being read and cut comes
+    on top: up to DOCUMENT_FACTOR times its size while it is parsed, then its text alone.
     """
     text, ids, encodings = 4 * BATCH_BYTES, 4 * BATCH_BYTES, 100 * BATCH_BYTES
     return (in_flight_batches(workers) * (text + ids) + workers * encodings) / 1e6
@@ -207,15 +217,18 @@ def build_token_caches(corpus: Corpus, tokenizer: Tokenizer, tok_hash: str, toke
                                        eot_id=eot_id, meta={**meta, "split": split}) for split in SPLITS}
     dtype = writers["train"].dtype
     workers = num_workers or os.cpu_count() or 1
-    sample = [text for _, text in islice(corpus.documents(SPLITS), SAMPLE_DOCS)]
+    # The first batch: the check encodes it with `tokenizers` too, whose Encodings are the large part of the bound.
+    first, _ = next(_batches(document_pieces(corpus.documents(SPLITS))), ([], 0))
+    sample = [text for _, text, _ in first[:SAMPLE_DOCS]]
     encode = fast_encoder(tokenizer, dtype, sample)
     engine = "tiktoken" if encode is not None else "tokenizers"
     encode = encode or hf_encoder(tokenizer, dtype)
-    log(f"data: tokenizing with {workers} worker(s) on {engine}, memory bounded by {memory_bound_mb(workers):.0f} MB")
+    log(f"data: tokenizing with {workers} worker(s) on {engine}, memory bounded by {memory_bound_mb(workers):.0f} MB "
+        f"plus the document being read (up to {DOCUMENT_FACTOR}x its size)")
     t0 = time.perf_counter()
     try:
         # A bounded queue of futures keeps the order and the memory flat.
-        pending: deque[tuple[list[tuple[str, str]], int, Future[list[np.ndarray]]]] = deque()
+        pending: deque[tuple[list[Piece], int, Future[list[np.ndarray]]]] = deque()
         with ThreadPoolExecutor(workers) as pool, tqdm(desc=f"tokenizing {corpus.spec.key}", unit="B",
                                                        unit_scale=True, unit_divisor=1000, total=corpus_bytes(corpus),
                                                        disable=None) as bar:
@@ -225,8 +238,8 @@ def build_token_caches(corpus: Corpus, tokenizer: Tokenizer, tok_hash: str, toke
                 _write_batch(writers, batch, future)
                 bar.update(size)  # tqdm shows MB/s and, with a known total, the ETA
 
-            for batch, size in _batches(corpus.documents(SPLITS)):
-                pending.append((batch, size, pool.submit(encode, [text for _, text in batch])))
+            for batch, size in _batches(document_pieces(corpus.documents(SPLITS))):
+                pending.append((batch, size, pool.submit(encode, [text for _, text, _ in batch])))
                 while len(pending) >= in_flight_batches(workers) or (pending and pending[0][2].done()):
                     write_oldest()
             while pending:
@@ -248,10 +261,22 @@ def build_token_caches(corpus: Corpus, tokenizer: Tokenizer, tok_hash: str, toke
     return train, val
 
 
-def _write_batch(writers: dict[str, TokenCacheWriter], batch: list[tuple[str, str]],
-                 future: Future[list[np.ndarray]]) -> None:
+def _write_batch(writers: dict[str, TokenCacheWriter], batch: list[Piece], future: Future[list[np.ndarray]]) -> None:
+    """Each split's pieces joined back into documents; one still open at the end goes on in the next batch."""
     ids = future.result()
     for split, writer in writers.items():
-        rows = [i for i, (s, _) in enumerate(batch) if s == split]
-        if rows:
-            writer.write([ids[i] for i in rows], sum(len(batch[i][1].encode("utf-8")) for i in rows))
+        docs: list[np.ndarray] = []
+        open_doc: list[np.ndarray] = []  # pieces of a document whose last piece has not come yet
+        text_bytes = 0
+        for (s, text, ends), piece_ids in zip(batch, ids):
+            if s != split:
+                continue
+            open_doc.append(piece_ids)
+            text_bytes += len(text.encode("utf-8"))
+            if ends:
+                docs.append(np.concatenate(open_doc))
+                open_doc = []
+        if open_doc:
+            docs.append(np.concatenate(open_doc))
+        if docs:
+            writer.write(docs, text_bytes, last_continues=bool(open_doc))

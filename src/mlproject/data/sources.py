@@ -183,9 +183,17 @@ def _local_texts(local: LocalFiles) -> Iterator[str]:
 
 
 def _json_texts(path: Path, text_field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    # Bytes, decoded line by line: a text-mode read of a long line holds its decoded chunks and
+    # their join at once (3x the line at the peak instead of 2x).
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)"
+                                  ) from None
+            del raw
+            if not line or line.isspace():  # not line.strip(): a copy of the line
                 continue
             try:
                 record = json.loads(line)
@@ -199,7 +207,9 @@ def _json_texts(path: Path, text_field: str) -> Iterator[str]:
             if not isinstance(record[text_field], str):
                 raise ConfigError(f"{path}:{lineno}: field {text_field!r} is "
                                   f"{type(record[text_field]).__name__}, expected a string")
-            yield record[text_field]
+            text = record[text_field]
+            del line, record  # a long line is held once while its text is used, not twice
+            yield text
 
 
 def _text_blocks(path: Path) -> Iterator[str]:

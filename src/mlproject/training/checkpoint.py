@@ -38,6 +38,11 @@ class TrainState:
     best_val_bpb: float = math.nan  # val_bpb of the evaluation with the best val_loss
     no_improve_evals: int = 0       # evaluations since the best one (early stopping's patience)
     train_loss: float = math.nan    # the last step's loss: a run resumed at its final step reports it
+    # The logging window: the train loss summed over the steps since the last log (each rank's
+    # sum averaged over ranks) and their count, so the first log after a resume averages the
+    # same steps as an uninterrupted run's.
+    window_loss_sum: float = 0.0
+    window_steps: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -49,6 +54,8 @@ class TrainState:
         # Checkpoints written before these were recorded lack them.
         self.best_val_bpb = float(state.get("best_val_bpb", math.nan))
         self.train_loss = float(state.get("train_loss", math.nan))
+        self.window_loss_sum = float(state.get("window_loss_sum", 0.0))  # older: an empty window
+        self.window_steps = int(state.get("window_steps", 0))
 
 
 @dataclass(eq=False)

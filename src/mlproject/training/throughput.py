@@ -73,15 +73,21 @@ def _matmuls(device: torch.device, dtype: torch.dtype) -> list[Callable[[torch.T
     return kernels
 
 
+def _own_generator(device: torch.device) -> torch.Generator:
+    """A generator of the probe's own: drawing from the global one would shift a run's dropout
+    masks by whether its peak came from the probe or from the cache (two equal runs would differ)."""
+    return torch.Generator(device=device).manual_seed(0)
+
+
 def _probe_size(device: torch.device, dtype: torch.dtype, n: int, budget_s: float) -> int:
     """The largest power-of-two size up to n whose matmul takes under `budget_s`.
 
     A fast kernel gets n. An emulated one (bf16 on a CPU without bf16 instructions runs at about
     0.1 GFLOP/s, so a 2048 matmul takes minutes) is timed where its rate is already flat.
     """
-    size = min(n, 128)
+    size, gen = min(n, 128), _own_generator(device)
     while size < n:
-        a = torch.randn(size, size, device=device, dtype=dtype)
+        a = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
         _sync(device)
         t0 = time.perf_counter()
         a @ a
@@ -100,9 +106,9 @@ def probe_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n
     measures the model against the best its own kernels reach. n shrinks (by powers of two)
     for a kernel too slow to run an n x n matmul within `budget_s`.
     """
-    n = _probe_size(device, dtype, n, budget_s)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    n, gen = _probe_size(device, dtype, n, budget_s), _own_generator(device)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     best = float("inf")
     for matmul in _matmuls(device, dtype):
         for i in range(repeats + 1):

@@ -234,8 +234,11 @@ class Trainer:
             "peak_mem_mb": peak_memory_mb(self.device), "tokens_seen": float(state.tokens_seen),
             "epoch": state.step / self.steps_per_epoch,
         }
-        self.window_loss.zero_()
-        self.window_steps = 0
+        # A log off the interval (the last step of a stopped session) leaves the window open: it
+        # goes into last.pt, and the resumed run's next log averages the steps an uninterrupted one would.
+        if state.step % self.cfg.log_interval == 0:
+            self.window_loss.zero_()
+            self.window_steps = 0
         self.progress.log(state.step, metrics)
         for cb in self.callbacks:
             cb.on_log(state.step, metrics)
@@ -284,6 +287,10 @@ class Trainer:
         """last.pt with everything needed to continue exactly (every rank calls this)."""
         self.state.elapsed_sec = self.elapsed()
         self.state.train_loss = float(self.step_loss.item())
+        # Collective under DDP: each rank restores the mean of the ranks' sums, and the mean it
+        # logs next (sum + later losses, averaged over ranks) is the same as if never stopped.
+        self.state.window_loss_sum = D.all_reduce_mean(self.window_loss, self.info, self.device)
+        self.state.window_steps = self.window_steps
         if self.checkpoint.save_last(self.last_path):
             self.wrote_last = True
             for cb in self.callbacks:
@@ -336,7 +343,6 @@ class Trainer:
         self.tokens_per_step = cfg.batch_size * self.model_cfg.block_size * cfg.grad_accum_steps * info.world_size
         self.params_total = self.raw_model.num_params()
         self.flops_per_token = self.raw_model.flops_per_token()
-        # Before the RNG is restored: probing the peak multiplies random matrices.
         self.peak, peak_source = (peak_flops(device, self.amp, cfg.peak_flops) if info.is_main
                                   else (cfg.peak_flops or float("nan"), "rank0"))
         self.checkpoint = TrainingCheckpoint(self.raw_model, cfg, self.optimizer, self.scheduler, self.scaler,
@@ -347,7 +353,8 @@ class Trainer:
         self._report_start(peak_source, resumed=ckpt is not None)
 
         self.timer = StepTimer(device)
-        self.window_loss, self.window_steps = torch.zeros((), device=device), 0
+        self.window_loss = torch.full((), self.state.window_loss_sum, device=device)
+        self.window_steps = self.state.window_steps
         self.step_loss = torch.full((), self.state.train_loss, device=device)
         self.grad_norm = torch.zeros((), device=device)
         self.model.train()
