@@ -10,7 +10,7 @@ RUNNING and turns no existing run FAILED, and changes no file of the user's fold
 from __future__ import annotations
 
 import hashlib
-import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,8 @@ TOKEN = "tok-adv-7c1d9e0f"
 # at once (no retries) and its message must still not carry the password.
 SECRET_URI = f"http://alice:{PASSWORD}@127.0.0.1:9/"
 FTP_URI = f"ftp://carol:{PASSWORD}@127.0.0.1/x"  # a scheme MLflow has no store for
+# What an atomic write or a writability probe names its temporary: none may survive a command.
+TEMP_NAME = re.compile(r"\.tmp(\.|$)|^\.mlproject-probe-|\.partial$")
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,8 @@ class Case:
     """One command line and what it must end in.
 
     `argv` items are formatted with the world's places (`{user}`, `{ckpt}`, `{run_id}`, ...).
-    `names`: text the last error line must hold (the bad value), or None for a success.
+    `names`: text the last error line must hold (the bad value; a tuple: each of them), or None
+    for a success.
     `code`: the exit code expected (None: any non-zero for an error). `env`: variables set for
     this case only (formatted too). `new_failed`: the command may leave a FAILED run of its own
     (a run that really failed, such as a non-finite loss), never an existing run turned FAILED.
@@ -40,7 +43,7 @@ class Case:
 
     id: str
     argv: tuple[str, ...]
-    names: str | None = None
+    names: str | tuple[str, ...] | None = None
     code: int | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     new_failed: bool = False
@@ -50,7 +53,7 @@ class Case:
         return pytest.param(self, id=self.id, marks=marks)
 
 
-def err(id: str, *argv: str, names: str, code: int | None = None, **kw: object) -> Case:
+def err(id: str, *argv: str, names: str | tuple[str, ...], code: int | None = None, **kw: object) -> Case:
     return Case(id, tuple(argv), names=names, code=code, **kw)  # type: ignore[arg-type]
 
 
@@ -141,7 +144,14 @@ def run_case(case: Case, places: Mapping[str, str], *, user: Path, store_uri: st
     check_output(case, result, places)
     check_runs(case, result, runs_before, run_statuses(store_uri), places)
     assert snapshot_files(user) == files_before, f"{argv} changed the user's files"
+    assert not leftovers(Path.cwd()), f"{argv} left temporary files behind: {leftovers(Path.cwd())}"
     return result
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files or probe folders under `folder` that a finished command should have removed."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if TEMP_NAME.search(p.name))
 
 
 def check_output(case: Case, result: Result, places: Mapping[str, str]) -> None:
@@ -155,8 +165,9 @@ def check_output(case: Case, result: Result, places: Mapping[str, str]) -> None:
     if case.code is not None:
         assert result.code == case.code, shown
     assert result.last_line.startswith("mlproject"), shown
-    names = case.names.format(**places)
-    assert names in result.last_line, f"the error does not name {names!r}: {result.last_line}"
+    for text in (case.names,) if isinstance(case.names, str) else case.names:
+        names = text.format(**places)
+        assert names in result.last_line, f"the error does not name {names!r}: {result.last_line}"
 
 
 def check_runs(case: Case, result: Result, before: dict[str, str], after: dict[str, str], places: Mapping[str, str]) -> None:

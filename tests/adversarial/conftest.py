@@ -16,6 +16,7 @@ import os
 import pickle
 import random
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 import yaml
 
 from adversary import TOKEN, call_main
-from helpers import tiny, unique, use_store
+from helpers import REPO, tiny, unique, use_store
 
 WORDS = ("def return class import self value list dict for while if else try except print data model "
          "train loss step batch token layer head").split()
@@ -155,6 +156,24 @@ def world(tmp_path_factory: pytest.TempPathFactory, store_uri: str, cache_dir: P
             mlflow.set_tracking_uri(None)
     places["experiment"] = experiment
     return places
+
+
+def _git_status() -> str | None:
+    """The checkout's changed and untracked files (None without git): a case that writes into the
+    repository (an `mlruns/` of a store opened there, a stray output) shows up here."""
+    try:
+        done = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=all"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+@pytest.fixture(scope="package", autouse=True)
+def checkout_untouched() -> Iterator[None]:
+    before = _git_status()
+    yield
+    assert _git_status() == before, "the adversarial cases changed files of the checkout"
 
 
 @pytest.fixture(autouse=True)
