@@ -170,7 +170,8 @@ def check_output(case: Case, result: Result, places: Mapping[str, str]) -> None:
         assert names in result.last_line, f"the error does not name {names!r}: {result.last_line}"
 
 
-def check_runs(case: Case, result: Result, before: dict[str, str], after: dict[str, str], places: Mapping[str, str]) -> None:
+def check_runs(case: Case, result: Result, before: dict[str, str], after: dict[str, str],
+               places: Mapping[str, str]) -> None:
     may_change = {run_id.format(**places) for run_id in case.changes}
     for run_id, status in before.items():
         if run_id not in may_change:
