@@ -69,9 +69,21 @@ def check_writable(path: str | os.PathLike[str], field: str) -> None:
     if not existing.is_dir():
         raise MlprojectError(f"{field}={str(path)!r}: {str(existing)!r} is a file, not a folder; "
                              "expected a folder path (nothing was changed)")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK) or not _can_create_in(existing):
         raise MlprojectError(f"{field}={str(path)!r}: {str(existing)!r} cannot be written by this user; "
                              "give a writable folder (nothing was changed)")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a folder can really be made in `folder`: for root, `os.access` answers yes for every
+    path, /proc and read-only mounts included. The probe is removed at once."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".mlproject-probe-", dir=folder))
+    except OSError:
+        return False
+    return True
 
 
 def check_replaceable(path: str | os.PathLike[str], kind: str) -> None:

@@ -25,6 +25,7 @@ from mlproject.app.config import RunConfig
 from mlproject.app.signals import sigterm_as_interrupt
 from mlproject.app.tracker import Tracker
 from mlproject.errors import MlprojectError
+from mlproject.outdir import check_writable
 from mlproject.protocol import is_run_id, result_line
 from mlproject.schema import Artifact, RunStatus, TrainStatus
 
@@ -135,6 +136,8 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
 
     checkpoint_dir: Path | None = None
     tracker.check()  # an unreachable store fails before the data is prepared
+    # checkpoints go there first: a path under a file or unwritable is refused before a run exists
+    check_writable(cfg.tracking.output_dir, "output_dir")
     if not tracker.joins_planned:  # a local copy that cannot be written is refused before a run exists
         from mlproject.app.local_copies import check_local_copies
 

@@ -120,7 +120,8 @@ def _tokenizer(cfg: DataConfig, corpus: Corpus, folder: Path, name: str, log: Lo
     texts = counter.count(document_pieces(corpus.documents(("train",))))
     tokenizer = train_tokenizer(tqdm(texts, desc="training BPE", unit="piece", disable=None), vocab_size)
     if counter.docs == 0:
-        raise MlprojectError(f"dataset {corpus.spec.key!r}: the train split has no documents")
+        source = f" (local_path={cfg.local_path!r})" if cfg.local_path else ""
+        raise MlprojectError(f"dataset {corpus.spec.key!r}{source}: the train split has no documents")
     save_tokenizer(tokenizer, path)
     sampled = f", the first {cfg.tokenizer_sample_mb:g} MB of the split" if counter.truncated else ""
     log(f"data: tokenizer trained on {counter.docs} documents ({counter.bytes / 1e6:.1f} MB{sampled}) in "

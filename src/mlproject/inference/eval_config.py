@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,3 +78,7 @@ class ExportConfig:
     def validate(self) -> None:
         check_types(self, source="export-hf")
         _one_source("export-hf", self.run_id, self.model_uri, self.checkpoint)
+        if not self.output.strip() or Path(self.output).name in ("", ".", ".."):
+            # the folder is written beside itself and renamed into place: it needs a name of its own
+            raise ConfigError(f"export-hf: output={self.output!r} names no folder; expected a folder path "
+                              "such as outputs/hf")

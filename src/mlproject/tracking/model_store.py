@@ -42,6 +42,7 @@ class MlflowModelStore:
     def fetch(self, ref: ModelRef, workdir: Path, *, command: str) -> Source:
         own_tokenizer = Path(ref.tokenizer_path) if ref.tokenizer_path else None
         if ref.run_id:
+            get_run(ref.run_id)  # an id of no run: one line naming it, not MLflow's exception from the download
             path = download_checkpoint(ref.run_id, workdir / "ckpt", kinds=("best", "last"))
             return Source(path, own_tokenizer or download_tokenizer(ref.run_id, workdir), ref.run_id,
                           f"runs:/{ref.run_id}/checkpoints/{path.name}")

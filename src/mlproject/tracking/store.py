@@ -80,6 +80,8 @@ def ensure_store(uri: str | None = None) -> None:
         return
     path = sqlite_path(uri)
     if path is None:
+        if _is_file_store(uri):
+            _open_file_store(uri)
         return
     if not path.parent.is_dir():
         raise MlprojectError(f"tracking store {uri}: folder {path.parent} does not exist")
@@ -95,6 +97,29 @@ def ensure_store(uri: str | None = None) -> None:
             mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY.add(uri)
+
+
+def _is_file_store(uri: str) -> bool:
+    """A plain path or file: URI, which MLflow reads as its file store (a typo in a URI lands here too)."""
+    from urllib.parse import urlparse
+
+    try:
+        scheme = urlparse(uri).scheme
+    except ValueError:
+        return True
+    return scheme in ("", "file") or len(scheme) == 1  # one letter: a Windows drive
+
+
+def _open_file_store(uri: str) -> None:
+    """Open the file store at `uri` now: MLflow's refusals (a file store in maintenance mode, a path it
+    cannot use) become one line naming the URI instead of an exception at the first call."""
+    try:
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds for an unusable path
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise MlprojectError(f"tracking store {uri!r} cannot be used: {first[:240]}; expected a database URI "
+                             "such as sqlite:///mlflow.db or a server's http:// URL") from None
     _READY.add(uri)
 
 

@@ -69,8 +69,14 @@ class TrainConfig:
         for name in ("seed", "data_seed"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (numpy and torch seeds are unsigned)")
-        if self.eval_batches < 0 or self.save_every < 0 or self.grad_clip < 0:
-            raise ConfigError("eval_batches, save_every and grad_clip must be >= 0")
+        for name in ("eval_batches", "save_every", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
+        # None means the default (torch's thread count, no early stopping); a negative count
+        # would fail inside torch after the run exists, or stop at the first evaluation
+        for name in ("num_threads", "early_stopping_patience"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (or null for the default)")
         self._validate_optimizer()
 
     def _validate_optimizer(self) -> None:
