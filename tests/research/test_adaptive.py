@@ -128,6 +128,7 @@ def resumed_compare(session_env):
     return first_round, outcome, out
 
 
+@pytest.mark.e2e  # whole adaptive sweeps, rounds of training
 def test_an_adaptive_compare_stops_early_on_a_large_effect(resumed_compare):
     _, outcome, out = resumed_compare
     seeds = _seeds(outcome.parent_run_id)
@@ -142,6 +143,7 @@ def test_an_adaptive_compare_stops_early_on_a_large_effect(resumed_compare):
     assert "adaptive seeds: gpt3 vs gpt2" in parent.data.tags["mlflow.note.content"]
 
 
+@pytest.mark.e2e  # whole adaptive sweeps, rounds of training
 def test_an_adaptive_compare_interrupted_between_looks_resumes_at_its_last_look(resumed_compare):
     first_round, outcome, out = resumed_compare
     assert len(first_round) == 4
@@ -150,6 +152,7 @@ def test_an_adaptive_compare_interrupted_between_looks_resumes_at_its_last_look(
     assert "compare: 4 child runs (4 finished)" in out  # the first look was recomputed, not retrained
 
 
+@pytest.mark.e2e  # whole adaptive sweeps, rounds of training
 def test_an_adaptive_ablation_of_a_null_effect_runs_to_max(research_env, tmp_path):
     # activation checkpointing recomputes the same function: the paired differences are noise (or 0)
     path = write_sweep(tmp_path / "null.yaml", unique("adaptive-null"), extra={
