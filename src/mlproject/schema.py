@@ -165,7 +165,7 @@ class RunStatus(StrEnum):
     RUNNING = "RUNNING"
     FINISHED = "FINISHED"
     FAILED = "FAILED"
-    KILLED = "KILLED"                              # interrupted on purpose (resumable) or a pruned trial
+    KILLED = "KILLED"                              # interrupted on purpose (resumable)
 
 
 TERMINAL_STATUSES = (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)
@@ -177,6 +177,7 @@ class TrainStatus(StrEnum):
     FINISHED = "finished"
     EARLY_STOPPED = "early_stopped"
     INTERRUPTED = "interrupted"
+    STOPPED = "stopped"                            # a callback asked to stop (a pruned tune trial)
 
 
 class ChildAction(StrEnum):
@@ -202,8 +203,15 @@ class StepStatus(StrEnum):
 
 
 class TrialOutcome(StrEnum):
-    """Values of `Tag.TRIAL_STATE`: Optuna's state names (a name of its own, so that it never
-    shadows `optuna.trial.TrialState` in a module that uses both)."""
+    """A tune trial's state, in one vocabulary everywhere: the `Tag.TRIAL_STATE` value, the
+    console line that ends a trial, the trial's result line and the tune result's counts.
+    Optuna's state names (a name of its own, so that it never shadows
+    `optuna.trial.TrialState` in a module that uses both). The trial's MLflow run status:
+
+        COMPLETE -> FINISHED
+        PRUNED   -> FINISHED  (stopped on purpose after an evaluation; its metrics stand)
+        FAIL     -> FAILED    (KILLED when a signal stopped the search)
+    """
 
     COMPLETE = "COMPLETE"
     PRUNED = "PRUNED"

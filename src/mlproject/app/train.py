@@ -33,7 +33,7 @@ from mlproject.schema import Artifact, RunStatus, TrainStatus
 # Trainer status -> run status. An interrupted run (SIGTERM, Ctrl-C) wrote a final checkpoint
 # and can be resumed, so it is KILLED, never FAILED.
 RUN_STATUS = {TrainStatus.FINISHED: RunStatus.FINISHED, TrainStatus.EARLY_STOPPED: RunStatus.FINISHED,
-              TrainStatus.INTERRUPTED: RunStatus.KILLED}
+              TrainStatus.INTERRUPTED: RunStatus.KILLED, TrainStatus.STOPPED: RunStatus.FINISHED}
 
 
 @dataclass

@@ -62,6 +62,12 @@ class TrainerCallback:
     def on_checkpoint(self, path: Path, kind: str, step: int) -> None:
         """A checkpoint was written; kind is "last" or "best"."""
 
+    def should_stop(self) -> bool:
+        """Asked after each evaluation before the last step: True ends the run there, status
+        "stopped", with its summary and checkpoints like any other end (a tune trial's pruner;
+        callbacks run on the main process only, so this is for single-process runs)."""
+        return False
+
     def on_train_end(self, result: TrainResult) -> None:
         """Training finished, stopped early or was interrupted (not called when it raised)."""
 
@@ -176,7 +182,9 @@ class Trainer:
                         if patience is not None and state.no_improve_evals >= patience and not done:
                             self.progress.write(f"early stopping: no improvement in {patience} evaluations")
                             status = TrainStatus.EARLY_STOPPED
-                    if status == TrainStatus.EARLY_STOPPED or done:
+                        elif not done and any(getattr(cb, "should_stop", bool)() for cb in self.callbacks):
+                            status = TrainStatus.STOPPED
+                    if status in (TrainStatus.EARLY_STOPPED, TrainStatus.STOPPED) or done:
                         break
                     if cfg.save_every and state.step % cfg.save_every == 0:
                         self.save_last()
