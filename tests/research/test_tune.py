@@ -49,7 +49,9 @@ def test_a_six_trial_search_finds_a_best_rate_in_range_prunes_and_nests_its_tria
     assert [int(r.data.tags["mlproject.trial_number"]) for r in runs] == list(range(6))
     for run in runs:
         state = run.data.tags["mlproject.trial_state"]
-        assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[state]
+        assert state in ("COMPLETE", "PRUNED") and run.info.status == "FINISHED"  # see TrialOutcome
+        assert run.data.metrics["val_loss_best"] == pytest.approx(
+            min(m.value for m in MlflowClient().get_metric_history(run.info.run_id, "val_loss")))
         assert LOW <= float(run.data.params["train.learning_rate"]) <= HIGH
         assert len(MlflowClient().get_metric_history(run.info.run_id, "val_loss")) >= 1
     pruned = [r for r in runs if r.data.tags["mlproject.trial_state"] == "PRUNED"]
@@ -139,3 +141,110 @@ def test_a_tracking_server_needs_an_explicit_study_storage(monkeypatch):
     with pytest.raises(MlprojectError, match="pass --storage"):
         study_storage(None)
     assert study_storage("postgresql://db/optuna") == "postgresql://db/optuna"
+
+
+# --- tune tells the truth: effective values, one state vocabulary, pruned trials that keep their metrics
+
+WARMUP_CAP = TRAIN["max_steps"] // 2  # the trainer caps warmup at half the run
+
+
+def test_a_capped_dimension_records_what_ran_in_mlflow_optuna_and_best_params(research_env, tmp_path, capsys):
+    experiment = unique("tune-capped")
+    space = {"train.warmup": {"type": "int", "low": 2, "high": 30}}  # most of it above the cap of 6
+    path = write_sweep(tmp_path / "tune.yaml", experiment, train=TRAIN, extra={
+        "tune": {"n_trials": 2, "pruner": "none", "sampler": "random", "study_name": unique("capped")},
+        "search_space": space})
+    assert main(["tune", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    result = parse_step_result(out)
+    storage = f"{research_env.removesuffix('.db')}-optuna.db"
+    study = optuna.load_study(study_name=result["study"], storage=storage)
+    sampled = {t.number: t.params["train.warmup"] for t in study.trials}
+    assert any(v > WARMUP_CAP for v in sampled.values()), sampled  # the seeded sampler went above the cap
+    by_run = {r.info.run_id: r for r in trials(result["run_id"])}
+    for trial in study.trials:
+        ran = min(sampled[trial.number], WARMUP_CAP)
+        assert trial.user_attrs["effective_train.warmup"] == ran
+        run = by_run[trial.user_attrs["run_id"]]
+        assert float(run.data.params["train.warmup"]) == ran
+        assert run.data.params["runtime.warmup_steps"] == str(ran)
+    best = study.best_trial
+    assert result["best_params"] == {"train.warmup": min(sampled[best.number], WARMUP_CAP)}
+    parent = MlflowClient().get_run(result["run_id"])
+    assert json.loads(parent.data.tags["mlproject.best_params"]) == result["best_params"]
+    assert "sampled values changed" in out
+
+    from mlproject.research.tune import effective_study
+
+    view = effective_study(study)
+    assert {t.params["train.warmup"] for t in view.trials} <= set(range(2, WARMUP_CAP + 1))
+
+
+def test_a_dimension_that_collapses_to_one_value_is_an_error_before_any_run(research_env, tmp_path, capsys):
+    experiment = unique("tune-collapse")
+    path = write_sweep(tmp_path / "tune.yaml", experiment, train=TRAIN, extra={
+        "tune": {"n_trials": 2}, "search_space": {"train.warmup": {"type": "int", "low": 8, "high": 30}}})
+    assert main(["tune", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert "search_space.train.warmup" in err and "[8, 30]" in err and f"runs as {WARMUP_CAP}" in err
+    assert f"half of the run's {TRAIN['max_steps']} steps" in err
+    assert MlflowClient().get_experiment_by_name(experiment) is None
+
+
+def test_a_pruned_trial_is_pruned_everywhere_and_keeps_its_metrics(research_env, tmp_path, capsys):
+    """Two good rates, then one that barely trains: the median pruner stops the third at its
+    first evaluation."""
+    experiment, study_name = unique("tune-pruned"), unique("pruned")
+    path = write_sweep(tmp_path / "tune.yaml", experiment, train=TRAIN, extra={
+        "tune": {"n_trials": 3, "study_name": study_name}, "search_space": SPACE})
+    storage = f"{research_env.removesuffix('.db')}-optuna.db"
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize")
+    for rate in (1.0e-2, 1.0e-2, LOW):
+        study.enqueue_trial({"train.learning_rate": rate})
+    assert main(["tune", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    result = parse_step_result(out)
+    assert result["trials"] == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 0}
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
+
+    runs = trials(result["run_id"])
+    assert [r.data.tags["mlproject.trial_state"] for r in runs] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    assert [r.info.status for r in runs] == ["FINISHED"] * 3  # TrialOutcome's documented mapping
+    pruned = runs[2]
+    assert pruned.data.tags["mlproject.train_status"] == "stopped"
+    history = MlflowClient().get_metric_history(pruned.info.run_id, "val_loss")
+    assert [m.step for m in history] == [TRAIN["eval_interval"]]
+    assert pruned.data.metrics["val_loss_best"] == pytest.approx(history[0].value)
+
+    assert f"--- trial-2: PRUNED at step 3 of {TRAIN['max_steps']} (run {pruned.info.run_id})" in out
+    trial_results = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines()
+                     if line.startswith("MLPROJECT_RESULT") and '"step": "trial"' in line]
+    assert [r["status"] for r in trial_results] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    assert "FAIL" not in "".join(line for line in out.splitlines() if "trial-2" in line)
+
+
+class _AlwaysPrune:
+    """A trial whose study would prune at every step."""
+
+    def __init__(self) -> None:
+        self.reported: list[int] = []
+
+    def report(self, value: float, step: int) -> None:
+        self.reported.append(step)
+
+    def should_prune(self) -> bool:
+        return True
+
+
+def test_the_pruner_never_prunes_at_the_last_step():
+    from mlproject.research.tune import _pruner
+
+    trial = _AlwaysPrune()
+    pruner = _pruner(trial)
+    pruner.on_train_start({"total_steps": 12})
+    pruner.on_eval(12, {"val_loss": 5.0})
+    assert trial.reported == [12] and not pruner.should_stop()
+    pruner.on_eval(6, {"val_loss": 5.0})
+    assert pruner.should_stop() and pruner.pruned_at == 6

@@ -14,6 +14,14 @@ Airflow mapped tasks with `--parent-run-id`) share it, and a re-run with the sam
 continues it up to `--n-trials` in all. The parent run gets the best value and params and
 Optuna's optimization-history and parameter-importance plots; `--then-compare` re-trains
 the best config over seeds as a compare.
+
+A trial records what ran, not what was sampled: a value the run changes (a warmup above the
+trainer's cap of half the run, a fraction of the run resolved to steps, a max_steps beyond the
+epochs) is the trial's MLflow param and its `effective_<name>` user attribute, and best_params
+and the importances use it. A dimension whose whole range runs as one value is refused before
+any run. A trial ends COMPLETE, PRUNED or FAIL (`TrialOutcome`) on its run's tag, the console
+and its `step: trial` result line; a pruned trial stops after an evaluation (never the last
+one), FINISHED with its metrics.
 """
 
 from __future__ import annotations
@@ -124,6 +132,48 @@ def trial_config(base: RunConfig, values: Mapping[str, Any], *, run_name: str | 
     return cfg
 
 
+def total_steps(cfg: RunConfig, train_tokens: int) -> int:
+    """The optimizer steps a single-process run of the resolved `cfg` takes on `train_tokens`
+    (the trainer's own count: windows per epoch over batch and accumulation, capped by max_steps)."""
+    windows = max(train_tokens - 1, 0) // cfg.model.block_size
+    per_epoch = windows // cfg.train.batch_size // cfg.train.grad_accum_steps
+    steps = cfg.train.epochs * per_epoch
+    return min(steps, cfg.train.max_steps) if cfg.train.max_steps is not None else steps
+
+
+def effective_values(cfg: RunConfig, names: list[str], data: Any) -> dict[str, tuple[Any, str]]:
+    """{name: (the value the run really uses, why it may differ from the sampled one)} for the
+    searched `names` of trial config `cfg`: the resolved config's, with the warmup in steps as the
+    trainer caps it, and max_steps as the epochs end it."""
+    from mlproject.training.optim import resolve_warmup
+
+    resolved = cfg.resolved(data.vocab_size)
+    flat = resolved.flat()
+    steps = total_steps(resolved, len(data.train.tokens))
+    out = {name: (flat[name], "the resolved config sets it") for name in names}
+    if "train.warmup" in out:
+        out["train.warmup"] = (resolve_warmup(resolved.train.warmup, steps),
+                               f"warmup is capped at half of the run's {steps} steps ({steps // 2})")
+    if "train.max_steps" in out:
+        out["train.max_steps"] = (steps, f"{resolved.train.epochs} epoch(s) end the run at {steps} steps")
+    return out
+
+
+def check_collapse(job: TuneJob, data: Any) -> None:
+    """Refuse a dimension whose sampled values all run as one value (a warmup range above the
+    cap, say): the search would rank a dimension that had no effect."""
+    names = [d.name for d in job.space]
+    for dim in job.space:
+        corners = dim.corners()
+        if len({json.dumps(v) for v in corners}) < 2:
+            continue
+        ran = [effective_values(trial_config(job.run, {dim.name: v}), names, data)[dim.name] for v in corners]
+        if len({json.dumps(value) for value, _ in ran}) == 1:
+            shown = f"[{dim.low}, {dim.high}]" if dim.type != "categorical" else f"{dim.choices}"
+            raise ConfigError(f"{job.source}: search_space.{dim.name}: every value in {shown} runs as {ran[0][0]} "
+                              f"({ran[0][1]}); widen the range below the cap or drop the dimension")
+
+
 @dataclass
 class TuneJob:
     run: RunConfig
@@ -176,17 +226,27 @@ class TuneOutcome:
 
 
 def _pruner(trial: Any) -> Any:
-    """A trainer callback that reports each evaluation's val_loss to the trial and raises
-    TrialPruned when Optuna says so (built here so that importing this module needs no torch)."""
-    import optuna
-
+    """A trainer callback that reports each evaluation's val_loss to the trial and, when Optuna
+    says prune, asks the trainer to stop there: the run ends like any other, with its summary
+    and metrics (built here so that importing this module needs no torch)."""
     from mlproject.training.trainer import TrainerCallback
 
     class Pruner(TrainerCallback):
+        def __init__(self) -> None:
+            self.total_steps = 0
+            self.pruned_at: int | None = None
+
+        def on_train_start(self, info: dict) -> None:
+            self.total_steps = int(info["total_steps"])
+
         def on_eval(self, step: int, metrics: dict[str, float]) -> None:
             trial.report(metrics["val_loss"], step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {step} (val_loss {metrics['val_loss']:.4f})")
+            # Never at the last step: the run is over, pruning it would save nothing.
+            if step < self.total_steps and trial.should_prune():
+                self.pruned_at = step
+
+        def should_stop(self) -> bool:
+            return self.pruned_at is not None
 
     return Pruner()
 
@@ -213,7 +273,17 @@ def _counted(study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)))
 
 
-def _optimize(job: TuneJob, study: Any, parent: Any) -> None:
+def _end_trial(name: str, run_id: str, state: TrialOutcome, detail: str = "") -> None:
+    """The trial's state on its run (the run's status is set by training: see `TrialOutcome`),
+    in its result line and on the console, in one vocabulary."""
+    from mlproject.tracking import client
+
+    client.set_tags(run_id, {Tag.TRIAL_STATE: state})
+    print(f"--- {name}: {state}{' ' + detail if detail else ''} (run {run_id})", flush=True)
+    print(result_line({"step": "trial", "run_id": run_id, "status": state}), flush=True)
+
+
+def _optimize(job: TuneJob, study: Any, parent: Any, data: Any) -> None:
     """Run trials in this process until the study holds n_trials (counting other workers')."""
     import optuna
     from optuna.trial import TrialState
@@ -224,30 +294,36 @@ def _optimize(job: TuneJob, study: Any, parent: Any) -> None:
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: Any) -> float:
-        values = {d.name: d.suggest(trial) for d in job.space}
+        sampled = {d.name: d.suggest(trial) for d in job.space}
         name = f"trial-{trial.number}"
+        ran = effective_values(trial_config(job.run, sampled, source=name), list(sampled), data)
+        values = {k: value for k, (value, _) in ran.items()}
+        for key, value in values.items():  # what ran, for best_params and the importances
+            trial.set_user_attr(f"effective_{key}", value)
         cfg = trial_config(job.run, values, run_name=name, experiment=parent.experiment_name, source=name)
         run_id = client.create_child(parent, run_name=name, tags={
             Tag.STUDY: job.study_name, Tag.TRIAL_NUMBER: str(trial.number), Tag.TUNE_WORKER: worker})
         trial.set_user_attr("run_id", run_id)
-        print(f"--- {name}: {json.dumps(values)} run {run_id}", flush=True)
+        changed = {k: f"{sampled[k]} -> {v}" for k, v in values.items() if json.dumps(v) != json.dumps(sampled[k])}
+        print(f"--- {name}: {json.dumps(values)} run {run_id}"
+              + (f" (sampled values changed: {json.dumps(changed)})" if changed else ""), flush=True)
+        pruner = _pruner(trial)
         try:
-            outcome = train_tracked(cfg, parent_run_id=parent.run_id, run_id=run_id, callbacks=[_pruner(trial)])
-        except optuna.TrialPruned:
-            client.set_status(run_id, RunStatus.KILLED)  # stopped on purpose; the tag says why
-            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialOutcome.PRUNED})
-            raise
+            outcome = train_tracked(cfg, parent_run_id=parent.run_id, run_id=run_id, callbacks=[pruner])
         except BaseException:
-            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialOutcome.FAIL})
+            _end_trial(name, run_id, TrialOutcome.FAIL)
             raise
         if outcome.status == RunStatus.KILLED:  # SIGINT/SIGTERM: stop the search (a re-run continues it)
-            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialOutcome.FAIL})
+            _end_trial(name, run_id, TrialOutcome.FAIL)
             raise KeyboardInterrupt(f"{name} was interrupted")
         value = outcome.summary.get(job.tune.metric)
+        if pruner.pruned_at is not None:
+            _end_trial(name, run_id, TrialOutcome.PRUNED, f"at step {pruner.pruned_at} of {pruner.total_steps}")
+            raise optuna.TrialPruned(f"pruned at step {pruner.pruned_at}")
         if value is None or not math.isfinite(value):
-            client.set_tags(run_id, {Tag.TRIAL_STATE: TrialOutcome.FAIL})
+            _end_trial(name, run_id, TrialOutcome.FAIL)
             raise MlprojectError(f"{name}: metric {job.tune.metric!r} is {value!r}; expected a finite number")
-        client.set_tags(run_id, {Tag.TRIAL_STATE: TrialOutcome.COMPLETE})
+        _end_trial(name, run_id, TrialOutcome.COMPLETE, f"{job.tune.metric} {value:.4f}")
         return float(value)
 
     if _counted(study) >= job.tune.n_trials:
@@ -296,9 +372,11 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
     from mlproject.tracking import client, tune_runs
 
     storage = tune_runs.study_storage(job.tune.storage)
+    data = prepare_data(job.run.data)  # once, before any worker; the effective values need it
+    check_collapse(job, data)  # before any run exists
     if job.tune.parent_run_id:  # one more worker of a study another process opened
         parent = tune_runs.join_parent(job.tune.parent_run_id, job.study_name)
-        _optimize(job, _study(job, storage, job.tune.sampler_seed), parent)
+        _optimize(job, _study(job, storage, job.tune.sampler_seed), parent, data)
         return None
 
     parent = tune_runs.open_parent(experiment=job.experiment,
@@ -314,11 +392,10 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
         client.log_params_once(parent.run_id, params)
         client.log_text(parent.run_id, job.config_text(), Artifact.TUNE_CONFIG)
         study = _study(job, storage, job.tune.sampler_seed)
-        prepare_data(job.run.data)  # once, before any worker
         if job.tune.parallel > 1:
             _run_workers(job, parent, storage)
         else:
-            _optimize(job, study, parent)
+            _optimize(job, study, parent, data)
         outcome = _record_best(job, study, parent)
     except BaseException as exc:
         client.set_status(parent.run_id, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
@@ -333,37 +410,74 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
     return outcome
 
 
+def effective_params(trial: Any) -> dict[str, Any]:
+    """The values the trial's run used (its `effective_*` user attributes), else the sampled ones
+    (a trial from before they were recorded, or one that failed before its run)."""
+    return {k: trial.user_attrs.get(f"effective_{k}", v) for k, v in trial.params.items()}
+
+
+def effective_study(study: Any) -> Any:
+    """An in-memory copy of `study`'s finished trials with the effective values as params, so
+    that the importances and plots rank what ran, not what was sampled."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.trial import TrialState
+
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    params = [effective_params(t) for t in finished]
+    distributions: dict[str, Any] = {}
+    for name in {k for p in params for k in p}:
+        seen = [p[name] for p in params if name in p]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seen)
+        if numeric and all(isinstance(v, int) for v in seen):
+            distributions[name] = IntDistribution(min(seen), max(seen))
+        elif numeric:
+            distributions[name] = FloatDistribution(float(min(seen)), float(max(seen)))
+        else:
+            distributions[name] = CategoricalDistribution(list(dict.fromkeys(seen)))
+    view = optuna.create_study(direction="minimize")
+    view.add_trials([optuna.trial.create_trial(
+        state=t.state, value=t.value if t.state == TrialState.COMPLETE else None, params=p,
+        distributions={k: distributions[k] for k in p}, user_attrs=t.user_attrs,
+        intermediate_values=t.intermediate_values) for t, p in zip(finished, params)])
+    return view
+
+
 def _record_best(job: TuneJob, study: Any, parent: Any) -> TuneOutcome:
-    """Best value and params, trial counts and Optuna's plots on the parent; FINISHED."""
+    """Best value and (effective) params, trial counts and Optuna's plots on the parent; FINISHED."""
     from optuna.trial import TrialState
 
     from mlproject.tracking import client
 
     trials = study.get_trials(deepcopy=False)
-    counts = {s.name: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED,
-                                                                  TrialState.FAIL)}
-    if counts["COMPLETE"] == 0:
+    names = {TrialState.COMPLETE: TrialOutcome.COMPLETE, TrialState.PRUNED: TrialOutcome.PRUNED,
+             TrialState.FAIL: TrialOutcome.FAIL}
+    counts = {str(o): sum(t.state == s for t in trials) for s, o in names.items()}
+    if counts[TrialOutcome.COMPLETE] == 0:
         raise MlprojectError(f"tune: study {job.study_name!r} has no complete trial ({counts}); "
                              "widen the search space or raise --n-trials")
     best = study.best_trial
+    params = effective_params(best)
     metrics = {"best_value": best.value, "best_trial": best.number,
                **{f"trials_{k.lower()}": v for k, v in counts.items()},
-               **{f"best/{k}": float(v) for k, v in best.params.items() if isinstance(v, (int, float))}}
+               **{f"best/{k}": float(v) for k, v in params.items() if isinstance(v, (int, float))}}
     client.log_metrics(parent.run_id, metrics, step=len(trials))
-    client.set_tags(parent.run_id, {Tag.BEST_PARAMS: json.dumps(best.params, sort_keys=True),
+    client.set_tags(parent.run_id, {Tag.BEST_PARAMS: json.dumps(params, sort_keys=True),
                                     Tag.BEST_RUN_ID: str(best.user_attrs.get("run_id", ""))})
-    client.log_text(parent.run_id, json.dumps({"value": best.value, "params": best.params, "trial": best.number,
+    client.log_text(parent.run_id, json.dumps({"value": best.value, "params": params, "trial": best.number,
                                                "run_id": best.user_attrs.get("run_id")}, indent=2),
                     Artifact.BEST_PARAMS)
-    _log_plots(study, parent.run_id)
+    _log_plots(effective_study(study), parent.run_id)
     client.set_status(parent.run_id, RunStatus.FINISHED)
-    print(f"tune: best {job.tune.metric} {best.value:.4f} at trial {best.number}: {json.dumps(best.params)} "
-          f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed)", flush=True)
-    return TuneOutcome(parent.run_id, job.study_name, float(best.value), dict(best.params), counts)
+    print(f"tune: best {job.tune.metric} {best.value:.4f} at trial {best.number}: {json.dumps(params)} "
+          f"({counts['COMPLETE']} {TrialOutcome.COMPLETE}, {counts['PRUNED']} {TrialOutcome.PRUNED}, "
+          f"{counts['FAIL']} {TrialOutcome.FAIL})", flush=True)
+    return TuneOutcome(parent.run_id, job.study_name, float(best.value), params, counts)
 
 
 def _log_plots(study: Any, run_id: str) -> None:
-    """Optuna's optimization history and parameter importances as PNG artifacts under plots/."""
+    """Optuna's optimization history and parameter importances (of `study`, the effective view)
+    as PNG artifacts under plots/."""
     import matplotlib
 
     matplotlib.use("Agg")
