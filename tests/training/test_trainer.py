@@ -174,6 +174,35 @@ def test_best_checkpoint_follows_the_lowest_val_loss_and_early_stopping(data, mo
     assert rec.events[-1] == ("end", "early_stopped")
 
 
+class StopAt(Recorder):
+    """Asks to stop once the evaluation at `step` is done (a pruner's way), and at every
+    evaluation from then on, the last one included."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step, self.seen = step, 0
+
+    def on_eval(self, step, metrics):
+        super().on_eval(step, metrics)
+        self.seen = step
+
+    def should_stop(self):
+        return self.seen >= self.step
+
+
+def test_a_callback_stops_the_run_after_an_evaluation_with_its_summary_but_never_at_the_last_step(
+        data, model_cfg, tmp_path):
+    rec = StopAt(4)
+    result = resolved_train(model_cfg, data, tcfg(max_steps=8, eval_interval=2, save_every=0),
+                            checkpoint_dir=tmp_path / "mid", callbacks=[rec])
+    assert result.status == "stopped" and result.step == 4
+    assert [e for e in rec.events if e[0] == "eval"] == [("eval", 2), ("eval", 4)]
+    assert math.isfinite(result.summary["val_loss_best"]) and rec.events[-1] == ("end", "stopped")
+    last = StopAt(8)  # asked only at the last evaluation: the run is over, it ends finished
+    assert resolved_train(model_cfg, data, tcfg(max_steps=8, eval_interval=2, save_every=0),
+                          checkpoint_dir=tmp_path / "last", callbacks=[last]).status == "finished"
+
+
 def test_grad_accumulation_matches_one_big_batch(data, model_cfg, tmp_path):
     """2 micro-batches of 2 windows give the gradients of one batch of the same 4 windows."""
     runs = []

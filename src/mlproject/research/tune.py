@@ -435,7 +435,12 @@ def effective_study(study: Any) -> Any:
             distributions[name] = FloatDistribution(float(min(seen)), float(max(seen)))
         else:
             distributions[name] = CategoricalDistribution(list(dict.fromkeys(seen)))
-    view = optuna.create_study(direction="minimize")
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line for a view
+    try:
+        view = optuna.create_study(direction="minimize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     view.add_trials([optuna.trial.create_trial(
         state=t.state, value=t.value if t.state == TrialState.COMPLETE else None, params=p,
         distributions={k: distributions[k] for k in p}, user_attrs=t.user_attrs,
