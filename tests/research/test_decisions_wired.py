@@ -60,6 +60,7 @@ def _losses(parent_run_id: str, group_tag: str) -> dict[tuple[str, int], float]:
             for c in children_of(parent_run_id)}
 
 
+@pytest.mark.e2e  # a whole sweep, trained once for the module
 def test_power_figures_are_parent_metrics_and_in_the_summary(lopsided_compare):
     outcome, out, _ = lopsided_compare
     loss = _losses(outcome.parent_run_id, "mlproject.model_version")
@@ -75,6 +76,7 @@ def test_power_figures_are_parent_metrics_and_in_the_summary(lopsided_compare):
     assert "- gpt3 vs gpt2: 3 seeds: differences below" in note
 
 
+@pytest.mark.e2e  # a whole sweep, trained once for the module
 def test_the_alias_moves_to_a_candidate_that_beats_the_baseline_by_a_mile(lopsided_compare):
     outcome, out, name = lopsided_compare
     client = MlflowClient()
@@ -93,6 +95,7 @@ def test_the_alias_moves_to_a_candidate_that_beats_the_baseline_by_a_mile(lopsid
     assert "alias best: gpt3 beat gpt2" in out
 
 
+@pytest.mark.e2e  # a whole sweep, trained once for the module
 def test_ablation_reports_holm_beside_raw_p_and_significance_follows_it(dropout_ablation):
     outcome, out, _ = dropout_ablation
     metrics = MlflowClient().get_run(outcome.parent_run_id).data.metrics
@@ -107,6 +110,7 @@ def test_ablation_reports_holm_beside_raw_p_and_significance_follows_it(dropout_
     assert "2 seeds: the test has no power to speak of" in out
 
 
+@pytest.mark.e2e  # a whole sweep, trained once for the module
 def test_the_alias_stays_on_the_baseline_when_no_candidate_beats_it(dropout_ablation):
     outcome, _, name = dropout_ablation
     client = MlflowClient()
@@ -120,6 +124,7 @@ def test_the_alias_stays_on_the_baseline_when_no_candidate_beats_it(dropout_abla
     assert "no candidate beat 0.0 at α = 0.05 (Holm)" in tags["mlflow.note.content"]
 
 
+@pytest.mark.e2e  # a whole sweep, trained once for the module
 def test_the_gate_keeps_the_alias_on_a_baseline_that_wins(lopsided_compare):
     """The same finished children with the better model as baseline: nothing beats it."""
     outcome, _, _ = lopsided_compare
@@ -159,6 +164,7 @@ def test_time_to_target_figures_count_not_reached_apart_and_pair_the_speedup():
     assert "a: reached by 2/3 seeds" in lines[1] and "speedup vs a" in lines[2]
 
 
+@pytest.mark.e2e  # a whole sweep, trained once for the module
 def test_targets_are_logged_on_the_parent(lopsided_compare):
     outcome, out, _ = lopsided_compare
     metrics = MlflowClient().get_run(outcome.parent_run_id).data.metrics
