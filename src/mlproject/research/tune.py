@@ -293,6 +293,9 @@ def _run_workers(job: TuneJob, parent: Any, storage: str) -> None:
 def run_tune(job: TuneJob) -> TuneOutcome | None:
     """Open (or continue) the study and its parent run, run the trials, log the best."""
     from mlproject.data.prepare import prepare_data
+    from mlproject.errors import require_extra
+
+    require_extra("optuna", "tune", "tune")  # before any run exists: nothing is left FAILED
     from mlproject.tracking import client, tune_runs
 
     storage = tune_runs.study_storage(job.tune.storage)
