@@ -23,6 +23,28 @@ def temp_path(path: str | os.PathLike[str]) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it: it is put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_modes(path: str | os.PathLike[str]) -> Path:
+    """Give `path` (a file, or a folder and all it holds) the modes a plain `open()`/`mkdir()`
+    would: 0o666 (0o777 for folders and executables) less the umask. Some writers (safetensors, mkstemp, mkdtemp) create
+    0o600/0o700 entries, so one file of an export would be private while its siblings are not."""
+    path = Path(path)
+    mask = _umask()
+    entries = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for entry in entries:
+        if entry.is_symlink():
+            continue
+        executable = entry.is_dir() or entry.stat().st_mode & 0o111  # a script keeps its x bits
+        entry.chmod((0o777 if executable else 0o666) & ~mask)
+    return path
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -40,6 +62,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = temp_path(path)
     try:
         yield tmp
+        if tmp.exists():
+            plain_modes(tmp)
         os.replace(tmp, path)
     except BaseException:
         _remove(tmp)

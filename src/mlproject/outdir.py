@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlproject.errors import MlprojectError
-from mlproject.io import temp_path
+from mlproject.io import plain_modes, temp_path
 
 MARKER = ".mlproject-output.json"  # {"written_by": "mlproject", "kind": ..., "entries": [top-level names]}
 
@@ -124,6 +124,7 @@ def output_folder(path: str | os.PathLike[str], kind: str) -> Iterator[Path]:
         entries = sorted(p.name for p in tmp.iterdir())
         (tmp / MARKER).write_text(json.dumps({"written_by": "mlproject", "kind": kind, "entries": entries}),
                                   encoding="utf-8")
+        plain_modes(tmp)  # safetensors writes 0o600: the export's files all get the same modes
         _swap_in(tmp, path, kind)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -114,3 +114,18 @@ def test_export_refuses_a_folder_that_is_not_an_earlier_export(tmp_path, tokeniz
     export_hf(model(), tokenizer_path, tmp_path / "hf")
     export_hf(model(model_version="gpt3", bias=False), tokenizer_path, tmp_path / "hf")  # replaces it
     assert "GPTNeo" in (tmp_path / "hf" / "config.json").read_text()
+
+
+def test_exported_files_all_have_the_umasks_mode(tmp_path, tokenizer_path):
+    """safetensors writes its file 0o600; the export gives it the mode its siblings have."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        export_hf(model(), tokenizer_path, tmp_path / "hf")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "hf").iterdir()}
+    assert modes["model.safetensors"] == 0o644
+    assert set(modes.values()) == {0o644}, modes

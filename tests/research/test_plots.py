@@ -104,3 +104,97 @@ def test_a_target_is_a_horizontal_line_on_its_metric_with_each_groups_crossing_m
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- honest charts
+
+def _drawn(fig):
+    fig.canvas.draw()  # legends and ticks have their final places only once drawn
+    return fig.canvas.get_renderer()
+
+
+def _outside(legend, ax, renderer) -> bool:
+    """The legend's box and the axes' data area do not overlap."""
+    from matplotlib.transforms import Bbox
+
+    box, area = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+    return Bbox.intersection(box, area) is None
+
+
+def test_the_ablation_chart_is_dots_and_intervals_titled_by_its_axis(tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from mlproject.research.plots import chart_title, interval_figure
+    from mlproject.research.results import aggregate
+
+    rows = _ablation_rows()
+    groups = order_groups(["0.2", "0.05", "0.1"], "ablation")
+    stats = aggregate(rows, groups, ["val_loss_best"])
+    title = chart_title("ablation", "val_loss_best", "exp, run 12345678", axis="dropout")
+    fig = interval_figure(rows, stats, "val_loss_best", title=title, groups=groups)
+    (ax,) = fig.axes
+    assert not [p for p in ax.patches if isinstance(p, Rectangle)]  # no bars of a loss
+    assert "dropout" in ax.get_title() and "val_loss_best" in ax.get_title()
+    seeds = [c for c in ax.collections if c.get_label() == "seed"]
+    assert len(seeds) == 1 and len(ax.collections[0].get_offsets()) == 2  # each seed of a group is a dot
+    assert _outside(ax.get_legend(), ax, _drawn(fig))
+    plt.close(fig)
+
+
+def test_a_saved_chart_keeps_its_outside_legend_and_labels(tmp_path):
+    """bbox_inches='tight': the picture grows to hold the legend right of the axes."""
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    from mlproject.research.plots import _save, interval_figure
+    from mlproject.research.results import aggregate
+
+    rows = _ablation_rows()
+    stats = aggregate(rows, ["0.05", "0.1", "0.2"], ["val_loss_best"])
+    fig = interval_figure(rows, stats, "val_loss_best", title="t", groups=["0.05", "0.1", "0.2"])
+    width_in = fig.get_figwidth()
+    path = _save(fig, plt, tmp_path / "a.png")
+    assert mpimg.imread(path).shape[1] > width_in * 120  # wider than the figure: the legend is in
+
+
+def test_curve_legends_sit_below_their_panels():
+    import matplotlib.pyplot as plt
+
+    from mlproject.research.plots import curves_figure
+
+    curves = {"train_loss": {"a": [{1: 6.0, 2: 5.0}]}, "val_loss": {"a": [{1: 6.5, 2: 5.5}]}}
+    fig = curves_figure(curves, {}, title="t", groups=["a"])
+    renderer = _drawn(fig)
+    for ax in fig.axes:
+        assert _outside(ax.get_legend(), ax, renderer)
+    plt.close(fig)
+
+
+def test_tune_charts_have_integer_trial_ticks_and_outside_legends():
+    optuna = pytest.importorskip("optuna")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from mlproject.research.tune import tune_figure
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("train.learning_rate", 1e-4, 1e-2, log=True)
+                   + t.suggest_int("train.warmup", 0, 20) * 1e-4, n_trials=5)
+    history = tune_figure(study, "optimization_history")
+    (ax,) = history.axes
+    locator = ax.xaxis.get_major_locator()
+    assert isinstance(locator, MaxNLocator) and locator._integer
+    renderer = _drawn(history)
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    assert _outside(ax.get_legend(), ax, renderer)
+    importances = tune_figure(study, "param_importances")
+    (ax,) = importances.axes
+    renderer = _drawn(importances)
+    labels = [t for t in ax.get_yticklabels() if t.get_text()]
+    assert {t.get_text() for t in labels} == {"train.learning_rate", "train.warmup"}
+    figure_box = importances.bbox
+    assert all(figure_box.x0 <= t.get_window_extent(renderer).x0 for t in labels)  # not cut at the left edge
+    plt.close(history)
+    plt.close(importances)

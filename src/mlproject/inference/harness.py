@@ -13,17 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mlproject.errors import MlprojectError
+from mlproject.errors import MlprojectError, require_extra
 
 
 def _lm_eval() -> Any:
-    try:
-        import accelerate  # noqa: F401  (lm-eval's HF wrapper imports it when it loads a model)
-        import lm_eval
-        from lm_eval.tasks import TaskManager
-    except ImportError:
-        raise MlprojectError("--tasks needs lm-evaluation-harness: pip install 'mlproject[eval]'") from None
-    return lm_eval, TaskManager
+    require_extra("accelerate", "eval", "evaluate --tasks")  # lm-eval's HF wrapper imports it to load a model
+    lm_eval = require_extra("lm_eval", "eval", "evaluate --tasks")
+    return lm_eval, require_extra("lm_eval.tasks", "eval", "evaluate --tasks").TaskManager
 
 
 def _missing_data(exc: BaseException) -> bool:

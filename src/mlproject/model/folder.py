@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlproject.errors import MlprojectError
+from mlproject.io import plain_modes
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
@@ -33,6 +34,7 @@ def save_folder(model: Any, tokenizer_path: str | Path, folder: str | Path) -> d
     bare = unwrap_model(model)
     # save_model (not save_file) stores a tied tensor once and records the alias.
     save_model(bare, str(folder / WEIGHTS_FILE))
+    plain_modes(folder / WEIGHTS_FILE)  # safetensors creates 0o600; its siblings follow the umask
     (folder / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(bare.config), indent=1), encoding="utf-8")
     shutil.copyfile(tokenizer_path, folder / TOKENIZER_FILE)
     return {"weights": folder / WEIGHTS_FILE, "model_config": folder / CONFIG_FILE, "tokenizer": folder / TOKENIZER_FILE}

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mlproject.errors import MlprojectError
+from mlproject.errors import MlprojectError, require_extra
 from mlproject.model.config import GPTConfig
 from mlproject.model.gpt import GPT
 
@@ -136,11 +136,8 @@ def load_hf_dir(model_dir: str | os.PathLike[str]) -> GPT:
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise MlprojectError(f"{path} is not a Hugging Face model folder (no config.json)")
-    try:
-        from transformers import AutoConfig, AutoModelForCausalLM
-    except ImportError:
-        raise MlprojectError("importing Hugging Face models needs `transformers`: "
-                             "pip install 'mlproject[dev]'") from None
+    require_extra("transformers", "dev", "importing Hugging Face models (import-hf)")
+    from transformers import AutoConfig, AutoModelForCausalLM
     try:
         model_type = AutoConfig.from_pretrained(path, local_files_only=True).model_type
         if model_type not in ("gpt2", "llama"):

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from mlproject.errors import MlprojectError
+from mlproject.errors import MlprojectError, require_extra
 from mlproject.outdir import check_replaceable, output_folder
 from mlproject.model.config import GPTConfig
 
@@ -34,11 +34,7 @@ _GELU = {"tanh": "gelu_new", "none": "gelu"}  # our gelu_approximate -> HF activ
 
 
 def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError:
-        raise MlprojectError("exporting to Hugging Face needs `transformers`: pip install 'mlproject[dev]'") from None
-    return transformers
+    return require_extra("transformers", "dev", "exporting to Hugging Face (export-hf)")
 
 
 def has_banded_layers(cfg: GPTConfig) -> bool:

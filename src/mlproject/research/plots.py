@@ -4,8 +4,9 @@ The numbers come from the parent run's children (their summary metrics and metri
 histories), found by parent run id or as the newest parent of an experiment, so no local file
 is needed; `--results` reads a `results.jsonl`/`.csv` instead (offline, no curves). Charts:
 
-- compare / ablation: mean of a summary metric per group with 95% t-CI error bars, every seed
-  as a point, and the paired difference to the baseline under each label;
+- compare / ablation: dot-and-interval chart of a summary metric: every seed as a dot, the
+  group mean with its 95% t-CI as an interval (no bars), the paired difference to the baseline
+  under each label, the ablation's axis in the title;
 - curves: train and validation loss against tokens seen, mean across seeds with a +-1 std band,
   and each `--target` of the sweep as a horizontal line with each group's crossing marked.
 
@@ -57,7 +58,19 @@ def order_groups(groups: Sequence[str], kind: str) -> list[str]:
 
 def bar_chart(rows: Sequence[Row], stats: SweepStats, metric: str, path: Path, *, title: str,
               groups: Sequence[str]) -> Path:
-    """Mean per group with 95% CI error bars, each seed as a point, paired differences in the labels."""
+    """`interval_figure` saved to `path` (the name is kept: the chart once had bars)."""
+    plt = _pyplot()
+    return _save(interval_figure(rows, stats, metric, title=title, groups=groups), plt, path)
+
+
+def interval_figure(rows: Sequence[Row], stats: SweepStats, metric: str, *, title: str,
+                    groups: Sequence[str]) -> Any:
+    """Dot-and-interval chart: each seed as a dot, the group mean with its 95% t-CI as an
+    interval, paired differences to the baseline in the labels.
+
+    No bars: a bar of a loss would have to start at 0 to be honest, and then differences of
+    0.01 next to a loss of 8 vanish; dots and intervals can zoom to the data without
+    suggesting a length that means something."""
     plt = _pyplot()
     summaries = stats.summaries.get(metric, {})
     paired = stats.paired.get(metric, {})
@@ -70,37 +83,42 @@ def bar_chart(rows: Sequence[Row], stats: SweepStats, metric: str, path: Path, *
     high = np.array([summaries[g].ci_high if summaries[g].ci_high is not None else summaries[g].mean for g in groups])
 
     fig, ax = plt.subplots(figsize=(max(5.5, 1.4 * len(groups) + 2), 4.8))
-    ax.bar(x, means, width=0.6, color="#9ecae1", edgecolor="#3182bd", label="mean")
-    ax.errorbar(x, means, yerr=[means - low, high - means], fmt="none", ecolor="black", capsize=6,
-                label="95% CI (t)")
-    points = []
     rng = np.random.default_rng(0)  # fixed jitter: the same data gives the same picture
     for i, group in enumerate(groups):
-        values = [r[metric] for r in rows if r.get("group") == group
-                  and r.get("status", RunStatus.FINISHED) == RunStatus.FINISHED
-                  and isinstance(r.get(metric), (int, float))]
-        points += values
-        ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, color="#de2d26", s=22, zorder=3,
-                   label="seed" if i == 0 else None)
-    labels = []
-    for group in groups:
-        label = f"{group}\nn={summaries[group].n}"
-        if group in paired:
-            p = paired[group]
-            pv = f", p={p.p_value:.2g}" if p.p_value is not None else ""
-            label += f"\nΔ={p.mean_diff:+.4f}{pv}"
-        labels.append(label)
-    ax.set_xticks(x, labels)
-    # Loss differences are small next to the loss itself: zoom to the data instead of starting at 0.
-    lo, hi = min([*low, *points]), max([*high, *points])
-    pad = 0.15 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
-    ax.set_ylim(lo - pad, hi + pad)
+        values = _seed_values(rows, group, metric)
+        ax.scatter(i - 0.15 + rng.uniform(-0.06, 0.06, len(values)), values, color="#de2d26", s=22, zorder=3,
+                   alpha=0.8, label="seed" if i == 0 else None)
+    ax.errorbar(x + 0.1, means, yerr=[means - low, high - means], fmt="o", color="black", markersize=6,
+                capsize=6, label="mean, 95% CI (t)", zorder=4)
+    ax.set_xticks(x, [_group_label(g, summaries, paired) for g in groups])
+    ax.set_xlim(-0.6, len(groups) - 0.4)
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="best", fontsize=8)
+    # Outside the data area, right of the axes: a legend inside covered a CI whisker.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, plt, path)
+    return fig
+
+
+def _seed_values(rows: Sequence[Row], group: str, metric: str) -> list[float]:
+    return [r[metric] for r in rows if r.get("group") == group
+            and r.get("status", RunStatus.FINISHED) == RunStatus.FINISHED
+            and isinstance(r.get(metric), (int, float))]
+
+
+def _group_label(group: str, summaries: dict[str, Any], paired: dict[str, Any]) -> str:
+    label = f"{group}\nn={summaries[group].n}"
+    if group in paired:
+        p = paired[group]
+        pv = f", p={p.p_value:.2g}" if p.p_value is not None else ""
+        label += f"\nΔ={p.mean_diff:+.4f}{pv}"
+    return label
+
+
+def chart_title(kind: str, metric: str, name: str, axis: str = "") -> str:
+    """The title names what varies and what is measured: `ablation of dropout: val_loss_best`."""
+    what = f"ablation of {axis}" if kind == "ablation" and axis else kind
+    return f"{what}: {metric}\n{name}"
 
 
 def curves_chart(curves: dict[str, dict[str, list[dict[int, float]]]], tokens: dict[str, list[dict[int, float]]],
@@ -149,15 +167,14 @@ def curves_figure(curves: dict[str, dict[str, list[dict[int, float]]]], tokens: 
         ax.set_title(metric)
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
-        if ax.has_data():
-            ax.legend(fontsize=8)
+        if ax.has_data():  # below the panel, outside the data: a legend inside hid curve ends
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), borderaxespad=0.0, fontsize=8, ncol=2)
     from matplotlib.ticker import EngFormatter
 
     for ax in axes:
         ax.set_xlabel(x_label)
         ax.xaxis.set_major_formatter(EngFormatter())  # 150k, not 150000
     fig.suptitle(f"{title}: mean across seeds, band ±1 std")
-    fig.tight_layout()
     return fig
 
 
@@ -185,10 +202,11 @@ def _tokens_at(steps: Sequence[int], per_seed: Sequence[dict[int, float]]) -> np
 
 
 def _save(fig: Any, plt: Any, path: Path) -> Path:
-    """Save atomically: a temp file in the same folder, then rename."""
+    """Save atomically: a temp file in the same folder, then rename. `bbox_inches="tight"` grows
+    the picture to hold everything drawn, so labels and the outside legends are never cut."""
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120)
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path
@@ -298,13 +316,15 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
     out = Path(cfg.output_dir)
     written: list[Path] = []
     stats = aggregate(source.rows, source.groups, [cfg.metric])
+    axis = next((str(r["axis"]) for r in source.rows if r.get("axis")), "")  # ablations only
     if cfg.kind != "curves":  # compare and ablation share the chart; only the group order differs
-        title = cfg.title or f"{source.kind}: {cfg.metric}\n{source.name}"
+        title = cfg.title or chart_title(source.kind, cfg.metric, source.name, axis)
         written.append(bar_chart(source.rows, stats, cfg.metric, out / f"{source.kind}_{cfg.metric}.png",
                                  title=title, groups=groups))
     if cfg.kind == "curves" or (cfg.kind == "auto" and source.children):
         curves, tokens = _histories(source.children)
-        title = cfg.title or f"{source.kind} learning curves ({source.name})"
+        what = f"ablation of {axis}" if source.kind == "ablation" and axis else source.kind
+        title = cfg.title or f"{what} learning curves ({source.name})"
         written.append(curves_chart(curves, tokens, out / f"{source.kind}_curves.png", title=title, groups=groups,
                                     targets=_targets(source.parent_run_id)))
     summary = [row for group in groups for row in summary_table_rows(stats) if row["group"] == group]

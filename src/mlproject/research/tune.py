@@ -369,6 +369,9 @@ def _run_workers(job: TuneJob, parent: Any, storage: str) -> None:
 def run_tune(job: TuneJob) -> TuneOutcome | None:
     """Open (or continue) the study and its parent run, run the trials, log the best."""
     from mlproject.data.prepare import prepare_data
+    from mlproject.errors import require_extra
+
+    require_extra("optuna", "tune", "tune")  # before any run exists: nothing is left FAILED
     from mlproject.tracking import client, tune_runs
 
     storage = tune_runs.study_storage(job.tune.storage)
@@ -483,27 +486,51 @@ def _record_best(job: TuneJob, study: Any, parent: Any) -> TuneOutcome:
 def _log_plots(study: Any, run_id: str) -> None:
     """Optuna's optimization history and parameter importances (of `study`, the effective view)
     as PNG artifacts under plots/."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import optuna
-    import optuna.visualization.matplotlib as ovm
 
     from mlproject.tracking.tune_runs import log_figure
 
-    for name, draw in (("optimization_history", ovm.plot_optimization_history),
-                       ("param_importances", ovm.plot_param_importances)):
+    for name in TUNE_PLOTS:
         try:
-            with warnings.catch_warnings():  # "experimental" since Optuna 2.2; the plots are stable
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                axes = draw(study)
+            figure = tune_figure(study, name)
         except (ValueError, RuntimeError) as exc:  # e.g. importances need two complete trials
             print(f"note: no {name} plot: {exc}", file=sys.stderr)
             continue
-        figure = axes.figure
         log_figure(run_id, figure, f"{Artifact.PLOTS}/{name}.png")
         plt.close(figure)
+
+
+TUNE_PLOTS = ("optimization_history", "param_importances")
+
+
+def tune_figure(study: Any, name: str) -> Any:
+    """One of Optuna's matplotlib charts of `study`, made honest: integer trial ticks, the
+    legend outside the data, and a layout that makes room for long labels (Optuna's own cut
+    `train.learning_rate` to `rning_rate`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import optuna
+    import optuna.visualization.matplotlib as ovm
+    from matplotlib.ticker import MaxNLocator
+
+    draw = {"optimization_history": ovm.plot_optimization_history,
+            "param_importances": ovm.plot_param_importances}[name]
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.2; the plots are stable
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = draw(study)
+    figure = ax.figure
+    if name == "optimization_history":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers: no 2.5th trial
+        ax.set_title(f"optimization history: {ax.get_ylabel() or 'objective'} by trial")
+    # Optuna's own title stays on the importance plot (it names the chart already).
+    if ax.get_legend() is not None:  # outside the data, right of the axes
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    # Constrained layout makes room for tick labels and the outside legend instead of
+    # cutting them; it also applies when MLflow saves the figure without bbox_inches.
+    figure.set_layout_engine("constrained")
+    figure.set_size_inches(max(figure.get_figwidth(), 8.0), figure.get_figheight())
+    return figure
 
 
 def _then_compare(job: TuneJob, outcome: TuneOutcome) -> str:
