@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from helpers import REPO
 from mlproject.errors import MlprojectError, require_extra
 from mlproject.io import atomic_path, atomic_write_text
 from mlproject.outdir import output_folder
@@ -27,7 +28,7 @@ def test_tune_without_optuna_is_one_line_and_exit_code_2(monkeypatch, tmp_path, 
     monkeypatch.setitem(sys.modules, "optuna", None)
     for name in [m for m in sys.modules if m.startswith("optuna.")]:
         monkeypatch.setitem(sys.modules, name, None)
-    code = main(["tune", "--config", "configs/tune/lr_search_offline.yaml"])
+    code = main(["tune", "--config", str(REPO / "configs/tune/lr_search_offline.yaml")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err == ["mlproject: error: tune needs the optional extra 'tune': pip install 'mlproject[tune]'"]

@@ -46,6 +46,7 @@ def test_invalid_value_or_combination_fails_before_any_run_exists(research_env, 
     assert MlflowClient().get_experiment_by_name(experiment) is None
 
 
+@pytest.mark.e2e
 def test_speed_axis_children_log_cost_and_parent_aggregates_it(research_env, tmp_path):
     experiment = unique("ablation")
     path = write_sweep(tmp_path / "a.yaml", experiment, model={"model_version": "gpt3"},

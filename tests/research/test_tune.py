@@ -148,6 +148,7 @@ def test_a_tracking_server_needs_an_explicit_study_storage(monkeypatch):
 WARMUP_CAP = TRAIN["max_steps"] // 2  # the trainer caps warmup at half the run
 
 
+@pytest.mark.e2e
 def test_a_capped_dimension_records_what_ran_in_mlflow_optuna_and_best_params(research_env, tmp_path, capsys):
     experiment = unique("tune-capped")
     space = {"train.warmup": {"type": "int", "low": 2, "high": 30}}  # most of it above the cap of 6
@@ -192,6 +193,7 @@ def test_a_dimension_that_collapses_to_one_value_is_an_error_before_any_run(rese
     assert MlflowClient().get_experiment_by_name(experiment) is None
 
 
+@pytest.mark.e2e
 def test_a_pruned_trial_is_pruned_everywhere_and_keeps_its_metrics(research_env, tmp_path, capsys):
     """Two good rates, then one that barely trains: the median pruner stops the third at its
     first evaluation."""

@@ -153,6 +153,7 @@ def test_sigkill_then_resume_leaves_every_step_logged_exactly_once(tiny_yaml, ex
 
 # ----------------------------------------------------------------------------- item 7: no stray runs
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags, expected", [
     (["--dataset", "no-such-corpus"], "unknown dataset 'no-such-corpus'"),
     (["--block-size", "100000"], "block_size+1=100001"),
@@ -164,6 +165,7 @@ def test_a_train_that_cannot_start_creates_no_run(tiny_yaml, experiment_name, fl
     assert _runs(experiment_name) == []
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags, expected", [
     (["--seeds", "-1"], "seed -1 must be >= 0"),
     (["--models", "gpt2", "gpt3", "--block-size", "100000"], "compare child gpt2-s1"),
@@ -193,6 +195,7 @@ def test_four_concurrent_first_users_of_a_new_sqlite_store_all_finish(tiny_yaml,
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 4
 
 
+@pytest.mark.e2e
 def test_a_half_migrated_sqlite_store_is_a_one_line_error_saying_how_to_recover(tiny_yaml, tmp_path):
     db = tmp_path / "broken.db"
     MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()

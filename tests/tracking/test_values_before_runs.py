@@ -125,6 +125,7 @@ def test_a_loss_that_becomes_non_finite_fails_the_run_with_no_model(tiny_yaml, e
     assert not MlflowClient().search_logged_models([run.info.experiment_id]), "no model logged"
 
 
+@pytest.mark.e2e
 def test_allow_nonfinite_trains_on(tiny_yaml, experiment_name):
     config = tiny_yaml(train={"max_steps": 4})
     assert main(["train", "--config", str(config), "--learning-rate", "1e30", "--allow-nonfinite", "true"]) == 0
