@@ -250,3 +250,19 @@ def test_the_pruner_never_prunes_at_the_last_step():
     assert trial.reported == [12] and not pruner.should_stop()
     pruner.on_eval(6, {"val_loss": 5.0})
     assert pruner.should_stop() and pruner.pruned_at == 6
+
+
+def test_a_trial_stopped_before_its_training_began_leaves_no_run_scheduled(research_env):
+    # SIGINT can land between the trial's run being created and its training starting
+    from mlproject.research.tune import _close_unstarted
+    from mlproject.tracking import client
+
+    parent = client.open_parent(experiment=unique("tune-unstarted"), run_name="search", kind="tune",
+                                sweep_key="k", resume=False, tags={})
+    interrupted, failed, trained = (client.create_child(parent, run_name=f"trial-{i}", tags={}) for i in range(3))
+    client.set_status(trained, "FINISHED")
+    _close_unstarted(interrupted, KeyboardInterrupt())
+    _close_unstarted(failed, RuntimeError("boom"))
+    _close_unstarted(trained, KeyboardInterrupt())
+    status = {r: MlflowClient().get_run(r).info.status for r in (interrupted, failed, trained)}
+    assert status == {interrupted: "KILLED", failed: "FAILED", trained: "FINISHED"}

@@ -283,6 +283,15 @@ def _end_trial(name: str, run_id: str, state: TrialOutcome, detail: str = "") ->
     print(result_line({"step": "trial", "run_id": run_id, "status": state}), flush=True)
 
 
+def _close_unstarted(run_id: str, exc: BaseException) -> None:
+    """A trial stopped before its training began leaves its run SCHEDULED: end it, KILLED for a
+    signal (as training would have), FAILED otherwise, so no run of the search waits forever."""
+    from mlproject.tracking import client
+
+    if client.client().get_run(run_id).info.status == RunStatus.SCHEDULED:
+        client.set_status(run_id, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
+
+
 def _optimize(job: TuneJob, study: Any, parent: Any, data: Any) -> None:
     """Run trials in this process until the study holds n_trials (counting other workers')."""
     import optuna
@@ -303,15 +312,17 @@ def _optimize(job: TuneJob, study: Any, parent: Any, data: Any) -> None:
         cfg = trial_config(job.run, values, run_name=name, experiment=parent.experiment_name, source=name)
         run_id = client.create_child(parent, run_name=name, tags={
             Tag.STUDY: job.study_name, Tag.TRIAL_NUMBER: str(trial.number), Tag.TUNE_WORKER: worker})
-        trial.set_user_attr("run_id", run_id)
-        changed = {k: f"{sampled[k]} -> {v}" for k, v in values.items() if json.dumps(v) != json.dumps(sampled[k])}
-        print(f"--- {name}: {json.dumps(values)} run {run_id}"
-              + (f" (sampled values changed: {json.dumps(changed)})" if changed else ""), flush=True)
-        pruner = _pruner(trial)
-        try:
+        try:  # from here on the run exists: whatever stops the trial, its run gets a state
+            trial.set_user_attr("run_id", run_id)
+            changed = {k: f"{sampled[k]} -> {v}" for k, v in values.items()
+                       if json.dumps(v) != json.dumps(sampled[k])}
+            print(f"--- {name}: {json.dumps(values)} run {run_id}"
+                  + (f" (sampled values changed: {json.dumps(changed)})" if changed else ""), flush=True)
+            pruner = _pruner(trial)
             outcome = train_tracked(cfg, parent_run_id=parent.run_id, run_id=run_id, callbacks=[pruner])
-        except BaseException:
+        except BaseException as exc:
             _end_trial(name, run_id, TrialOutcome.FAIL)
+            _close_unstarted(run_id, exc)
             raise
         if outcome.status == RunStatus.KILLED:  # SIGINT/SIGTERM: stop the search (a re-run continues it)
             _end_trial(name, run_id, TrialOutcome.FAIL)
