@@ -39,9 +39,10 @@ test: $(STAMP)
 # Every test: all but the serial ones one worker per core (the fast tier and the end-to-end tests
 # that run processes of their own, whose timeouts want a core each), then the serial ones one at
 # a time (they start servers and containers, each on free ports, or measure speed). What CI runs.
+# The serial phase runs even when the first fails, so one failure hides no other; either fails it.
 test-all: $(STAMP)
-	$(PYTEST) -m "not serial" -n $(CORES) --dist loadfile --durations=20
-	$(PYTEST) -m serial --durations=10
+	$(PYTEST) -m "not serial" -n $(CORES) --dist loadfile --durations=20; first=$$?; \
+	$(PYTEST) -m serial --durations=10 || exit $$?; exit $$first
 
 # The documentation site (mkdocs.yml, pages under docs/) into site/; --strict fails on a broken
 # link or a page missing from the nav, as CI does.
