@@ -23,7 +23,7 @@ from mlproject.data.config import DataConfig
 from mlproject.research.config import AblationConfig
 from mlproject.research.eval_metrics import check_eval_datasets, prefer_bpb, with_eval_metrics
 from mlproject.research.sweep import (ChildSpec, SweepOutcome, SweepSpec, child_config, experiment_for, load_job,
-                                      run_sweep, sweep_key, with_context)
+                                      sweep_key, with_context)
 from mlproject.app.config import RunConfig
 from mlproject.schema import SweepKind, Tag
 
@@ -151,12 +151,6 @@ class AblationJob:
 def run_ablation(job: AblationJob) -> SweepOutcome:
     """Train every value x seed as children of one parent run and log the ablation;
     with `adaptive_seeds`, in rounds of seeds until the answer is clear (research.adaptive)."""
-    settings = job.ablation
-    if settings.adaptive_seeds is None:
-        return run_sweep(job.spec())
-    from mlproject.research.adaptive import run_adaptive
+    from mlproject.research.adaptive import run_job
 
-    def spec_for(seeds: list[int]) -> SweepSpec:
-        return dataclasses.replace(job, ablation=dataclasses.replace(settings, seeds=seeds)).spec()
-
-    return run_adaptive(spec_for, settings.seeds, settings.adaptive_seeds).outcome
+    return run_job(job, "ablation")

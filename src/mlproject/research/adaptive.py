@@ -21,12 +21,13 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.research.sequential import SequentialDesign, SequentialState, design, evaluate
 from mlproject.research.results import Row
 from mlproject.research.sweep import (SweepOutcome, SweepPlan, SweepSpec, aggregate_sweep, load_plan, row_from_run,
-                                      train_sweep)
+                                      run_sweep, train_sweep)
 from mlproject.schema import RunStatus, Tag
 
 # A look's decision as a parent metric (MLflow metrics are numbers): 0 continue, +1 better, -1 worse.
@@ -105,6 +106,19 @@ def look_metrics(metric: str, baseline: str, states: Mapping[str, SequentialStat
 def _finite(value: float) -> float:
     """MLflow stores no infinities: identical differences (|t| = inf) are logged as +-1e9."""
     return max(-1e9, min(1e9, value))
+
+
+def run_job(job: Any, section: str) -> SweepOutcome:
+    """Run a compare or ablation job (`section` names its settings: "compare", "ablation"):
+    one sweep, or with `adaptive_seeds` rounds of seeds until the answer is clear."""
+    settings = getattr(job, section)
+    if settings.adaptive_seeds is None:
+        return run_sweep(job.spec())
+
+    def spec_for(seeds: list[int]) -> SweepSpec:
+        return dataclasses.replace(job, **{section: dataclasses.replace(settings, seeds=seeds)}).spec()
+
+    return run_adaptive(spec_for, settings.seeds, settings.adaptive_seeds).outcome
 
 
 def run_adaptive(spec_for: Callable[[list[int]], SweepSpec], start: Sequence[int], max_seeds: int) -> AdaptiveOutcome:

@@ -11,7 +11,6 @@ may differ on purpose through a `per_model:` section of the YAML, recorded on it
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from mlproject.model.config import DEFAULT_BLOCK_SIZE, GPTConfig
 from mlproject.research.config import CompareConfig
 from mlproject.research.eval_metrics import check_eval_datasets, with_eval_metrics
 from mlproject.research.sweep import (ChildSpec, SweepOutcome, SweepSpec, child_config, experiment_for, load_job,
-                                      run_sweep, sweep_key, with_context)
+                                      sweep_key, with_context)
 from mlproject.app.config import RunConfig
 from mlproject.schema import SweepKind, Tag
 from mlproject.training.config import TrainConfig
@@ -138,12 +137,6 @@ def _per_model(raw: Any, models: list[str], source: str) -> dict[str, dict[str, 
 def run_compare(job: CompareJob) -> SweepOutcome:
     """Train every model x seed as children of one parent run and log the comparison;
     with `adaptive_seeds`, in rounds of seeds until the answer is clear (research.adaptive)."""
-    settings = job.compare
-    if settings.adaptive_seeds is None:
-        return run_sweep(job.spec())
-    from mlproject.research.adaptive import run_adaptive
+    from mlproject.research.adaptive import run_job
 
-    def spec_for(seeds: list[int]) -> SweepSpec:
-        return dataclasses.replace(job, compare=dataclasses.replace(settings, seeds=seeds)).spec()
-
-    return run_adaptive(spec_for, settings.seeds, settings.adaptive_seeds).outcome
+    return run_job(job, "compare")
