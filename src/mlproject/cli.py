@@ -14,6 +14,7 @@ runs (torch, MLflow, statistics), so `mlproject --help` and bad flags answer at 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -97,8 +98,13 @@ def _dataloaders(args: argparse.Namespace) -> None:
 def _summary(args: argparse.Namespace) -> None:
     from mlproject.model.summary import run_summary
 
+    from mlproject.data.registry import get_spec
+    from mlproject.training.resolve import padded_vocab
+
     cfg = _flags(args, SummaryConfig)
-    run_summary(presets=cfg.presets, model_versions=cfg.model_versions, block_size=cfg.block_size)
+    # A run's embedding has its tokenizer's rows (padded), so the counts are the dataset's.
+    vocab = padded_vocab(cfg.vocab_size or get_spec(cfg.dataset).vocab_size)
+    run_summary(presets=cfg.presets, model_versions=cfg.model_versions, block_size=cfg.block_size, vocab_size=vocab)
 
 
 def _import_hf(args: argparse.Namespace) -> None:
@@ -145,9 +151,16 @@ def _train(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> None:
     from mlproject.app.generate import run_generate
+    from mlproject.protocol import process_run_id
+
+    cfg = _section(args, "generate", GenerateConfig)
+    local = cfg.checkpoint and not cfg.checkpoint.startswith("runs:/") and not (cfg.run_id or cfg.model_uri)
+    if local and not process_run_id():  # nothing to fetch or record: MLflow's import alone took seconds
+        run_generate(cfg, None)
+        return
     from mlproject.tracking.model_store import MlflowModelStore
 
-    run_generate(_section(args, "generate", GenerateConfig), MlflowModelStore())
+    run_generate(cfg, MlflowModelStore())
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -333,6 +346,22 @@ def _unexpected(exc: BaseException) -> str:
             "please report it)")
 
 
+# Third-party progress bars (MLflow's "Downloading artifacts", Hugging Face downloads,
+# transformers' and lm-eval's tqdm bars) redraw with carriage returns: in a log or a CI console
+# each becomes several lines per artifact. Off when stdout is not a terminal (a sweep's children,
+# `mlflow run`, the DAG's containers inherit the setting); a user's own value wins.
+QUIET_PROGRESS_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                      "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+
+
+def quiet_progress_bars(stream: Any) -> None:
+    """Turn the third-party progress bars off unless `stream` is a terminal."""
+    isatty = getattr(stream, "isatty", None)
+    if not (isatty and isatty()):
+        for name, value in QUIET_PROGRESS_ENV.items():
+            os.environ.setdefault(name, value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Every way out goes through here: bad input ends with one line and exit code 2,
     any other failure with one line and 1, an interrupt with 130; no line carries a credential."""
@@ -344,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlproject.secrets import quiet_mlflow_run_links
 
     quiet_mlflow_run_links()
+    quiet_progress_bars(sys.stdout)
     try:
         result = COMMANDS[args.command].handler(args)
     except MlprojectError as exc:

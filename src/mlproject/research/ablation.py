@@ -144,6 +144,7 @@ class AblationJob:
             register_best=a.register_best,
             register_best_ungated=a.register_best_ungated, alpha=a.alpha, effect=a.effect,
             targets=list(a.target), target_alpha=a.target_alpha,
+            verbose=a.verbose, log_file=a.log_file,
             eval_datasets=list(a.eval_datasets),
             config_text=dump_yaml({**sections, "ablation": to_dict(a)}))
 

@@ -104,6 +104,7 @@ class CompareJob:
             base=self.run, params=params, parallel=c.parallel, resume=c.resume, register_best=c.register_best,
             register_best_ungated=c.register_best_ungated, alpha=c.alpha, effect=c.effect,
             targets=list(c.target), target_alpha=c.target_alpha,
+            verbose=c.verbose, log_file=c.log_file,
             eval_datasets=list(c.eval_datasets),
             config_text=dump_yaml({**sections, "compare": to_dict(c), "per_model": self.per_model}))
 

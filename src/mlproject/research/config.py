@@ -50,6 +50,11 @@ class SweepConfig:
     adaptive_seeds: int | None = field(None, metavar="MAX", help="add seeds in rounds until a group-sequential "
                                        "test (O'Brien-Fleming spending at alpha) finds each candidate better or "
                                        "worse than the baseline, or MAX seeds ran")
+    verbose: bool = field(False, aliases=("-v",), help="print every child's full output, prefixed with its name "
+                          "(default: one line as each child starts and one as it ends, with its figure; the full "
+                          "output is the child run's logs/train.log)")
+    log_file: str | None = field(None, help="also append every child's full output, prefixed with its name, "
+                                            "to this file")
 
     def validate(self) -> None:
         check_types(self, source=self.section)

@@ -49,6 +49,7 @@ from typing import Any
 from mlproject.config import build_sections, dump_yaml, load_yaml, to_dict
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.protocol import hand_run_to, result_line
+from mlproject.research.child_output import ChildOutput, captured
 from mlproject.research.results import (
     SUMMARY_COLUMNS,
     Row,
@@ -109,6 +110,8 @@ class SweepSpec:
     effect: float | None = None          # the difference the seeds-needed figure refers to
     targets: list[str] = field(default_factory=list)  # metric=value: time-to-target (research.targets)
     target_alpha: float = 0.01
+    verbose: bool = False                # children's full output on the console (else one line each)
+    log_file: str | None = None          # every child's full output appended here too
     # The next round of an adaptive sweep (research.adaptive): continue this ParentRun, keeping
     # its children, instead of opening a parent (a resume would pick the newest same-key parent,
     # or under `mlflow run` an older one).
@@ -279,11 +282,12 @@ def train_sweep(spec: SweepSpec) -> SweepPlan:
         elsewhere = [t for t in tasks if t.action == ChildAction.LEASED]
         if todo or elsewhere:
             _prepare_data(spec.base)
+        output = ChildOutput(spec.verbose, spec.log_file, spec.metrics[0] if spec.metrics else None)
         if spec.parallel > 1 and len(todo) > 1:
-            elsewhere += _run_parallel(todo, spec.parallel, plan, settings.lease_timeout)
+            elsewhere += _run_parallel(todo, spec.parallel, plan, settings.lease_timeout, output)
         else:
-            elsewhere += _run_sequential(todo)
-        _wait_for_others(elsewhere, settings.lease_heartbeat, settings.lease_timeout)
+            elsewhere += _run_sequential(todo, output)
+        _wait_for_others(elsewhere, settings.lease_heartbeat, settings.lease_timeout, output)
     except BaseException as exc:
         client.set_status(plan.parent_run_id,
                           RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
@@ -504,13 +508,18 @@ def train_child(run_id: str, args: Any = None) -> str:
     from the last checkpoint in its artifacts (downloaded from the tracking server), so a
     killed container's retry continues where the child stopped. Returns the run's status.
     """
+    return _train_child(run_id, args)[0]
+
+
+def _train_child(run_id: str, args: Any = None) -> tuple[str, bool]:
+    """train_child's status, and whether this process trained (the run was not already FINISHED)."""
     cfg = planned_config(run_id, args)
     if not _already_finished(run_id, cfg):
         # The action is decided under the lease: another process may have finished the run meanwhile.
         with _child_lease(run_id, cfg):
             if not _already_finished(run_id, cfg):
-                return _train_leased_child(run_id, cfg)
-    return RunStatus.FINISHED
+                return _train_leased_child(run_id, cfg), True
+    return RunStatus.FINISHED, False
 
 
 def _child_lease(run_id: str, cfg: RunConfig) -> Any:
@@ -559,17 +568,22 @@ def _train_leased_child(run_id: str, cfg: RunConfig) -> str:
     return outcome.status
 
 
-def _run_sequential(tasks: Sequence[_Task]) -> list[_Task]:
-    """Train the children one by one in this process; return those another process holds."""
+def _run_sequential(tasks: Sequence[_Task], output: ChildOutput) -> list[_Task]:
+    """Train the children one by one in this process; return those another process holds.
+
+    Each child's output goes to its run's logs/train.log (and the console as `output` says)."""
     from mlproject.tracking import client
     from mlproject.tracking.lease import LeaseHeld
 
     elsewhere = []
     for i, task in enumerate(tasks, 1):
         _ensure_run(task)
-        print(f"--- child {i}/{len(tasks)}: {task.child.name} ({task.action}) run {task.run_id}", flush=True)
+        name = task.child.name
+        output.start(name, task.action, task.run_id, position=f", {i}/{len(tasks)}")
         try:
-            status = train_child(task.run_id)
+            with tempfile.TemporaryDirectory(prefix="mlproject-child-") as tmp:
+                log = Path(tmp) / "train.log"
+                status, _ = _captured_child(task.run_id, output, name, log)
         except LeaseHeld as exc:  # trained by another process: skipped here, waited for before aggregating
             print(f"child {task.child.name} skipped: {exc}", flush=True)
             elsewhere.append(task)
@@ -578,12 +592,33 @@ def _run_sequential(tasks: Sequence[_Task]) -> list[_Task]:
             print(f"child {task.child.name} failed: {type(exc).__name__}: {exc}".splitlines()[0], flush=True)
             client.fail_if_unfinished(task.run_id)
             continue
+        output.end(name, task.run_id, status)
         if status == RunStatus.KILLED:  # the trainer stopped on SIGTERM: stop the sweep too
             raise KeyboardInterrupt(f"child {task.child.name} was interrupted")
     return elsewhere
 
 
-def _wait_for_others(tasks: Sequence[_Task], heartbeat_sec: float, lease_timeout: float) -> None:
+def _captured_child(run_id: str, output: ChildOutput, name: str, log: Path) -> tuple[str, bool]:
+    """Train a child here with its output captured; its log becomes the run's logs/train.log
+    unless another process holds (LeaseHeld) or already finished the run: the log is theirs."""
+    from mlproject.tracking import client
+    from mlproject.tracking.lease import LeaseHeld
+
+    ours = True
+    try:
+        with captured(output, name, log):
+            status, ours = _train_child(run_id)
+    except LeaseHeld:
+        ours = False
+        raise
+    finally:
+        if ours:
+            client.log_files(run_id, [log], Artifact.LOGS)
+    return status, ours
+
+
+def _wait_for_others(tasks: Sequence[_Task], heartbeat_sec: float, lease_timeout: float,
+                     output: ChildOutput) -> None:
     """Wait until the children other processes train are released, so the aggregate includes
     them. A child whose holder died (its lease went stale, the run never ended) is trained here."""
     from mlproject.tracking.lease import live_holder
@@ -600,7 +635,7 @@ def _wait_for_others(tasks: Sequence[_Task], heartbeat_sec: float, lease_timeout
                 continue
             waiting.remove(task)
             if get_run(task.run_id).status not in TERMINAL_STATUSES:  # its holder died: continue it here
-                waiting += _run_sequential([task])
+                waiting += _run_sequential([task], output)
 
 
 def _prepare_data(base: RunConfig) -> None:
@@ -682,24 +717,20 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
 
 
 class _ChildProcess:
-    """One `mlproject train` process; its output goes to a log file and, prefixed, to stdout."""
+    """One `mlproject train` process; its output goes to a log file and as `output` says."""
 
-    def __init__(self, task: _Task, cmd: list[str], env: dict[str, str], log: Path) -> None:
-        self.task, self.log = task, log
+    def __init__(self, task: _Task, cmd: list[str], env: dict[str, str], log: Path, output: ChildOutput) -> None:
+        self.task, self.log, self.output = task, log, output
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      errors="replace", env=env)
         self._pump = threading.Thread(target=self._copy, daemon=True)
         self._pump.start()
 
     def _copy(self) -> None:
-        from mlproject.secrets import scrub
-
         assert self.proc.stdout is not None
-        with self.log.open("w", encoding="utf-8") as out:
+        with self.log.open("w", encoding="utf-8") as out:  # the child's logs/train.log artifact
             for line in self.proc.stdout:
-                line = scrub(line)  # this log becomes the child's logs/train.log artifact
-                out.write(line)
-                print(f"[{self.task.child.name}] {line}", end="", flush=True)
+                self.output.line(self.task.child.name, line, out)
 
     def done(self) -> bool:
         if self.proc.poll() is None:
@@ -708,7 +739,8 @@ class _ChildProcess:
         return True
 
 
-def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan, lease_timeout: float) -> list[_Task]:
+def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan, lease_timeout: float,
+                  output: ChildOutput) -> list[_Task]:
     """`parallel` children at a time as `mlproject train --run-id` processes (the child stage);
     return those another process holds."""
     from mlproject.tracking.queries import absolute_tracking_uri
@@ -731,9 +763,9 @@ def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan, lease_
                     folder.mkdir()
                     cmd = child_command(task.run_id, python=sys.executable) + [
                         "--num-threads", str(threads), "--progress", "lines"]
+                    output.start(task.child.name, task.action, task.run_id)
                     running.append(_ChildProcess(task, cmd, hand_run_to(base_env, task.run_id),
-                                                 folder / "train.log"))
-                    print(f"started {task.child.name} ({task.action}) run {task.run_id}", flush=True)
+                                                 folder / "train.log", output))
                 for child in [c for c in running if c.done()]:
                     running.remove(child)
                     if _ended_here(child, lease_timeout):
@@ -765,7 +797,8 @@ def _ended_here(child: _ChildProcess, lease_timeout: float) -> bool:
     release_dead(run_id, child.proc.pid)  # a child killed hard never released its lease
     status = client.fail_if_unfinished(run_id)
     client.log_files(run_id, [child.log], Artifact.LOGS)
-    print(f"finished {name}: {status} (exit code {child.proc.returncode})", flush=True)
+    code = child.proc.returncode
+    child.output.end(name, run_id, status, note=f"exit code {code}" if code else "")
     return False
 
 
