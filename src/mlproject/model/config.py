@@ -183,9 +183,13 @@ class SummaryConfig:
     presets: list[str] = field(default_factory=lambda: list(PRESETS), help="model presets to build")
     model_versions: list[str] = field(default_factory=lambda: ["gpt2", "gpt3"], help="model versions of each preset")
     block_size: int = field(256, help="context length of the timed training step")
+    dataset: str = field("pydocs", help="count parameters at this dataset's vocabulary (see `mlproject datasets`)")
+    vocab_size: int | None = field(None, help="count parameters at this vocabulary instead of the dataset's")
 
     def validate(self) -> None:
         check_types(self, source="summary")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise ConfigError(f"summary: vocab_size={self.vocab_size} must be positive")
 
 
 @dataclass

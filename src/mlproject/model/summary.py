@@ -18,7 +18,7 @@ from mlproject.errors import ConfigError
 from mlproject.model.config import GPTConfig, preset_sizes
 from mlproject.model.gpt import GPT
 
-VOCAB_SIZE = 50304   # GPT-2's 50257 tokens padded to a multiple of 64
+VOCAB_SIZE = 50304   # GPT-2's 50257 tokens padded to a multiple of 64: the default of a bare call
 BATCH_SIZE = 2
 STEP_FLOPS = 2e10    # FLOP budget of one timed step: a fraction of a second on two CPU cores
 MIN_SEQ_LEN = 8
@@ -60,8 +60,10 @@ def _train_step(model: GPT, seq_len: int, generator: torch.Generator) -> tuple[f
     return loss.item(), seconds
 
 
-def run_summary(presets: list[str], model_versions: list[str], block_size: int) -> list[dict]:
-    """Print one row per version x preset (sizes, parameters, FLOPs, one training step); return the rows."""
+def run_summary(presets: list[str], model_versions: list[str], block_size: int,
+                vocab_size: int = VOCAB_SIZE) -> list[dict]:
+    """Print one row per version x preset (sizes, parameters, FLOPs, one training step) as each is
+    built, at `vocab_size` embedding rows; return the rows."""
     for preset in presets:
         preset_sizes(preset)
     for version in model_versions:
@@ -72,8 +74,8 @@ def run_summary(presets: list[str], model_versions: list[str], block_size: int) 
 
     header = (f"{'version':<8}{'preset':<11}{'L/H/d':>13}{'params':>10}{'non-emb':>10}{'GFLOP/tok':>11}"
               f"{'tokens':>8}{'loss':>8}{'step s':>8}")
-    print(f"vocab {VOCAB_SIZE}, block_size {block_size}, batch {BATCH_SIZE}; "
-          f"loss at init should be near ln({VOCAB_SIZE}) = {math.log(VOCAB_SIZE):.2f}")
+    print(f"vocab {vocab_size}, block_size {block_size}, batch {BATCH_SIZE}; "
+          f"loss at init should be near ln({vocab_size}) = {math.log(vocab_size):.2f}", flush=True)
     print(header)
     print("-" * len(header))
     generator = torch.Generator().manual_seed(0)
@@ -82,7 +84,7 @@ def run_summary(presets: list[str], model_versions: list[str], block_size: int) 
         weights: dict[str, torch.Tensor] | None = None  # one initialisation shared by the versions
         for version in model_versions:
             config = GPTConfig(model_version=version, preset=preset, block_size=block_size,
-                               vocab_size=VOCAB_SIZE, dropout=0.0).resolved()
+                               vocab_size=vocab_size, dropout=0.0).resolved()
             model = _build(config, weights)
             weights = model.state_dict()
             seq_len = _step_seq_len(model, block_size)

@@ -20,10 +20,14 @@ from mlproject.training.optim import resolve_recipe
 VOCAB_MULTIPLE = 64  # embedding rows padded to a multiple of 64 for efficient matmuls (nanoGPT: 50257 -> 50304)
 
 
+def padded_vocab(vocab_size: int) -> int:
+    """The embedding rows a tokenizer of `vocab_size` tokens gets: up to a multiple of VOCAB_MULTIPLE."""
+    return VOCAB_MULTIPLE * math.ceil(vocab_size / VOCAB_MULTIPLE)
+
+
 def resolve_model(model_cfg: GPTConfig, vocab_size: int) -> GPTConfig:
     """The model config a run trains: concrete sizes, the tokenizer's vocabulary padded to VOCAB_MULTIPLE."""
-    padded = VOCAB_MULTIPLE * math.ceil(vocab_size / VOCAB_MULTIPLE)
-    return dataclasses.replace(model_cfg, vocab_size=padded).resolved()
+    return dataclasses.replace(model_cfg, vocab_size=padded_vocab(vocab_size)).resolved()
 
 
 def resolve_train(train_cfg: TrainConfig, model_version: str) -> TrainConfig:
