@@ -50,6 +50,14 @@ def test_backend_uri_goes_through_the_environment_not_the_command_line():
     assert server_environment(cfg, base={})["MLFLOW_BACKEND_STORE_URI"] == SECRET_URI
 
 
+def test_the_database_pool_fits_a_team_of_writers_unless_the_user_sized_it():
+    env = server_environment(ServerConfig(), base={})
+    # MLflow reads these into SQLAlchemy's pool: 5 + 10 (its default) timed out with 8 writers
+    assert int(env["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"]) + int(env["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"]) >= 40
+    mine = server_environment(ServerConfig(), base={"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "3"})
+    assert mine["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"] == "3"
+
+
 class FakeServer:
     """Stands in for the `mlflow server` process: records how it was started, exits at once."""
 

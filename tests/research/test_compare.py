@@ -15,7 +15,7 @@ from mlproject.errors import ConfigError
 from mlproject.research.compare import CompareJob, run_compare
 
 
-def test_compare_nests_one_finished_child_per_model_and_seed(compare_sweep):
+def test_compare_nests_one_finished_child_per_model_and_seed(compare_sweep, research_env):
     outcome, _ = compare_sweep
     children = children_of(outcome.parent_run_id)
     cells = sorted((r.data.tags["mlproject.model_version"], int(r.data.tags["mlproject.seed"])) for r in children)
@@ -25,7 +25,7 @@ def test_compare_nests_one_finished_child_per_model_and_seed(compare_sweep):
            {MlflowClient().get_run(outcome.parent_run_id).data.tags["mlproject.sweep_key"]}
 
 
-def test_children_are_complete_training_runs(compare_sweep):
+def test_children_are_complete_training_runs(compare_sweep, research_env):
     outcome, _ = compare_sweep
     client = MlflowClient()
     for child in children_of(outcome.parent_run_id):
@@ -34,7 +34,7 @@ def test_children_are_complete_training_runs(compare_sweep):
         assert "checkpoints/last.pt" in [f.path for f in client.list_artifacts(child.info.run_id, "checkpoints")]
 
 
-def test_models_share_recipe_data_order_and_token_budget(compare_sweep):
+def test_models_share_recipe_data_order_and_token_budget(compare_sweep, research_env):
     outcome, _ = compare_sweep
     children = children_of(outcome.parent_run_id)
     assert {c.data.params["train.recipe"] for c in children} == {"gpt2"}
@@ -45,7 +45,7 @@ def test_models_share_recipe_data_order_and_token_budget(compare_sweep):
     assert len({c.data.metrics["params_total"] for c in children}) == 1  # same sizes, so same counts
 
 
-def test_parent_statistics_match_a_hand_computation(compare_sweep):
+def test_parent_statistics_match_a_hand_computation(compare_sweep, research_env):
     outcome, _ = compare_sweep
     loss = {(c.data.tags["mlproject.model_version"], int(c.data.tags["mlproject.seed"])): c.data.metrics["val_loss_best"]
             for c in children_of(outcome.parent_run_id)}
@@ -64,7 +64,7 @@ def test_parent_statistics_match_a_hand_computation(compare_sweep):
         stats.ttest_rel([loss[("gpt3", s)] for s in (1, 2)], [loss[("gpt2", s)] for s in (1, 2)]).pvalue)
 
 
-def test_parent_logs_results_with_one_row_per_child(compare_sweep, tmp_path):
+def test_parent_logs_results_with_one_row_per_child(compare_sweep, research_env, tmp_path):
     outcome, _ = compare_sweep
     client = MlflowClient()
     local = client.download_artifacts(outcome.parent_run_id, "results.jsonl", str(tmp_path))
@@ -74,7 +74,7 @@ def test_parent_logs_results_with_one_row_per_child(compare_sweep, tmp_path):
     assert {"results.csv", "summary.json"} <= {f.path for f in client.list_artifacts(outcome.parent_run_id)}
 
 
-def test_compare_prints_the_summary_and_ends_with_its_result_line(compare_sweep):
+def test_compare_prints_the_summary_and_ends_with_its_result_line(compare_sweep, research_env):
     outcome, out = compare_sweep
     lines = out.strip().splitlines()
     assert "val_loss_best (95% t CI" in out

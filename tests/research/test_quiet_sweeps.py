@@ -24,7 +24,7 @@ def _log_of(run_id: str, tmp_path) -> str:
     return open(os.path.join(folder, "train.log"), encoding="utf-8").read()
 
 
-def test_a_four_child_compare_prints_a_line_per_child_start_and_end(compare_sweep, tmp_path):
+def test_a_four_child_compare_prints_a_line_per_child_start_and_end(compare_sweep, research_env, tmp_path):
     outcome, out = compare_sweep
     lines = out.splitlines()
     assert not [line for line in lines if CHILD_LINES.match(line)]
@@ -41,7 +41,7 @@ def test_a_four_child_compare_prints_a_line_per_child_start_and_end(compare_swee
     assert re.search(r"^step \d+/\d+ \| loss", log, re.M) and "MLPROJECT_RESULT" in log
 
 
-def test_verbose_prints_every_child_line_prefixed_and_log_file_collects_them(session_env, tmp_path):
+def test_verbose_prints_every_child_line_prefixed_and_log_file_collects_them(session_env, research_env, tmp_path):
     path = write_sweep(session_env / "verbose.yaml", unique("quiet"),
                        extra={"compare": {"models": ["gpt2", "gpt3"], "seeds": [5], "parallel": 2}})
     log_file = tmp_path / "children.log"

@@ -169,7 +169,7 @@ def test_a_metric_that_did_not_come_back_differs_and_exits_non_zero(research_env
 
 
 
-def test_a_sweep_parent_reproduces_with_a_tost_verdict_on_its_group_means(compare_sweep, capsys):
+def test_a_sweep_parent_reproduces_with_a_tost_verdict_on_its_group_means(compare_sweep, research_env, capsys):
     from mlflow import MlflowClient
 
     from helpers import children_of

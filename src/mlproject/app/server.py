@@ -68,6 +68,12 @@ def server_environment(cfg: ServerConfig, base: dict[str, str] | None = None) ->
     """The environment of the server process: `base` (default os.environ) plus the backend URI."""
     env = dict(os.environ if base is None else base)
     env["MLFLOW_BACKEND_STORE_URI"] = cfg.backend_store_uri
+    # SQLAlchemy's default pool (5 + 10 overflow) is too small for a team's writers: eight
+    # concurrent trainings logging every step through one worker waited out its 30 s timeout
+    # ("QueuePool limit ... reached") and lost a batch. 10 + 30 per worker keeps 2 workers
+    # under PostgreSQL's default max_connections (100); a value already set is kept.
+    env.setdefault("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "10")
+    env.setdefault("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", "30")
     return env
 
 

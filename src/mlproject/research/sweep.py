@@ -583,7 +583,7 @@ def _run_sequential(tasks: Sequence[_Task], output: ChildOutput) -> list[_Task]:
         try:
             with tempfile.TemporaryDirectory(prefix="mlproject-child-") as tmp:
                 log = Path(tmp) / "train.log"
-                status, _ = _captured_child(task.run_id, output, name, log)
+                status, ours = _captured_child(task.run_id, output, name, log)
         except LeaseHeld as exc:  # trained by another process: skipped here, waited for before aggregating
             print(f"child {task.child.name} skipped: {exc}", flush=True)
             elsewhere.append(task)
@@ -592,7 +592,7 @@ def _run_sequential(tasks: Sequence[_Task], output: ChildOutput) -> list[_Task]:
             print(f"child {task.child.name} failed: {type(exc).__name__}: {exc}".splitlines()[0], flush=True)
             client.fail_if_unfinished(task.run_id)
             continue
-        output.end(name, task.run_id, status)
+        output.end(name, task.run_id, status, note="" if ours else "trained by another process")
         if status == RunStatus.KILLED:  # the trainer stopped on SIGTERM: stop the sweep too
             raise KeyboardInterrupt(f"child {task.child.name} was interrupted")
     return elsewhere
