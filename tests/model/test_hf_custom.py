@@ -240,3 +240,18 @@ def test_the_custom_model_refuses_left_padding_it_cannot_honour(tmp_path, tokeni
         assert (right - ours(idx)[0]).abs().max().item() < 1e-4
         with pytest.raises(ValueError, match="left padding"):
             hf(idx, attention_mask=torch.tensor([[1] * 8, [0] * 3 + [1] * 5]))
+
+
+@pytest.mark.parametrize("fields", [
+    dict(model_version="gpt3", norm_type="layernorm", mlp_type="gelu", pos_encoding="learned"),  # GPT-3 as published
+    dict(tie_embeddings=False, pos_encoding="none", mlp_type="gelu", gelu_approximate="none"),
+])
+def test_other_models_no_builtin_class_holds_round_trip_in_process(tmp_path, tokenizer_path, fields):
+    from transformers import AutoModelForCausalLM
+
+    ours = trained_like(flagship_config(**fields))
+    assert export_hf(ours, tokenizer_path, tmp_path / "hf", allow_custom_code=True) == CUSTOM_KIND
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True, local_files_only=True).eval()
+    idx = torch.randint(0, 384, (2, 32), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (hf(idx).logits - ours(idx)[0]).abs().max().item() < 1e-4

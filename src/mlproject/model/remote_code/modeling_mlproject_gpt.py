@@ -1,7 +1,7 @@
 """`MlprojectGPTForCausalLM`: our GPT (`model/gpt.py`, unchanged) behind transformers' causal-LM API.
 
 The forward pass is the suite's own, so the logits equal the training run's. Generation
-recomputes the whole context each step (no transformers KV cache; `use_cache` is off).
+recomputes the whole context (its last block_size tokens) each step: no transformers KV cache.
 """
 
 from __future__ import annotations
