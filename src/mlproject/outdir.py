@@ -20,7 +20,7 @@ from pathlib import Path
 from mlproject.errors import MlprojectError
 from mlproject.io import plain_modes, temp_path
 
-MARKER = ".mlproject-output.json"  # {"written_by": "mlproject", "kind": ..., "entries": [top-level names]}
+MARKER = ".mlproject-output.json"  # {"written_by": "mlproject", "kind": ..., "entries": [top-level names], details}
 
 
 def _marker(folder: Path) -> dict | None:
@@ -111,9 +111,10 @@ def check_replaceable(path: str | os.PathLike[str], kind: str) -> None:
 
 
 @contextlib.contextmanager
-def output_folder(path: str | os.PathLike[str], kind: str) -> Iterator[Path]:
+def output_folder(path: str | os.PathLike[str], kind: str, details: dict | None = None) -> Iterator[Path]:
     """Yield a new empty folder beside `path` to fill; when the block succeeds it becomes `path`
-    (see the module doc for when an existing `path` is replaced). On error nothing at `path` changes."""
+    (see the module doc for when an existing `path` is replaced). On error nothing at `path` changes.
+    `details` go into the marker beside its own keys (an export records what it wrote)."""
     path = Path(path).expanduser()
     check_replaceable(path, kind)  # before the caller's work: a refusal costs nothing
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +123,8 @@ def output_folder(path: str | os.PathLike[str], kind: str) -> Iterator[Path]:
     try:
         yield tmp
         entries = sorted(p.name for p in tmp.iterdir())
-        (tmp / MARKER).write_text(json.dumps({"written_by": "mlproject", "kind": kind, "entries": entries}),
+        (tmp / MARKER).write_text(json.dumps({**(details or {}), "written_by": "mlproject", "kind": kind,
+                                              "entries": entries}),
                                   encoding="utf-8")
         plain_modes(tmp)  # safetensors writes 0o600: the export's files all get the same modes
         _swap_in(tmp, path, kind)

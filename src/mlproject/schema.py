@@ -59,7 +59,7 @@ class Tag(StrEnum):
     EVALUATED_RUN = "mlproject.evaluated_run"      # on a separate evaluation run: the run it evaluated
     EVAL_CHECKPOINT = "mlproject.eval.checkpoint"  # where the evaluated file came from (runs:/, models:/ or a path)
     EVAL_CHECKPOINT_SHA256 = "mlproject.eval.checkpoint_sha256"  # sha256 of the checkpoint file last evaluated
-    HF_EXPORT_CLASS = "mlproject.hf_export_class"
+    HF_EXPORT_CLASS = "mlproject.hf_export_class"  # the transformers class, or "custom code (trust_remote_code=True)"
     # pipelines
     PIPELINE = "mlproject.pipeline"                # a pipeline run: the pipeline's name
     # the run record

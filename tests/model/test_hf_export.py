@@ -1,5 +1,6 @@
 """Export to Hugging Face: every exported class reloads with transformers and computes our logits
-(to 1e-4) and our greedy continuations; architectures no HF class holds are one-line errors."""
+(to 1e-4) and our greedy continuations; architectures no HF class holds are one-line errors
+listing every reason, or, with allow_custom_code, the suite's own code (tests/model/test_hf_custom.py)."""
 
 from __future__ import annotations
 
@@ -98,6 +99,7 @@ def test_architecture_no_hf_class_holds_is_a_one_line_error_naming_the_field(tmp
         export_hf(model(**fields), tokenizer_path, tmp_path / "hf")
     message = str(info.value)
     assert f"{field} is held by no transformers class" in message and "\n" not in message
+    assert "--allow-custom-code" in message and "runs that code" in message
     assert not (tmp_path / "hf").exists()
 
 

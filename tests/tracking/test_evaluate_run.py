@@ -167,6 +167,29 @@ def test_export_hf_with_log_transformers_logs_a_transformers_flavor_model(run, t
     assert flavors["transformers"]["task"] == "text-generation"
 
 
+def test_export_hf_of_a_gpt3_run_with_biases_logs_custom_code_and_says_so(tmp_path, capsys):
+    """The default GPT-3 (biases, banded layers) exports only as custom code, on the flag; the run's
+    tag and the printed line say which kind it is; the transformers flavor is refused before any write."""
+    from mlproject.app.config import RunConfig
+    from mlproject.model.export_plan import CUSTOM_KIND
+    from mlproject.tracking.train_tracker import train_tracked
+
+    path = write_tiny(tmp_path / "train.yaml", "test-export-custom", model={"model_version": "gpt3"},
+                      train={"max_steps": 4, "eval_interval": 4, "save_every": 4})
+    outcome = train_tracked(RunConfig.load(path))
+    assert "export: only as custom code (export-hf --allow-custom-code" in capsys.readouterr().out
+    args = ["export-hf", "--run-id", outcome.run_id, "--output", str(tmp_path / "hf")]
+    assert main([*args, "--allow-custom-code", "--log-transformers"]) == 2
+    assert "--log-transformers logs built-in transformers classes only" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
+    assert main([*args, "--allow-custom-code"]) == 0
+    assert f"({CUSTOM_KIND}, sha256" in capsys.readouterr().out
+    assert MlflowClient().get_run(outcome.run_id).data.tags["mlproject.hf_export_class"] == CUSTOM_KIND
+    local = Path(mlflow.artifacts.download_artifacts(run_id=outcome.run_id, artifact_path="hf",
+                                                     dst_path=str(tmp_path / "download")))
+    assert {"modeling_mlproject_gpt.py", "mlproject_gpt.py", "model.safetensors"} <= {p.name for p in local.iterdir()}
+
+
 LM_EVAL_TASK = """\
 task: tiny_local
 dataset_path: json

@@ -361,3 +361,20 @@ def test_auto_precision_records_the_choice_made_for_this_cpu(data, model_cfg, tm
     train(model, data, cfg, checkpoint_dir=tmp_path, callbacks=[rec])
     assert rec.start["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
     assert load_checkpoint(tmp_path / "last.pt")["train_config"]["precision"] == "auto"
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({}, "export: exact as transformers GPT2LMHeadModel"),
+    ({"model_version": "gpt3"}, "export: only as custom code (export-hf --allow-custom-code"),
+])
+def test_training_says_at_start_in_one_line_how_the_run_will_export(data, model_cfg, tmp_path, capsys, fields,
+                                                                     expected):
+    """The export check (`model.export_plan`) runs before the first step: nobody finds out after training."""
+    cfg = dataclasses.replace(model_cfg, **fields)
+    resolved_train(cfg, data, tcfg(max_steps=2, eval_interval=2, save_every=2), checkpoint_dir=tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    (line,) = [l for l in lines if l.startswith("export:")]
+    assert line.startswith(expected)
+    assert lines.index(line) < min(i for i, l in enumerate(lines) if l.startswith("step "))
+    if fields:
+        assert "bias=True is held by no transformers class" in line

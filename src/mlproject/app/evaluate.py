@@ -100,12 +100,14 @@ def run_evaluate(cfg: EvaluateConfig, store: ModelStore | None = None) -> Evalua
             metrics.update({f"eval/{text.name}/{k}": v for k, v in values.items()})
         if cfg.tasks:
             from mlproject.inference.harness import run_tasks
+            from mlproject.model.export_plan import CUSTOM_KIND
             from mlproject.model.hf_export import export_hf
 
             hf_dir = workdir / "hf"
-            export_hf(model.cpu(), source.tokenizer, hf_dir)
+            kind = export_hf(model.cpu(), source.tokenizer, hf_dir, allow_custom_code=cfg.allow_custom_code)
             metrics.update(run_tasks(hf_dir, cfg.tasks, task_dir=cfg.task_dir, num_fewshot=cfg.num_fewshot,
-                                     limit=cfg.limit, batch_size=cfg.batch_size, device=str(device)))
+                                     limit=cfg.limit, batch_size=cfg.batch_size, device=str(device),
+                                     trust_remote_code=kind == CUSTOM_KIND))
     step = int(state.get("step", 0))
     target = store.record_evaluation(cfg, source, metrics, step) if store is not None else None
     # the machine-readable last line the pipeline runner and the DAG read
@@ -118,7 +120,7 @@ def run_evaluate(cfg: EvaluateConfig, store: ModelStore | None = None) -> Evalua
 
 def run_export_hf(cfg: ExportConfig, store: ModelStore | None = None) -> Path:
     """Write the HF folder; the store logs it to the run as `hf/` (and as a transformers model if asked)."""
-    from mlproject.model.hf_export import EXPORT_KIND, export_hf
+    from mlproject.model.hf_export import EXPORT_KIND, export_hf, plan_for
     from mlproject.outdir import check_replaceable
 
     check_replaceable(cfg.output, EXPORT_KIND)  # a bad --output is refused before the model is fetched
@@ -126,11 +128,16 @@ def run_export_hf(cfg: ExportConfig, store: ModelStore | None = None) -> Path:
         source = resolve_source(ModelRef(cfg.run_id, cfg.model_uri, cfg.checkpoint, cfg.tokenizer_path), Path(tmp),
                                 store, command="export-hf")
         model, _ = load_source(source, "cpu")
-        cls = export_hf(model, source.tokenizer, cfg.output)
+        if cfg.log_transformers and cfg.allow_custom_code and plan_for(model).builtin is None:
+            # MLflow's transformers flavor re-saves the model without its code files: it would not load
+            raise MlprojectError("export-hf: --log-transformers logs built-in transformers classes only; this model "
+                                 "exports as custom code, logged to the run as the folder hf/ (drop "
+                                 "--log-transformers)")
+        kind = export_hf(model, source.tokenizer, cfg.output, allow_custom_code=cfg.allow_custom_code)
     out = Path(cfg.output)
-    print(f"export-hf: {source.uri} -> {out} ({cls}, sha256 {source.sha256[:16]}...)", flush=True)
+    print(f"export-hf: {source.uri} -> {out} ({kind}, sha256 {source.sha256[:16]}...)", flush=True)
     if cfg.log_transformers and not (store is not None and source.run_id and cfg.log_to_run):
         raise MlprojectError("export-hf: --log-transformers needs a run (--run-id or --model-uri)")
     if store is not None and source.run_id and cfg.log_to_run:
-        store.record_export(cfg, source, out, cls)
+        store.record_export(cfg, source, out, kind)
     return out

@@ -85,7 +85,7 @@ class ModelStore(Protocol):
                           step: int) -> str | None:
         """Log the metrics; return the run that received them (None: not recorded)."""
 
-    def record_export(self, cfg: ExportConfig, source: Source, folder: Path, class_name: str) -> None:
-        """Attach the Hugging Face export to the source's run (`cfg.log_transformers`: as a
-        transformers model too)."""
+    def record_export(self, cfg: ExportConfig, source: Source, folder: Path, kind: str) -> None:
+        """Attach the Hugging Face export to the source's run, with `kind` (the built-in class, or
+        custom code) as its tag (`cfg.log_transformers`: as a transformers model too)."""
 

@@ -49,6 +49,9 @@ class EvaluateConfig:
     task_dir: str | None = field(None, help="folder of custom lm-eval task YAMLs (lm_eval --include_path)")
     num_fewshot: int | None = field(None, help="lm-eval few-shot examples")
     limit: int | None = field(None, help="lm-eval: at most this many examples per task")
+    allow_custom_code: bool = field(
+        False, help="lm-eval: a model no built-in transformers class holds runs as the suite's own model code "
+                    "(trust_remote_code=True), as export-hf --allow-custom-code writes it")
     log_to_mlflow: bool = field(True, help="false: print the metrics only")
 
     def validate(self) -> None:
@@ -74,6 +77,9 @@ class ExportConfig:
     output: str = field("outputs/hf", help="folder to write (config.json, model.safetensors, tokenizer)")
     log_to_run: bool = field(True, help="log the folder to the run as the artifact folder hf/")
     log_transformers: bool = field(False, help="also log it as an MLflow transformers-flavor model")
+    allow_custom_code: bool = field(
+        False, help="for a model no built-in transformers class holds, write the suite's own model code into the "
+                    "folder (loaded with trust_remote_code=True: loading it runs that code)")
 
     def validate(self) -> None:
         check_types(self, source="export-hf")

@@ -50,8 +50,10 @@ def flatten_results(results: dict[str, Any]) -> dict[str, float]:
 
 def run_tasks(model_dir: str | os.PathLike[str], tasks: list[str], *, task_dir: str | None = None,
               num_fewshot: int | None = None, limit: int | None = None, batch_size: int = 8,
-              device: str = "cpu") -> dict[str, float]:
-    """Run `tasks` on the HF folder `model_dir`; return the flat metrics (see the module docstring)."""
+              device: str = "cpu", trust_remote_code: bool = False) -> dict[str, float]:
+    """Run `tasks` on the HF folder `model_dir`; return the flat metrics (see the module docstring).
+
+    `trust_remote_code`: the folder is a custom-code export (`export-hf --allow-custom-code`)."""
     lm_eval, TaskManager = _lm_eval()
     if task_dir is not None and not Path(task_dir).is_dir():
         raise MlprojectError(f"task_dir={task_dir!r} is not a folder; expected a folder of lm-eval task YAMLs")
@@ -62,7 +64,8 @@ def run_tasks(model_dir: str | os.PathLike[str], tasks: list[str], *, task_dir: 
                              "in --task-dir")
     model_dir = str(Path(model_dir).resolve())
     try:
-        out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},tokenizer={model_dir}",
+        model_args = f"pretrained={model_dir},tokenizer={model_dir}" + (",trust_remote_code=True" * trust_remote_code)
+        out = lm_eval.simple_evaluate(model="hf", model_args=model_args,
                                       tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
                                       device=device, task_manager=manager, log_samples=False)
     except MlprojectError:

@@ -14,7 +14,9 @@ result. Each architecture goes to the HF class that computes exactly what ours d
 - LlamaForCausalLM: RMSNorm + SwiGLU + RoPE without biases, dense attention.
 
 Banded layers whose window covers the whole context are dense, and export as such. Any other
-combination is a one-line error naming the field that no HF class holds.
+combination (`model.export_plan` decides, and names every field no class holds) exports only as
+the suite's own model code with `allow_custom_code` (`model.hf_custom`), or is a one-line error
+listing all the reasons at once.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import torch
 from mlproject.errors import MlprojectError, require_extra
 from mlproject.outdir import check_replaceable, output_folder
 from mlproject.model.config import GPTConfig
+from mlproject.model.export_plan import GPT2_CLASS, LLAMA_CLASS, NEO_CLASS, ExportPlan, export_plan
 
-GPT2_CLASS, NEO_CLASS, LLAMA_CLASS = "GPT2LMHeadModel", "GPTNeoForCausalLM", "LlamaForCausalLM"
 _GELU = {"tanh": "gelu_new", "none": "gelu"}  # our gelu_approximate -> HF activation name
 
 
@@ -37,46 +39,21 @@ def _transformers() -> Any:
     return require_extra("transformers", "dev", "exporting to Hugging Face (export-hf)")
 
 
-def has_banded_layers(cfg: GPTConfig) -> bool:
-    """Whether some layer attends fewer keys than a dense one would at full context."""
-    return (any(cfg.layer_is_banded(i) for i in range(cfg.n_layer))
-            and cfg.attention_window < cfg.block_size)
+def plan_for(model: torch.nn.Module) -> ExportPlan:
+    """The export of `model`: its built-in class, or every reason none holds it (its query bias read
+    from the weights: a GPT-3 whose biases are still zero exports to GPT-Neo)."""
+    cfg = model.config
+    query_bias = any(block.attn.c_attn.bias is not None and bool(block.attn.c_attn.bias[:cfg.d_model].any())
+                     for block in model.transformer.h)
+    return export_plan(cfg, query_bias=query_bias)
 
 
 def hf_class_for(model: torch.nn.Module) -> str:
-    """The transformers class that holds `model` exactly, or a one-line error naming the field."""
-    cfg = model.config
-
-    def refuse(name: str, why: str) -> MlprojectError:
-        return MlprojectError(f"cannot export to Hugging Face: {name}={getattr(cfg, name)!r} is held by no "
-                              f"transformers class ({why})")
-
-    banded = has_banded_layers(cfg)
-    if cfg.norm_type == "layernorm":
-        if cfg.mlp_type != "gelu":
-            raise refuse("mlp_type", f"{GPT2_CLASS}/{NEO_CLASS} need 'gelu' with layernorm; "
-                                     f"{LLAMA_CLASS} needs rmsnorm + swiglu + rope")
-        if cfg.pos_encoding != "learned":
-            raise refuse("pos_encoding", f"{GPT2_CLASS}/{NEO_CLASS} need 'learned' with layernorm; "
-                                         f"{LLAMA_CLASS} needs rmsnorm + swiglu + rope")
-        if not banded:
-            return GPT2_CLASS
-        queries_biased = any(block.attn.c_attn.bias is not None and bool(block.attn.c_attn.bias[:cfg.d_model].any())
-                             for block in model.transformer.h)
-        if queries_biased:
-            raise refuse("bias", f"banded attention layers need {NEO_CLASS}, whose q_proj has no bias; "
-                                 "train with bias=false or attention_pattern=dense")
-        return NEO_CLASS
-    if cfg.mlp_type != "swiglu":
-        raise refuse("mlp_type", f"{LLAMA_CLASS} needs 'swiglu' with rmsnorm")
-    if cfg.pos_encoding != "rope":
-        raise refuse("pos_encoding", f"{LLAMA_CLASS} needs 'rope' with rmsnorm")
-    if cfg.bias:
-        raise refuse("bias", f"{LLAMA_CLASS} has no biases")
-    if banded:
-        raise refuse("attention_pattern", f"{LLAMA_CLASS} has no banded layers; banded attention "
-                                          f"exports only with layernorm + gelu + learned ({NEO_CLASS})")
-    return LLAMA_CLASS
+    """The transformers class that holds `model` exactly, or a one-line error naming every field none holds."""
+    plan = plan_for(model)
+    if plan.builtin is None:
+        raise MlprojectError(plan.refusal())
+    return plan.builtin
 
 
 # ----------------------------------------------------------------------------- configs
@@ -222,21 +199,32 @@ def to_hf_tokenizer(tokenizer_path: str | os.PathLike[str], block_size: int) -> 
 EXPORT_KIND = "export-hf"  # the output-folder marker's kind: only an earlier export is ever replaced
 
 
-def export_hf(model: torch.nn.Module, tokenizer_path: str | os.PathLike[str], output: str | os.PathLike[str]) -> str:
-    """Write the HF folder for `model` and its tokenizer to `output`; return the class name.
+def export_hf(model: torch.nn.Module, tokenizer_path: str | os.PathLike[str], output: str | os.PathLike[str], *,
+              allow_custom_code: bool = False) -> str:
+    """Write the HF folder for `model` and its tokenizer to `output`; return what it holds: the
+    built-in class name, or `CUSTOM_KIND` (only with `allow_custom_code`: loading it runs code).
 
     The folder is written beside `output` and renamed into place, so a reader never sees half
     an export; an earlier export at `output` (by its marker, holding nothing the export did not
-    write) is replaced, any other non-empty folder refused (`mlproject.outdir`).
+    write) is replaced, any other non-empty folder refused (`mlproject.outdir`). The marker
+    records the kind under "export".
     """
     from mlproject.data.tokenizer import load_tokenizer, special_ids
 
     out = Path(output).expanduser()
     check_replaceable(out, EXPORT_KIND)  # before the conversion: a refused folder costs nothing
+    plan = plan_for(model)
+    if plan.builtin is None and not allow_custom_code:
+        raise MlprojectError(plan.refusal())
     eot_id, pad_id = special_ids(load_tokenizer(tokenizer_path))
-    hf_model = to_hf(model, eot_id=eot_id, pad_id=pad_id)
+    hf_model = to_hf(model, eot_id=eot_id, pad_id=pad_id) if plan.builtin else None
     hf_tokenizer = to_hf_tokenizer(tokenizer_path, model.config.block_size)
-    with output_folder(out, EXPORT_KIND) as tmp:
-        hf_model.save_pretrained(tmp, safe_serialization=True)
+    with output_folder(out, EXPORT_KIND, details={"export": plan.kind}) as tmp:
+        if hf_model is not None:
+            hf_model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            from mlproject.model.hf_custom import write_custom
+
+            write_custom(model, tmp, eot_id=eot_id, pad_id=pad_id)
         hf_tokenizer.save_pretrained(tmp)
-    return type(hf_model).__name__
+    return plan.kind

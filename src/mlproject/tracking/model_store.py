@@ -126,10 +126,10 @@ class MlflowModelStore:
         run_id, _ = client.open_run(experiment=experiment or EVAL_EXPERIMENT, run_name="evaluate", tags=tags)
         return run_id
 
-    def record_export(self, cfg: Any, source: Source, folder: Path, class_name: str) -> None:
+    def record_export(self, cfg: Any, source: Source, folder: Path, kind: str) -> None:
         assert source.run_id is not None
         client.client().log_artifacts(source.run_id, str(folder), Artifact.HF_EXPORT)
-        client.set_tags(source.run_id, {Tag.HF_EXPORT_CLASS: class_name})
+        client.set_tags(source.run_id, {Tag.HF_EXPORT_CLASS: kind})
         print(f"export-hf: logged to run {source.run_id} as {Artifact.HF_EXPORT}/", flush=True)
         if cfg.log_transformers:
             _log_transformers(source.run_id, folder)

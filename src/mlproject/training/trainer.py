@@ -27,6 +27,7 @@ import torch
 
 from mlproject.errors import MlprojectError
 from mlproject.model.config import GPTConfig
+from mlproject.model.export_plan import export_plan
 from mlproject.schema import TrainStatus
 from mlproject.training import distributed as D
 from mlproject.training import evaluation
@@ -438,6 +439,8 @@ class Trainer:
             self.progress.write(f"training {self.params_total / 1e6:.2f}M parameters on {self.device} "
                                 f"({start_info['precision']}, {info.world_size} process(es)) for {self.total_steps} "
                                 f"steps, {self.tokens_per_step:,} tokens/step, warmup {warmup_steps}{resumed_at}")
+            # the check export-hf applies, told now: nobody finds out after training
+            self.progress.write(export_plan(self.model_cfg).train_line())
 
 
 def _forever(loader: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
