@@ -101,3 +101,18 @@ def test_every_mlproject_entry_point_command_parses_with_underscored_extras():
         command = entry["command"].format(**defaults)
         argv = shlex.split(command)[1:] + shlex.split(extras[name])
         parser.parse_args(argv)  # a usage error raises SystemExit
+
+
+def test_the_program_freezes_its_objects_on_the_way_out_and_an_in_process_call_does_not(monkeypatch, capsys):
+    import gc
+
+    before = gc.get_freeze_count()
+    try:
+        assert main(["datasets"]) == 0  # called with arguments (tests, the sweep's in-process children)
+        assert gc.get_freeze_count() == before
+        monkeypatch.setattr(sys, "argv", ["mlproject", "datasets"])
+        assert main() == 0  # the program: it ends next, so the collector's last passes are skipped
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
+    assert "pydocs" in capsys.readouterr().out

@@ -14,6 +14,7 @@ runs (torch, MLflow, statistics), so `mlproject --help` and bad flags answer at 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import sys
@@ -364,7 +365,20 @@ def quiet_progress_bars(stream: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Every way out goes through here: bad input ends with one line and exit code 2,
-    any other failure with one line and 1, an interrupt with 130; no line carries a credential."""
+    any other failure with one line and 1, an interrupt with 130; no line carries a credential.
+
+    `argv` None means this is the program (the console script, `python -m mlproject`): the
+    process ends when this returns, so the objects that torch and MLflow created are frozen out of
+    the garbage collector first. Its passes over them at interpreter shutdown took ~1 s of every
+    command (0.15 s frozen); atexit handlers (MLflow's last metric batches) still run.
+    """
+    code = _run(argv)
+    if argv is None:
+        gc.freeze()
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not accept_negative_numbers(argparse.ArgumentParser()):
