@@ -65,6 +65,11 @@ def last_result() -> dict[str, Any]:
     return dict(_last_result)
 
 
+def forget_result() -> None:
+    """Start a new command: `last_result` is empty until it reports."""
+    _last_result.clear()
+
+
 def parse_step_result(output: str) -> dict[str, Any] | None:
     """The JSON of the last `MLPROJECT_RESULT {...}` line in a step's output (None if there is none)."""
     for line in reversed(output.splitlines()):

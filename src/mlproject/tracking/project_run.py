@@ -37,7 +37,8 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from mlproject.protocol import EXPERIMENT_ID_ENV, RUN_ID_ENV, last_result, process_run_id, release_process_run
+from mlproject.protocol import (EXPERIMENT_ID_ENV, RUN_ID_ENV, forget_result, last_result, process_run_id,
+                                release_process_run)
 from mlproject.schema import RunStatus, TERMINAL_STATUSES, Tag
 from mlproject.tracking import client
 from mlproject.tracking.queries import experiment_name
@@ -65,6 +66,7 @@ def adopt(command: str | None) -> OuterRun | None:
     not create: a sweep's child, a pipeline's step); released when it is in Default."""
     global _current
     _current = None
+    forget_result()  # a link names this command's run, never an earlier one of the same process
     run_id = process_run_id()
     if not run_id:
         return None
@@ -105,13 +107,17 @@ def finish(outer: OuterRun | None, code: int) -> None:
 
 def _retire(outer: OuterRun, code: int) -> str | None:
     """Delete the outer run if nothing of the step is in it; the note line, or None if kept."""
-    step_run = last_result().get("run_id")
+    result = last_result()
+    step_run = result.get("run_id")
     step_run = step_run if isinstance(step_run, str) and step_run != outer.run_id else None
     if outer.released:
         if step_run:
             name = experiment_name(client.client().get_run(step_run).info.experiment_id)
+            # an evaluation of a run id writes to that run whatever experiment `mlflow run` used
+            hint = ("" if result.get("evaluated_run") == step_run
+                    else " (pass --experiment-name to mlflow run to log into its run)")
             why = (f"it was in experiment Default, and this step logged to run {step_run} in experiment {name!r}, "
-                   f"as `mlproject {outer.command}` does (pass --experiment-name to mlflow run to log into its run)")
+                   f"as `mlproject {outer.command}` does{hint}")
         else:
             what = "logged no run" if code == 0 else "failed before logging"
             why = f"it was in experiment Default, and this step {what}"
