@@ -21,8 +21,9 @@ The outer run is labelled at once (`Tag.STEP_RUN` or the evaluated run, and a no
 by a small detached process once `mlflow run` has closed it: `mlflow run` sets the status of its
 run after the command exits whatever the status already is (MLflow 3.17 compares the status
 string with integer codes), and setting the status of a deleted run fails, so deleting it from
-the command itself would end `mlflow run` in a traceback. Where that process cannot finish (a
-container that stops with `mlflow run`), the labelled run stays.
+the command itself would end `mlflow run` in a traceback. That process holds the command's
+stdout open until it is done, so whoever reads `mlflow run`'s output to its end (the pipeline
+runner, the step image's entry point, `| tee`, a test) finds the run deleted when it ends.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ from mlproject.tracking.queries import experiment_name
 
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's Default experiment, where `mlflow run` goes unless told
 KEEPS_ITS_RUN = frozenset({"generate"})
-_CLOSE_WAIT_S = 120.0  # how long the deleter waits for `mlflow run` to close its run
+# How long the deleter waits for `mlflow run` to close its run (it does so the moment the
+# command exits; a killed `mlflow run` never does, and its reader should not wait long).
+_CLOSE_WAIT_S = 30.0
 
 
 @dataclass
@@ -143,8 +146,10 @@ def _delete_once_closed(run_id: str) -> None:
     """Start the detached process that deletes `run_id` once `mlflow run` has closed it."""
     env = {k: v for k, v in os.environ.items() if k not in (RUN_ID_ENV, EXPERIMENT_ID_ENV)}
     env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    sys.stdout.flush()
+    # stdout is inherited on purpose: a reader of `mlflow run`'s output sees its end after the deletion
     subprocess.Popen([sys.executable, "-m", __name__, run_id], env=env, start_new_session=True,
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def delete_when_closed(run_id: str, timeout_s: float = _CLOSE_WAIT_S) -> bool:
