@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,20 @@ def use_store(mp: pytest.MonkeyPatch, store_uri: str, cache_dir: Path, workdir: 
     if workdir is not None:
         mp.chdir(workdir)
     mlflow.set_tracking_uri(store_uri)
+
+
+def deleted_soon(run_id: str, timeout_s: float = 30.0) -> Any:
+    """The run `run_id` once it is deleted: a run `mlflow run` made and the step did not use is
+    deleted by a detached process just after `mlflow run` ends (AssertionError if it stays)."""
+    from mlflow import MlflowClient
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = MlflowClient().get_run(run_id)
+        if run.info.lifecycle_stage == "deleted":
+            return run
+        assert time.monotonic() < deadline, f"run {run_id} is still {run.info.lifecycle_stage}"
+        time.sleep(0.2)
 
 
 def children_of(parent_run_id: str) -> list:

@@ -23,6 +23,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mlproject"
 GOLDEN: dict[type[StrEnum], dict[str, str]] = {
     Tag: {
         "PARENT": "mlflow.parentRunId",
+        "PROJECT_ENTRY_POINT": "mlflow.project.entryPoint",
+        "PROJECT_BACKEND": "mlflow.project.backend",
         "NOTE": "mlflow.note.content",
         "ROLE": "mlproject.role",
         "ERROR": "mlproject.error",
@@ -54,6 +56,7 @@ GOLDEN: dict[type[StrEnum], dict[str, str]] = {
         "ADAPTIVE_VERDICT": "mlproject.adaptive.verdict",
         "ADAPTIVE_DESIGN": "mlproject.adaptive.design",
         "EVALUATED_RUN": "mlproject.evaluated_run",
+        "STEP_RUN": "mlproject.step_run",
         "EVAL_CHECKPOINT": "mlproject.eval.checkpoint",
         "EVAL_CHECKPOINT_SHA256": "mlproject.eval.checkpoint_sha256",
         "HF_EXPORT_CLASS": "mlproject.hf_export_class",

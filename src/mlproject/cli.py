@@ -383,11 +383,24 @@ def _run(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not accept_negative_numbers(argparse.ArgumentParser()):
         argv = join_negative_values(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code not in (0, None):  # a bad flag under `mlflow run`: its run is not left FAILED and empty
+            _finish_outer_run(_adopt_outer_run(None), 2)
+        raise
     from mlproject.secrets import quiet_mlflow_run_links
 
     quiet_mlflow_run_links()
     quiet_progress_bars(sys.stdout)
+    outer = _adopt_outer_run(args.command)
+    code = _run_command(args)
+    _finish_outer_run(outer, code)
+    return code
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """The command's exit code; every exception ends as one line."""
     try:
         result = COMMANDS[args.command].handler(args)
     except MlprojectError as exc:
@@ -400,6 +413,25 @@ def _run(argv: Sequence[str] | None) -> int:
         _report(_tracking_failure(exc) or _unexpected(exc), exc)
         return 1
     return result if isinstance(result, int) else 0
+
+
+def _adopt_outer_run(command: str | None) -> Any:
+    """The run `mlflow run` made for this process, if any (`tracking.project_run`: MLflow is
+    imported only when a run was handed over)."""
+    from mlproject.protocol import process_run_id
+
+    if not process_run_id():
+        return None
+    from mlproject.tracking.project_run import adopt
+
+    return adopt(command)
+
+
+def _finish_outer_run(outer: Any, code: int) -> None:
+    if outer is not None:
+        from mlproject.tracking.project_run import finish
+
+        finish(outer, code)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ RESULT_PREFIX = "MLPROJECT_RESULT"
 RUN_ID_ENV = "MLFLOW_RUN_ID"
 EXPERIMENT_ID_ENV = "MLFLOW_EXPERIMENT_ID"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+# The last result this process reported: the run `mlflow run` made (when the step logged
+# elsewhere) is deleted at the end with a link to the run the step names here.
+_last_result: dict[str, Any] = {}
 
 
 def process_run_id() -> str | None:
@@ -52,7 +55,19 @@ def release_process_run() -> None:
 
 def result_line(result: Mapping[str, Any]) -> str:
     """`MLPROJECT_RESULT {json}` for `result` (a step's fields: step, run_id, status, ...)."""
+    _last_result.clear()
+    _last_result.update(result)
     return f"{RESULT_PREFIX} {json.dumps(dict(result))}"
+
+
+def last_result() -> dict[str, Any]:
+    """The fields of the last `result_line` this process made (empty before the first)."""
+    return dict(_last_result)
+
+
+def forget_result() -> None:
+    """Start a new command: `last_result` is empty until it reports."""
+    _last_result.clear()
 
 
 def parse_step_result(output: str) -> dict[str, Any] | None:

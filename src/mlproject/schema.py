@@ -21,6 +21,8 @@ class Tag(StrEnum):
     # MLflow's own keys
     PARENT = "mlflow.parentRunId"
     NOTE = "mlflow.note.content"
+    PROJECT_ENTRY_POINT = "mlflow.project.entryPoint"  # set by `mlflow run` on the run it creates
+    PROJECT_BACKEND = "mlflow.project.backend"         # set by `mlflow run` once the command started
     # what a run is
     ROLE = "mlproject.role"                        # RunRole
     ERROR = "mlproject.error"                      # a run that failed: the one-line reason
@@ -62,6 +64,8 @@ class Tag(StrEnum):
     HF_EXPORT_CLASS = "mlproject.hf_export_class"  # the transformers class, or "custom code (trust_remote_code=True)"
     # pipelines
     PIPELINE = "mlproject.pipeline"                # a pipeline run: the pipeline's name
+    # `mlflow run`'s own run, deleted when the step logged elsewhere (tracking/project_run.py)
+    STEP_RUN = "mlproject.step_run"                # the run the step logged into instead
     # the run record
     RECORD = "mlproject.record"                    # the record format version: its presence marks a run that has one
     RECORD_PATCH = "mlproject.record.patch"        # PatchState

@@ -1,15 +1,17 @@
-"""End to end: `mlflow run . -e compare --env-manager local` on the offline corpus."""
+"""End to end: `mlflow run . -e <entry point> --env-manager local` on the offline corpus."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 from mlflow import MlflowClient
+from mlflow.entities import ViewType
 import pytest
 
 from mlproject.protocol import parse_step_result
-from helpers import REPO, VENV_BIN, children_of, unique, write_sweep
+from helpers import REPO, VENV_BIN, children_of, deleted_soon, unique, write_sweep, write_tiny
 
 # End-to-end (make test-all): `mlflow run` of an entry point, in a subprocess.
 pytestmark = pytest.mark.e2e
@@ -32,3 +34,38 @@ def test_mlflow_run_compare_makes_the_mlflow_run_the_parent(research_env, tmp_pa
     assert sorted(c.data.tags["mlproject.seed"] for c in children) == ["1", "2"]
     assert {c.info.status for c in children} == {"FINISHED"}
     assert {c.data.params["model.model_version"] for c in children} == {"gpt2"}
+
+
+def _mlflow_run(entry_point: str, *args: str, local_dir: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **({"MLPROJECT_LOCAL_DIR": str(local_dir)} if local_dir else {})}  # not into the checkout
+    return subprocess.run([str(VENV_BIN / "mlflow"), "run", str(REPO), "-e", entry_point, "--env-manager", "local",
+                           *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_mlflow_run_train_without_experiment_name_lands_in_the_configs_experiment(research_env, tmp_path):
+    experiment = unique("entry-train")
+    config = write_tiny(tmp_path / "train.yaml", experiment)
+    done = _mlflow_run("train", "-P", f"config={config}", "-P", "max_steps=2", local_dir=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = parse_step_result(done.stdout)
+    client = MlflowClient()
+    run = client.get_run(result["run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == experiment  # as `mlproject train --config`
+    assert run.info.status == "FINISHED" and run.data.metrics["val_loss_best"] > 0
+    # `mlflow run`'s own run, in Default, holds a link to the real one and is deleted once it ends
+    (outer,) = client.search_runs(["0"], f"tags.`mlproject.step_run` = '{run.info.run_id}'", run_view_type=ViewType.ALL)
+    assert outer.data.tags["mlflow.project.entryPoint"] == "train"
+    assert f"run {outer.info.run_id} that `mlflow run` made is deleted" in done.stderr
+    assert deleted_soon(outer.info.run_id).info.status == "FINISHED"
+
+
+def test_mlflow_run_evaluate_without_a_run_id_leaves_no_failed_run(research_env):
+    experiment = unique("entry-bad")
+    done = _mlflow_run("evaluate", "--experiment-name", experiment)
+    assert done.returncode != 0
+    assert "mlproject: error: evaluate: give exactly one of --run-id" in done.stderr
+    client = MlflowClient()
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    (outer,) = client.search_runs([experiment_id], run_view_type=ViewType.ALL)
+    # deleted, not left FAILED and empty; already when `mlflow run`'s output ended (its reader waited)
+    assert (outer.info.lifecycle_stage, outer.info.status) == ("deleted", "FAILED")

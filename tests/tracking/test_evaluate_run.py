@@ -15,8 +15,9 @@ import mlflow
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.entities import ViewType
 
-from helpers import REPO, VENV_BIN, use_store, write_tiny
+from helpers import REPO, VENV_BIN, deleted_soon, unique, use_store, write_tiny
 from mlproject.cli import main
 
 
@@ -126,14 +127,21 @@ def test_a_hub_dataset_offline_is_a_one_line_error(run, capsys):
 
 
 @pytest.mark.e2e
-def test_mlflow_entry_point_evaluate_logs_to_the_evaluated_run(run, tmp_path):
+def test_mlflow_entry_point_evaluate_logs_to_the_evaluated_run_and_leaves_no_empty_run(run, tmp_path):
+    experiment = unique("entry-evaluate")
     done = subprocess.run([str(VENV_BIN / "mlflow"), "run", str(REPO), "-e", "evaluate", "--env-manager", "local",
-                           "--experiment-name", "test-evaluate", "-P", f"run_id={run.run_id}", "-P", "max_tokens=96",
+                           "--experiment-name", experiment, "-P", f"run_id={run.run_id}", "-P", "max_tokens=96",
                            "-P", f"local_path={__file__}", "-P", "local_format=text", "-P", "local_name=entry"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert metrics_of(run.run_id)["eval/entry/tokens"] == 96
+    # `mlflow run`'s own run held nothing: it links the evaluated run and is deleted
+    client = MlflowClient()
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    (outer,) = client.search_runs([experiment_id], run_view_type=ViewType.ALL)
+    assert outer.data.tags["mlproject.evaluated_run"] == run.run_id
+    assert deleted_soon(outer.info.run_id).info.status == "FINISHED"
 
 
 def test_export_hf_logs_an_artifact_folder_that_transformers_loads_with_our_logits(run, tmp_path):

@@ -115,7 +115,10 @@ class MlflowModelStore:
         handed = process_run_id()
         if source.run_id and not cfg.new_run:
             if handed and handed != source.run_id:  # `mlflow run -e evaluate`: its run points at the result
+                from mlproject.tracking.project_run import mark_unused
+
                 client.set_tags(handed, {Tag.EVALUATED_RUN: source.run_id})
+                mark_unused(handed, {Tag.EVALUATED_RUN: source.run_id})  # and is deleted: it holds nothing else
             return source.run_id
         experiment = cfg.experiment_name
         if experiment is None and source.run_id:
