@@ -25,15 +25,16 @@ from mlproject.errors import MlprojectError
 
 # module -> its file in the export folder: flat names, since transformers loads a folder's
 # modules as one package (and `mlproject.config` and `mlproject.model.config` would clash)
-SHIPPED: dict[str, str] = {
-    "mlproject.errors": "mlproject_errors.py",
-    "mlproject.config": "mlproject_config.py",
-    "mlproject.model.config": "mlproject_gpt_config.py",
-    "mlproject.model.linear": "mlproject_linear.py",
-    "mlproject.model.gpt": "mlproject_gpt.py",
-    "mlproject.model.remote_code.configuration_mlproject_gpt": "configuration_mlproject_gpt.py",
-    "mlproject.model.remote_code.modeling_mlproject_gpt": "modeling_mlproject_gpt.py",
-}
+_PACKAGE = __name__.split(".")[0]  # the suite's package, whose modules are shipped
+SHIPPED: dict[str, str] = {f"{_PACKAGE}.{module}": file for module, file in {
+    "errors": "mlproject_errors.py",
+    "config": "mlproject_config.py",
+    "model.config": "mlproject_gpt_config.py",
+    "model.linear": "mlproject_linear.py",
+    "model.gpt": "mlproject_gpt.py",
+    "model.remote_code.configuration_mlproject_gpt": "configuration_mlproject_gpt.py",
+    "model.remote_code.modeling_mlproject_gpt": "modeling_mlproject_gpt.py",
+}.items()}
 CONFIG_CLASS, MODEL_CLASS = "MlprojectGPTConfig", "MlprojectGPTForCausalLM"
 AUTO_MAP = {"AutoConfig": f"configuration_mlproject_gpt.{CONFIG_CLASS}",
             "AutoModelForCausalLM": f"modeling_mlproject_gpt.{MODEL_CLASS}"}
