@@ -36,3 +36,19 @@ def test_quick_json_run_reports_every_figure_with_its_target(tmp_path):
         assert f["ours"] > 0 and f["peer"] > 0 and math.isclose(f["ratio"], f["ours"] / f["peer"])
         assert f["target"].startswith((">=", "<")) and isinstance(f["passed"], bool)
     assert report["machine"]["cores"] >= 1 and report["settings"]["quick"] is True
+
+
+@pytest.mark.e2e
+def test_command_latency_reports_every_command_of_one_round(tmp_path):
+    """`python -m benchmarks.command_latency` runs the commands as a user does and reports each."""
+    env = {**os.environ, "MLPROJECT_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.command_latency", "--rounds", "1", "--json"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode in (0, 1), done.stdout[-2000:] + done.stderr[-2000:]  # 1: a target missed
+    report = json.loads(done.stdout)
+    figures = report["figures"]
+    assert len(report["met"]) == 2  # generate and train have targets
+    assert figures["train_sec"] > 0 and figures["train_wall_sec"] > figures["train_sec"]
+    assert 0 < figures["summary_first_line_sec"] < figures["summary_sec"]
+    assert all(figures[k] > 0 for k in ("import_sec", "help_sec", "generate_sec", "train_to_first_step_sec"))
+    assert report["met"][next(n for n in report["met"] if n.startswith("generate"))] == (figures["generate_sec"] <= 4)
