@@ -72,3 +72,17 @@ def test_only_the_tracking_adapters_import_mlflow():
                  for module, path in _modules() if _layer(module) != "tracking"
                  for line, name in _imports(path) if name == "mlflow" or name.startswith("mlflow.")]
     assert not offenders, offenders
+
+
+MAX_FUNCTION_LINES = 60  # a longer function does several things: name each part (docstring and all)
+
+
+def test_no_function_is_longer_than_the_limit():
+    long = []
+    for _, path in _modules():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}: {lines} lines")
+    assert not long, "\n".join(long)

@@ -25,7 +25,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
@@ -81,23 +81,9 @@ def coerce(value: Any, tp: Any, *, key: str, source: str = "config") -> Any:
 
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.strip().lower() in {"none", "null", ""}):
-            if type(None) in args:
-                return None
-            raise fail()
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return coerce(value, arg, key=key, source=source)
-            except ConfigError:
-                continue
-        raise fail()
+        return _coerce_union(value, typing.get_args(tp), fail, key=key, source=source)
     if origin is Literal:
-        choices = typing.get_args(tp)
-        for choice in choices:
-            if value == choice or (isinstance(value, str) and str(choice) == value.strip()):
-                return choice
-        raise fail()
+        return _coerce_literal(value, typing.get_args(tp), fail)
     if origin is list:
         (inner,) = typing.get_args(tp) or (str,)
         if isinstance(value, str):  # "gpt2 gpt3" or "42,43" (how `mlflow run -P` passes lists)
@@ -105,45 +91,73 @@ def coerce(value: Any, tp: Any, *, key: str, source: str = "config") -> Any:
         if not isinstance(value, (list, tuple)):
             value = [value]
         return [coerce(v, inner, key=key, source=source) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise fail()
-    if tp is int:
-        if isinstance(value, bool):
-            raise fail()
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                as_float = float(value)
-            except ValueError:
-                raise fail() from None
-            if as_float.is_integer():
-                return int(as_float)
-        raise fail()
-    if tp is float:
-        return _finite_float(value, fail)
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise fail()
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, fail)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if isinstance(value, Mapping):
             return from_dict(tp, value, source=f"{source}: {key}")
         raise fail()
-    if tp is Any:
+    if tp is Any or isinstance(value, tp):
         return value
-    if isinstance(value, tp):
+    raise fail()
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...], fail: Callable[[], ConfigError], *, key: str,
+                  source: str) -> Any:
+    """`X | None` and other unions: None (or its spellings) where allowed, else the first member
+    type the value converts to."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"none", "null", ""}):
+        if type(None) in args:
+            return None
+        raise fail()
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return coerce(value, arg, key=key, source=source)
+        except ConfigError:
+            continue
+    raise fail()
+
+
+def _coerce_literal(value: Any, choices: tuple[Any, ...], fail: Callable[[], ConfigError]) -> Any:
+    for choice in choices:
+        if value == choice or (isinstance(value, str) and str(choice) == value.strip()):
+            return choice
+    raise fail()
+
+
+def _coerce_bool(value: Any, fail: Callable[[], ConfigError]) -> bool:
+    if isinstance(value, bool):
         return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise fail()
+
+
+def _coerce_int(value: Any, fail: Callable[[], ConfigError]) -> int:
+    """An int, or a float or string that is a whole number ("1e3" from a shell); never a bool."""
+    if isinstance(value, bool):
+        raise fail()
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise fail() from None
+        if as_float.is_integer():
+            return int(as_float)
+    raise fail()
+
+
+def _coerce_str(value: Any, fail: Callable[[], ConfigError]) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
     raise fail()
 
 
@@ -160,6 +174,12 @@ def _finite_float(value: Any, fail: Any) -> float:
     if not math.isfinite(number):
         raise fail()
     return number
+
+
+# The scalar field types and their converters (each raises `fail()` for a value it refuses).
+_SCALARS: dict[Any, Callable[[Any, Callable[[], ConfigError]], Any]] = {
+    bool: _coerce_bool, int: _coerce_int, float: _finite_float, str: _coerce_str,
+}
 
 
 @functools.lru_cache(maxsize=None)

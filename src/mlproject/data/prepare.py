@@ -199,6 +199,27 @@ def memory_bound_mb(workers: int) -> float:
     return (in_flight_batches(workers) * (text + ids) + workers * encodings) / 1e6
 
 
+def _encode_into(writers: dict[str, TokenCacheWriter], corpus: Corpus, encode: Callable[[list[str]], list[np.ndarray]],
+                 workers: int) -> None:
+    """Encode the corpus's documents on `workers` threads, writing each batch's ids in order."""
+    # A bounded queue of futures keeps the order and the memory flat.
+    pending: deque[tuple[list[Piece], int, Future[list[np.ndarray]]]] = deque()
+    with ThreadPoolExecutor(workers) as pool, tqdm(desc=f"tokenizing {corpus.spec.key}", unit="B", unit_scale=True,
+                                                   unit_divisor=1000, total=corpus_bytes(corpus), disable=None) as bar:
+
+        def write_oldest() -> None:
+            batch, size, future = pending.popleft()
+            _write_batch(writers, batch, future)
+            bar.update(size)  # tqdm shows MB/s and, with a known total, the ETA
+
+        for batch, size in _batches(document_pieces(corpus.documents(SPLITS))):
+            pending.append((batch, size, pool.submit(encode, [text for _, text, _ in batch])))
+            while len(pending) >= in_flight_batches(workers) or (pending and pending[0][2].done()):
+                write_oldest()
+        while pending:
+            write_oldest()
+
+
 def build_token_caches(corpus: Corpus, tokenizer: Tokenizer, tok_hash: str, token_dir: Path,
                         num_workers: int | None, log: Log) -> tuple[TokenCache, TokenCache]:
     """Tokenize both splits in one streaming pass, in ordered parallel batches, writing incrementally.
@@ -228,23 +249,7 @@ def build_token_caches(corpus: Corpus, tokenizer: Tokenizer, tok_hash: str, toke
         f"plus the document being read (up to {DOCUMENT_FACTOR}x its size)")
     t0 = time.perf_counter()
     try:
-        # A bounded queue of futures keeps the order and the memory flat.
-        pending: deque[tuple[list[Piece], int, Future[list[np.ndarray]]]] = deque()
-        with ThreadPoolExecutor(workers) as pool, tqdm(desc=f"tokenizing {corpus.spec.key}", unit="B",
-                                                       unit_scale=True, unit_divisor=1000, total=corpus_bytes(corpus),
-                                                       disable=None) as bar:
-
-            def write_oldest() -> None:
-                batch, size, future = pending.popleft()
-                _write_batch(writers, batch, future)
-                bar.update(size)  # tqdm shows MB/s and, with a known total, the ETA
-
-            for batch, size in _batches(document_pieces(corpus.documents(SPLITS))):
-                pending.append((batch, size, pool.submit(encode, [text for _, text, _ in batch])))
-                while len(pending) >= in_flight_batches(workers) or (pending and pending[0][2].done()):
-                    write_oldest()
-            while pending:
-                write_oldest()
+        _encode_into(writers, corpus, encode, workers)
         for split, writer in writers.items():
             if writer.num_docs == 0:
                 raise MlprojectError(f"dataset {corpus.spec.key!r}: the {split} split has no documents "

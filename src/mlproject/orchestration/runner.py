@@ -20,7 +20,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -94,18 +94,7 @@ def run_pipeline(options: PipelineOptions) -> int:
     for step_id in selected:
         pipeline.step(step_id)
     previous_ok = previous_results(pipeline.settings)
-
-    plan: list[tuple[PipelineStep, str]] = []  # (step, run | reuse | not selected | disabled)
-    for step in pipeline.steps:
-        if selected and step.id not in selected:
-            plan.append((step, "not selected"))
-        elif not step.enabled and not selected:  # naming a disabled step with --step runs it
-            plan.append((step, "disabled"))
-        elif options.resume and step.id in previous_ok:
-            plan.append((step, "reuse"))
-        else:
-            plan.append((step, "run"))
-
+    plan = _plan(pipeline, selected, previous_ok, resume=options.resume)
     if options.dry_run:
         return _dry_run(pipeline, plan, options)
 
@@ -129,29 +118,9 @@ def run_pipeline(options: PipelineOptions) -> int:
     print(f"pipeline {pipeline.settings.name}: {sum(a == 'run' for _, a in plan)} step(s) to run; "
           f"report {report.path}; pipeline run {run_id}", flush=True)
 
-    results: dict[str, dict[str, Any]] = dict(previous_ok)
-    failed: set[str] = set()
-    stopped = False
     t0 = time.monotonic()
     try:
-        for step, action in plan:
-            if action in ("not selected", "disabled"):
-                report.update(step.id, status=StepStatus.SKIPPED, reason=action)
-                continue
-            if action == "reuse":
-                report.update(step.id, status=StepStatus.REUSED, result=previous_ok[step.id],
-                              run_id=previous_ok[step.id].get("run_id"), reason="succeeded in an earlier execution")
-                continue
-            blocked = [n for n in step.needs if n in failed]
-            if stopped or blocked:
-                reason = "stopped after a failed step" if stopped else f"upstream step {blocked[0]} did not succeed"
-                report.update(step.id, status=StepStatus.SKIPPED, reason=reason)
-                failed.add(step.id)
-                continue
-            ok = _run_step(step, pipeline, results, env, report, run_dir, resume=options.resume)
-            if not ok:
-                failed.add(step.id)
-                stopped = not options.continue_on_error
+        failed = _run_plan(plan, pipeline, previous_ok, env, report, run_dir, options)
     except KeyboardInterrupt:
         report.update(status=StepStatus.INTERRUPTED, ended_at=_now())
         _finish_run(run_id, report, RunStatus.KILLED, created_run)
@@ -163,6 +132,51 @@ def run_pipeline(options: PipelineOptions) -> int:
     print(result_line({"step": "pipeline", "run_id": run_id, "status": status,
                        "report": str(report.path.resolve())}), flush=True)
     return 1 if failed else 0
+
+
+def _plan(pipeline: Pipeline, selected: Sequence[str], previous_ok: Mapping[str, Any], *,
+          resume: bool) -> list[tuple[PipelineStep, str]]:
+    """Each step with what this execution does with it: run, reuse, not selected or disabled."""
+    plan: list[tuple[PipelineStep, str]] = []
+    for step in pipeline.steps:
+        if selected and step.id not in selected:
+            plan.append((step, "not selected"))
+        elif not step.enabled and not selected:  # naming a disabled step with --step runs it
+            plan.append((step, "disabled"))
+        elif resume and step.id in previous_ok:
+            plan.append((step, "reuse"))
+        else:
+            plan.append((step, "run"))
+    return plan
+
+
+def _run_plan(plan: Sequence[tuple[PipelineStep, str]], pipeline: Pipeline, previous_ok: Mapping[str, Any],
+              env: dict[str, str], report: _Report, run_dir: Path, options: PipelineOptions) -> set[str]:
+    """Run the plan's steps in order, recording each in the report; the ids of those that did not succeed.
+
+    A step whose upstream step did not succeed is skipped (and counts as not succeeded); after
+    a failure the rest are skipped unless `options.continue_on_error`."""
+    results: dict[str, dict[str, Any]] = dict(previous_ok)
+    failed: set[str] = set()
+    stopped = False
+    for step, action in plan:
+        if action in ("not selected", "disabled"):
+            report.update(step.id, status=StepStatus.SKIPPED, reason=action)
+            continue
+        if action == "reuse":
+            report.update(step.id, status=StepStatus.REUSED, result=previous_ok[step.id],
+                          run_id=previous_ok[step.id].get("run_id"), reason="succeeded in an earlier execution")
+            continue
+        blocked = [n for n in step.needs if n in failed]
+        if stopped or blocked:
+            reason = "stopped after a failed step" if stopped else f"upstream step {blocked[0]} did not succeed"
+            report.update(step.id, status=StepStatus.SKIPPED, reason=reason)
+            failed.add(step.id)
+            continue
+        if not _run_step(step, pipeline, results, env, report, run_dir, resume=options.resume):
+            failed.add(step.id)
+            stopped = not options.continue_on_error
+    return failed
 
 
 def _run_step(step: PipelineStep, pipeline: Pipeline, results: dict[str, dict[str, Any]], env: dict[str, str],
