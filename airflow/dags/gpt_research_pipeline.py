@@ -40,7 +40,7 @@ Settings (environment of the DAG processor and workers):
                                a Secret with the MLflow credentials, and their CPU/memory requests
 
 Mapped sweeps: the plan task creates the parent and its SCHEDULED children and pushes their
-run ids; `.expand()` starts one `mlproject train --run-id CHILD` task per child, so the
+run ids; `.expand()` starts one `mlproject train --child-run-id CHILD` task per child, so the
 executor spreads them over its workers (and retries each alone: a retried child resumes from
 the last checkpoint in its run's artifacts on the tracking server); the aggregate task, with
 the step's id (downstream `{{ steps.<id>.run_id }}` reads its result), runs even when some
@@ -212,7 +212,7 @@ def plan_task_id(step_id: str) -> str:
 
 
 def child_commands(plan_output: str | None) -> list[list[str]]:
-    """One `mlproject train --run-id` command per child the plan left to train."""
+    """One `mlproject train --child-run-id` command per child the plan left to train."""
     plan = parse_step_result(plan_output or "")
     if plan is None or "todo" not in plan:
         raise MlprojectError(f"the plan task left no MLPROJECT_RESULT line with child run ids: {plan_output!r}")

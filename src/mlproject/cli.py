@@ -133,13 +133,13 @@ def _import_original(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     child = _flags(args, ChildRunConfig)
-    if child.run_id:  # the child stage of a planned sweep: its config is on its run
+    if child.child_run_id:  # the child stage of a planned sweep: its config is on its run
         if args.config:
-            raise MlprojectError(f"--run-id {child.run_id} trains with the config planned on that run; "
+            raise MlprojectError(f"--child-run-id {child.child_run_id} trains with the config planned on that run; "
                                  "drop --config (flags such as --num-threads still apply)")
         from mlproject.research.sweep import train_child
 
-        status = train_child(child.run_id, args)
+        status = train_child(child.child_run_id, args)
         return {RunStatus.FINISHED: 0, RunStatus.KILLED: 130}.get(status, 1)
 
     cfg = RunConfig.load(args.config, args)  # validate before importing torch and mlflow

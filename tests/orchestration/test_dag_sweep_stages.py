@@ -54,7 +54,7 @@ def test_plan_and_aggregate_commands_are_the_shared_stage_commands(dagmod, pipel
 
 
 def test_children_are_train_run_id_commands_for_the_children_left_to_train(dagmod):
-    assert dagmod.child_commands(PLAN_LINE) == [["mlproject", "train", "--run-id", CHILDREN[1]]]
+    assert dagmod.child_commands(PLAN_LINE) == [["mlproject", "train", "--child-run-id", CHILDREN[1]]]
     with pytest.raises(MlprojectError, match="no MLPROJECT_RESULT line with child run ids"):
         dagmod.child_commands("Traceback ...")
 
@@ -109,7 +109,7 @@ def test_kubernetes_children_run_the_same_command_and_image_in_a_valid_pod(dagmo
     (container,) = pod["spec"]["containers"]
     assert container["image"] == "registry.local/mlproject-step:1"
     assert container["command"] == ["mlproject-step"]
-    assert container["args"] == ["mlproject", "train", "--run-id", CHILDREN[1]]
+    assert container["args"] == ["mlproject", "train", "--child-run-id", CHILDREN[1]]
     assert {e["name"]: e["value"] for e in container["env"]} == {
         "MLFLOW_TRACKING_URI": "http://mlflow.mlops.svc:5000", "MLPROJECT_CACHE_DIR": "/cache", "OMP_NUM_THREADS": "1"}
     assert container["envFrom"] == [{"secretRef": {"name": "mlflow-credentials"}}]  # credentials stay in the Secret
