@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from mlproject.app.config import RunConfig, ServerConfig
 from mlproject.config import add_arguments, build_sections, from_dict, section_overrides
 from mlproject.data.config import DataConfig, PreviewConfig, RegistryConfig
-from mlproject.errors import ConfigError, MlprojectError
+from mlproject.errors import ConfigError, MlprojectError, missing_extra
 from mlproject.inference.config import GenerateConfig
 from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
 from mlproject.model.config import HFImportConfig, OriginalImportConfig, SummaryConfig
@@ -383,8 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("mlproject: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one scrubbed line, never a traceback
-        _report(_tracking_failure(exc) or _unexpected(exc), exc)
-        return 1
+        extra = missing_extra(exc)  # an unguarded import of an optional extra: an environment to fix
+        _report(extra or _tracking_failure(exc) or _unexpected(exc), exc)
+        return 2 if extra else 1
     return result if isinstance(result, int) else 0
 
 

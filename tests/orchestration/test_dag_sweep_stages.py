@@ -151,3 +151,15 @@ def test_an_adaptive_compare_step_runs_as_one_task_that_resumes_on_a_retry(dagmo
     command = render_command(dag, "compare", FakeTI(try_number=2))
     assert command[:4] == ["mlflow", "run", "/app", "-e"] and "adaptive_seeds=6" in command
     assert "resume=true" in command
+
+
+def test_kubernetes_children_without_the_provider_are_one_line_naming_the_extra(dagmod, monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("airflow.providers.cncf.kubernetes")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "airflow.providers.cncf.kubernetes", None)  # the extra not installed
+    with pytest.raises(MlprojectError) as info:
+        dagmod.DagSettings.from_env({"MLPROJECT_CHILD_OPERATOR": "kubernetes"})
+    assert str(info.value) == ("MLPROJECT_CHILD_OPERATOR=kubernetes needs the optional extra 'kubernetes': "
+                               "pip install 'mlproject[kubernetes]'")
