@@ -84,7 +84,7 @@ def test_import_hf_needs_both_of_its_paths(capsys):
 
 def test_every_mlproject_entry_point_command_parses_with_underscored_extras():
     project = yaml.safe_load((REPO / "MLproject").read_text())
-    extras = {"train": "--max_steps 30 --model_version gpt2 --resume_from abc --run_id r1",
+    extras = {"train": "--max_steps 30 --model_version gpt2 --resume_from abc --child_run_id r1",
               "compare": '--models "gpt2 gpt3" --seeds "42 43" --fair_recipe false --metric val_ppl_best '
                          "--parallel 2 --resume true --register_best NAME",
               "ablation": '--ablation_axis dropout --ablation_values "0 0.1" --plan_only true',
@@ -116,3 +116,29 @@ def test_the_program_freezes_its_objects_on_the_way_out_and_an_in_process_call_d
     finally:
         gc.unfreeze()
     assert "pydocs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spelling", ["--run-id", "--run_id"])
+def test_run_id_in_train_is_refused_in_one_line_naming_child_run_id(capsys, spelling):
+    # In generate/evaluate --run-id is the source run; train's planned child has its own flag.
+    assert main(["train", spelling, "0123456789abcdef0123456789abcdef"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--child-run-id 0123456789abcdef0123456789abcdef" in err
+    assert "generate/evaluate" in err
+
+
+@pytest.mark.parametrize("spelling", ["--child-run-id", "--child_run_id"])
+def test_train_names_its_planned_child_child_run_id_in_both_spellings(spelling):
+    args = build_parser().parse_args(["train", spelling, "abc"])
+    assert section_overrides(args, COMMANDS["train"].sections["sweep child"]) == {"child_run_id": "abc"}
+
+
+def test_train_help_shows_child_run_id_and_not_run_id():
+    help_text = _subparsers(build_parser())["train"].format_help()
+    assert "--child-run-id CHILD_RUN_ID" in help_text and "--run-id" not in help_text
+
+
+def test_the_child_stage_command_is_train_child_run_id():
+    from mlproject.research.sweep import child_command
+
+    assert child_command("abc") == ["mlproject", "train", "--child-run-id", "abc"]

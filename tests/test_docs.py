@@ -128,6 +128,14 @@ def test_every_documented_mlproject_command_parses():
     assert not failures, "\n".join(failures)
 
 
+def test_no_page_trains_a_planned_child_with_run_id():
+    # train refuses --run-id (it names a source run in generate/evaluate): the child is --child-run-id
+    pages = [*PAGES, REPO / "airflow" / "README.md", REPO / "MLproject"]
+    stale = [f"{page.name}: {m.group()}" for page in pages
+             for m in re.finditer(r"train (?:\S+ )*?--run[-_]id\b|-e train\b.*-P run_id=", _text(page))]
+    assert not stale, "\n".join(stale)
+
+
 def _make_targets() -> set[str]:
     return {name for names in MAKE_TARGET.findall(_text(REPO / "Makefile")) for name in names.split()}
 

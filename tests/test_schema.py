@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mlproject import schema
-from mlproject.schema import (AliasOutcome, Artifact, ChildAction, PatchState, RunRole, RunStatus, StepStatus, SweepKind, Tag,
+from mlproject.schema import (AliasOutcome, Artifact, ChildAction, ExperimentKind, ExperimentTag, PatchState, RunRole, RunStatus, StepStatus, SweepKind, Tag,
                               TrainStatus, TrialOutcome)
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "mlproject"
@@ -109,6 +109,8 @@ GOLDEN: dict[type[StrEnum], dict[str, str]] = {
     TrialOutcome: {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED", "FAIL": "FAIL"},
     PatchState: {"CLEAN": "clean", "LOGGED": "logged", "SUMMARISED": "summarised", "NONE": "none"},
     AliasOutcome: {"MOVED": "moved", "STAYED": "stayed", "UNGATED": "ungated"},
+    ExperimentTag: {"KIND": "mlflow.experimentKind"},
+    ExperimentKind: {"CUSTOM_MODEL_DEVELOPMENT": "custom_model_development"},
 }
 
 

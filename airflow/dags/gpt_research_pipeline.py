@@ -40,7 +40,7 @@ Settings (environment of the DAG processor and workers):
                                a Secret with the MLflow credentials, and their CPU/memory requests
 
 Mapped sweeps: the plan task creates the parent and its SCHEDULED children and pushes their
-run ids; `.expand()` starts one `mlproject train --run-id CHILD` task per child, so the
+run ids; `.expand()` starts one `mlproject train --child-run-id CHILD` task per child, so the
 executor spreads them over its workers (and retries each alone: a retried child resumes from
 the last checkpoint in its run's artifacts on the tracking server); the aggregate task, with
 the step's id (downstream `{{ steps.<id>.run_id }}` reads its result), runs even when some
@@ -61,7 +61,7 @@ from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.sdk import DAG, Param, task
 from docker.types import DeviceRequest, Mount
 
-from mlproject.errors import ConfigError, MlprojectError
+from mlproject.errors import ConfigError, MlprojectError, require_extra
 from mlproject.orchestration.graph import load_pipeline
 from mlproject.orchestration.steps import RESUMABLE, runs_in_rounds, step_command, step_env, sweep_stage_command
 from mlproject.protocol import parse_step_result
@@ -121,6 +121,8 @@ class DagSettings:
         for name, allowed in choices.items():
             if get(name) is not None and get(name) not in allowed:
                 raise ConfigError(f"{name}={get(name)!r} is not a valid value; expected one of {', '.join(allowed)}")
+        if get("MLPROJECT_CHILD_OPERATOR") == "kubernetes":  # at parse time, one line, not an import traceback
+            _pod_operator()
         gpus = get("MLPROJECT_GPUS")
         if gpus is not None and gpus != "all" and not gpus.isdigit():
             raise ConfigError(f"MLPROJECT_GPUS={gpus!r} is not a valid value; expected 'all' or a count")
@@ -212,18 +214,26 @@ def plan_task_id(step_id: str) -> str:
 
 
 def child_commands(plan_output: str | None) -> list[list[str]]:
-    """One `mlproject train --run-id` command per child the plan left to train."""
+    """One `mlproject train --child-run-id` command per child the plan left to train."""
     plan = parse_step_result(plan_output or "")
     if plan is None or "todo" not in plan:
         raise MlprojectError(f"the plan task left no MLPROJECT_RESULT line with child run ids: {plan_output!r}")
     return [child_command(run_id) for run_id in plan["todo"]]
 
 
+_K8S_FEATURE = "MLPROJECT_CHILD_OPERATOR=kubernetes"
+
+
+def _pod_operator() -> Any:
+    """Airflow's KubernetesPodOperator, or one line naming the extra that installs its provider."""
+    return require_extra("airflow.providers.cncf.kubernetes.operators.pod", "kubernetes",
+                         _K8S_FEATURE).KubernetesPodOperator
+
+
 def child_pod_arguments(settings: DagSettings, environment: Mapping[str, str]) -> dict[str, Any]:
     """KubernetesPodOperator arguments of a child pod: the step image, the same command
     (`arguments`, expanded per child), the MLflow settings, GPUs as `nvidia.com/gpu` limits."""
-    from kubernetes.client import models as k8s
-
+    k8s = require_extra("kubernetes.client.models", "kubernetes", _K8S_FEATURE)
     limits = {"cpu": settings.k8s_cpu, "memory": settings.k8s_memory}
     if settings.gpus:  # Kubernetes counts GPUs: "all" has no meaning for a pod, take one
         limits["nvidia.com/gpu"] = "1" if settings.gpus == "all" else settings.gpus
@@ -319,9 +329,7 @@ def build_dag(settings: DagSettings) -> DAG:
                                doc_md=f"plan of the {doc}: the parent and its SCHEDULED children")
             commands = task(task_id=f"{step.id}__children", dag=dag, retries=0)(child_commands)(plan.output)
             if settings.child_operator == "kubernetes":
-                from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-
-                children = KubernetesPodOperator.partial(
+                children = _pod_operator().partial(
                     task_id=f"{step.id}__train", dag=dag, name=f"{step.id}-child",
                     **child_pod_arguments(settings, environment)).expand(arguments=commands)
             else:

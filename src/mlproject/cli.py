@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from mlproject.app.config import RunConfig, ServerConfig
 from mlproject.config import add_arguments, build_sections, from_dict, section_overrides
 from mlproject.data.config import DataConfig, PreviewConfig, RegistryConfig
-from mlproject.errors import ConfigError, MlprojectError
+from mlproject.errors import ConfigError, MlprojectError, missing_extra
 from mlproject.inference.config import GenerateConfig
 from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
 from mlproject.model.config import HFImportConfig, OriginalImportConfig, SummaryConfig
@@ -134,13 +134,13 @@ def _import_original(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     child = _flags(args, ChildRunConfig)
-    if child.run_id:  # the child stage of a planned sweep: its config is on its run
+    if child.child_run_id:  # the child stage of a planned sweep: its config is on its run
         if args.config:
-            raise MlprojectError(f"--run-id {child.run_id} trains with the config planned on that run; "
+            raise MlprojectError(f"--child-run-id {child.child_run_id} trains with the config planned on that run; "
                                  "drop --config (flags such as --num-threads still apply)")
         from mlproject.research.sweep import train_child
 
-        status = train_child(child.run_id, args)
+        status = train_child(child.child_run_id, args)
         return {RunStatus.FINISHED: 0, RunStatus.KILLED: 130}.get(status, 1)
 
     cfg = RunConfig.load(args.config, args)  # validate before importing torch and mlflow
@@ -410,8 +410,9 @@ def _run_command(args: argparse.Namespace) -> int:
         print("mlproject: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one scrubbed line, never a traceback
-        _report(_tracking_failure(exc) or _unexpected(exc), exc)
-        return 1
+        extra = missing_extra(exc)  # an unguarded import of an optional extra: an environment to fix
+        _report(extra or _tracking_failure(exc) or _unexpected(exc), exc)
+        return 2 if extra else 1
     return result if isinstance(result, int) else 0
 
 

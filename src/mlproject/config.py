@@ -41,16 +41,17 @@ _FALSE = {"false", "0", "no", "n", "off"}
 
 def field(default: Any = dataclasses.MISSING, *, help: str = "", cli: bool = True,
           aliases: tuple[str, ...] = (), split: bool = True, bare: bool = False, repeat: bool = False,
-          metavar: str | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
+          metavar: str | None = None, hidden: bool = False, default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with the metadata the CLI generator reads.
 
     `split=False` keeps a single string whole for a list field (free text such as prompts)
     instead of splitting it on spaces and commas. `bare=True` lets the flag stand alone, meaning
     the field's default (the original suite's `--val-checking` switch). `repeat=True` lets a list
-    flag be given several times (`--step a --step b`); otherwise the last one wins.
+    flag be given several times (`--step a --step b`); otherwise the last one wins. `hidden=True`
+    parses the flag but leaves it out of `--help` (a misplaced flag its section refuses by name).
     """
     meta = {"help": help, "cli": cli, "aliases": aliases, "split": split, "bare": bare, "repeat": repeat,
-            "metavar": metavar}
+            "metavar": metavar, "hidden": hidden}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -333,7 +334,8 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, title: st
         spellings += [a for a in f.metadata.get("aliases", ()) if a not in spellings]
         group.add_argument(*spellings, dest=f"{cls.__name__}.{f.name}", type=flag_type,
                            metavar=f.metadata.get("metavar") or f.name.upper(), required=required,
-                           default=argparse.SUPPRESS, help=helptext.strip().replace("%", "%%"), **extra)
+                           default=argparse.SUPPRESS, **extra,
+                           help=argparse.SUPPRESS if f.metadata.get("hidden") else helptext.strip().replace("%", "%%"))
 
 
 def section_overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:

@@ -80,6 +80,20 @@ class Tag(StrEnum):
     REPRODUCE_VERDICT = "mlproject.reproduce.verdict"
 
 
+class ExperimentTag(StrEnum):
+    """Experiment tag keys (MLflow's own)."""
+
+    # What MLflow's UI shows an experiment as; its kind selector writes this key, and the UI
+    # reads it where its GenAI / model-training switch is not in charge.
+    KIND = "mlflow.experimentKind"
+
+
+class ExperimentKind(StrEnum):
+    """Values of `ExperimentTag.KIND` (MLflow's own)."""
+
+    CUSTOM_MODEL_DEVELOPMENT = "custom_model_development"  # training runs, not traces (genai_development)
+
+
 def eval_checkpoint_sha256_tag(suite: str) -> str:
     """Per evaluation suite: sha256 of the checkpoint file that suite last evaluated."""
     return f"mlproject.eval.{suite}.checkpoint_sha256"

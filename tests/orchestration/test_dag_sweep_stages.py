@@ -54,7 +54,7 @@ def test_plan_and_aggregate_commands_are_the_shared_stage_commands(dagmod, pipel
 
 
 def test_children_are_train_run_id_commands_for_the_children_left_to_train(dagmod):
-    assert dagmod.child_commands(PLAN_LINE) == [["mlproject", "train", "--run-id", CHILDREN[1]]]
+    assert dagmod.child_commands(PLAN_LINE) == [["mlproject", "train", "--child-run-id", CHILDREN[1]]]
     with pytest.raises(MlprojectError, match="no MLPROJECT_RESULT line with child run ids"):
         dagmod.child_commands("Traceback ...")
 
@@ -109,7 +109,7 @@ def test_kubernetes_children_run_the_same_command_and_image_in_a_valid_pod(dagmo
     (container,) = pod["spec"]["containers"]
     assert container["image"] == "registry.local/mlproject-step:1"
     assert container["command"] == ["mlproject-step"]
-    assert container["args"] == ["mlproject", "train", "--run-id", CHILDREN[1]]
+    assert container["args"] == ["mlproject", "train", "--child-run-id", CHILDREN[1]]
     assert {e["name"]: e["value"] for e in container["env"]} == {
         "MLFLOW_TRACKING_URI": "http://mlflow.mlops.svc:5000", "MLPROJECT_CACHE_DIR": "/cache", "OMP_NUM_THREADS": "1"}
     assert container["envFrom"] == [{"secretRef": {"name": "mlflow-credentials"}}]  # credentials stay in the Secret
@@ -151,3 +151,15 @@ def test_an_adaptive_compare_step_runs_as_one_task_that_resumes_on_a_retry(dagmo
     command = render_command(dag, "compare", FakeTI(try_number=2))
     assert command[:4] == ["mlflow", "run", "/app", "-e"] and "adaptive_seeds=6" in command
     assert "resume=true" in command
+
+
+def test_kubernetes_children_without_the_provider_are_one_line_naming_the_extra(dagmod, monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("airflow.providers.cncf.kubernetes")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "airflow.providers.cncf.kubernetes", None)  # the extra not installed
+    with pytest.raises(MlprojectError) as info:
+        dagmod.DagSettings.from_env({"MLPROJECT_CHILD_OPERATOR": "kubernetes"})
+    assert str(info.value) == ("MLPROJECT_CHILD_OPERATOR=kubernetes needs the optional extra 'kubernetes': "
+                               "pip install 'mlproject[kubernetes]'")

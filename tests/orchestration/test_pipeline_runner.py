@@ -176,7 +176,7 @@ def test_a_pipeline_run_made_by_mlflow_run_gets_the_pipelines_name_and_a_step_ta
     run = client.get_run(pipeline_run)
     assert run.info.run_name == report_of(tmp_path)["pipeline"]
     note = run.data.tags["mlflow.note.content"]
-    assert "| compare | compare | succeeded | `run-compare` |" in note
+    assert "| compare&emsp; | compare&emsp; | succeeded&emsp; | `run-compare`&emsp; |" in note
     assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.name"]
 
 

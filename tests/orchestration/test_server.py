@@ -11,7 +11,7 @@ from mlproject.cli import main
 from helpers import free_port
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.app.config import ServerConfig
-from mlproject.app.server import allowed_hosts, run_server, server_command, server_environment
+from mlproject.app.server import allowed_hosts, run_server, server_command, server_environment, training_view_url
 
 SECRET_URI = "postgresql://mlflow:s3cret-pw@db:5432/mlflow"
 
@@ -118,3 +118,10 @@ def test_real_server_logs_and_serves_an_artifact(tmp_path, start_server):
     gone, alive = psutil.wait_procs(server_processes, timeout=10)
     assert alive == [], "stopping `mlproject server` stops mlflow's web server process too"
     assert list((tmp_path / "artifacts").rglob("note.txt")), "the artifact is stored under the destination"
+
+
+def test_the_printed_ui_link_opens_the_model_training_view():
+    # MLflow 3.17's UI opens in its GenAI view unless the URL asks for model training
+    assert training_view_url(ServerConfig(port=5001)) == \
+        "http://127.0.0.1:5001/#/experiments?workflowType=machine_learning"
+    assert training_view_url(ServerConfig(host="::1", port=5001)).startswith("http://[::1]:5001/#/")

@@ -76,7 +76,7 @@ def test_train_resume_from_a_planned_child_is_refused_naming_train_run_id(resear
     child = plan["children"][1]
     assert main(["train", "--config", _train_yaml(tmp_path, plan), "--resume-from", child, *flags]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and f"`mlproject train --run-id {child}`" in err
+    assert err.count("\n") == 0 and f"`mlproject train --child-run-id {child}`" in err
     assert _state(runs) == before
     assert before[2][0] == "SCHEDULED"
     experiment_id = MlflowClient().get_run(child).info.experiment_id
@@ -100,7 +100,7 @@ def test_a_retried_child_waits_for_a_dead_holder_s_lease_to_lapse_then_trains_it
     MlflowClient().set_tag(child, Tag.LEASE_HOLDER, json.dumps(holder))
     MlflowClient().set_tag(child, Tag.LEASE_HEARTBEAT, f"{time.time():.3f}")
 
-    assert main(["train", "--run-id", child]) == 0
+    assert main(["train", "--child-run-id", child]) == 0
 
     captured = capsys.readouterr()
     out = captured.out + captured.err

@@ -88,7 +88,7 @@ def test_the_parent_has_its_name_and_a_markdown_summary_as_description(registere
     parent = MlflowClient().get_run(outcome.parent_run_id)
     assert parent.info.run_name == "compare-gpt2-vs-gpt3"
     note = parent.data.tags["mlflow.note.content"]
-    assert "| group | n | mean |" in note and "| gpt3 | 2 |" in note
+    assert "| group&emsp; | n&emsp; | mean ± sd&emsp; |" in note and "| gpt3&emsp; | 2&emsp; |" in note
     assert f"models:/{name}@best" in note
 
 

@@ -1,4 +1,4 @@
-"""The three stages of a sweep as commands: `compare --plan-only`, `train --run-id CHILD`,
+"""The three stages of a sweep as commands: `compare --plan-only`, `train --child-run-id CHILD`,
 `compare --aggregate PARENT` (what the Airflow DAG's plan, mapped child and aggregate tasks run)."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_children_train_from_their_run_id_and_aggregate_gives_the_parent_statist
         research_env, tmp_path, capsys):
     plan = _plan(tmp_path, capsys)
     for run_id in plan["children"]:
-        assert main(["train", "--run-id", run_id]) == 0
+        assert main(["train", "--child-run-id", run_id]) == 0
     capsys.readouterr()
     assert main(["compare", "--aggregate", plan["run_id"]]) == 0
     result = parse_step_result(capsys.readouterr().out)
@@ -63,13 +63,13 @@ def test_children_train_from_their_run_id_and_aggregate_gives_the_parent_statist
     assert {"results.jsonl", "results.csv", "summary.json", "sweep.yaml"} <= files
     assert any(f.path.endswith(".png") for f in client.list_artifacts(plan["run_id"], "plots"))
     # A retried child task of a finished child trains nothing.
-    assert main(["train", "--run-id", plan["children"][0]]) == 0
+    assert main(["train", "--child-run-id", plan["children"][0]]) == 0
     assert "already FINISHED" in capsys.readouterr().out
 
 
 def test_aggregate_before_the_children_finish_fails_the_parent_naming_them(research_env, tmp_path, capsys):
     plan = _plan(tmp_path, capsys)
-    assert main(["train", "--run-id", plan["children"][0]]) == 0
+    assert main(["train", "--child-run-id", plan["children"][0]]) == 0
     capsys.readouterr()
     assert main(["compare", "--aggregate", plan["run_id"]]) == 2
     captured = capsys.readouterr()
@@ -87,7 +87,7 @@ def test_a_killed_child_process_resumes_from_the_checkpoint_in_its_artifacts(res
                  max_steps=100_000, save_every=4, eval_interval=4)
     child = plan["children"][0]
     client = MlflowClient()
-    proc = subprocess.Popen([sys.executable, "-m", "mlproject", "train", "--run-id", child],
+    proc = subprocess.Popen([sys.executable, "-m", "mlproject", "train", "--child-run-id", child],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     try:
         deadline = time.monotonic() + 300
@@ -102,7 +102,7 @@ def test_a_killed_child_process_resumes_from_the_checkpoint_in_its_artifacts(res
     step = load_checkpoint(client.download_artifacts(child, "checkpoints/last.pt", str(tmp_path)))["step"]
     time.sleep(2.5)  # the lease of the killed process times out
 
-    assert main(["train", "--run-id", child, "--max-steps", str(step + 4)]) == 0
+    assert main(["train", "--child-run-id", child, "--max-steps", str(step + 4)]) == 0
     assert f"({'resume'}) run {child}" in capsys.readouterr().out
     run = client.get_run(child)
     assert run.info.status == "FINISHED"
@@ -113,7 +113,7 @@ def test_a_killed_child_process_resumes_from_the_checkpoint_in_its_artifacts(res
 def test_train_run_id_of_a_run_that_was_not_planned_is_a_one_line_error(research_env, capsys):
     client = MlflowClient()
     run_id = client.create_run(client.create_experiment(unique("plain"))).info.run_id
-    assert main(["train", "--run-id", run_id]) == 2
+    assert main(["train", "--child-run-id", run_id]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mlproject: error: run ") and "plan/config.yaml" in err and "\n" not in err
 

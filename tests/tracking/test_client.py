@@ -102,3 +102,46 @@ def test_sigterm_inside_the_block_raises_terminated_and_the_handler_is_restored(
         with sigterm_as_interrupt():
             os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# MLflow's UI reads this experiment tag (its kind selector writes the same key) to open an
+# experiment on its training runs rather than its GenAI view.
+TRAINING_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def _kind(experiment_id: str) -> str | None:
+    return MlflowClient().get_experiment(experiment_id).tags.get(TRAINING_KIND[0])
+
+
+def test_an_experiment_the_suite_creates_is_tagged_as_model_training(experiment_name):
+    from mlproject.tracking.client import ensure_experiment
+
+    assert _kind(ensure_experiment(experiment_name)) == TRAINING_KIND[1]
+
+
+def test_an_existing_experiment_without_a_kind_gets_it_when_the_suite_uses_it(experiment_name):
+    from mlproject.tracking.client import ensure_experiment
+
+    created = MlflowClient().create_experiment(experiment_name)
+    assert _kind(created) is None
+    run = start_run(experiment_name=experiment_name)
+    end_run("FINISHED")
+    assert run.experiment_id == created and _kind(created) == TRAINING_KIND[1]
+    assert ensure_experiment(experiment_name) == created
+
+
+def test_an_experiment_kind_the_user_chose_is_kept(experiment_name):
+    from mlproject.tracking.client import ensure_experiment
+
+    created = MlflowClient().create_experiment(experiment_name, tags={TRAINING_KIND[0]: "genai_development"})
+    ensure_experiment(experiment_name)
+    assert _kind(created) == "genai_development"
+
+
+def test_the_experiment_of_a_run_mlflow_run_handed_over_is_tagged_too(experiment_name, monkeypatch):
+    created = MlflowClient().create_experiment(experiment_name)
+    existing = MlflowClient().create_run(created).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", existing)
+    start_run(experiment_name="ignored")
+    end_run("FINISHED")
+    assert _kind(created) == TRAINING_KIND[1]

@@ -79,6 +79,10 @@ def run_evaluate(cfg: EvaluateConfig, store: ModelStore | None = None) -> Evalua
     from mlproject.inference.evaluate import evaluate_text, format_metrics
     from mlproject.training.device import select_device
 
+    if cfg.tasks:
+        from mlproject.inference.harness import require_harness
+
+        require_harness()
     device = select_device(cfg.device)
     with tempfile.TemporaryDirectory(prefix="mlproject-evaluate-") as tmp:
         workdir = Path(tmp)

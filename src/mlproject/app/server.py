@@ -124,6 +124,14 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def training_view_url(cfg: ServerConfig) -> str:
+    """The UI's experiment list in its model-training view. MLflow 3.17's UI opens in its GenAI view
+    (traces, "evaluation runs") unless the URL or the browser's last choice says otherwise; the
+    experiments' `mlflow.experimentKind` tag does not decide it there."""
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    return f"http://{host}:{cfg.port}/#/experiments?workflowType=machine_learning"
+
+
 def wait_healthy(proc: subprocess.Popen, cfg: ServerConfig, is_stopped: Callable[[], bool]) -> None:
     """Return once the server answers /health; raise a one-line error when it exits first or does
     not answer within `startup_timeout` seconds (and stop it then)."""
@@ -160,6 +168,7 @@ def run_server(cfg: ServerConfig) -> int:
     cmd = server_command(cfg)
     exposed = "" if cfg.host in _LOOPBACK else " (exposed beyond loopback: the server has no authentication)"
     print(f"mlproject server: http://{cfg.host}:{cfg.port}{exposed}\n"
+          f"  training runs: {training_view_url(cfg)}\n"
           f"  backend store: {scrub(cfg.backend_store_uri)}\n"
           f"  artifacts:     {cfg.artifacts_destination} (proxied)", flush=True)
     proc = subprocess.Popen(cmd, env=server_environment(cfg), start_new_session=True)

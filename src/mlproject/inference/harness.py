@@ -22,6 +22,12 @@ def _lm_eval() -> Any:
     return lm_eval, require_extra("lm_eval.tasks", "eval", "evaluate --tasks").TaskManager
 
 
+def require_harness() -> None:
+    """One line naming the `eval` extra if lm-eval (or accelerate) is missing: checked before
+    the evaluation's minutes of work, not after them."""
+    _lm_eval()
+
+
 def _missing_data(exc: BaseException) -> bool:
     """Whether `exc` (or its cause) says a dataset could not be fetched: offline mode, no
     connection, or nothing in the cache."""

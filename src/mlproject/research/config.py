@@ -218,7 +218,7 @@ class TuneConfig:
 @dataclass
 class SweepStageConfig:
     """`compare/ablate --plan-only | --aggregate`: one stage of a sweep whose children a scheduler
-    trains itself (the child stage is `train --run-id`)."""
+    trains itself (the child stage is `train --child-run-id`)."""
 
     plan_only: bool = field(False, metavar="BOOL", help="create the parent and SCHEDULED children, print their "
                                                         "run ids, train nothing")
@@ -233,13 +233,20 @@ class SweepStageConfig:
 
 @dataclass
 class ChildRunConfig:
-    """`train --run-id`: the child stage of a planned sweep (its config is planned on its run)."""
+    """`train --child-run-id`: the child stage of a planned sweep (its config is planned on its run)."""
 
-    run_id: str | None = field(None, metavar="CHILD_RUN_ID", help="train (or resume) a sweep child planned by "
-                                                                  "`compare/ablate --plan-only`")
+    child_run_id: str | None = field(None, metavar="CHILD_RUN_ID", help="train (or resume) a sweep child planned "
+                                                                        "by `compare/ablate --plan-only`")
+    # `--run-id` names the source run of generate/evaluate/export-hf; in train it would read as
+    # "train from that run". Accepted only to be refused with the right flag named, never aliased.
+    run_id: str | None = field(None, hidden=True)
 
     def validate(self) -> None:
         check_types(self, source="train")
+        if self.run_id is not None:
+            raise ConfigError(f"train: --run-id {self.run_id} is not a train flag; the planned sweep child to train "
+                              f"is --child-run-id {self.run_id} (--run-id names the source run of "
+                              "generate/evaluate/export-hf)")
 
 
 @dataclass

@@ -65,45 +65,89 @@ def best_row(rows: Sequence[Row], metric: str) -> Row | None:
     return min(scored, key=lambda r: sign * float(r[metric]))
 
 
-def _num(x: float | None, fmt: str = ".4f") -> str:
-    return "–" if x is None else format(x, fmt)
+def _num(x: float | None, sig: int = 3, sign: str = "") -> str:
+    """`x` in `sig` significant digits ("–": none): p-values and the detail lines."""
+    return "–" if x is None or math.isnan(x) else format(x, f"{sign}.{sig}g")
+
+
+def _decimals(stats: SweepStats, metric: str) -> int:
+    """Decimals that give the smallest seed-to-seed spread of `metric` two significant digits: the
+    precision its numbers carry (4 when no group has a spread)."""
+    spreads = [s.std for s in stats.summaries.get(metric, {}).values() if s.std and s.std > 0]
+    if not spreads:
+        return 4
+    return min(6, max(0, 1 - math.floor(math.log10(min(spreads)))))
+
+
+def _fixed(x: float | None, decimals: int, sign: str = "") -> str:
+    """`x` at `decimals`, thousands grouped (`12,446`), never in exponent form ("–": none)."""
+    return "–" if x is None or math.isnan(x) else format(x, f"{sign},.{decimals}f")
+
+
+def _ci(low: float | None, high: float | None, decimals: int, sign: str = "") -> str:
+    return "–" if low is None or high is None else f"[{_fixed(low, decimals, sign)}, {_fixed(high, decimals, sign)}]"
+
+
+# MLflow's run page draws a description's table with no cell padding: neighbouring cells touch
+# ("3 8.2919 0.0089[8.2697, 8.3141]"). An em space after each cell but the last keeps the columns
+# apart; an entity, since Markdown trims a cell's plain (and Unicode) whitespace.
+_GAP = "&emsp;"
+
+
+def _table_row(cells: Sequence[Any]) -> str:
+    """One Markdown table row whose columns stay apart in MLflow's UI."""
+    *inner, last = [str(c) for c in cells]
+    return "| " + "".join(f"{c}{_GAP} | " for c in inner) + f"{last} |"
+
+
+def _metric_table(stats: SweepStats, metric: str) -> list[str]:
+    """One metric's table: few short columns (MLflow's description box is narrow), a line per group."""
+    d = _decimals(stats, metric)
+    lines = [_table_row(["group", "n", "mean ± sd", "95% CI", "Δ", "p (Holm)" if stats.corrected else "p", "sig"]),
+             "| :-- | --: | --: | --: | --: | --: | :-: |"]
+    for group in stats.groups:
+        s = stats.summaries.get(metric, {}).get(group)
+        if s is None:
+            lines.append(_table_row([group, 0, "–", "–", "–", "–", "–"]))
+            continue
+        p = stats.paired.get(metric, {}).get(group)
+        adjusted = stats.adjusted.get(metric, {}).get(group)
+        p_value = (adjusted.p_holm if adjusted else None) if stats.corrected else (p.p_value if p else None)
+        diff = _fixed(p.mean_diff, d, "+") if p else ("base" if group == stats.baseline else "–")
+        sig = ("yes" if stats.significant(metric, group) else "no") if p else "–"
+        lines.append(_table_row([group, s.n, f"{_fixed(s.mean, d)} ± {_fixed(s.std, d)}", _ci(s.ci_low, s.ci_high, d),
+                                diff, _num(p_value), sig]))
+    return lines
+
+
+def _metric_details(stats: SweepStats, metric: str) -> list[str]:
+    """Below the table: what its columns mean, each comparison in full, the power of each."""
+    rule, d = ("Holm-adjusted p" if stats.corrected else "p"), _decimals(stats, metric)
+    lines = [f"Δ: mean paired difference from the baseline {stats.baseline} (same seeds); "
+             f"sig: {rule} ≤ α = {stats.alpha:g}.", ""]
+    for group, p in stats.paired.get(metric, {}).items():
+        adjusted = stats.adjusted.get(metric, {}).get(group)
+        holm = f", Holm-adjusted p {_num(adjusted.p_holm)}" if stats.corrected and adjusted else ""
+        lines.append(f"- {group} − {stats.baseline}: {_fixed(p.mean_diff, d, '+')}, "
+                     f"95% CI {_ci(p.ci_low, p.ci_high, d, '+')}, p {_num(p.p_value)}{holm}")
+    if stats.paired.get(metric):
+        lines += ["", "Power (80%, two-sided paired t):", ""]
+        lines += [f"- {line}" for line in stats.power_lines(metric)]
+    return lines + [""]
 
 
 def summary_markdown(kind: str, stats: SweepStats, rows: Sequence[Row], best: Row | None = None,
                      model_uri: str | None = None, alias: str | None = None) -> str:
-    """The parent's description: per metric a Markdown table of mean, std, 95% CI, n and the
-    paired difference against the baseline (with Holm-adjusted p for a family of candidates),
-    the power of each comparison, then the best model and, with `alias`, why `best` went where."""
+    """The parent's description: per metric a compact Markdown table (n, mean ± sd, 95% CI, the
+    paired difference against the baseline, its p (Holm-adjusted for a family of candidates) and
+    whether it is significant), the full comparisons and their power as lines below it, then the
+    best model and, with `alias`, why `best` went where."""
     finished = sum(r.get("status") == RunStatus.FINISHED for r in rows)
     seeds = sorted({int(r["seed"]) for r in rows})
     lines = [f"**{kind}** of {', '.join(stats.groups)} over seeds {', '.join(map(str, seeds))} "
              f"({finished}/{len(rows)} children finished; baseline {stats.baseline}).", ""]
     for metric in stats.metrics:
-        holm_head, holm_rule = (" p (Holm) |", " ---: |") if stats.corrected else ("", "")
-        lines += [f"#### {metric}", "",
-                  f"| group | n | mean | std | 95% CI | diff vs baseline | diff 95% CI | p |{holm_head} significant |",
-                  f"| --- | ---: | ---: | ---: | --- | ---: | --- | ---: |{holm_rule} --- |"]
-        for group in stats.groups:
-            s = stats.summaries.get(metric, {}).get(group)
-            holm_cell = " – |" if stats.corrected else ""
-            if s is None:
-                lines.append(f"| {group} | 0 | – | – | – | – | – | – |{holm_cell} – |")
-                continue
-            p = stats.paired.get(metric, {}).get(group)
-            ci = f"[{_num(s.ci_low)}, {_num(s.ci_high)}]" if s.ci_low is not None else "–"
-            dci = f"[{_num(p.ci_low, '+.4f')}, {_num(p.ci_high, '+.4f')}]" if p and p.ci_low is not None else "–"
-            adjusted = stats.adjusted.get(metric, {}).get(group)
-            if stats.corrected:
-                holm_cell = f" {_num(adjusted.p_holm if adjusted else None, '.3g')} |"
-            sig = ("yes" if stats.significant(metric, group) else "no") if p else "–"
-            lines.append(f"| {group} | {s.n} | {s.mean:.4f} | {_num(s.std)} | {ci} | "
-                         f"{_num(p.mean_diff, '+.4f') if p else '–'} | {dci} | {_num(p.p_value, '.3g') if p else '–'} |"
-                         f"{holm_cell} {sig} |")
-        lines.append("")
-        rule = "Holm-adjusted p" if stats.corrected else "p"
-        if stats.paired.get(metric):
-            lines += [f"Significant: {rule} ≤ α = {stats.alpha:g}. Power (80%, two-sided paired t):", ""]
-            lines += [f"- {line}" for line in stats.power_lines(metric)] + [""]
+        lines += [f"#### {metric}", "", *_metric_table(stats, metric), "", *_metric_details(stats, metric)]
     if best is not None and stats.metrics:
         metric = stats.metrics[0]
         lines.append(f"Best child by {metric}: {best['group']} seed {best['seed']} "
@@ -194,13 +238,12 @@ def plot_note(kind: str, name: str, parent_run_id: str, files: Sequence[Any]) ->
 
 def pipeline_note(name: str, status: str, steps: Sequence[dict[str, Any]]) -> str:
     """The pipeline run's description: one Markdown row per step with its status and run id."""
-    lines = [f"Pipeline **{name}**: {status}.", "", "| step | entry point | status | run | seconds |",
+    lines = [f"Pipeline **{name}**: {status}.", "", _table_row(["step", "entry point", "status", "run", "seconds"]),
              "| --- | --- | --- | --- | ---: |"]
     for s in steps:
         run = f"`{s['run_id']}`" if s.get("run_id") else "–"
         seconds = s.get("duration_sec")
-        lines.append(f"| {s['id']} | {s.get('entry_point', '')} | {s['status']} | {run} | "
-                     f"{'' if seconds is None else seconds} |")
+        lines.append(_table_row([s["id"], s.get("entry_point", ""), s["status"], run, "" if seconds is None else seconds]))
     model = next((r.get("model_uri") for r in ((s.get("result") or {}) for s in steps) if r.get("model_uri")), None)
     if model:
         lines += ["", f"Best model: `{model}`."]

@@ -20,8 +20,8 @@ A sweep is three stages, and every way of running one uses these same three func
     train_child(run_id)     train (or resume) one planned child from its own run
     aggregate_sweep(plan)   statistics, results files and final status of the parent
 
-`run_sweep` chains them in one process (children in-process or as `mlproject train --run-id`
-subprocesses); the CLI exposes them as `compare --plan-only`, `train --run-id CHILD` and
+`run_sweep` chains them in one process (children in-process or as `mlproject train --child-run-id`
+subprocesses); the CLI exposes them as `compare --plan-only`, `train --child-run-id CHILD` and
 `compare --aggregate PARENT`; the Airflow DAG runs those commands as a plan task, one mapped
 task per child and an aggregate task. A child needs nothing but its run id and the tracking
 server: its config is the artifact `Artifact.PLAN_CONFIG` of its run, and its checkpoints live in the
@@ -213,7 +213,7 @@ def _ensure_run(task: _Task) -> None:
 
 
 def _log_child_config(task: _Task) -> None:
-    """The child's RunConfig on its run (`Artifact.PLAN_CONFIG`): `train --run-id` trains it from that."""
+    """The child's RunConfig on its run (`Artifact.PLAN_CONFIG`): `train --child-run-id` trains it from that."""
     from mlproject.tracking import client
 
     client.log_text(task.run_id, dump_yaml(to_dict(_child_run_config(task.child, task.parent.experiment_name))),
@@ -493,7 +493,7 @@ def planned_config(run_id: str, args: Any = None) -> RunConfig:
     text = client.load_text(run_id, Artifact.PLAN_CONFIG)
     if text is None:
         raise MlprojectError(f"run {run_id} is not a planned sweep child (it has no {Artifact.PLAN_CONFIG} artifact); "
-                             "--run-id trains the children that `mlproject compare --plan-only` created")
+                             "--child-run-id trains the children that `mlproject compare --plan-only` created")
     import yaml
 
     sections = build_sections(RunConfig.SECTIONS, yaml_path=f"run {run_id}: {Artifact.PLAN_CONFIG}", args=args,
@@ -741,7 +741,7 @@ class _ChildProcess:
 
 def _run_parallel(tasks: Sequence[_Task], parallel: int, plan: SweepPlan, lease_timeout: float,
                   output: ChildOutput) -> list[_Task]:
-    """`parallel` children at a time as `mlproject train --run-id` processes (the child stage);
+    """`parallel` children at a time as `mlproject train --child-run-id` processes (the child stage);
     return those another process holds."""
     from mlproject.tracking.queries import absolute_tracking_uri
 
@@ -819,7 +819,7 @@ def child_command(run_id: str, python: str | None = None) -> list[str]:
     """The child stage as a command: what `--parallel`, the DAG's mapped tasks and a
     Kubernetes pod run for one child."""
     prefix = [python, "-m", "mlproject"] if python else ["mlproject"]
-    return [*prefix, "train", "--run-id", run_id]
+    return [*prefix, "train", "--child-run-id", run_id]
 
 
 def _record_results(plan: SweepPlan, rows: list[Row], stats: SweepStats, output_dir: str) -> Path:

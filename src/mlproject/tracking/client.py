@@ -38,7 +38,7 @@ from mlflow.exceptions import MlflowException
 
 from mlproject.errors import MlprojectError
 from mlproject.protocol import process_run_id, release_process_run
-from mlproject.schema import RunRole, RunStatus, TERMINAL_STATUSES, Tag
+from mlproject.schema import ExperimentKind, ExperimentTag, RunRole, RunStatus, TERMINAL_STATUSES, Tag
 from mlproject.tracking.queries import RunRecord, artifact_files, experiment_name, get_run, latest_sweep_parent
 from mlproject.tracking.run_context import standard_tags
 from mlproject.secrets import scrub
@@ -179,25 +179,46 @@ def fail_if_unfinished(run_id: str) -> str:
 # ----------------------------------------------------------------------------- experiments and runs
 
 def ensure_experiment(name: str) -> str:
-    """The id of experiment `name`, created (with the store's schema) if missing.
+    """The id of experiment `name`, created (with the store's schema) if missing, tagged as a
+    model-training experiment (`mark_training_experiment`).
 
     Safe against a concurrent creator; called once before any fan-out, because many processes
     creating a fresh SQLite store at once fail in its schema migration.
     """
     ensure_store()
     experiment = client().get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            raise MlprojectError(f"experiment {name!r} is deleted; restore it or pick another experiment_name")
-        return experiment.experiment_id
-    try:
-        return client().create_experiment(name)
-    except MlflowException:
-        # Another process created it between the lookup and the create.
-        experiment = client().get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            experiment_id = client().create_experiment(name, tags=_TRAINING_KIND)
+        except MlflowException:
+            # Another process created it between the lookup and the create.
+            experiment = client().get_experiment_by_name(name)
+            if experiment is None:
+                raise
+        else:
+            return experiment_id
+    if experiment.lifecycle_stage == "deleted":
+        raise MlprojectError(f"experiment {name!r} is deleted; restore it or pick another experiment_name")
+    _tag_kind_if_missing(experiment)
+    return experiment.experiment_id
+
+
+# MLflow 3's UI shows an experiment without this tag as a GenAI one (traces, "evaluation runs");
+# the suite's experiments hold training runs.
+_TRAINING_KIND = {ExperimentTag.KIND: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT}
+
+
+def _tag_kind_if_missing(experiment: Any) -> None:
+    """Tag an experiment the suite uses as model training, unless it has a kind (a user's choice stays)."""
+    if ExperimentTag.KIND not in experiment.tags:
+        client().set_experiment_tag(experiment.experiment_id, ExperimentTag.KIND,
+                                    ExperimentKind.CUSTOM_MODEL_DEVELOPMENT)
+
+
+def mark_training_experiment(experiment_id: str) -> None:
+    """Tag experiment `experiment_id` as model training if it has no kind yet (one that `mlflow run`
+    or a user created: the suite logs its runs there too)."""
+    _tag_kind_if_missing(client().get_experiment(experiment_id))
 
 
 def check_run(run_id: str, what: str = "run") -> Any:
@@ -218,6 +239,7 @@ def open_run(*, experiment: str | None, run_name: str, tags: Mapping[str, str]) 
     handed = process_run_id()
     if handed:
         run_id, experiment_id = handed, get_run(handed).experiment_id
+        mark_training_experiment(experiment_id)
     else:
         experiment_id = ensure_experiment(experiment or "Default")
         run_id = client().create_run(experiment_id, run_name=run_name).info.run_id
@@ -253,6 +275,8 @@ def start_run(*, experiment_name: str, run_name: str | None = None, run_id: str 
     nested = mlflow.active_run() is not None
     if join:
         before = check_run(join, "run").info
+        if join != run_id:  # a run the suite may not have created (`mlflow run`'s, a user's): its experiment too
+            mark_training_experiment(before.experiment_id)
         run = mlflow.start_run(run_id=join, nested=nested, run_name=run_name, log_system_metrics=log_system_metrics)
         set_tags(join, tags or {})
         add_standard_tags(join)
@@ -330,6 +354,7 @@ def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, re
     if handed:
         run = get_run(handed)
         experiment_id = run.experiment_id
+        mark_training_experiment(experiment_id)
         name = experiment_name(experiment_id)
         if name != experiment:
             print(f"note: the parent run {handed} was created by `mlflow run` in experiment {name!r}; "

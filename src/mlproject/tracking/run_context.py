@@ -15,6 +15,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,32 @@ def configure_system_metrics(tracking: Any) -> bool | None:
     """
     if not tracking.system_metrics:
         return False
+    note = gpu_metrics_note()
+    if note and note not in _NOTED:  # once per process, not once per in-process sweep child
+        _NOTED.add(note)
+        print(note, file=sys.stderr, flush=True)
     mlflow.set_system_metrics_sampling_interval(tracking.system_metrics_interval)
     # Its start/stop INFO lines would land in every child's log; warnings still show.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     return True
+
+
+_NOTED: set[str] = set()
+
+
+def gpu_metrics_note() -> str | None:
+    """One line when a CUDA GPU is there but nvidia-ml-py is not: MLflow then skips GPU metrics
+    with only an INFO line, so the run would lack them without a word."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    try:
+        import pynvml  # noqa: F401 (MLflow's GPU monitor imports it the same way)
+    except ImportError:
+        return ("note: GPU utilisation and memory are not in the system metrics: nvidia-ml-py is not installed; "
+                "it comes with the optional extra 'gpu': pip install 'mlproject[gpu]'")
+    return None
 
 
 def git_info(path: str | os.PathLike[str] | None = None) -> dict[str, str]:

@@ -216,7 +216,7 @@ def check_standalone_resume(run_id: str) -> None:
                              f"`mlproject {command} --resume` and the sweep's config, not with train --resume-from")
     if role == RunRole.SWEEP_CHILD:
         raise MlprojectError(f"resume_from={run_id} is a child run of a {command} sweep; train it with its planned "
-                             f"config by `mlproject train --run-id {run_id}`, or resume the whole sweep with "
+                             f"config by `mlproject train --child-run-id {run_id}`, or resume the whole sweep with "
                              f"`mlproject {command} --resume`")
 
 
