@@ -45,13 +45,6 @@ from mlproject.secrets import scrub
 from mlproject.tracking.store import ensure_store
 
 
-# MLflow's logging thread waits for queued batches in `Queue.get(timeout=1)` and checks for the
-# end of the run only between waits, so every flush and end of a run waited up to a second,
-# twice per run (1.7 s measured). With buffering on it waits on the stop event instead, which a
-# flush sets: 0.02 s. Our logger already batches (`logger.FLUSH_EVERY_SEC`), so one second of
-# buffering delays nothing. Set before any run starts the thread; a value the user set is kept.
-os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
-
 # MLflow's limits for one log_batch call (mlflow.utils.validation): 100 params or tags, 1000
 # metrics, 1000 entities in all.
 PARAMS_PER_BATCH = 100
