@@ -245,6 +245,26 @@ def test_ctrl_c_during_the_last_step_is_passed_on_after_the_final_checkpoint(dat
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
 
 
+def test_a_signal_in_the_last_step_reaches_the_previous_handler_before_train_returns(data, model_cfg, tmp_path):
+    """The caller's own handler (a sweep's, a search's) gets the signal once, synchronously: a
+    re-raised signal could run its handler inside a finalizer, where an exception is dropped."""
+    class TermAtLast(Recorder):
+        def on_log(self, step, metrics):
+            super().on_log(step, metrics)
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        result = resolved_train(model_cfg, data, tcfg(max_steps=3, log_interval=1, eval_interval=3, save_every=0),
+                                checkpoint_dir=tmp_path, callbacks=[TermAtLast()])
+        assert received == [signal.SIGTERM]  # before train returned, not at some later bytecode
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.status == "finished" and load_checkpoint(tmp_path / "last.pt")["step"] == 3
+
+
 def test_sigterm_in_process_stops_at_the_step_boundary_and_resumes_exactly(data, model_cfg, tmp_path):
     class TermAt(Recorder):
         def on_log(self, step, metrics):

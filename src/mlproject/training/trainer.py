@@ -119,8 +119,16 @@ class _StopRequest:
         ends complete and saved, but whoever runs it (a sweep's next child, a search's next
         trial, the shell) must still see the Ctrl-C, or it would be swallowed.
         """
-        if self.signum is not None:
-            signal.raise_signal(self.signum)
+        if self.signum is None:
+            return
+        previous = self._previous.get(self.signum, signal.SIG_DFL)
+        if callable(previous):
+            # Called here, not re-raised: a re-raised signal runs its Python handler at some later
+            # bytecode, which can be inside a finalizer the collector runs, where the
+            # KeyboardInterrupt is printed and dropped ("Exception ignored in ...").
+            previous(self.signum, None)
+        elif previous == signal.SIG_DFL:
+            signal.raise_signal(self.signum)  # the default action (SIGTERM ends the process)
 
 
 def train(model_cfg: GPTConfig, data: Any, cfg: TrainConfig, *, checkpoint_dir: Path,
