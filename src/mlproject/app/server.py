@@ -179,7 +179,9 @@ def run_server(cfg: ServerConfig) -> int:
         stopped = True
         _signal_group(proc.pid, signal.SIGTERM)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # An ignored signal stays ignored (a background job's SIGINT), as in the trainer.
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)
+                if signal.getsignal(sig) != signal.SIG_IGN}
     try:
         wait_healthy(proc, cfg, lambda: stopped)
         code = proc.wait()
