@@ -64,6 +64,25 @@ def server_command(cfg: ServerConfig) -> list[str]:
     return cmd
 
 
+# Run as `python -c _GUARD PARENT_PID CMD...`: arms a parent-death signal, then becomes CMD (the
+# signal survives exec). If `mlproject server` dies, even by SIGKILL, the kernel sends `mlflow
+# server` SIGTERM, and MLflow passes that on to its web server, workers and job runner. The
+# parent check closes the race of a parent that died before the signal was armed.
+_GUARD = ("import ctypes, os, signal, sys\n"
+          "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+          "if os.getppid() != int(sys.argv[1]):\n"
+          "    sys.exit(0)\n"
+          "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
+def owned_by_this_process(cmd: list[str]) -> list[str]:
+    """`cmd`, started so that it ends when this process ends, however it ends (Linux; elsewhere
+    `cmd` as is: the SIGTERM and Ctrl-C paths still stop it)."""
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-c", _GUARD, str(os.getpid()), *cmd]
+
+
 def server_environment(cfg: ServerConfig, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of the server process: `base` (default os.environ) plus the backend URI."""
     env = dict(os.environ if base is None else base)
@@ -159,7 +178,8 @@ def run_server(cfg: ServerConfig) -> int:
     zero exit code `mlflow server` gives then.
     SIGTERM/SIGINT stop the whole server (exit code 0): `mlflow server` runs its web server
     as a child process and does not pass the signal on, so the server gets its own process
-    group and the signal goes to the group.
+    group and the signal goes to the group. A SIGKILL leaves nothing behind either: see
+    `owned_by_this_process`.
     """
     validate_server_config(cfg)
     check_bindable(cfg.host, cfg.port)
@@ -171,7 +191,7 @@ def run_server(cfg: ServerConfig) -> int:
           f"  training runs: {training_view_url(cfg)}\n"
           f"  backend store: {scrub(cfg.backend_store_uri)}\n"
           f"  artifacts:     {cfg.artifacts_destination} (proxied)", flush=True)
-    proc = subprocess.Popen(cmd, env=server_environment(cfg), start_new_session=True)
+    proc = subprocess.Popen(owned_by_this_process(cmd), env=server_environment(cfg), start_new_session=True)
     stopped = False
 
     def stop(signum: int, _frame: object) -> None:
