@@ -35,6 +35,13 @@ Settings (environment of the DAG processor and workers):
                                container runs the whole sweep (`mlflow run -e compare`), as
                                it always does for a step with adaptive_seeds (its rounds)
     MLPROJECT_CHILD_OPERATOR   docker (default) or kubernetes: what runs a mapped child task
+    MLPROJECT_POOL             the Airflow pool mapped children take their slot from
+                               (mlproject_train): its slots bound how many children train at
+                               once on this deployment, whatever the executor's parallelism.
+                               Airflow schedules no task of a pool that does not exist, so
+                               create it once (the compose stack does, with
+                               MLPROJECT_POOL_SLOTS slots, default 1):
+                                   airflow pools set mlproject_train 2 "mlproject training slots"
     MLPROJECT_K8S_NAMESPACE, MLPROJECT_K8S_CACHE_PVC, MLPROJECT_K8S_SECRET, MLPROJECT_K8S_CPU,
     MLPROJECT_K8S_MEMORY       the child pods' namespace, the token-cache PersistentVolumeClaim,
                                a Secret with the MLflow credentials, and their CPU/memory requests
@@ -98,6 +105,7 @@ class DagSettings:
     k8s_secret: str | None = None
     k8s_cpu: str = "2"
     k8s_memory: str = "8Gi"
+    pool: str = "mlproject_train"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DagSettings:
@@ -150,6 +158,7 @@ class DagSettings:
             k8s_secret=get("MLPROJECT_K8S_SECRET"),
             k8s_cpu=get("MLPROJECT_K8S_CPU", cls.k8s_cpu),
             k8s_memory=get("MLPROJECT_K8S_MEMORY", cls.k8s_memory),
+            pool=get("MLPROJECT_POOL", cls.pool),
         )
 
     def mounts(self) -> list[Mount]:
@@ -330,12 +339,14 @@ def build_dag(settings: DagSettings) -> DAG:
             commands = task(task_id=f"{step.id}__children", dag=dag, retries=0)(child_commands)(plan.output)
             if settings.child_operator == "kubernetes":
                 children = _pod_operator().partial(
-                    task_id=f"{step.id}__train", dag=dag, name=f"{step.id}-child",
+                    task_id=f"{step.id}__train", dag=dag, name=f"{step.id}-child", pool=settings.pool,
                     **child_pod_arguments(settings, environment)).expand(arguments=commands)
             else:
+                # A slot of the pool per child: Airflow 3 ignores max_active_tis_per_dag for mapped
+                # tasks, and a pool is its tool for bounding how many run at once per resource.
                 children = DockerOperator.partial(
                     task_id=f"{step.id}__train", dag=dag, image=settings.image, do_xcom_push=False,
-                    **docker_arguments(step.id, "train")).expand(command=commands)
+                    pool=settings.pool, **docker_arguments(step.id, "train")).expand(command=commands)
             aggregate = docker_task(step.id, step.id, "{{ mlproject_aggregate_command(ti, params, %r) }}" % step.id,
                                     "aggregate", do_xcom_push=True, trigger_rule="all_done",
                                     doc_md=f"aggregate of the {doc}: statistics, results, plots")
