@@ -56,6 +56,10 @@ class PipelineStep:
         if not _ID.match(self.id):
             raise ConfigError(f"step id {self.id!r} must contain only letters, digits, _ and -")
 
+    def blocking_needs(self) -> list[str]:
+        """The needs whose failure skips this step (all of them; see `original_format.OriginalStep`)."""
+        return self.needs
+
     def references(self) -> set[str]:
         """Ids of the steps whose results the parameters use."""
         return {m.group(1) for v in self.parameters.values() for m in TEMPLATE.finditer(param_text(v))}
@@ -84,6 +88,9 @@ class Pipeline:
     settings: PipelineSettings
     steps: list[PipelineStep]
     source: str = ""
+    # an original-format file (`original_format.OriginalPipeline`): its steps run in its project
+    # root and its own report is written beside the suite's
+    original: Any = None
 
     def step(self, step_id: str) -> PipelineStep:
         for step in self.steps:
