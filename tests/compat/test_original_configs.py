@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from compat_helpers import SHRINK, Ran, Shell
-from helpers import VENV_BIN
+from helpers import REPO, VENV_BIN
 from mlproject import cli
 
 pytestmark = pytest.mark.e2e
@@ -298,3 +298,18 @@ def test_an_original_file_with_a_misspelt_flag_is_one_line_before_any_run(osh: S
     assert ran.output.strip().splitlines() == [
         f"mlproject: error: {bad}: unknown key args.n-layers: `mlproject compare` has no flag --n-layers "
         "(did you mean --n-layer?); see `mlproject compare --help`"]
+
+
+def test_mlflow_run_of_the_pipeline_entry_point_takes_an_original_pipeline(osh: Shell, tmp_path: Path):
+    # Under `mlflow run` the working directory is this project, so the file names its root.
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "name": "via_mlflow_run", "project_root": str(tmp_path), "env": {"PYTHONUNBUFFERED": 1},
+        "steps": [{"id": "train", "script": "scripts/train.py", "args": {"dataset": "pydocs", "max-steps": 2}}]}))
+    ran = osh.run(f"mlflow run {REPO} -e pipeline --env-manager local -P config={pipeline} -P dry_run=true")
+    assert "mlproject train --dataset pydocs --max-steps 2 --profile original" in ran.output
+    (path,) = (tmp_path / "research_runs/pipeline/via_mlflow_run").glob("execution_*.json")
+    report = json.loads(path.read_text())
+    assert report["dry_run"] is True and report["project_root"] == str(tmp_path)
+    assert report["results"][0]["command"] == ["mlproject", "train", "--dataset", "pydocs", "--max-steps", "2",
+                                               "--profile", "original"]
