@@ -373,3 +373,10 @@ def test_continue_on_error_runs_the_steps_after_a_failure(project, fake_mlprojec
     assert [c["argv"][0] for c in fake_mlproject()] == ["train", "compare", "plot"]
     (report,) = original_reports(project)
     assert [r["status"] for r in report["results"]] == ["ok", "skipped", "failed", "ok"]
+
+
+def test_selected_steps_run_alone_and_the_report_lists_only_them(project, fake_mlproject):
+    assert run_pipeline(PipelineOptions(str(set_root(project)), step=["plot"])) == 0
+    assert [c["argv"][0] for c in fake_mlproject()] == ["plot"]
+    (report,) = original_reports(project)
+    assert [(r["step_id"], r["status"]) for r in report["results"]] == [("plot", "ok")]
