@@ -380,3 +380,11 @@ def test_selected_steps_run_alone_and_the_report_lists_only_them(project, fake_m
     assert [c["argv"][0] for c in fake_mlproject()] == ["plot"]
     (report,) = original_reports(project)
     assert [(r["step_id"], r["status"]) for r in report["results"]] == [("plot", "ok")]
+
+
+def test_a_config_that_is_not_yaml_is_left_to_the_commands_own_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    assert expand_cli_argv(["train", "--config", str(bad)], cli.known_flags) == ["train", "--config", str(bad)]
+    assert cli.main(["train", "--config", str(bad)]) == 2
+    assert "invalid YAML" in capsys.readouterr().err

@@ -125,7 +125,10 @@ def expand_cli_argv(argv: Sequence[str], known_flags: KnownFlags) -> list[str]:
     if not argv or found is None or not Path(found[2]).is_file():
         return list(argv)
     start, end, path = found
-    data = load_yaml(path)
+    try:
+        data = load_yaml(path)
+    except ConfigError:  # not readable YAML: the command's own loading reports it, as for any config
+        return list(argv)
     if not is_step_file(data):
         return list(argv)
     command = subcommand(data.get("script"), path)
