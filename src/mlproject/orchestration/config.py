@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mlproject.config import check_types, field
 from mlproject.errors import ConfigError
+
+if TYPE_CHECKING:  # original_format builds on this module
+    from mlproject.orchestration.original_format import OriginalPipeline
 
 TEMPLATE = re.compile(r"\{\{\s*steps\.([A-Za-z0-9_\-]+)\.([A-Za-z0-9_]+)\s*\}\}")  # {{ steps.<id>.<key> }}
 _ID = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -90,7 +93,7 @@ class Pipeline:
     source: str = ""
     # an original-format file (`original_format.OriginalPipeline`): its steps run in its project
     # root and its own report is written beside the suite's
-    original: Any = None
+    original: OriginalPipeline | None = None
 
     def step(self, step_id: str) -> PipelineStep:
         for step in self.steps:
