@@ -17,7 +17,10 @@ Settings (environment of the DAG processor and workers):
     MLPROJECT_PIPELINE_CONFIG  pipeline YAML (default configs/pipeline/research_small_repro.yaml);
                                the DAG param `pipeline_config` overrides it for one run
                                (the original suite's GPT_PIPELINE_CONFIG is read when it is unset;
-                               its GPT_PYTHON_BIN no longer applies and only logs a warning)
+                               its GPT_PYTHON_BIN no longer applies and only logs a warning).
+                               A pipeline in the original's format works too: one task per
+                               enabled step, each after the one before it, running
+                               `mlproject <command> <its args> --profile original`
     MLFLOW_TRACKING_URI        tracking server the steps log to (http://127.0.0.1:5000)
     MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN   passed to the steps, never logged
     MLPROJECT_IMAGE            step image (mlproject-step:latest)
@@ -68,6 +71,7 @@ from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.sdk import DAG, Param, task
 from docker.types import DeviceRequest, Mount
 
+from mlproject.cli import known_flags
 from mlproject.errors import ConfigError, MlprojectError, require_extra
 from mlproject.orchestration.graph import load_pipeline
 from mlproject.orchestration.steps import RESUMABLE, runs_in_rounds, step_command, step_env, sweep_stage_command
@@ -297,7 +301,7 @@ def build_dag(settings: DagSettings) -> DAG:
         },
     )
     try:
-        pipeline = load_pipeline(settings.pipeline_config)
+        pipeline = load_pipeline(settings.pipeline_config, known_flags)
     except MlprojectError as exc:
         problem = str(exc)
 
