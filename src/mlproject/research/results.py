@@ -32,7 +32,9 @@ SUMMARY_COLUMNS = ["params_total", "val_loss_best", "val_ppl_best", "val_bpb_bes
                    "elapsed_sec", "tokens_per_sec", "peak_mem_mb"]
 CHECKPOINT_COLUMNS = ["checkpoint_last", "checkpoint_best"]
 RESULT_COLUMNS = ID_COLUMNS + SUMMARY_COLUMNS + CHECKPOINT_COLUMNS
-_TEXT_COLUMNS = {"run_id", "status", "group", "model_version", "axis", "value", *CHECKPOINT_COLUMNS}
+_TEXT_COLUMNS = {"run_id", "status", "group", "model_version", "axis", "value", *CHECKPOINT_COLUMNS,
+                 # the original suite's text columns (its results files are read too)
+                 "run_name", "ablation_axis", "ablation_value", "best_ckpt", "last_ckpt", "history_path", "config_path"}
 
 Row = dict[str, Any]
 
@@ -104,10 +106,26 @@ def read_results(path: str | os.PathLike[str]) -> list[Row]:
             rows = [_typed(dict(r)) for r in csv.DictReader(f)]
     else:
         raise MlprojectError(f"results file {path} must end in .jsonl or .csv")
+    rows = [_from_original_columns(row) for row in rows]
     missing = {"group", "seed"} - set(rows[0]) if rows else set()
     if missing:
         raise MlprojectError(f"{path}: missing column(s) {', '.join(sorted(missing))}; expected a results file")
     return rows
+
+
+def _from_original_columns(row: Row) -> Row:
+    """A row of the original suite's results (`ablation_axis`/`ablation_value`, no `group`) with
+    this suite's identity columns added; a row that has them is returned as it is."""
+    if "group" in row or "model_version" not in row:
+        return row
+    out = dict(row)
+    value = row.get("ablation_value")
+    out["axis"] = str(row.get("ablation_axis") or "")
+    out["value"] = "" if value is None else str(value)
+    out["group"] = out["value"] if out["axis"] else str(row["model_version"])
+    out.setdefault("run_id", str(row.get("run_name", "")))
+    out.setdefault("status", RunStatus.FINISHED)
+    return out
 
 
 def _typed(row: dict[str, str]) -> Row:
@@ -237,6 +255,22 @@ def stats_to_metrics(st: SweepStats) -> dict[str, float]:
 
 def _present(values: Mapping[str, float | int | None]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if v is not None}
+
+
+def original_summary_rows(rows: Sequence[Row], metric: str, group_key: str) -> list[dict[str, Any]]:
+    """The original suite's summary CSV: per group (its column named `group_key`, as the original's
+    `model_version` / `ablation_value`), n, mean, sample std (0 for one value), min, max; by mean."""
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        value = _number(row.get(metric))
+        if value is not None:
+            values.setdefault(str(row["group"]), []).append(value)
+    out = []
+    for group, vals in values.items():
+        s = summarize(vals)
+        out.append({group_key: group, "n": s.n, "mean": s.mean, "std": s.std or 0.0, "min": min(vals),
+                    "max": max(vals)})
+    return sorted(out, key=lambda r: r["mean"])
 
 
 def summary_table_rows(st: SweepStats) -> list[dict[str, Any]]:
