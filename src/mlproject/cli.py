@@ -30,6 +30,7 @@ from mlproject.inference.config import GenerateConfig
 from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
 from mlproject.model.config import HFImportConfig, OriginalImportConfig, SummaryConfig
 from mlproject.orchestration.config import PipelineOptions
+from mlproject.profiles import PROFILE_COMMANDS, PROFILE_ENV, PROFILES, active_profile
 from mlproject.research.config import (AblationConfig, ChildRunConfig, CompareConfig, PlotConfig, ReproduceConfig,
                                        SweepStageConfig, TuneConfig)
 from mlproject.schema import RunStatus
@@ -234,6 +235,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _pipeline(args: argparse.Namespace) -> int:
     from mlproject.orchestration.runner import run_pipeline
 
+    if args.profile is not None:  # the steps run as their own commands: they read it from the environment
+        os.environ[PROFILE_ENV] = active_profile(args.profile)
     return run_pipeline(_flags(args, PipelineOptions))
 
 
@@ -309,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
         accept_negative_numbers(p)
         if command.config:
             p.add_argument("--config", help=command.config)
+        if name in PROFILE_COMMANDS:
+            p.add_argument("--profile", choices=PROFILES, default=None,
+                           help=f"defaults to start from: this suite's, or the original suite's (see "
+                                f"docs/migration.md); default: ${PROFILE_ENV}, else default")
         for title, cls in command.sections.items():
             add_arguments(p, cls, title=f"{title} ({cls.__name__})")
     return parser

@@ -32,6 +32,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from mlproject.errors import ConfigError
+from mlproject.profiles import active_profile, profile_defaults
 
 T = TypeVar("T")
 
@@ -359,7 +360,8 @@ def merge(base: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> dict[
 
 def build_sections(sections: Mapping[str, type], *, yaml_path: str | os.PathLike[str] | None = None,
                    args: argparse.Namespace | None = None, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Build one dataclass per top-level YAML section, with CLI flags overriding the file.
+    """Build one dataclass per top-level YAML section, with CLI flags overriding the file and the
+    file overriding the command's profile defaults (`mlproject.profiles`; none in the default profile).
 
     `sections` maps a section name (`model`, `train`, ...) to its dataclass. A top-level key
     that is not a section is an error naming the allowed sections. `data` is the file's
@@ -372,11 +374,13 @@ def build_sections(sections: Mapping[str, type], *, yaml_path: str | os.PathLike
     if unknown:
         raise ConfigError(f"{source}: unknown section {sorted(unknown, key=str)[0]!r}; "
                           f"allowed sections: {', '.join(sections)}")
+    defaults = (profile_defaults(getattr(args, "command", None), active_profile(getattr(args, "profile", None)))
+                if args is not None else {})
     out = {}
     for name, cls in sections.items():
         section = data.get(name)
         if section is not None and not isinstance(section, Mapping):
             raise ConfigError(f"{source}: section {name!r} must be a mapping")
         flags = section_overrides(args, cls) if args is not None else {}
-        out[name] = from_dict(cls, merge(section, flags), source=f"{source}: {name}")
+        out[name] = from_dict(cls, merge(merge(defaults.get(name), section or {}), flags), source=f"{source}: {name}")
     return out

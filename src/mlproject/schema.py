@@ -28,6 +28,7 @@ class Tag(StrEnum):
     ERROR = "mlproject.error"                      # a run that failed: the one-line reason
     TRAIN_STATUS = "mlproject.train_status"        # TrainStatus of the trainer's last session
     CHANGED_PARAMS = "mlproject.changed_params"    # {param: value of the latest session}
+    PROFILE = "mlproject.profile"                  # the defaults the run started from: default | original
     # sweeps (compare, ablation) and their children
     SWEEP_KIND = "mlproject.sweep_kind"            # SweepKind
     SWEEP_KEY = "mlproject.sweep_key"              # hash of the sweep's config minus seed and the varied field

@@ -183,6 +183,8 @@ class PlotConfig:
                                                "mean, std, min, max (profile original: output_dir/"
                                                "summary_<kind>_<metric>.csv)")
     log_to_run: bool = field(True, help="log the plots to the parent run under plots/")
+    profile: Literal["default", "original"] = field(
+        "default", cli=False, help="original: the original's summary CSV too (--profile)")
 
     def validate(self) -> None:
         check_types(self, source="plot")

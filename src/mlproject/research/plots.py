@@ -331,10 +331,12 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
                                     targets=_targets(source.parent_run_id)))
     summary = [row for group in groups for row in summary_table_rows(stats) if row["group"] == group]
     written.append(atomic_write_text(out / f"{source.kind}_{cfg.metric}_summary.csv", to_csv(summary)))
-    if cfg.summary_csv:
+    original_csv = cfg.summary_csv or (str(out / f"summary_{source.kind}_{cfg.metric}.csv")
+                                       if cfg.profile == "original" else None)
+    if original_csv:
         group_key = "ablation_value" if source.kind == "ablation" else "model_version"
         table = original_summary_rows(source.rows, cfg.metric, group_key)
-        written.insert(-1, atomic_write_text(Path(cfg.summary_csv), to_csv(table)))
+        written.insert(-1, atomic_write_text(Path(original_csv), to_csv(table)))
     written = [p.resolve() for p in written]
 
     logged_to = _log(cfg, source, written)

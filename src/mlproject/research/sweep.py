@@ -358,7 +358,7 @@ def _open_parent(spec: SweepSpec) -> Any:
     return client.open_parent(
         experiment=spec.experiment, run_name=spec.run_name, kind=spec.kind, sweep_key=spec.key,
         resume=spec.resume, tags={Tag.GROUPS: json.dumps(spec.groups), Tag.METRICS: json.dumps(spec.metrics),
-                                  **spec.tags})
+                                  Tag.PROFILE: spec.base.tracking.profile, **spec.tags})
 
 
 @contextlib.contextmanager

@@ -49,7 +49,8 @@ class TrainConfig:
     device: str = field("auto", help="auto, cpu, cuda, cuda:N or mps")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
         "auto", help="auto: bf16 autocast on CUDA GPUs and CPUs that support it natively, else fp32")
-    amp: bool = field(False, help="mixed precision in amp_dtype (the original's switch; sets precision)")
+    amp: bool = field(False, help="mixed precision in amp_dtype: the original's switch, it sets precision (over "
+                                          "the profile's or --precision)")
     amp_dtype: Literal["bf16", "fp16"] = field("bf16", help="autocast dtype of --amp")
     compile: bool = field(False, help="torch.compile the model")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = field(
@@ -94,9 +95,6 @@ class TrainConfig:
         for name in ("save_every_epochs", "preview_every"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive (or null to disable)")
-        if self.amp and self.precision not in ("auto", self.amp_dtype):
-            raise ConfigError(f"train: amp=true (amp_dtype={self.amp_dtype}) contradicts precision={self.precision}; "
-                              "give one of them")
         self._validate_optimizer()
 
     def _validate_optimizer(self) -> None:

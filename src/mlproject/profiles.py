@@ -1,0 +1,113 @@
+"""Profiles: the defaults a command starts from. `default` is this suite's; `original` is the
+original suite's (pablo-reyes8/implementing-gpt, its `scripts/*.py` argparse defaults), so the
+same command line trains the same experiment it trained there.
+
+`ORIGINAL` below is the one place those defaults are written. A profile's values sit under a
+YAML file and the flags (both still win), and `docs/migration.md` holds the table rendered from
+here (`defaults_table`; a test checks the page against it). `--profile original` on a command,
+or `MLPROJECT_PROFILE=original` in its environment, selects it; an explicit flag wins over the
+variable. Plain commands keep this suite's defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlproject.errors import ConfigError
+
+PROFILES = ("default", "original")
+PROFILE_ENV = "MLPROJECT_PROFILE"
+# The subcommands the original scripts map to (and `pipeline`, whose steps they are).
+PROFILE_COMMANDS = ("train", "compare", "ablate", "plot", "generate", "pipeline")
+_SWEEPS = ("compare", "ablate")
+_RUNS = ("train", *_SWEEPS)
+
+
+@dataclass(frozen=True)
+class Default:
+    """One default of the original suite: for `commands`, field `name` of config section `section`."""
+
+    commands: tuple[str, ...]
+    section: str
+    name: str
+    value: Any
+    why: str = ""
+
+
+ORIGINAL: tuple[Default, ...] = (
+    Default(_RUNS, "tracking", "profile", "original", "recorded as the run's mlproject.profile tag"),
+    Default(_RUNS, "data", "dataset", "small", "its --dataset default"),
+    Default(_RUNS, "model", "block_size", 256, "this suite: 1024 (gpt2) / 2048 (gpt3), as the papers"),
+    # train's 4 layers, 4 heads, width 256 are this suite's `nano` preset, the default of both
+    Default(_SWEEPS, "model", "preset", "small", "its 8 layers, 8 heads, width 512"),
+    Default(("ablate",), "model", "model_version", "gpt3", "run_ablations.py ablates GPT-3"),
+    Default(_RUNS, "model", "dropout", 0.1, "this suite: 0 (no dropout, as for large-data pretraining)"),
+    Default(_RUNS, "model", "attention_impl", "manual", "its explicit softmax attention"),
+    Default(_RUNS, "model", "gelu_approximate", "none", "its nn.GELU() is the exact erf GELU"),
+    Default(_RUNS, "model", "attention_pattern", "dense", "its GPT3 has no banded layers"),
+    Default(_RUNS, "train", "batch_size", 32),
+    Default(_RUNS, "train", "learning_rate", 3e-4, "its --base-lr"),
+    Default(_RUNS, "train", "min_lr_ratio", 0.0, "its cosine decays to 0"),
+    Default(("train",), "train", "epochs", 10),
+    Default(_SWEEPS, "train", "epochs", 3),
+    Default(_RUNS, "train", "log_interval", 100, "its --log-every"),
+    Default(_RUNS, "train", "precision", "fp32", "no --amp: fp32 (this suite: bf16 where the device has it)"),
+    Default(("train",), "train", "compile_mode", "max-autotune", "with --compile"),
+    Default(_SWEEPS, "train", "compile_mode", "default", "with --compile"),
+    Default(("train",), "tracking", "output_dir", "checkpoints", "where its files go: <run>_config.json, ..."),
+    Default(("compare",), "compare", "seeds", [42]),
+    Default(("ablate",), "ablation", "seeds", [42]),
+    Default(("generate",), "generate", "prompts", ["Hola"], "its --prompt"),
+    Default(("generate",), "generate", "max_new_tokens", 50),
+    Default(("generate",), "generate", "top_k", 50),
+    Default(("generate",), "generate", "strategy", "topk"),
+    Default(("plot",), "plot", "output_dir", "research_runs/plots"),
+    Default(("plot",), "plot", "profile", "original", "writes its summary_<kind>_<metric>.csv"),
+)
+
+
+def active_profile(flag: str | None) -> str:
+    """The profile of a command: its `--profile` flag, else $MLPROJECT_PROFILE, else `default`."""
+    if flag is not None:
+        value, source = flag, "--profile"
+    else:
+        value, source = os.environ.get(PROFILE_ENV, "").strip() or "default", PROFILE_ENV
+    if value not in PROFILES:
+        raise ConfigError(f"{source}={value!r} is not a profile; expected one of: {', '.join(PROFILES)}")
+    return value
+
+
+def profile_defaults(command: str | None, profile: str) -> dict[str, dict[str, Any]]:
+    """{section: {field: value}} of `profile` for `command` (empty for the default profile)."""
+    if profile != "original":
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for d in ORIGINAL:
+        if command in d.commands:
+            out.setdefault(d.section, {})[d.name] = d.value
+    return out
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def defaults_table(sections_of: Mapping[str, Mapping[str, type]]) -> str:
+    """The Markdown table of `ORIGINAL` beside this suite's defaults (`sections_of`: each command's
+    {section: dataclass}, the CLI's command table), as docs/migration.md holds it."""
+    lines = ["| command(s) | field | original | this suite | note |", "|---|---|---|---|---|"]
+    for d in ORIGINAL:
+        cls = sections_of[d.commands[0]][d.section]
+        f = next(f for f in dataclasses.fields(cls) if f.name == d.name)
+        ours = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        lines.append(f"| {', '.join(d.commands)} | `{d.section}.{d.name}` | {_cell(d.value)} | {_cell(ours)} "
+                     f"| {d.why} |")
+    return "\n".join(lines) + "\n"
