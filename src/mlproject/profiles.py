@@ -111,3 +111,96 @@ def defaults_table(sections_of: Mapping[str, Mapping[str, type]]) -> str:
         lines.append(f"| {', '.join(d.commands)} | `{d.section}.{d.name}` | {_cell(d.value)} | {_cell(ours)} "
                      f"| {d.why} |")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- the original's flags
+
+@dataclass(frozen=True)
+class Flag:
+    """A flag of the original scripts and the config field it sets here (`section.field`), or how it is
+    read when no field holds it (`field` empty, `note` says)."""
+
+    flag: str
+    scripts: str
+    field: str
+    note: str = ""
+
+
+_T, _G, _C, _A, _P = "train", "generate", "compare_models", "run_ablations", "plot_results"
+_TCA = f"{_T}, {_C}, {_A}"
+_ALL = f"{_T}, {_G}, {_C}, {_A}"
+
+ORIGINAL_FLAGS: tuple[Flag, ...] = (
+    Flag("--dataset", _TCA, "data.dataset"),
+    Flag("--block-size", _ALL, "model.block_size", "generate: checked against the checkpoint"),
+    Flag("--batch-size", _TCA, "train.batch_size"),
+    Flag("--num-workers", _TCA, "data.num_workers"),
+    Flag("--model-version", _ALL, "model.model_version", "generate: checked against the checkpoint"),
+    Flag("--model-preset", _T, "model.preset"),
+    Flag("--models", _C, "compare.models"),
+    Flag("--seeds", f"{_C}, {_A}", "compare.seeds / ablation.seeds"),
+    Flag("--n-layer", _ALL, "model.n_layer", "generate: checked against the checkpoint"),
+    Flag("--n-head", _ALL, "model.n_head", "generate: checked against the checkpoint"),
+    Flag("--d-model", _ALL, "model.d_model", "generate: checked against the checkpoint"),
+    Flag("--dropout", _ALL, "model.dropout", "generate: accepted, no effect (no dropout when generating)"),
+    Flag("--layernorm-eps", _ALL, "model.norm_eps", "generate: checked against the checkpoint"),
+    Flag("--mlp-expansion", _ALL, "model.mlp_expansion", "generate: checked against the checkpoint"),
+    Flag("--resid-dropout", _ALL, "model.resid_dropout", "GPT-3's residual dropout; an ablation axis; generate: "
+         "accepted, no effect"),
+    Flag("--norm-type", _ALL, "model.norm_type", "generate: checked against the checkpoint"),
+    Flag("--mlp-type", _ALL, "model.mlp_type", "generate: checked against the checkpoint"),
+    Flag("--pos-encoding", _ALL, "model.pos_encoding", "generate: checked against the checkpoint"),
+    Flag("--attention-impl", _ALL, "model.attention_impl", "generate: checked against the checkpoint"),
+    Flag("--rope-base", _ALL, "model.rope_theta", "generate: checked against the checkpoint"),
+    Flag("--gradient-checkpointing", _TCA, "model.gradient_checkpointing"),
+    Flag("--ablation-axis", _A, "ablation.ablation_axis", "resid_dropout is an axis too"),
+    Flag("--ablation-values", _A, "ablation.ablation_values"),
+    Flag("--epochs", _TCA, "train.epochs"),
+    Flag("--max-steps", _TCA, "train.max_steps"),
+    Flag("--base-lr", _TCA, "train.learning_rate"),
+    Flag("--label-smoothing", _TCA, "train.label_smoothing"),
+    Flag("--warmup-steps", _TCA, "train.warmup", "a step count (values below 1 are a fraction of the run here)"),
+    Flag("--weight-decay", _TCA, "train.weight_decay"),
+    Flag("--grad-clip", _TCA, "train.grad_clip"),
+    Flag("--beta1", _TCA, "train.beta1"),
+    Flag("--beta2", _TCA, "train.beta2"),
+    Flag("--scheduler-type", _TCA, "train.scheduler", "cosine | warmup_cosine | none | constant"),
+    Flag("--log-every", _TCA, "train.log_interval"),
+    Flag("--preview-every", _T, "train.preview_every", "prints a decoded sample, logged under previews/"),
+    Flag("--val-checking", _TCA, "train.eval_interval", "bare: evaluate every eval_interval steps (default 100)"),
+    Flag("--save-ckpt-every", _TCA, "train.save_every_epochs", "in epochs"),
+    Flag("--seed", _T, "train.seed"),
+    Flag("--amp", _TCA, "train.amp", "sets train.precision to --amp-dtype; without it the profile's fp32"),
+    Flag("--amp-dtype", _TCA, "train.amp_dtype"),
+    Flag("--device", f"{_ALL}", "train.device / generate.device"),
+    Flag("--compile", _TCA, "train.compile"),
+    Flag("--compile-mode", _TCA, "train.compile_mode", "passed to torch.compile"),
+    Flag("--output-dir", f"{_TCA}, {_P}", "tracking.output_dir / plot.output_dir",
+         "compare/ablate: results also under research_runs/<kind>/<experiment>"),
+    Flag("--run-name", _T, "tracking.run_name"),
+    Flag("--experiment-name", f"{_C}, {_A}", "tracking.experiment_name"),
+    Flag("--ckpt-name", _T, "tracking.ckpt_name", "<output-dir>/<ckpt-name>, last: <stem>.last.pt"),
+    Flag("--history-path", _T, "tracking.history_path"),
+    Flag("--config-path", _T, "tracking.config_path"),
+    Flag("--checkpoint", _G, "generate.checkpoint"),
+    Flag("--tokenizer-path", _G, "generate.tokenizer_path"),
+    Flag("--use-ckpt-config", _G, "generate.use_ckpt_config", "always: the model comes from the checkpoint"),
+    Flag("--prompt", _G, "generate.prompts"),
+    Flag("--max-new-tokens", _G, "generate.max_new_tokens"),
+    Flag("--temperature", _G, "generate.temperature"),
+    Flag("--top-k", _G, "generate.top_k"),
+    Flag("--strategy", _G, "generate.strategy"),
+    Flag("--results", _P, "plot.results", "several files pooled; the original's or this suite's columns"),
+    Flag("--kind", _P, "plot.kind"),
+    Flag("--metric", _P, "plot.metric"),
+    Flag("--plot-name", _P, "plot.plot_name"),
+    Flag("--title", _P, "plot.title"),
+    Flag("--summary-csv", _P, "plot.summary_csv", "columns: group, n, mean, std, min, max"),
+)
+
+
+def flags_table() -> str:
+    """The Markdown table of `ORIGINAL_FLAGS`, as docs/migration.md holds it."""
+    lines = ["| original flag | scripts | here | note |", "|---|---|---|---|"]
+    lines += [f"| `{f.flag}` | {f.scripts} | `{f.field}` | {f.note} |" for f in ORIGINAL_FLAGS]
+    return "\n".join(lines) + "\n"

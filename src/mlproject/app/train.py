@@ -135,6 +135,8 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
         return outcome
 
     checkpoint_dir: Path | None = None
+    recorder = _history_recorder(cfg, tracker)
+    callbacks = [*callbacks, recorder] if recorder is not None else callbacks
     tracker.check()  # an unreachable store fails before the data is prepared
     # checkpoints go there first: a path under a file or unwritable is refused before a run exists
     check_writable(cfg.tracking.output_dir, "output_dir")
@@ -171,21 +173,34 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
             outcome.status, outcome.checkpoint_uris = run.status, dict(run.checkpoint_uris)
             _report(outcome, checkpoint_dir, tracker)
             raise
-    copy_error = None if run.is_child else _local_copies(cfg, run, result, data, outcome.status)
+    copy_error = None if run.is_child else _local_copies(resolved, run, result, data, outcome.status, recorder)
     _report(outcome, checkpoint_dir, tracker)
     if copy_error is not None:
         raise MlprojectError(copy_error)
     return outcome
 
 
-def _local_copies(cfg: RunConfig, run: Any, result: Any, data: Any, status: str) -> str | None:
-    """Write a standalone run's copies at the original suite's `checkpoints/<name>.*`; return the
-    error line if that failed. The run is recorded and ended by then: the line says it is safe."""
-    from mlproject.app.local_copies import export_checkpoints
+def _history_recorder(cfg: RunConfig, tracker: Tracker) -> Any:
+    """The recorder of the original's history file, for a standalone run that writes its files."""
+    from mlproject.app.original_files import HistoryRecorder, wants_original_files
 
+    return HistoryRecorder() if wants_original_files(cfg) and not tracker.joins_planned else None
+
+
+def _local_copies(cfg: RunConfig, run: Any, result: Any, data: Any, status: str, recorder: Any) -> str | None:
+    """Write a standalone run's copies at the original suite's `checkpoints/<name>.*` (and its other
+    files when `recorder` holds the history); return the error line if that failed. The run is
+    recorded and ended by then: the line says it is safe."""
+    from mlproject.app.local_copies import export_checkpoints
+    from mlproject.app.original_files import write_original_files
+
+    name = cfg.tracking.run_name or run.run_name or run.run_id
     try:
-        export_checkpoints(cfg.tracking.run_name or run.run_name or run.run_id,
-                           last=result.last_checkpoint, best=result.best_checkpoint, tokenizer=data.tokenizer_path)
+        export_checkpoints(name, last=result.last_checkpoint, best=result.best_checkpoint,
+                           tokenizer=data.tokenizer_path)
+        if recorder is not None:
+            write_original_files(cfg, name, recorder.history, last=result.last_checkpoint,
+                                 best=result.best_checkpoint)
     except (OSError, MlprojectError) as exc:
         where = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
         return (f"run {run.run_id} is {status} and safe in the tracking store; only its local copies under "

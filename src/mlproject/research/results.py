@@ -338,11 +338,27 @@ def format_summary(st: SweepStats, rows: Sequence[Row] | None = None) -> str:
     return "\n".join(lines)
 
 
-def export_sweep_results(kind: str, experiment_name: str, rows: Sequence[Row]) -> Path:
+def with_original_columns(row: Row) -> Row:
+    """`row` with the original suite's columns beside this suite's: its run name, parameter and step
+    counts, last train perplexity, ablation axis and value, checkpoint locations."""
+    axis, value = row.get("axis") or "", row.get("value") or ""
+    loss = _number(row.get("train_loss_last"))
+    name = f"{axis}_{value}_seed{row['seed']}" if axis else f"{row['model_version']}_seed{row['seed']}"
+    return {**row, "run_name": name.replace("/", "_"), "params_trainable": row.get("params_total"),
+            "train_ppl_last": math.exp(min(loss, 700.0)) if loss is not None else None,
+            "global_steps": row.get("global_steps", row.get("step")),
+            "ablation_axis": axis or None, "ablation_value": value or None,
+            "best_ckpt": row.get("checkpoint_best") or None, "last_ckpt": row.get("checkpoint_last") or None}
+
+
+def export_sweep_results(kind: str, experiment_name: str, rows: Sequence[Row], *, original: bool = False) -> Path:
     """Write the sweep's `results.jsonl`/`.csv` where the original suite put them
-    (`research_runs/<kind>/<experiment>`, see `app.local_copies`); print and return the folder."""
+    (`research_runs/<kind>/<experiment>`, see `app.local_copies`), with the original's columns too in
+    its profile (`original`); print and return the folder."""
     from mlproject.app.local_copies import results_dir
 
+    if original:
+        rows = [with_original_columns(row) for row in rows]
     folder = results_dir(kind, experiment_name)
     jsonl, _ = write_results(rows, folder)
     print(f"local copy (original suite's path): {jsonl} and results.csv", flush=True)

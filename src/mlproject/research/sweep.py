@@ -686,7 +686,8 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
         from mlproject.research.targets import record_targets
 
         target_lines = record_targets(plan, rows)
-    export_sweep_results(plan.kind, plan.experiment_name, rows)  # research_runs/<kind>/<experiment>/
+    original = get_run(plan.parent_run_id).tags.get(Tag.PROFILE) == "original"  # its columns too
+    export_sweep_results(plan.kind, plan.experiment_name, rows, original=original)  # research_runs/<kind>/<exp>/
     try:
         best = finish_parent(plan, plan.parent_run_id, rows, stats, notes=target_lines)
     except BaseException:
