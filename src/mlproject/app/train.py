@@ -61,7 +61,7 @@ def run_training(cfg: RunConfig, tracker: Tracker | None = None, *, callbacks: S
     try:
         if not dist.is_main:
             return _train_replica(cfg)
-        return _train_main(cfg, tracker, callbacks)
+        return _train_main(cfg, tracker, [*callbacks, *_history_recorder(cfg, tracker)])
     finally:
         cleanup(created)
 
@@ -135,8 +135,6 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
         return outcome
 
     checkpoint_dir: Path | None = None
-    recorder = _history_recorder(cfg, tracker)
-    callbacks = [*callbacks, recorder] if recorder is not None else callbacks
     tracker.check()  # an unreachable store fails before the data is prepared
     # checkpoints go there first: a path under a file or unwritable is refused before a run exists
     check_writable(cfg.tracking.output_dir, "output_dir")
@@ -173,27 +171,30 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
             outcome.status, outcome.checkpoint_uris = run.status, dict(run.checkpoint_uris)
             _report(outcome, checkpoint_dir, tracker)
             raise
-    copy_error = None if run.is_child else _local_copies(resolved, run, result, data, outcome.status, recorder)
+    copy_error = None if run.is_child else _local_copies(resolved, run, result, data, outcome.status, callbacks)
     _report(outcome, checkpoint_dir, tracker)
     if copy_error is not None:
         raise MlprojectError(copy_error)
     return outcome
 
 
-def _history_recorder(cfg: RunConfig, tracker: Tracker) -> Any:
-    """The recorder of the original's history file, for a standalone run that writes its files."""
+def _history_recorder(cfg: RunConfig, tracker: Tracker | None) -> list[Any]:
+    """The recorder of the original's history file, for a tracked standalone run that writes its files."""
     from mlproject.app.original_files import HistoryRecorder, wants_original_files
 
-    return HistoryRecorder() if wants_original_files(cfg) and not tracker.joins_planned else None
+    standalone = tracker is not None and not tracker.joins_planned
+    return [HistoryRecorder()] if standalone and wants_original_files(cfg) else []
 
 
-def _local_copies(cfg: RunConfig, run: Any, result: Any, data: Any, status: str, recorder: Any) -> str | None:
+def _local_copies(cfg: RunConfig, run: Any, result: Any, data: Any, status: str,
+                  callbacks: Sequence[Any]) -> str | None:
     """Write a standalone run's copies at the original suite's `checkpoints/<name>.*` (and its other
-    files when `recorder` holds the history); return the error line if that failed. The run is
-    recorded and ended by then: the line says it is safe."""
+    files when a HistoryRecorder is among `callbacks`); return the error line if that failed. The run
+    is recorded and ended by then: the line says it is safe."""
     from mlproject.app.local_copies import export_checkpoints
-    from mlproject.app.original_files import write_original_files
+    from mlproject.app.original_files import HistoryRecorder, write_original_files
 
+    recorder = next((c for c in callbacks if isinstance(c, HistoryRecorder)), None)
     name = cfg.tracking.run_name or run.run_name or run.run_id
     try:
         export_checkpoints(name, last=result.last_checkpoint, best=result.best_checkpoint,
