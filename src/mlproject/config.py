@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from mlproject.errors import ConfigError
-from mlproject.profiles import active_profile, profile_defaults
+from mlproject.profiles import ProfileOption, active_profile, profile_defaults
 
 T = TypeVar("T")
 
@@ -374,7 +374,8 @@ def build_sections(sections: Mapping[str, type], *, yaml_path: str | os.PathLike
     if unknown:
         raise ConfigError(f"{source}: unknown section {sorted(unknown, key=str)[0]!r}; "
                           f"allowed sections: {', '.join(sections)}")
-    defaults = (profile_defaults(getattr(args, "command", None), active_profile(getattr(args, "profile", None)))
+    defaults = (profile_defaults(getattr(args, "command", None),
+                                 active_profile(section_overrides(args, ProfileOption).get("profile")))
                 if args is not None else {})
     out = {}
     for name, cls in sections.items():

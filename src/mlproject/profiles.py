@@ -15,16 +15,24 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from mlproject.errors import ConfigError
 
 PROFILES = ("default", "original")
 PROFILE_ENV = "MLPROJECT_PROFILE"
-# The subcommands the original scripts map to (and `pipeline`, whose steps they are).
-PROFILE_COMMANDS = ("train", "compare", "ablate", "plot", "generate", "pipeline")
 _SWEEPS = ("compare", "ablate")
 _RUNS = ("train", *_SWEEPS)
+
+
+@dataclass
+class ProfileOption:
+    """`--profile`: the defaults a command starts from. A flag section of the commands the original
+    scripts map to (train, compare, ablate, plot, generate) and of pipeline, whose steps they are."""
+
+    profile: Literal["default", "original"] | None = dataclasses.field(default=None, metadata={
+        "help": f"this suite's defaults, or the original suite's (docs/migration.md); default: ${PROFILE_ENV}, "
+                "else default"})
 
 
 @dataclass(frozen=True)

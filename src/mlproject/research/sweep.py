@@ -69,7 +69,11 @@ from mlproject.schema import TERMINAL_STATUSES, Artifact, ChildAction, RunStatus
 # stop_at_step is here because a sweep never sets it (reproduce does) and a new field in the key
 # would change the key of every sweep in users' stores.
 RUNTIME_FIELDS = {"train.device", "train.num_threads", "train.progress", "train.peak_flops",
-                  "train.allow_nonfinite", "train.stop_at_step", "data.num_workers", "data.cache_dir"}
+                  "train.allow_nonfinite", "train.stop_at_step", "data.num_workers", "data.cache_dir",
+                  "train.save_every_epochs", "train.preview_every", "train.compile_mode"}
+# Fields added after sweeps were keyed that do change what a run computes: in the key only when set
+# to something else than their default, so the sweeps planned before them still resume.
+LATER_FIELDS = {"train.scheduler": "cosine", "train.amp": False, "train.amp_dtype": "bf16"}
 
 
 @dataclass
@@ -146,7 +150,8 @@ def sweep_key(kind: str, base: RunConfig, drop: Sequence[str], extra: Mapping[st
     runtime-only fields and the tracking section (names, folders), plus job settings."""
     fields = base.flat()
     ignored = RUNTIME_FIELDS | {"train.seed", "train.data_seed", *drop}
-    payload = {"kind": kind, "config": {k: v for k, v in fields.items() if k not in ignored}, **extra}
+    config = {k: v for k, v in fields.items() if k not in ignored and not (k in LATER_FIELDS and LATER_FIELDS[k] == v)}
+    payload = {"kind": kind, "config": config, **extra}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
