@@ -56,7 +56,6 @@ ORIGINAL: tuple[Default, ...] = (
     Default(_RUNS, "model", "dropout", 0.1, "this suite: 0 (no dropout, as for large-data pretraining)"),
     Default(_RUNS, "model", "attention_impl", "manual", "its explicit softmax attention"),
     Default(_RUNS, "model", "gelu_approximate", "none", "its nn.GELU() is the exact erf GELU"),
-    Default(_RUNS, "model", "attention_pattern", "dense", "its GPT3 has no banded layers"),
     Default(_RUNS, "train", "batch_size", 32),
     Default(_RUNS, "train", "learning_rate", 3e-4, "its --base-lr"),
     Default(_RUNS, "train", "min_lr_ratio", 0.0, "its cosine decays to 0"),
