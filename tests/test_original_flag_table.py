@@ -1,6 +1,6 @@
 """Every flag of the original suite's scripts is accepted by the subcommand its script maps to and
 sets the field `mlproject.profiles.ORIGINAL_FLAGS` says (the table docs/migration.md shows).
-What each one then does is tested beside its code (tests/training/test_original_flags.py,
+What each one then does is tested beside its code (tests/training/test_original_train_flags.py,
 tests/inference/test_generate_original_flags.py, tests/research/test_original_plot.py,
 tests/tracking/test_original_profile.py)."""
 
