@@ -30,7 +30,7 @@ from mlproject.inference.config import GenerateConfig
 from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
 from mlproject.model.config import HFImportConfig, OriginalImportConfig, SummaryConfig
 from mlproject.orchestration.config import PipelineOptions
-from mlproject.profiles import PROFILE_ENV, ProfileOption, active_profile
+from mlproject.profiles import PROFILE_ENV, ProfileOption, active_profile, command_defaults
 from mlproject.research.config import (AblationConfig, ChildRunConfig, CompareConfig, PlotConfig, ReproduceConfig,
                                        SweepStageConfig, TuneConfig)
 from mlproject.schema import RunStatus
@@ -78,7 +78,7 @@ def _flags(args: argparse.Namespace, cls: type[T]) -> T:
 
 def _section(args: argparse.Namespace, name: str, cls: type[T]) -> T:
     """Config `cls` from section `name` of the `--config` YAML, explicit flags overriding it."""
-    return build_sections({name: cls}, yaml_path=args.config, args=args)[name]
+    return build_sections({name: cls}, yaml_path=args.config, args=args, defaults=command_defaults(args))[name]
 
 
 # ----------------------------------------------------------------------------- handlers

@@ -32,7 +32,6 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from mlproject.errors import ConfigError
-from mlproject.profiles import ProfileOption, active_profile, profile_defaults
 
 T = TypeVar("T")
 
@@ -359,9 +358,10 @@ def merge(base: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> dict[
 
 
 def build_sections(sections: Mapping[str, type], *, yaml_path: str | os.PathLike[str] | None = None,
-                   args: argparse.Namespace | None = None, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   args: argparse.Namespace | None = None, data: Mapping[str, Any] | None = None,
+                   defaults: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Build one dataclass per top-level YAML section, with CLI flags overriding the file and the
-    file overriding the command's profile defaults (`mlproject.profiles`; none in the default profile).
+    file overriding `defaults` ({section: {field: value}}: a profile's, `mlproject.profiles`).
 
     `sections` maps a section name (`model`, `train`, ...) to its dataclass. A top-level key
     that is not a section is an error naming the allowed sections. `data` is the file's
@@ -374,9 +374,7 @@ def build_sections(sections: Mapping[str, type], *, yaml_path: str | os.PathLike
     if unknown:
         raise ConfigError(f"{source}: unknown section {sorted(unknown, key=str)[0]!r}; "
                           f"allowed sections: {', '.join(sections)}")
-    defaults = (profile_defaults(getattr(args, "command", None),
-                                 active_profile(section_overrides(args, ProfileOption).get("profile")))
-                if args is not None else {})
+    defaults = defaults or {}
     out = {}
     for name, cls in sections.items():
         section = data.get(name)

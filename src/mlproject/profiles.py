@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mlproject.config import section_overrides
 from mlproject.errors import ConfigError
 
 PROFILES = ("default", "original")
@@ -98,6 +99,14 @@ def profile_defaults(command: str | None, profile: str) -> dict[str, dict[str, A
         if command in d.commands:
             out.setdefault(d.section, {})[d.name] = d.value
     return out
+
+
+def command_defaults(args: Any) -> dict[str, dict[str, Any]]:
+    """The profile defaults of the command `args` were parsed for (its `--profile`, else the environment)."""
+    if args is None:
+        return {}
+    return profile_defaults(getattr(args, "command", None),
+                            active_profile(section_overrides(args, ProfileOption).get("profile")))
 
 
 def _cell(value: Any) -> str:

@@ -14,6 +14,7 @@ from mlproject.config import build_sections, check_types, field, flatten, to_dic
 from mlproject.data.config import DataConfig
 from mlproject.errors import ConfigError
 from mlproject.model.config import GPTConfig
+from mlproject.profiles import command_defaults
 from mlproject.training.config import TrainConfig
 
 
@@ -97,7 +98,7 @@ class RunConfig:
     def load(cls, yaml_path: str | os.PathLike[str] | None = None,
              args: argparse.Namespace | None = None) -> RunConfig:
         """From a YAML file (sections model/data/train/tracking) with flags overriding it."""
-        return cls(**build_sections(cls.SECTIONS, yaml_path=yaml_path, args=args))
+        return cls(**build_sections(cls.SECTIONS, yaml_path=yaml_path, args=args, defaults=command_defaults(args)))
 
 
 @dataclass

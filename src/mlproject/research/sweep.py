@@ -48,6 +48,7 @@ from typing import Any
 
 from mlproject.config import build_sections, dump_yaml, load_yaml, to_dict
 from mlproject.errors import ConfigError, MlprojectError
+from mlproject.profiles import command_defaults
 from mlproject.protocol import hand_run_to, result_line
 from mlproject.research.child_output import ChildOutput, captured
 from mlproject.research.results import (
@@ -140,7 +141,8 @@ def load_job(yaml_path: str | os.PathLike[str] | None, args: Any, section: str, 
     """RunConfig sections + the job's own section from YAML and flags, plus raw `extra_keys`."""
     data = load_yaml(yaml_path) if yaml_path else {}
     extras = {k: data.pop(k) for k in extra_keys if k in data}
-    sections = build_sections({**RunConfig.SECTIONS, section: cls}, yaml_path=yaml_path, args=args, data=data)
+    sections = build_sections({**RunConfig.SECTIONS, section: cls}, yaml_path=yaml_path, args=args, data=data,
+                              defaults=command_defaults(args))
     job = sections.pop(section)
     return RunConfig(**sections), job, extras
 
