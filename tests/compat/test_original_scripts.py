@@ -81,6 +81,7 @@ def test_python_scripts_compare_models_runs_in_the_original_profile(scripts, com
     for row in rows:  # the original's columns beside this suite's
         assert row["params_trainable"] == row["params_total"] > 0 and row["train_ppl_last"] > 1
         assert row["best_ckpt"].startswith("runs:/") and row["ablation_axis"] is None
+        assert row["global_steps"] == 4  # --max-steps of the appended sizes
         child = client.get_run(row["run_id"])
         assert child.data.tags["mlproject.profile"] == "original"
         params = child.data.params

@@ -82,8 +82,9 @@ def test_a_row_gets_the_original_columns_beside_its_own():
                    summary={"val_loss_best": 5.0, "train_loss_last": 2.0, "params_total": 1234},
                    checkpoint_uris={"last": "runs:/abc/checkpoints/last.pt", "best": "runs:/abc/checkpoints/best.pt"},
                    axis="norm_type", value="rmsnorm")
-    out = with_original_columns(row)
+    out = with_original_columns(row, global_steps=12)
     assert {k: out[k] for k in row} == row  # this suite's columns as they were
+    assert out["global_steps"] == 12
     assert out["run_name"] == "norm_type_rmsnorm_seed43" and out["params_trainable"] == 1234
     assert out["train_ppl_last"] == pytest.approx(math.exp(2.0))
     assert (out["ablation_axis"], out["ablation_value"]) == ("norm_type", "rmsnorm")

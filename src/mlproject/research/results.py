@@ -338,7 +338,7 @@ def format_summary(st: SweepStats, rows: Sequence[Row] | None = None) -> str:
     return "\n".join(lines)
 
 
-def with_original_columns(row: Row) -> Row:
+def with_original_columns(row: Row, global_steps: int | None = None) -> Row:
     """`row` with the original suite's columns beside this suite's: its run name, parameter and step
     counts, last train perplexity, ablation axis and value, checkpoint locations."""
     axis, value = row.get("axis") or "", row.get("value") or ""
@@ -346,19 +346,20 @@ def with_original_columns(row: Row) -> Row:
     name = f"{axis}_{value}_seed{row['seed']}" if axis else f"{row['model_version']}_seed{row['seed']}"
     return {**row, "run_name": name.replace("/", "_"), "params_trainable": row.get("params_total"),
             "train_ppl_last": math.exp(min(loss, 700.0)) if loss is not None else None,
-            "global_steps": row.get("global_steps", row.get("step")),
+            "global_steps": global_steps,
             "ablation_axis": axis or None, "ablation_value": value or None,
             "best_ckpt": row.get("checkpoint_best") or None, "last_ckpt": row.get("checkpoint_last") or None}
 
 
-def export_sweep_results(kind: str, experiment_name: str, rows: Sequence[Row], *, original: bool = False) -> Path:
+def export_sweep_results(kind: str, experiment_name: str, rows: Sequence[Row], *,
+                         original_steps: Mapping[str, int | None] | None = None) -> Path:
     """Write the sweep's `results.jsonl`/`.csv` where the original suite put them
-    (`research_runs/<kind>/<experiment>`, see `app.local_copies`), with the original's columns too in
-    its profile (`original`); print and return the folder."""
+    (`research_runs/<kind>/<experiment>`, see `app.local_copies`); with the original's columns too
+    when `original_steps` ({run_id: steps trained}) is given, in its profile. Print and return the folder."""
     from mlproject.app.local_copies import results_dir
 
-    if original:
-        rows = [with_original_columns(row) for row in rows]
+    if original_steps is not None:
+        rows = [with_original_columns(row, original_steps.get(row["run_id"])) for row in rows]
     folder = results_dir(kind, experiment_name)
     jsonl, _ = write_results(rows, folder)
     print(f"local copy (original suite's path): {jsonl} and results.csv", flush=True)

@@ -193,6 +193,24 @@ def row_from_run(record: Any, metrics: Sequence[str] = ()) -> Row:
                     checkpoint_uris=uris, axis=tags.get(Tag.ABLATION_AXIS, ""), value=tags.get(Tag.ABLATION_VALUE, ""))
 
 
+def global_steps(record: Any) -> int | None:
+    """The optimizer steps a child trained (the original's `global_steps`): tokens seen / tokens per step."""
+    per_step = record.params.get("runtime.tokens_per_step")
+    seen = record.metrics.get("tokens_seen")
+    return round(seen / float(per_step)) if per_step and seen is not None else None
+
+
+def _export_local(plan: SweepPlan, records: Sequence[Any], rows: list[Row]) -> None:
+    """The results copy under research_runs/<kind>/<experiment>/; in the original profile (the
+    parent's tag) with the original's columns, its step counts among them."""
+    from mlproject.research.results import export_sweep_results
+    from mlproject.tracking.queries import get_run
+
+    original = get_run(plan.parent_run_id).tags.get(Tag.PROFILE) == "original"
+    steps = {record.run_id: global_steps(record) for record in records} if original else None
+    export_sweep_results(plan.kind, plan.experiment_name, rows, original_steps=steps)
+
+
 # ----------------------------------------------------------------------------- the engine
 
 @dataclass
@@ -672,7 +690,6 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
 
 def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOutcome:
     from mlproject.research.describe import finish_parent
-    from mlproject.research.results import export_sweep_results
     from mlproject.tracking import client
     from mlproject.tracking.queries import get_run
 
@@ -684,7 +701,8 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
         from mlproject.research.eval_metrics import evaluate_children
 
         evaluate_children(plan.child_run_ids, plan.eval_datasets, cache_dir=plan.cache_dir, device=plan.device)
-    rows = [row_from_run(get_run(run_id), plan.metrics) for run_id in plan.child_run_ids]
+    records = [get_run(run_id) for run_id in plan.child_run_ids]
+    rows = [row_from_run(record, plan.metrics) for record in records]
     stats = aggregate(rows, plan.groups, plan.metrics, alpha=plan.alpha, effect=plan.effect)
     status = RunStatus.FINISHED if all(r["status"] == RunStatus.FINISHED for r in rows) else RunStatus.FAILED
     results_dir = _record_results(plan, rows, stats, output_dir or plan.output_dir)
@@ -693,8 +711,7 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
         from mlproject.research.targets import record_targets
 
         target_lines = record_targets(plan, rows)
-    original = get_run(plan.parent_run_id).tags.get(Tag.PROFILE) == "original"  # its columns too
-    export_sweep_results(plan.kind, plan.experiment_name, rows, original=original)  # research_runs/<kind>/<exp>/
+    _export_local(plan, records, rows)
     try:
         best = finish_parent(plan, plan.parent_run_id, rows, stats, notes=target_lines)
     except BaseException:
