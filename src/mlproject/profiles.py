@@ -151,7 +151,8 @@ ORIGINAL_FLAGS: tuple[Flag, ...] = (
     Flag("--dataset", _TCA, "data.dataset"),
     Flag("--block-size", _ALL, "model.block_size", "generate: checked against the checkpoint"),
     Flag("--batch-size", _TCA, "train.batch_size"),
-    Flag("--num-workers", _TCA, "data.num_workers"),
+    Flag("--num-workers", _TCA, "data.num_workers", "its DataLoader workers; here the tokenizer's threads "
+         "(batches are read from a memory-mapped cache, no workers)"),
     Flag("--model-version", f"{_T}, {_G}, {_A}", "model.model_version", "generate: checked against the checkpoint"),
     Flag("--model-preset", _T, "model.preset"),
     Flag("--models", _C, "compare.models"),
@@ -193,7 +194,8 @@ ORIGINAL_FLAGS: tuple[Flag, ...] = (
     Flag("--compile", _TCA, "train.compile"),
     Flag("--compile-mode", _TCA, "train.compile_mode", "passed to torch.compile"),
     Flag("--output-dir", f"{_TCA}, {_P}", "tracking.output_dir / plot.output_dir",
-         "compare/ablate: results also under research_runs/<kind>/<experiment>"),
+         "compare/ablate: the children's checkpoint folder; the results copy is always under "
+         "research_runs/KIND/EXPERIMENT"),
     Flag("--run-name", _T, "tracking.run_name"),
     Flag("--experiment-name", f"{_C}, {_A}", "tracking.experiment_name"),
     Flag("--ckpt-name", _T, "tracking.ckpt_name", "OUTPUT_DIR/CKPT_NAME; the last checkpoint beside it as STEM.last.pt"),

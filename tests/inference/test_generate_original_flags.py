@@ -43,7 +43,7 @@ def test_matching_architecture_flags_generate(files, capsys):
     ("--layernorm-eps", "1e-5", "norm_eps", "1e-06"), ("--mlp-expansion", "2", "mlp_expansion", "4.0"),
     ("--norm-type", "layernorm", "norm_type", "rmsnorm"), ("--mlp-type", "gelu", "mlp_type", "swiglu"),
     ("--pos-encoding", "learned", "pos_encoding", "rope"), ("--attention-impl", "sdpa", "attention_impl", "manual"),
-    ("--rope-base", "10000", "rope_theta", "500.0"),
+    ("--rope-base", "10000", "rope_theta", "500.0"), ("--pos-encoding", "none", "pos_encoding", "rope"),
 ])
 def test_an_architecture_flag_that_contradicts_the_checkpoint_names_both_values(files, capsys, flag, value, field,
                                                                                  actual):

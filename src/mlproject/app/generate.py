@@ -24,7 +24,7 @@ def check_sizes(cfg: GenerateConfig, model_config: Any) -> None:
     """An architecture flag that disagrees with the checkpoint's config is a one-line error naming both."""
     for name in ARCHITECTURE_FIELDS:
         wanted, actual = getattr(cfg, name), getattr(model_config, name)
-        if wanted is not None and wanted != actual:
+        if wanted not in (None, "") and wanted != actual:
             raise ConfigError(f"generate: {name}={wanted} does not match the checkpoint's {name}={actual}; "
                               "the model config always comes from the checkpoint (drop the flag)")
 

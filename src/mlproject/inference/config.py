@@ -49,7 +49,8 @@ class GenerateConfig:
     mlp_expansion: float | None = field(None, help=_MATCH)
     norm_type: Literal["layernorm", "rmsnorm"] | None = field(None, help=_MATCH)
     mlp_type: Literal["gelu", "swiglu"] | None = field(None, help=_MATCH)
-    pos_encoding: Literal["learned", "rope", "none"] | None = field(None, help=_MATCH)
+    # "" for unset: in a `X | None` field the value "none" (no positions) would read as unset
+    pos_encoding: Literal["", "learned", "rope", "none"] = field("", help=_MATCH)
     attention_impl: Literal["manual", "sdpa"] | None = field(None, help=_MATCH)
     rope_theta: float | None = field(None, help=_MATCH, aliases=("--rope-base", "--rope_base"))
     dropout: float | None = field(None, help=_NO_DROPOUT)
