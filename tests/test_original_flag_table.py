@@ -1,5 +1,6 @@
 """Every flag of the original suite's scripts is accepted by the subcommand its script maps to and
-sets the field `mlproject.profiles.ORIGINAL_FLAGS` says (the table docs/migration.md shows).
+sets the field `mlproject.profiles.ORIGINAL_FLAGS` says (the table docs/migration.md shows), and
+`--profile original` (or MLPROJECT_PROFILE) gives every default of `mlproject.profiles.ORIGINAL`.
 What each one then does is tested beside its code (tests/training/test_original_train_flags.py,
 tests/inference/test_generate_original_flags.py, tests/research/test_original_plot.py,
 tests/tracking/test_original_profile.py)."""
@@ -10,7 +11,7 @@ import pytest
 
 from mlproject.cli import COMMANDS, build_parser
 from mlproject.config import build_sections
-from mlproject.profiles import ORIGINAL_FLAGS
+from mlproject.profiles import ORIGINAL, ORIGINAL_FLAGS
 
 # The flags of the original scripts (pablo-reyes8/implementing-gpt, scripts/*.py argparse), by script.
 _MODEL = ("--block-size --n-layer --n-head --d-model --dropout --layernorm-eps --mlp-expansion --resid-dropout "
@@ -88,3 +89,26 @@ def test_every_original_flag_sets_its_field(script, flag, monkeypatch):
     section, name = _field(flag, command)
     built = build_sections(COMMANDS[command].sections, args=args)
     assert getattr(built[section], name) == expected
+
+
+PROFILE_CASES = [(command, d) for d in ORIGINAL for command in d.commands]
+
+
+@pytest.mark.parametrize("command,default", PROFILE_CASES,
+                         ids=[f"{c}-{d.section}.{d.name}" for c, d in PROFILE_CASES])
+def test_the_original_profile_gives_every_default_of_its_table_and_plain_commands_keep_ours(command, default,
+                                                                                            monkeypatch):
+    from mlproject.profiles import command_defaults
+
+    monkeypatch.delenv("MLPROJECT_PROFILE", raising=False)
+    sections = COMMANDS[command].sections
+
+    def built(*argv: str):
+        args = build_parser().parse_args([command, *argv])
+        return getattr(build_sections(sections, args=args, defaults=command_defaults(args))[default.section],
+                       default.name)
+
+    assert built("--profile", "original") == default.value
+    assert built() != default.value  # the table lists differences only
+    monkeypatch.setenv("MLPROJECT_PROFILE", "original")
+    assert built() == default.value and built("--profile", "default") != default.value
