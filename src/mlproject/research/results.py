@@ -34,7 +34,8 @@ CHECKPOINT_COLUMNS = ["checkpoint_last", "checkpoint_best"]
 RESULT_COLUMNS = ID_COLUMNS + SUMMARY_COLUMNS + CHECKPOINT_COLUMNS
 _TEXT_COLUMNS = {"run_id", "status", "group", "model_version", "axis", "value", *CHECKPOINT_COLUMNS,
                  # the original suite's text columns (its results files are read too)
-                 "run_name", "ablation_axis", "ablation_value", "best_ckpt", "last_ckpt", "history_path", "config_path"}
+                 "run_name", "ablation_axis", "ablation_value", "best_ckpt", "last_ckpt", "history_path",
+                 "config_path"}
 
 Row = dict[str, Any]
 

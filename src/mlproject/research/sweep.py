@@ -152,7 +152,8 @@ def sweep_key(kind: str, base: RunConfig, drop: Sequence[str], extra: Mapping[st
     runtime-only fields and the tracking section (names, folders), plus job settings."""
     fields = base.flat()
     ignored = RUNTIME_FIELDS | {"train.seed", "train.data_seed", *drop}
-    config = {k: v for k, v in fields.items() if k not in ignored and not (k in LATER_FIELDS and LATER_FIELDS[k] == v)}
+    config = {k: v for k, v in fields.items()
+              if k not in ignored and not (k in LATER_FIELDS and LATER_FIELDS[k] == v)}
     payload = {"kind": kind, "config": config, **extra}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -49,8 +49,8 @@ class TrainConfig:
     device: str = field("auto", help="auto, cpu, cuda, cuda:N or mps")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
         "auto", help="auto: bf16 autocast on CUDA GPUs and CPUs that support it natively, else fp32")
-    amp: bool = field(False, help="mixed precision in amp_dtype: the original's switch, it sets precision (over "
-                                          "the profile's or --precision)")
+    amp: bool = field(False, help="mixed precision in amp_dtype: the original's switch, it sets precision "
+                                  "(over the profile's or --precision)")
     amp_dtype: Literal["bf16", "fp16"] = field("bf16", help="autocast dtype of --amp")
     compile: bool = field(False, help="torch.compile the model")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = field(
