@@ -222,3 +222,15 @@ def test_the_site_navigation_lists_every_page_once():
                                        (["no-such-step"], "no-such-step")])
 def test_a_command_the_parser_refuses_is_reported_with_its_reason(argv, bad):
     assert bad in _parse_error(argv)
+
+
+def test_the_migration_page_shows_the_original_defaults_and_flags_as_the_code_has_them():
+    # Regenerate with mlproject.profiles.defaults_table / flags_table when the code changes.
+    from mlproject.cli import COMMANDS
+    from mlproject.profiles import defaults_table, flags_table
+
+    text = _text(REPO / "docs" / "migration.md")
+    tables = {name: text.split(f"<!-- {name}-table:start -->\n", 1)[1].split(f"<!-- {name}-table:end -->")[0]
+              for name in ("defaults", "flags")}
+    assert tables["defaults"] == defaults_table({name: c.sections for name, c in COMMANDS.items()})
+    assert tables["flags"] == flags_table()

@@ -31,6 +31,7 @@ from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
 from mlproject.model.config import HFImportConfig, OriginalImportConfig, SummaryConfig
 from mlproject.orchestration.config import PipelineOptions
 from mlproject.orchestration.original_format import expand_cli_argv
+from mlproject.profiles import PROFILE_ENV, ProfileOption, active_profile, command_defaults
 from mlproject.research.config import (AblationConfig, ChildRunConfig, CompareConfig, PlotConfig, ReproduceConfig,
                                        SweepStageConfig, TuneConfig)
 from mlproject.schema import RunStatus
@@ -78,7 +79,7 @@ def _flags(args: argparse.Namespace, cls: type[T]) -> T:
 
 def _section(args: argparse.Namespace, name: str, cls: type[T]) -> T:
     """Config `cls` from section `name` of the `--config` YAML, explicit flags overriding it."""
-    return build_sections({name: cls}, yaml_path=args.config, args=args)[name]
+    return build_sections({name: cls}, yaml_path=args.config, args=args, defaults=command_defaults(args))[name]
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -235,6 +236,9 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _pipeline(args: argparse.Namespace) -> int:
     from mlproject.orchestration.runner import run_pipeline
 
+    profile = _flags(args, ProfileOption).profile
+    if profile is not None:  # the steps run as their own commands: they read it from the environment
+        os.environ[PROFILE_ENV] = active_profile(profile)
     return run_pipeline(_flags(args, PipelineOptions), known_flags=known_flags)
 
 
@@ -273,9 +277,9 @@ COMMANDS: dict[str, Command] = {
                          "convert a local Hugging Face GPT-2/Llama folder to a checkpoint"),
     "import-original": Command(_import_original, {"import-original": OriginalImportConfig},
                                "convert a checkpoint of the original suite (<name>.last.pt) to ours"),
-    "train": Command(_train, {**RunConfig.SECTIONS, "sweep child": ChildRunConfig},
+    "train": Command(_train, {**RunConfig.SECTIONS, "sweep child": ChildRunConfig, "profile": ProfileOption},
                      "train one model, tracked in MLflow", config=_RUN_YAML),
-    "generate": Command(_generate, {"generate": GenerateConfig},
+    "generate": Command(_generate, {"generate": GenerateConfig, "profile": ProfileOption},
                         "generate text from a run, a models:/ URI or a checkpoint",
                         config="YAML file with a `generate` section"),
     "evaluate": Command(_evaluate, {"evaluate": EvaluateConfig},
@@ -283,18 +287,21 @@ COMMANDS: dict[str, Command] = {
                         "confidence intervals; lm-eval tasks", config="YAML file with an `evaluate` section"),
     "export-hf": Command(_export_hf, {"export-hf": ExportConfig},
                          "export a run, a models:/ URI or a checkpoint to a Hugging Face folder"),
-    "compare": Command(_compare, {**RunConfig.SECTIONS, "compare": CompareConfig, "sweep stages": SweepStageConfig},
+    "compare": Command(_compare, {**RunConfig.SECTIONS, "compare": CompareConfig, "sweep stages": SweepStageConfig,
+                                  "profile": ProfileOption},
                        "fair comparison of model versions across seeds (nested runs)", config=_RUN_YAML),
-    "ablate": Command(_ablate, {**RunConfig.SECTIONS, "ablation": AblationConfig, "sweep stages": SweepStageConfig},
+    "ablate": Command(_ablate, {**RunConfig.SECTIONS, "ablation": AblationConfig, "sweep stages": SweepStageConfig,
+                                "profile": ProfileOption},
                       "ablation of one architecture axis across seeds (nested runs)", config=_RUN_YAML),
     "tune": Command(_tune, {**RunConfig.SECTIONS, "tune": TuneConfig},
                     "hyperparameter search with Optuna; each trial a nested run", config=_RUN_YAML),
-    "plot": Command(_plot, {"plot": PlotConfig}, "plot a compare/ablation from the tracking store",
+    "plot": Command(_plot, {"plot": PlotConfig, "profile": ProfileOption},
+                    "plot a compare/ablation from the tracking store",
                     config="YAML file with a `plot` section"),
     "reproduce": Command(_reproduce, {"reproduce": ReproduceConfig},
                          "re-run a run from its record (source, environment, data) and judge whether its "
                          "metrics came back; exit code 1 when they differ"),
-    "pipeline": Command(_pipeline, {"pipeline": PipelineOptions},
+    "pipeline": Command(_pipeline, {"pipeline": PipelineOptions, "profile": ProfileOption},
                         "run the steps of a pipeline YAML in dependency order"),
     "server": Command(_server, {"server": ServerConfig},
                       "start an MLflow tracking server (127.0.0.1 by default)"),

@@ -367,8 +367,10 @@ def merge(base: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> dict[
 
 
 def build_sections(sections: Mapping[str, type], *, yaml_path: str | os.PathLike[str] | None = None,
-                   args: argparse.Namespace | None = None, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Build one dataclass per top-level YAML section, with CLI flags overriding the file.
+                   args: argparse.Namespace | None = None, data: Mapping[str, Any] | None = None,
+                   defaults: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Build one dataclass per top-level YAML section, with CLI flags overriding the file and the
+    file overriding `defaults` ({section: {field: value}}: a profile's, `mlproject.profiles`).
 
     `sections` maps a section name (`model`, `train`, ...) to its dataclass. A top-level key
     that is not a section is an error naming the allowed sections. `data` is the file's
@@ -381,11 +383,12 @@ def build_sections(sections: Mapping[str, type], *, yaml_path: str | os.PathLike
     if unknown:
         raise ConfigError(f"{source}: unknown section {sorted(unknown, key=str)[0]!r}; "
                           f"allowed sections: {', '.join(sections)}")
+    defaults = defaults or {}
     out = {}
     for name, cls in sections.items():
         section = data.get(name)
         if section is not None and not isinstance(section, Mapping):
             raise ConfigError(f"{source}: section {name!r} must be a mapping")
         flags = section_overrides(args, cls) if args is not None else {}
-        out[name] = from_dict(cls, merge(section, flags), source=f"{source}: {name}")
+        out[name] = from_dict(cls, merge(merge(defaults.get(name), section or {}), flags), source=f"{source}: {name}")
     return out

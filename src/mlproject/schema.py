@@ -28,6 +28,7 @@ class Tag(StrEnum):
     ERROR = "mlproject.error"                      # a run that failed: the one-line reason
     TRAIN_STATUS = "mlproject.train_status"        # TrainStatus of the trainer's last session
     CHANGED_PARAMS = "mlproject.changed_params"    # {param: value of the latest session}
+    PROFILE = "mlproject.profile"                  # the defaults the run started from: default | original
     # sweeps (compare, ablation) and their children
     SWEEP_KIND = "mlproject.sweep_kind"            # SweepKind
     SWEEP_KEY = "mlproject.sweep_key"              # hash of the sweep's config minus seed and the varied field
@@ -135,6 +136,7 @@ class Artifact(StrEnum):
     GENERATIONS = "generations.json"               # the evaluation's generations table
     PLOTS = "plots"                                # folder: a sweep's or a study's figures
     LOGS = "logs"                                  # folder: a child's train.log, a pipeline's step logs
+    PREVIEWS = "previews"                          # folder: --preview-every's decoded samples, step_<N>.txt
     RESULTS_JSONL = "results.jsonl"                # a sweep parent: one row per child
     RESULTS_CSV = "results.csv"
     SWEEP_SUMMARY = "summary.json"                 # a sweep parent: the statistics
@@ -151,6 +153,11 @@ class Artifact(StrEnum):
     # reproduce
     REPRODUCE_REPORT = "reproduce/report.txt"
     REPRODUCE_OVERLAY = "reproduce/overlay.png"
+
+
+def preview_artifact(step: int) -> str:
+    """The artifact path of the decoded sample of `--preview-every` at `step`."""
+    return f"{Artifact.PREVIEWS}/step_{step:07d}.txt"
 
 
 def checkpoint_artifact(kind: str) -> str:

@@ -67,7 +67,7 @@ def test_plot_from_a_results_file_needs_no_tracking_store(tmp_path, monkeypatch)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens: any query would fail
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     jsonl, _ = write_results(_ablation_rows(), tmp_path)
-    written = run_plot(PlotConfig(results=str(jsonl), output_dir=str(tmp_path / "plots")))
+    written = run_plot(PlotConfig(results=[str(jsonl)], output_dir=str(tmp_path / "plots")))
     assert sorted(p.name for p in written) == ["ablation_val_loss_best.png", "ablation_val_loss_best_summary.csv"]
     groups = [line.split(",")[1] for line in written[-1].read_text().splitlines()[1:]]
     assert groups == ["0.05", "0.1", "0.2"]  # numeric order, not file order
@@ -76,7 +76,7 @@ def test_plot_from_a_results_file_needs_no_tracking_store(tmp_path, monkeypatch)
 def test_curves_need_the_tracking_store(tmp_path):
     jsonl, _ = write_results(_ablation_rows(), tmp_path)
     with pytest.raises(MlprojectError, match="kind=curves needs the tracking store"):
-        run_plot(PlotConfig(results=str(jsonl), kind="curves", log_to_run=False))
+        run_plot(PlotConfig(results=[str(jsonl)], kind="curves", log_to_run=False))
 
 
 def test_ablation_groups_are_ordered_numerically_only_when_numeric():

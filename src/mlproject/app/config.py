@@ -8,12 +8,13 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from mlproject.config import build_sections, check_types, field, flatten, to_dict
 from mlproject.data.config import DataConfig
 from mlproject.errors import ConfigError
 from mlproject.model.config import GPTConfig
+from mlproject.profiles import command_defaults
 from mlproject.training.config import TrainConfig
 
 
@@ -30,6 +31,15 @@ class TrackingConfig:
     log_to_mlflow: bool = field(True, help="false disables tracking (benchmarks, debugging)")
     system_metrics: bool = field(True, help="log MLflow system metrics (CPU, memory; GPU with nvidia-ml-py)")
     system_metrics_interval: float = field(10.0, help="seconds between system metrics samples")
+    profile: Literal["default", "original"] = field(
+        "default", cli=False, help="the defaults the run started from (--profile): its mlproject.profile tag")
+    # The original suite's local files (app.original_files): written in the original profile, or when named.
+    ckpt_name: str | None = field(None, help="file name of the best checkpoint under output_dir, the original's "
+                                             "(default <run>.pt); its last is <stem>.last.pt")
+    history_path: str | None = field(None, help="where to write the run's history (torch.load(weights_only=True)); "
+                                                "default <output_dir>/<run>_history.pt")
+    config_path: str | None = field(None, help="where to write the run's config as JSON; default "
+                                               "<output_dir>/<run>_config.json")
     # Runtime settings: the tracking section is outside the sweep key, so they never split a sweep.
     lease_heartbeat: float = field(10.0, help="seconds between heartbeats of the lease on the run being trained")
     lease_timeout: float = field(60.0, help="seconds without a heartbeat after which a run's lease is stale "
@@ -88,7 +98,7 @@ class RunConfig:
     def load(cls, yaml_path: str | os.PathLike[str] | None = None,
              args: argparse.Namespace | None = None) -> RunConfig:
         """From a YAML file (sections model/data/train/tracking) with flags overriding it."""
-        return cls(**build_sections(cls.SECTIONS, yaml_path=yaml_path, args=args))
+        return cls(**build_sections(cls.SECTIONS, yaml_path=yaml_path, args=args, defaults=command_defaults(args)))
 
 
 @dataclass

@@ -15,14 +15,16 @@ from mlproject.app.tracker import ModelStore
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.inference.config import GenerateConfig
 
-SIZE_FIELDS = ("n_layer", "n_head", "d_model")
+# The architecture flags of the original's generate.py (dropout aside: generation runs without it).
+ARCHITECTURE_FIELDS = ("model_version", "block_size", "n_layer", "n_head", "d_model", "norm_eps", "mlp_expansion",
+                       "norm_type", "mlp_type", "pos_encoding", "attention_impl", "rope_theta")
 
 
 def check_sizes(cfg: GenerateConfig, model_config: Any) -> None:
-    """A size flag that disagrees with the checkpoint's config is a one-line error."""
-    for name in SIZE_FIELDS:
+    """An architecture flag that disagrees with the checkpoint's config is a one-line error naming both."""
+    for name in ARCHITECTURE_FIELDS:
         wanted, actual = getattr(cfg, name), getattr(model_config, name)
-        if wanted is not None and wanted != actual:
+        if wanted not in (None, "") and wanted != actual:
             raise ConfigError(f"generate: {name}={wanted} does not match the checkpoint's {name}={actual}; "
                               "the model config always comes from the checkpoint (drop the flag)")
 

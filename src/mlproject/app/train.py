@@ -61,7 +61,7 @@ def run_training(cfg: RunConfig, tracker: Tracker | None = None, *, callbacks: S
     try:
         if not dist.is_main:
             return _train_replica(cfg)
-        return _train_main(cfg, tracker, callbacks)
+        return _train_main(cfg, tracker, [*callbacks, *_history_recorder(cfg, tracker)])
     finally:
         cleanup(created)
 
@@ -171,21 +171,37 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
             outcome.status, outcome.checkpoint_uris = run.status, dict(run.checkpoint_uris)
             _report(outcome, checkpoint_dir, tracker)
             raise
-    copy_error = None if run.is_child else _local_copies(cfg, run, result, data, outcome.status)
+    copy_error = None if run.is_child else _local_copies(resolved, run, result, data, outcome.status, callbacks)
     _report(outcome, checkpoint_dir, tracker)
     if copy_error is not None:
         raise MlprojectError(copy_error)
     return outcome
 
 
-def _local_copies(cfg: RunConfig, run: Any, result: Any, data: Any, status: str) -> str | None:
-    """Write a standalone run's copies at the original suite's `checkpoints/<name>.*`; return the
-    error line if that failed. The run is recorded and ended by then: the line says it is safe."""
-    from mlproject.app.local_copies import export_checkpoints
+def _history_recorder(cfg: RunConfig, tracker: Tracker | None) -> list[Any]:
+    """The recorder of the original's history file, for a tracked standalone run that writes its files."""
+    from mlproject.app.original_files import HistoryRecorder, wants_original_files
 
+    standalone = tracker is not None and not tracker.joins_planned
+    return [HistoryRecorder()] if standalone and wants_original_files(cfg) else []
+
+
+def _local_copies(cfg: RunConfig, run: Any, result: Any, data: Any, status: str,
+                  callbacks: Sequence[Any]) -> str | None:
+    """Write a standalone run's copies at the original suite's `checkpoints/<name>.*` (and its other
+    files when a HistoryRecorder is among `callbacks`); return the error line if that failed. The run
+    is recorded and ended by then: the line says it is safe."""
+    from mlproject.app.local_copies import export_checkpoints
+    from mlproject.app.original_files import HistoryRecorder, write_original_files
+
+    recorder = next((c for c in callbacks if isinstance(c, HistoryRecorder)), None)
+    name = cfg.tracking.run_name or run.run_name or run.run_id
     try:
-        export_checkpoints(cfg.tracking.run_name or run.run_name or run.run_id,
-                           last=result.last_checkpoint, best=result.best_checkpoint, tokenizer=data.tokenizer_path)
+        export_checkpoints(name, last=result.last_checkpoint, best=result.best_checkpoint,
+                           tokenizer=data.tokenizer_path)
+        if recorder is not None:
+            write_original_files(cfg, name, recorder.history, last=result.last_checkpoint,
+                                 best=result.best_checkpoint)
     except (OSError, MlprojectError) as exc:
         where = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
         return (f"run {run.run_id} is {status} and safe in the tracking store; only its local copies under "

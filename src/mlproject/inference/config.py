@@ -9,6 +9,11 @@ from mlproject.config import check_types, field
 from mlproject.errors import ConfigError
 
 
+_MATCH = "must match the checkpoint if given (the model is built from the checkpoint's config)"
+_NO_DROPOUT = ("accepted for the original's commands; generation runs without dropout (the model is in eval "
+               "mode), so it changes nothing and is not compared with the checkpoint")
+
+
 @dataclass
 class GenerateConfig:
     """Text generation from a run, a `models:/` URI or a checkpoint file."""
@@ -33,9 +38,23 @@ class GenerateConfig:
     use_ckpt_config: bool = field(True, help="build the model from the checkpoint's stored config (the only way: "
                                              "weights fit only the shape they were trained with); a size flag "
                                              "that contradicts the checkpoint is an error")
-    n_layer: int | None = field(None, help="must match the checkpoint if given")
-    n_head: int | None = field(None, help="must match the checkpoint if given")
-    d_model: int | None = field(None, help="must match the checkpoint if given")
+    # The original's architecture flags: its generate.py built the model from them; here the
+    # model comes from the checkpoint and each one given must match it.
+    model_version: Literal["gpt2", "gpt3"] | None = field(None, help=_MATCH)
+    block_size: int | None = field(None, help=_MATCH)
+    n_layer: int | None = field(None, help=_MATCH)
+    n_head: int | None = field(None, help=_MATCH)
+    d_model: int | None = field(None, help=_MATCH)
+    norm_eps: float | None = field(None, help=_MATCH, aliases=("--layernorm-eps", "--layernorm_eps"))
+    mlp_expansion: float | None = field(None, help=_MATCH)
+    norm_type: Literal["layernorm", "rmsnorm"] | None = field(None, help=_MATCH)
+    mlp_type: Literal["gelu", "swiglu"] | None = field(None, help=_MATCH)
+    # "" for unset: in a `X | None` field the value "none" (no positions) would read as unset
+    pos_encoding: Literal["", "learned", "rope", "none"] = field("", help=_MATCH)
+    attention_impl: Literal["manual", "sdpa"] | None = field(None, help=_MATCH)
+    rope_theta: float | None = field(None, help=_MATCH, aliases=("--rope-base", "--rope_base"))
+    dropout: float | None = field(None, help=_NO_DROPOUT)
+    resid_dropout: float | None = field(None, help=_NO_DROPOUT)
     device: str = field("auto", help="auto, cpu, cuda, mps")
 
     def validate(self) -> None:

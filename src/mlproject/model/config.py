@@ -69,14 +69,14 @@ class GPTConfig:
                    "default: dropout (GPT-3's separate residual dropout)")
     bias: bool = field(True, help="bias in linear layers and norms")
     norm_type: Literal["layernorm", "rmsnorm"] = field("layernorm", help="normalisation layer")
-    norm_eps: float = field(1e-5, help="epsilon of the norm layers")
+    norm_eps: float = field(1e-5, help="epsilon of the norm layers", aliases=("--layernorm-eps", "--layernorm_eps"))
     mlp_type: Literal["gelu", "swiglu"] = field("gelu", help="feed-forward block")
     gelu_approximate: Literal["tanh", "none"] = field(
         "tanh", help="GELU form: GPT-2's tanh approximation, or none for the exact erf GELU")
     mlp_expansion: float = field(4.0, help="MLP hidden size as a multiple of d_model (GELU)")
     mlp_hidden_size: int | None = field(None, help="explicit MLP hidden size (overrides expansion)")
     pos_encoding: Literal["learned", "rope", "none"] = field("learned", help="position information")
-    rope_theta: float = field(10000.0, help="RoPE base frequency")
+    rope_theta: float = field(10000.0, help="RoPE base frequency", aliases=("--rope-base", "--rope_base"))
     attention_impl: Literal["manual", "sdpa"] = field("sdpa", help="attention kernel")
     attention_pattern: Literal["dense", "alternating"] | None = field(
         None, help="dense everywhere, or GPT-3's alternating dense / banded layers "

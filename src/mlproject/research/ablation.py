@@ -28,7 +28,8 @@ from mlproject.app.config import RunConfig
 from mlproject.schema import SweepKind, Tag
 
 AXES = ("norm_type", "mlp_type", "pos_encoding", "attention_impl", "gradient_checkpointing", "dropout",
-        "n_layer", "n_head", "d_model", "mlp_expansion", "attention_pattern", "attention_window", "vocab_size")
+        "resid_dropout", "n_layer", "n_head", "d_model", "mlp_expansion", "attention_pattern", "attention_window",
+        "vocab_size")
 DATA_AXES = {"vocab_size"}  # axes of the data section: each value trains its own tokenizer
 SPEED_AXES = {"attention_impl": ("tokens_per_sec", "peak_mem_mb"),
               "gradient_checkpointing": ("tokens_per_sec", "peak_mem_mb")}

@@ -171,12 +171,20 @@ class PlotConfig:
 
     parent_run_id: str | None = field(None, help="plot this compare/ablation parent run")
     experiment_name: str | None = field(None, help="plot the latest parent run of this experiment")
-    results: str | None = field(None, help="offline: a results.jsonl/csv file instead of the tracking store")
+    results: list[str] | None = field(None, help="offline: results.jsonl/csv files (this suite's or the original's "
+                                                 "columns) instead of the tracking store; their rows are pooled")
     kind: Literal["auto", "compare", "ablation", "curves"] = field("auto", help="chart type")
     metric: str = field("val_loss_best", help="summary metric of the bar chart")
     output_dir: str = field("outputs/plots", help="where PNG and CSV files are written")
     title: str | None = field(None, help="chart title")
+    plot_name: str | None = field(None, help="file name of the bar chart under output_dir "
+                                             "(default: <kind>_<metric>.png)")
+    summary_csv: str | None = field(None, help="also write the original suite's summary CSV here: per group n, "
+                                               "mean, std, min, max (profile original: output_dir/"
+                                               "summary_<kind>_<metric>.csv)")
     log_to_run: bool = field(True, help="log the plots to the parent run under plots/")
+    profile: Literal["default", "original"] = field(
+        "default", cli=False, help="original: the original's summary CSV too (--profile)")
 
     def validate(self) -> None:
         check_types(self, source="plot")

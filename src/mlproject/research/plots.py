@@ -28,7 +28,7 @@ from mlproject.io import atomic_path, atomic_write_text
 from mlproject.outdir import check_writable
 from mlproject.research.config import PlotConfig
 from mlproject.protocol import process_run_id, result_line
-from mlproject.research.results import (Row, SweepStats, aggregate, read_results,
+from mlproject.research.results import (Row, SweepStats, aggregate, original_summary_rows, read_results,
                                         summary_table_rows, to_csv)
 from mlproject.schema import Artifact, RunRole, RunStatus, Tag
 
@@ -226,13 +226,14 @@ class _Source:
     children: list[Any] = field(default_factory=list)  # child RunRecords (store only: curves)
 
 
-def _from_file(path: str) -> _Source:
-    rows = read_results(path)
+def _from_file(paths: Sequence[str]) -> _Source:
+    """The rows of one or more results files, pooled (the original's `--results a.jsonl b.jsonl`)."""
+    rows = [row for path in paths for row in read_results(path)]
     if not rows:
-        raise MlprojectError(f"{path}: no rows")
+        raise MlprojectError(f"{', '.join(paths)}: no rows")
     groups = list(dict.fromkeys(str(r["group"]) for r in rows))
     kind = "ablation" if any(r.get("axis") for r in rows) else "compare"
-    return _Source(rows, groups, kind, Path(path).name)
+    return _Source(rows, groups, kind, ", ".join(Path(p).name for p in paths))
 
 
 def _from_store(cfg: PlotConfig, metric: str) -> _Source:
@@ -309,7 +310,8 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
     if cfg.kind == "curves" and cfg.results:
         raise MlprojectError("plot: kind=curves needs the tracking store (metric histories), not a results file")
     if cfg.kind in ("compare", "ablation") and cfg.kind != source.kind:
-        raise MlprojectError(f"plot: kind={cfg.kind} but {cfg.results or 'run ' + str(source.parent_run_id)} holds "
+        where = ", ".join(cfg.results or []) or f"run {source.parent_run_id}"
+        raise MlprojectError(f"plot: kind={cfg.kind} but {where} holds "
                              f"{source.kind} results (groups {', '.join(source.groups)}); use --kind "
                              f"{source.kind} or auto")
     groups = order_groups(source.groups, source.kind)
@@ -319,8 +321,8 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
     axis = next((str(r["axis"]) for r in source.rows if r.get("axis")), "")  # ablations only
     if cfg.kind != "curves":  # compare and ablation share the chart; only the group order differs
         title = cfg.title or chart_title(source.kind, cfg.metric, source.name, axis)
-        written.append(bar_chart(source.rows, stats, cfg.metric, out / f"{source.kind}_{cfg.metric}.png",
-                                 title=title, groups=groups))
+        name = cfg.plot_name or f"{source.kind}_{cfg.metric}.png"
+        written.append(bar_chart(source.rows, stats, cfg.metric, out / name, title=title, groups=groups))
     if cfg.kind == "curves" or (cfg.kind == "auto" and source.children):
         curves, tokens = _histories(source.children)
         what = f"ablation of {axis}" if source.kind == "ablation" and axis else source.kind
@@ -329,6 +331,12 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
                                     targets=_targets(source.parent_run_id)))
     summary = [row for group in groups for row in summary_table_rows(stats) if row["group"] == group]
     written.append(atomic_write_text(out / f"{source.kind}_{cfg.metric}_summary.csv", to_csv(summary)))
+    original_csv = cfg.summary_csv or (str(out / f"summary_{source.kind}_{cfg.metric}.csv")
+                                       if cfg.profile == "original" else None)
+    if original_csv:
+        group_key = "ablation_value" if source.kind == "ablation" else "model_version"
+        table = original_summary_rows(source.rows, cfg.metric, group_key)
+        written.insert(-1, atomic_write_text(Path(original_csv), to_csv(table)))
     written = [p.resolve() for p in written]
 
     logged_to = _log(cfg, source, written)

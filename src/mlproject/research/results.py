@@ -32,7 +32,10 @@ SUMMARY_COLUMNS = ["params_total", "val_loss_best", "val_ppl_best", "val_bpb_bes
                    "elapsed_sec", "tokens_per_sec", "peak_mem_mb"]
 CHECKPOINT_COLUMNS = ["checkpoint_last", "checkpoint_best"]
 RESULT_COLUMNS = ID_COLUMNS + SUMMARY_COLUMNS + CHECKPOINT_COLUMNS
-_TEXT_COLUMNS = {"run_id", "status", "group", "model_version", "axis", "value", *CHECKPOINT_COLUMNS}
+_TEXT_COLUMNS = {"run_id", "status", "group", "model_version", "axis", "value", *CHECKPOINT_COLUMNS,
+                 # the original suite's text columns (its results files are read too)
+                 "run_name", "ablation_axis", "ablation_value", "best_ckpt", "last_ckpt", "history_path",
+                 "config_path"}
 
 Row = dict[str, Any]
 
@@ -104,10 +107,26 @@ def read_results(path: str | os.PathLike[str]) -> list[Row]:
             rows = [_typed(dict(r)) for r in csv.DictReader(f)]
     else:
         raise MlprojectError(f"results file {path} must end in .jsonl or .csv")
+    rows = [_from_original_columns(row) for row in rows]
     missing = {"group", "seed"} - set(rows[0]) if rows else set()
     if missing:
         raise MlprojectError(f"{path}: missing column(s) {', '.join(sorted(missing))}; expected a results file")
     return rows
+
+
+def _from_original_columns(row: Row) -> Row:
+    """A row of the original suite's results (`ablation_axis`/`ablation_value`, no `group`) with
+    this suite's identity columns added; a row that has them is returned as it is."""
+    if "group" in row or "model_version" not in row:
+        return row
+    out = dict(row)
+    value = row.get("ablation_value")
+    out["axis"] = str(row.get("ablation_axis") or "")
+    out["value"] = "" if value is None else str(value)
+    out["group"] = out["value"] if out["axis"] else str(row["model_version"])
+    out.setdefault("run_id", str(row.get("run_name", "")))
+    out.setdefault("status", RunStatus.FINISHED)
+    return out
 
 
 def _typed(row: dict[str, str]) -> Row:
@@ -239,6 +258,22 @@ def _present(values: Mapping[str, float | int | None]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if v is not None}
 
 
+def original_summary_rows(rows: Sequence[Row], metric: str, group_key: str) -> list[dict[str, Any]]:
+    """The original suite's summary CSV: per group (its column named `group_key`, as the original's
+    `model_version` / `ablation_value`), n, mean, sample std (0 for one value), min, max; by mean."""
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        value = _number(row.get(metric))
+        if value is not None:
+            values.setdefault(str(row["group"]), []).append(value)
+    out = []
+    for group, vals in values.items():
+        s = summarize(vals)
+        out.append({group_key: group, "n": s.n, "mean": s.mean, "std": s.std or 0.0, "min": min(vals),
+                    "max": max(vals)})
+    return sorted(out, key=lambda r: r["mean"])
+
+
 def summary_table_rows(st: SweepStats) -> list[dict[str, Any]]:
     """One row per metric x group: the summary CSV written next to the plots."""
     rows = []
@@ -304,11 +339,28 @@ def format_summary(st: SweepStats, rows: Sequence[Row] | None = None) -> str:
     return "\n".join(lines)
 
 
-def export_sweep_results(kind: str, experiment_name: str, rows: Sequence[Row]) -> Path:
+def with_original_columns(row: Row, global_steps: int | None = None) -> Row:
+    """`row` with the original suite's columns beside this suite's: its run name, parameter and step
+    counts, last train perplexity, ablation axis and value, checkpoint locations."""
+    axis, value = row.get("axis") or "", row.get("value") or ""
+    loss = _number(row.get("train_loss_last"))
+    name = f"{axis}_{value}_seed{row['seed']}" if axis else f"{row['model_version']}_seed{row['seed']}"
+    return {**row, "run_name": name.replace("/", "_"), "params_trainable": row.get("params_total"),
+            "train_ppl_last": math.exp(min(loss, 700.0)) if loss is not None else None,
+            "global_steps": global_steps,
+            "ablation_axis": axis or None, "ablation_value": value or None,
+            "best_ckpt": row.get("checkpoint_best") or None, "last_ckpt": row.get("checkpoint_last") or None}
+
+
+def export_sweep_results(kind: str, experiment_name: str, rows: Sequence[Row], *,
+                         original_steps: Mapping[str, int | None] | None = None) -> Path:
     """Write the sweep's `results.jsonl`/`.csv` where the original suite put them
-    (`research_runs/<kind>/<experiment>`, see `app.local_copies`); print and return the folder."""
+    (`research_runs/<kind>/<experiment>`, see `app.local_copies`); with the original's columns too
+    when `original_steps` ({run_id: steps trained}) is given, in its profile. Print and return the folder."""
     from mlproject.app.local_copies import results_dir
 
+    if original_steps is not None:
+        rows = [with_original_columns(row, original_steps.get(row["run_id"])) for row in rows]
     folder = results_dir(kind, experiment_name)
     jsonl, _ = write_results(rows, folder)
     print(f"local copy (original suite's path): {jsonl} and results.csv", flush=True)

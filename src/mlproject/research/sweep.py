@@ -48,6 +48,7 @@ from typing import Any
 
 from mlproject.config import build_sections, dump_yaml, load_yaml, to_dict
 from mlproject.errors import ConfigError, MlprojectError
+from mlproject.profiles import command_defaults
 from mlproject.protocol import hand_run_to, result_line
 from mlproject.research.child_output import ChildOutput, captured
 from mlproject.research.results import (
@@ -69,7 +70,11 @@ from mlproject.schema import TERMINAL_STATUSES, Artifact, ChildAction, RunStatus
 # stop_at_step is here because a sweep never sets it (reproduce does) and a new field in the key
 # would change the key of every sweep in users' stores.
 RUNTIME_FIELDS = {"train.device", "train.num_threads", "train.progress", "train.peak_flops",
-                  "train.allow_nonfinite", "train.stop_at_step", "data.num_workers", "data.cache_dir"}
+                  "train.allow_nonfinite", "train.stop_at_step", "data.num_workers", "data.cache_dir",
+                  "train.save_every_epochs", "train.preview_every", "train.compile_mode"}
+# Fields added after sweeps were keyed that do change what a run computes: in the key only when set
+# to something else than their default, so the sweeps planned before them still resume.
+LATER_FIELDS = {"train.scheduler": "cosine", "train.amp": False, "train.amp_dtype": "bf16"}
 
 
 @dataclass
@@ -136,7 +141,8 @@ def load_job(yaml_path: str | os.PathLike[str] | None, args: Any, section: str, 
     """RunConfig sections + the job's own section from YAML and flags, plus raw `extra_keys`."""
     data = load_yaml(yaml_path) if yaml_path else {}
     extras = {k: data.pop(k) for k in extra_keys if k in data}
-    sections = build_sections({**RunConfig.SECTIONS, section: cls}, yaml_path=yaml_path, args=args, data=data)
+    sections = build_sections({**RunConfig.SECTIONS, section: cls}, yaml_path=yaml_path, args=args, data=data,
+                              defaults=command_defaults(args))
     job = sections.pop(section)
     return RunConfig(**sections), job, extras
 
@@ -146,7 +152,9 @@ def sweep_key(kind: str, base: RunConfig, drop: Sequence[str], extra: Mapping[st
     runtime-only fields and the tracking section (names, folders), plus job settings."""
     fields = base.flat()
     ignored = RUNTIME_FIELDS | {"train.seed", "train.data_seed", *drop}
-    payload = {"kind": kind, "config": {k: v for k, v in fields.items() if k not in ignored}, **extra}
+    config = {k: v for k, v in fields.items()
+              if k not in ignored and not (k in LATER_FIELDS and LATER_FIELDS[k] == v)}
+    payload = {"kind": kind, "config": config, **extra}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -184,6 +192,24 @@ def row_from_run(record: Any, metrics: Sequence[str] = ()) -> Row:
                     model_version=tags.get(Tag.MODEL_VERSION, ""), seed=int(tags.get(Tag.SEED, -1)),
                     summary={k: record.metrics[k] for k in names if k in record.metrics},
                     checkpoint_uris=uris, axis=tags.get(Tag.ABLATION_AXIS, ""), value=tags.get(Tag.ABLATION_VALUE, ""))
+
+
+def global_steps(record: Any) -> int | None:
+    """The optimizer steps a child trained (the original's `global_steps`): tokens seen / tokens per step."""
+    per_step = record.params.get("runtime.tokens_per_step")
+    seen = record.metrics.get("tokens_seen")
+    return round(seen / float(per_step)) if per_step and seen is not None else None
+
+
+def _export_local(plan: SweepPlan, records: Sequence[Any], rows: list[Row]) -> None:
+    """The results copy under research_runs/<kind>/<experiment>/; in the original profile (the
+    parent's tag) with the original's columns, its step counts among them."""
+    from mlproject.research.results import export_sweep_results
+    from mlproject.tracking.queries import get_run
+
+    original = get_run(plan.parent_run_id).tags.get(Tag.PROFILE) == "original"
+    steps = {record.run_id: global_steps(record) for record in records} if original else None
+    export_sweep_results(plan.kind, plan.experiment_name, rows, original_steps=steps)
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -358,7 +384,7 @@ def _open_parent(spec: SweepSpec) -> Any:
     return client.open_parent(
         experiment=spec.experiment, run_name=spec.run_name, kind=spec.kind, sweep_key=spec.key,
         resume=spec.resume, tags={Tag.GROUPS: json.dumps(spec.groups), Tag.METRICS: json.dumps(spec.metrics),
-                                  **spec.tags})
+                                  Tag.PROFILE: spec.base.tracking.profile, **spec.tags})
 
 
 @contextlib.contextmanager
@@ -665,7 +691,6 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
 
 def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOutcome:
     from mlproject.research.describe import finish_parent
-    from mlproject.research.results import export_sweep_results
     from mlproject.tracking import client
     from mlproject.tracking.queries import get_run
 
@@ -677,7 +702,8 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
         from mlproject.research.eval_metrics import evaluate_children
 
         evaluate_children(plan.child_run_ids, plan.eval_datasets, cache_dir=plan.cache_dir, device=plan.device)
-    rows = [row_from_run(get_run(run_id), plan.metrics) for run_id in plan.child_run_ids]
+    records = [get_run(run_id) for run_id in plan.child_run_ids]
+    rows = [row_from_run(record, plan.metrics) for record in records]
     stats = aggregate(rows, plan.groups, plan.metrics, alpha=plan.alpha, effect=plan.effect)
     status = RunStatus.FINISHED if all(r["status"] == RunStatus.FINISHED for r in rows) else RunStatus.FAILED
     results_dir = _record_results(plan, rows, stats, output_dir or plan.output_dir)
@@ -686,7 +712,7 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
         from mlproject.research.targets import record_targets
 
         target_lines = record_targets(plan, rows)
-    export_sweep_results(plan.kind, plan.experiment_name, rows)  # research_runs/<kind>/<experiment>/
+    _export_local(plan, records, rows)
     try:
         best = finish_parent(plan, plan.parent_run_id, rows, stats, notes=target_lines)
     except BaseException:

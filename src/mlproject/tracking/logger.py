@@ -21,6 +21,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from mlproject.schema import preview_artifact
 from mlproject.tracking.artifacts import CheckpointUploader
 from mlproject.tracking import client
 from mlproject.tracking.client import log_params_once, metric_batches, set_tags
@@ -156,6 +157,11 @@ class MlflowLogger(TrainerCallback):
             self.uploader.submit(path, kind, before=self._metrics_written())
         else:
             self.uploader.submit(path, kind)
+        self.overhead_sec += time.perf_counter() - t
+
+    def on_preview(self, step: int, text: str) -> None:
+        t = time.perf_counter()
+        self.client.log_text(self.run_id, text, preview_artifact(step))
         self.overhead_sec += time.perf_counter() - t
 
     def on_train_end(self, result: TrainResult) -> None:

@@ -154,6 +154,7 @@ class MlflowTracker:
     @contextlib.contextmanager
     def run(self, cfg: RunConfig, data: Any, *, resume_run_id: str | None) -> Iterator[MlflowRun]:
         tags = {"model_version": cfg.model.model_version, "dataset": cfg.data.dataset,
+                Tag.PROFILE: cfg.tracking.profile,
                 **git_info(), **environment_tags(), **self.extra_tags}
         join = client.join_target(run_id=self.run_id, parent_run_id=self.parent_run_id, resume_run_id=resume_run_id)
         if self.run_id is None and resume_run_id:

@@ -17,10 +17,15 @@ class TrainConfig:
     grad_accum_steps: int = field(1, help="micro-batches per optimizer step")
     epochs: int = field(1, help="passes over the training windows (training ends at epochs or max_steps)")
     max_steps: int | None = field(None, help="optimizer steps (whichever of epochs/max_steps ends first)")
-    learning_rate: float = field(6e-4, help="peak learning rate", aliases=("--lr",))
+    learning_rate: float = field(6e-4, help="peak learning rate", aliases=("--lr", "--base-lr", "--base_lr"))
     min_lr_ratio: float = field(0.1, help="cosine decay floor as a fraction of the peak")
     warmup: float = field(0.05, help="linear warmup: a fraction of the run if < 1, else a step count; "
-                                     "always capped below the run's total steps")
+                                     "always capped below the run's total steps",
+                         aliases=("--warmup-steps", "--warmup_steps"))
+    scheduler: Literal["cosine", "warmup_cosine", "none", "constant"] = field(
+        "cosine", aliases=("--scheduler-type", "--scheduler_type"),
+        help="learning-rate schedule: cosine and warmup_cosine warm up then decay to min_lr_ratio; none and "
+             "constant train at the peak rate throughout (the original suite's names)")
     weight_decay: float | None = field(None, help="AdamW weight decay (default: recipe)")
     beta1: float | None = field(None, help="AdamW beta1 (default: recipe)")
     beta2: float | None = field(None, help="AdamW beta2 (default: recipe)")
@@ -32,14 +37,24 @@ class TrainConfig:
                                aliases=("--val-checking", "--val_checking"), bare=True)
     eval_batches: int = field(20, help="validation batches per evaluation (0: the full split)")
     early_stopping_patience: int | None = field(None, help="stop after N evaluations without improvement")
-    log_interval: int = field(10, help="log metrics every N steps")
+    log_interval: int = field(10, help="log metrics every N steps", aliases=("--log-every", "--log_every"))
     save_every: int = field(100, help="write checkpoints/last.pt every N steps (and at the end)")
+    save_every_epochs: int | None = field(None, aliases=("--save-ckpt-every", "--save_ckpt_every"),
+                                          help="write checkpoints/last.pt every N epochs instead of every "
+                                               "save_every steps (the original's --save-ckpt-every)")
+    preview_every: int | None = field(None, help="every N steps print a decoded sample (the model's argmax "
+                                                 "continuation of a validation window) and log it as text")
     seed: int = field(42, help="seed of model initialisation and dropout")
     data_seed: int | None = field(None, help="seed of the batch order (default: seed); independent of init")
     device: str = field("auto", help="auto, cpu, cuda, cuda:N or mps")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
         "auto", help="auto: bf16 autocast on CUDA GPUs and CPUs that support it natively, else fp32")
+    amp: bool = field(False, help="mixed precision in amp_dtype: the original's switch, it sets precision "
+                                  "(over the profile's or --precision)")
+    amp_dtype: Literal["bf16", "fp16"] = field("bf16", help="autocast dtype of --amp")
     compile: bool = field(False, help="torch.compile the model")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = field(
+        None, help="mode passed to torch.compile (default: torch's)")
     peak_flops: float | None = field(None, help="peak FLOP/s for MFU (default: device table or CPU probe)")
     num_threads: int | None = field(None, help="torch intra-op threads (default: torch's choice)")
     progress: Literal["auto", "bar", "lines"] = field("auto", help="progress bar on terminals, lines otherwise")
@@ -77,6 +92,9 @@ class TrainConfig:
         for name in ("num_threads", "early_stopping_patience"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0 (or null for the default)")
+        for name in ("save_every_epochs", "preview_every"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be positive (or null to disable)")
         self._validate_optimizer()
 
     def _validate_optimizer(self) -> None:

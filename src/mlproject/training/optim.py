@@ -97,7 +97,10 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: f
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                     total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warmup + cosine as a LambdaLR, so its position is saved with `state_dict()`."""
+    """Warmup + cosine as a LambdaLR, so its position is saved with `state_dict()`; the peak rate
+    throughout for scheduler none/constant (the original suite ran no scheduler then, and no warmup)."""
+    if cfg.scheduler in ("none", "constant"):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     warmup_steps = resolve_warmup(cfg.warmup, total_steps)
 
     def factor(step: int) -> float:

@@ -31,9 +31,12 @@ def resolve_model(model_cfg: GPTConfig, vocab_size: int) -> GPTConfig:
 
 
 def resolve_train(train_cfg: TrainConfig, model_version: str) -> TrainConfig:
-    """The training config a run uses: the recipe's optimizer settings, data_seed defaulting to seed."""
+    """The training config a run uses: the recipe's optimizer settings, data_seed defaulting to seed,
+    the precision of `--amp` (amp_dtype)."""
     cfg = resolve_recipe(train_cfg, model_version)
-    return dataclasses.replace(cfg, data_seed=cfg.seed if cfg.data_seed is None else cfg.data_seed)
+    precision = cfg.amp_dtype if cfg.amp else cfg.precision
+    return dataclasses.replace(cfg, data_seed=cfg.seed if cfg.data_seed is None else cfg.data_seed,
+                               precision=precision)
 
 
 def resolve(model_cfg: GPTConfig, train_cfg: TrainConfig, vocab_size: int) -> tuple[GPTConfig, TrainConfig]:

@@ -63,6 +63,9 @@ class TrainerCallback:
     def on_checkpoint(self, path: Path, kind: str, step: int) -> None:
         """A checkpoint was written; kind is "last" or "best"."""
 
+    def on_preview(self, step: int, text: str) -> None:
+        """A decoded sample of `--preview-every` (training.preview)."""
+
     def should_stop(self) -> bool:
         """Asked after each evaluation before the last step: True ends the run there, status
         "stopped", with its summary and checkpoints like any other end (a tune trial's pruner;
@@ -183,6 +186,8 @@ class Trainer:
                     status = TrainStatus.INTERRUPTED
                     break
                 lr = self.train_step()
+                if cfg.preview_every and state.step % cfg.preview_every == 0:
+                    self.preview()
                 # stop_at_step ends early but keeps the schedule of total_steps: the first steps of a run, exactly
                 done = state.step == self.total_steps or state.step == cfg.stop_at_step
                 if state.step % cfg.log_interval == 0 or done:
@@ -198,7 +203,7 @@ class Trainer:
                             status = TrainStatus.STOPPED
                     if status in (TrainStatus.EARLY_STOPPED, TrainStatus.STOPPED) or done:
                         break
-                    if cfg.save_every and state.step % cfg.save_every == 0:
+                    if self.save_interval and state.step % self.save_interval == 0:
                         self.save_last()
 
             self.progress.close()
@@ -286,6 +291,19 @@ class Trainer:
             self.wrote_best = True
             for cb in self.callbacks:
                 cb.on_checkpoint(self.best_path, "best", state.step)
+
+    def preview(self) -> None:
+        """Print and report a decoded sample (main process; needs the data's tokenizer)."""
+        tokenizer = getattr(self.data, "tokenizer", None)
+        if tokenizer is None or not self.info.is_main:
+            return
+        from mlproject.training.preview import preview_text
+
+        text = preview_text(self.raw_model, self.val_tokens, self.model_cfg.block_size, tokenizer.decode,
+                            self.device, self.amp, self.state.step)
+        self.progress.write(text)
+        for cb in self.callbacks:
+            cb.on_preview(self.state.step, text)
 
     def check_finite(self, name: str, value: float) -> None:
         """Stop the run when a loss is NaN or infinite (after it was logged, so the curve shows it).
@@ -390,7 +408,8 @@ class Trainer:
         self.raw_model = GPT(self.model_cfg).to(self.device)
         if info.enabled:  # different dropout masks per replica
             torch.manual_seed(cfg.seed + info.rank)
-        model: torch.nn.Module = torch.compile(self.raw_model) if cfg.compile else self.raw_model
+        options = {"mode": cfg.compile_mode} if cfg.compile_mode else {}
+        model: torch.nn.Module = torch.compile(self.raw_model, **options) if cfg.compile else self.raw_model
         self.eval_model = model
         if info.enabled:
             model = torch.nn.parallel.DistributedDataParallel(
@@ -412,6 +431,9 @@ class Trainer:
                 f"for one step of batch_size={cfg.batch_size} x grad_accum_steps={cfg.grad_accum_steps}"
                 f"{f' x {info.world_size} processes' if info.enabled else ''}")
         self.total_steps = cfg.epochs * self.steps_per_epoch
+        # --save-ckpt-every counts epochs (the original's unit), save_every optimizer steps
+        self.save_interval = (cfg.save_every_epochs * self.steps_per_epoch if cfg.save_every_epochs
+                              else cfg.save_every)
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.val_starts = evaluation.eval_windows(len(self.val_tokens), block_size, cfg.batch_size,
@@ -433,7 +455,8 @@ class Trainer:
     def _report_start(self, peak_source: str, resumed: bool) -> None:
         """on_train_start with the run's figures; the first progress line."""
         info, state = self.info, self.state
-        warmup_steps = resolve_warmup(self.cfg.warmup, self.total_steps)
+        constant = self.cfg.scheduler in ("none", "constant")
+        warmup_steps = 0 if constant else resolve_warmup(self.cfg.warmup, self.total_steps)
         start_info = {
             "params_total": self.params_total,
             "params_non_embedding": self.raw_model.num_params(exclude_embeddings=True),
