@@ -48,10 +48,10 @@ def test_several_original_results_files_are_pooled_into_one_chart_and_its_summar
                  str(out), "--plot-name", "fair.png", "--summary-csv", str(tmp_path / "s.csv")]) == 0
     assert (out / "fair.png").stat().st_size > 0 and not (out / "compare_val_loss_best.png").exists()
     rows = _csv_rows(tmp_path / "s.csv")
-    assert list(rows[0]) == ["model_version", "n", "mean", "std", "min", "max"]
+    assert list(rows[0]) == ["model_version", "group", "n", "mean", "std", "min", "max"]
     # by mean, sample std (the worked values: [4.8, 5.0] -> 4.9 +- 0.1414)
     assert [r["model_version"] for r in rows] == ["gpt3", "gpt2"]
-    gpt3 = {k: float(v) for k, v in rows[0].items() if k != "model_version"}
+    gpt3 = {k: float(v) for k, v in rows[0].items() if k not in ("model_version", "group")}
     assert gpt3 == pytest.approx({"n": 2, "mean": 4.9, "std": math.sqrt(0.02), "min": 4.8, "max": 5.0})
 
 

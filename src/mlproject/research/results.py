@@ -260,7 +260,8 @@ def _present(values: Mapping[str, float | int | None]) -> dict[str, float]:
 
 def original_summary_rows(rows: Sequence[Row], metric: str, group_key: str) -> list[dict[str, Any]]:
     """The original suite's summary CSV: per group (its column named `group_key`, as the original's
-    `model_version` / `ablation_value`), n, mean, sample std (0 for one value), min, max; by mean."""
+    `model_version` / `ablation_value`, and the same value as `group`, this suite's name for it),
+    n, mean, sample std (0 for one value), min, max; by mean."""
     values: dict[str, list[float]] = {}
     for row in rows:
         value = _number(row.get(metric))
@@ -269,7 +270,7 @@ def original_summary_rows(rows: Sequence[Row], metric: str, group_key: str) -> l
     out = []
     for group, vals in values.items():
         s = summarize(vals)
-        out.append({group_key: group, "n": s.n, "mean": s.mean, "std": s.std or 0.0, "min": min(vals),
+        out.append({group_key: group, "group": group, "n": s.n, "mean": s.mean, "std": s.std or 0.0, "min": min(vals),
                     "max": max(vals)})
     return sorted(out, key=lambda r: r["mean"])
 
