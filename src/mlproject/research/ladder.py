@@ -111,7 +111,7 @@ class LadderJob:
 
     def cells(self) -> list[dict[str, Any]]:
         """One cell per group x rung (x budget): its label, model, size and step count, checked."""
-        vocab = self.run.data.vocab_size
+        vocab = _vocab_size(self.run)
         out, sizes = [], {}
         for group, model in self.groups().items():
             for rung in self.ladder.rungs:
@@ -195,6 +195,15 @@ class LadderJob:
             register_best=c.register_best, register_best_ungated=bool(c.register_best),  # cells of a ladder have no gate
             alpha=c.alpha, verbose=c.verbose, log_file=c.log_file, ladder=design,
             config_text=dump_yaml({**sections, "ladder": to_dict(c)}))
+
+
+def _vocab_size(run: RunConfig) -> int:
+    """The embedding rows a child will have: the tokenizer's vocabulary (the dataset's default
+    when the config leaves it unset), padded as the trainer pads it."""
+    from mlproject.data.registry import get_spec
+    from mlproject.training.resolve import padded_vocab
+
+    return padded_vocab(run.data.vocab_size or get_spec(run.data.dataset).vocab_size)
 
 
 def _check_increasing(group: str, by_rung: list[tuple[str, int]], source: str) -> None:

@@ -94,7 +94,8 @@ def diff_chart(analysis: LadderAnalysis, path: Path, title: str) -> Path:
     ax.set_ylabel(f"Δ {analysis.metric} (paired over seeds, 95% CI)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if len(analysis.design["groups"]) > 1:
+        ax.legend(fontsize=8)
     return _save(fig, plt, path)
 
 
