@@ -66,6 +66,17 @@ def test_budget_rules_size_each_child(research_env, tmp_path):
         assert cell["steps"] == max(1, round(cell["budget"] / cell["flops_per_token"] / per_step))
 
 
+def test_an_axis_ladder_groups_by_the_axis_values(research_env, tmp_path):
+    job = LadderJob.load(_ladder_yaml(tmp_path, models=["gpt2"], ladder_axis="mlp_type",
+                                      ladder_values=["gelu", "swiglu"]))
+    children = job.children()
+    assert [c.group for c in children[:2]] == ["gelu@2x2x16", "gelu@2x2x24"]
+    swiglu = [c for c in children if c.group.startswith("swiglu@")]
+    assert len(swiglu) == len(RUNGS) and all(c.cfg.model.mlp_type == "swiglu" for c in swiglu)
+    assert swiglu[0].tags["mlproject.ladder.group"] == "swiglu" and swiglu[0].tags["mlproject.ladder.rung"] == "2x2x16"
+    assert job.spec().ladder["groups"] == ["gelu", "swiglu"]
+
+
 def _synthetic_rows(law, seeds=5, held_out=1, noise=0.01, rng=None):
     """Rows of a 6-rung ladder of two groups whose metric follows `law[group](C)` plus seed noise."""
     rng = rng or np.random.default_rng(3)

@@ -157,7 +157,7 @@ def resample_indices(seed_counts: Sequence[int], n_boot: int, rng: np.random.Gen
     for k in seed_counts:
         columns.append(start + rng.integers(0, k, size=(n_boot, k)))
         start += k
-    return np.concatenate(columns, axis=1)
+    return np.concatenate(columns, axis=1) if columns else np.zeros((n_boot, 0), dtype=int)
 
 
 @dataclass(frozen=True)
