@@ -92,7 +92,9 @@ class LadderJob:
 
     @property
     def mode(self) -> str:
-        return "iso_flop" if self.ladder.iso_flop else "tokens" if self.ladder.tokens is not None else "tokens_per_param"
+        if self.ladder.iso_flop:
+            return "iso_flop"
+        return "tokens" if self.ladder.tokens is not None else "tokens_per_param"
 
     def groups(self) -> dict[str, GPTConfig]:
         """Each group's model config before the rung sets its size (baseline first)."""
@@ -192,7 +194,8 @@ class LadderJob:
                           + ["train.max_steps", "train.epochs"], extra={"ladder": own}),
             groups=[cell["label"] for cell in design["cells"]], metrics=list(dict.fromkeys([c.metric, "flops"])),
             children=self.children(), base=self.run, params=params, parallel=c.parallel, resume=c.resume,
-            register_best=c.register_best, register_best_ungated=bool(c.register_best),  # cells of a ladder have no gate
+            # the cells of a ladder are not candidates against a baseline: no evidence gate
+            register_best=c.register_best, register_best_ungated=bool(c.register_best),
             alpha=c.alpha, verbose=c.verbose, log_file=c.log_file, ladder=design,
             config_text=dump_yaml({**sections, "ladder": to_dict(c)}))
 
@@ -217,10 +220,3 @@ def _check_increasing(group: str, by_rung: list[tuple[str, int]], source: str) -
 def run_ladder(job: LadderJob) -> SweepOutcome:
     """Train every group x rung x seed as children of one parent, then fit and check the laws."""
     return run_sweep(job.spec())
-
-
-def fitted_rungs(design: dict[str, Any]) -> int:
-    """How many rungs (budgets in iso_flop mode) the fit uses."""
-    count = len(design["budgets"]) if design["mode"] == "iso_flop" else len(design["rungs"])
-    return max(0, count - design["holdout"])
-

@@ -30,8 +30,8 @@ import numpy as np
 
 from mlproject.research.decisions import holm
 from mlproject.research.results import Row, finished, metric_key
-from mlproject.research.scaling_law import (BootstrapFit, FitStatus, Interval, Points, bootstrap_fit,
-                                            alpha_difference, compute_multiplier, iso_flop_optimum,
+from mlproject.research.scaling_law import (BootstrapFit, FitStatus, Interval, Points, PowerLawFit,
+                                            alpha_difference, bootstrap_fit, compute_multiplier, iso_flop_optimum,
                                             optimum_exponent, percentile_interval, prediction_interval,
                                             resample_indices, within_rung_variance)
 from mlproject.research.config import MIN_FITTED_RUNGS
@@ -82,7 +82,8 @@ def _cells(design: dict[str, Any], rows: Sequence[Row]) -> dict[tuple[str, str, 
         if isinstance(row.get("flops"), (int, float)):
             cell["flops"].append(float(row["flops"]))
     for cell in by_label.values():  # the compute a child logged, else what the plan budgeted
-        cell["compute"] = float(np.mean(cell["flops"])) if cell["flops"] else float(cell["tokens"] * cell["flops_per_token"])
+        planned = float(cell["tokens"] * cell["flops_per_token"])
+        cell["compute"] = float(np.mean(cell["flops"])) if cell["flops"] else planned
     return {(c["group"], c["rung"], c["budget"]): c for c in by_label.values()}
 
 
@@ -125,8 +126,6 @@ def _fit_groups(analysis: LadderAnalysis, cells: dict, rng: np.random.Generator)
         points[group] = Points([p["compute"] for p in pts], [p["values"] for p in pts])
         if len(pts) < MIN_FITTED_RUNGS:
             nan = Interval(math.nan, math.nan, math.nan)
-            from mlproject.research.scaling_law import PowerLawFit
-
             analysis.fits[group] = BootstrapFit(PowerLawFit(FitStatus.TOO_FEW_POINTS, math.nan, math.nan, math.nan),
                                                 nan, nan, nan, 0, 0, {k: np.array([]) for k in ("E", "A", "alpha")})
         else:
@@ -264,7 +263,8 @@ def summary_lines(analysis: LadderAnalysis) -> list[str]:
                      f"[{entry['pi_low']:.3f}, {entry['pi_high']:.3f}], measured {entry['measured']:.3f}: "
                      f"{'inside' if entry['inside'] else 'outside'}")
     for group, iso in analysis.iso.items():
-        lines.append(f"iso-FLOP {group}: N_opt ∝ C^a with a = {iso['exponent']['estimate']:.3g} {_iv(iso['exponent'])}")
+        exponent = iso["exponent"]
+        lines.append(f"iso-FLOP {group}: N_opt ∝ C^a with a = {exponent['estimate']:.3g} {_iv(exponent)}")
     return lines
 
 
