@@ -245,6 +245,10 @@ def summary_lines(analysis: LadderAnalysis) -> list[str]:
     """What held, in words: the difference at the largest fitted rung, the exponents, the compute
     multiplier, and each held-out rung's prediction beside its measurement."""
     base, unit, lines = analysis.baseline, _unit(analysis.metric), []
+    if len(analysis.design["groups"]) == 1:  # nothing to compare: the fit alone
+        f = analysis.fits[base]
+        lines.append(f"{base}: α {f.alpha.estimate:.3f} {_iv(f.alpha)}, E {f.E.estimate:.3f} {_iv(f.E)}"
+                     if f.fit.converged else f"fit did not converge: {base} {f.fit.status}")
     for group in analysis.design["groups"][1:]:
         last = _largest_fitted(analysis, group)
         if last is not None:
