@@ -477,8 +477,13 @@ def _print_plan(spec: SweepSpec, tasks: Sequence[_Task]) -> None:
               ChildAction.RESUME: "to resume", ChildAction.RESTART: "to restart", ChildAction.NEW: "new"}
     counts = {action: sum(t.action == action for t in tasks) for action in labels}
     parts = [f"{n} {labels[action]}" for action, n in counts.items() if n]
+    shape = f"{len(spec.groups)} groups"
+    if spec.ladder is not None:  # a ladder's sweep groups are its cells
+        budgets = len(spec.ladder["budgets"])
+        shape = (f"{len(spec.ladder['groups'])} groups x {len(spec.ladder['rungs'])} rungs"
+                 + (f" x {budgets} budgets" if budgets else ""))
     print(f"{spec.kind}: {len(tasks)} child runs ({', '.join(parts)}): "
-          f"{len(spec.groups)} groups x {len({c.seed for c in spec.children})} seeds", flush=True)
+          f"{shape} x {len({c.seed for c in spec.children})} seeds", flush=True)
 
 
 def _child_run_config(child: ChildSpec, experiment_name: str) -> RunConfig:
