@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,airflow,eval,tune,kubernetes]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,airflow,eval,tune,kubernetes,auth]"
 	touch $(STAMP)
 
 # The main job: the offline GPT-2 vs GPT-3 compare (2 seeds) and its plots, as the `pipeline`

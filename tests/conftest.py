@@ -8,11 +8,20 @@ they stay independent. The token cache is shared too: the tiny corpus is prepare
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
 from helpers import unique
+
+# Ctrl-C is part of what the tests specify (a sweep, a search, a run stop on it), so every test
+# process handles it the way an interactive one does. A shell starts background jobs with SIGINT
+# ignored (`make test &`, `nohup ... &`), the workers and every process they start would inherit
+# that, and the Ctrl-C tests would then test an ignored signal: the trainer leaves an ignored
+# SIGINT ignored, as a background job's should be.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # A test that asks for one of these fixtures starts a container, PostgreSQL or a tracking server:

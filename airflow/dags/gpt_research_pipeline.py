@@ -17,7 +17,10 @@ Settings (environment of the DAG processor and workers):
     MLPROJECT_PIPELINE_CONFIG  pipeline YAML (default configs/pipeline/research_small_repro.yaml);
                                the DAG param `pipeline_config` overrides it for one run
                                (the original suite's GPT_PIPELINE_CONFIG is read when it is unset;
-                               its GPT_PYTHON_BIN no longer applies and only logs a warning)
+                               its GPT_PYTHON_BIN no longer applies and only logs a warning).
+                               A pipeline in the original's format works too: one task per
+                               enabled step, each after the one before it, running
+                               `mlproject <command> <its args> --profile original`
     MLFLOW_TRACKING_URI        tracking server the steps log to (http://127.0.0.1:5000)
     MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN   passed to the steps, never logged
     MLPROJECT_IMAGE            step image (mlproject-step:latest)
@@ -35,6 +38,13 @@ Settings (environment of the DAG processor and workers):
                                container runs the whole sweep (`mlflow run -e compare`), as
                                it always does for a step with adaptive_seeds (its rounds)
     MLPROJECT_CHILD_OPERATOR   docker (default) or kubernetes: what runs a mapped child task
+    MLPROJECT_POOL             the Airflow pool mapped children take their slot from
+                               (mlproject_train): its slots bound how many children train at
+                               once on this deployment, whatever the executor's parallelism.
+                               Airflow schedules no task of a pool that does not exist, so
+                               create it once (the compose stack does, with
+                               MLPROJECT_POOL_SLOTS slots, default 1):
+                                   airflow pools set mlproject_train 2 "mlproject training slots"
     MLPROJECT_K8S_NAMESPACE, MLPROJECT_K8S_CACHE_PVC, MLPROJECT_K8S_SECRET, MLPROJECT_K8S_CPU,
     MLPROJECT_K8S_MEMORY       the child pods' namespace, the token-cache PersistentVolumeClaim,
                                a Secret with the MLflow credentials, and their CPU/memory requests
@@ -61,6 +71,7 @@ from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.sdk import DAG, Param, task
 from docker.types import DeviceRequest, Mount
 
+from mlproject.cli import known_flags
 from mlproject.errors import ConfigError, MlprojectError, require_extra
 from mlproject.orchestration.graph import load_pipeline
 from mlproject.orchestration.steps import RESUMABLE, runs_in_rounds, step_command, step_env, sweep_stage_command
@@ -98,6 +109,7 @@ class DagSettings:
     k8s_secret: str | None = None
     k8s_cpu: str = "2"
     k8s_memory: str = "8Gi"
+    pool: str = "mlproject_train"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DagSettings:
@@ -150,6 +162,7 @@ class DagSettings:
             k8s_secret=get("MLPROJECT_K8S_SECRET"),
             k8s_cpu=get("MLPROJECT_K8S_CPU", cls.k8s_cpu),
             k8s_memory=get("MLPROJECT_K8S_MEMORY", cls.k8s_memory),
+            pool=get("MLPROJECT_POOL", cls.pool),
         )
 
     def mounts(self) -> list[Mount]:
@@ -288,7 +301,7 @@ def build_dag(settings: DagSettings) -> DAG:
         },
     )
     try:
-        pipeline = load_pipeline(settings.pipeline_config)
+        pipeline = load_pipeline(settings.pipeline_config, known_flags)
     except MlprojectError as exc:
         problem = str(exc)
 
@@ -330,12 +343,14 @@ def build_dag(settings: DagSettings) -> DAG:
             commands = task(task_id=f"{step.id}__children", dag=dag, retries=0)(child_commands)(plan.output)
             if settings.child_operator == "kubernetes":
                 children = _pod_operator().partial(
-                    task_id=f"{step.id}__train", dag=dag, name=f"{step.id}-child",
+                    task_id=f"{step.id}__train", dag=dag, name=f"{step.id}-child", pool=settings.pool,
                     **child_pod_arguments(settings, environment)).expand(arguments=commands)
             else:
+                # A slot of the pool per child: Airflow 3 ignores max_active_tis_per_dag for mapped
+                # tasks, and a pool is its tool for bounding how many run at once per resource.
                 children = DockerOperator.partial(
                     task_id=f"{step.id}__train", dag=dag, image=settings.image, do_xcom_push=False,
-                    **docker_arguments(step.id, "train")).expand(command=commands)
+                    pool=settings.pool, **docker_arguments(step.id, "train")).expand(command=commands)
             aggregate = docker_task(step.id, step.id, "{{ mlproject_aggregate_command(ti, params, %r) }}" % step.id,
                                     "aggregate", do_xcom_push=True, trigger_rule="all_done",
                                     doc_md=f"aggregate of the {doc}: statistics, results, plots")

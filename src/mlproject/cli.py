@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mlproject.app.config import RunConfig, ServerConfig
-from mlproject.config import add_arguments, build_sections, from_dict, section_overrides
+from mlproject.config import add_arguments, build_sections, cli_flags, from_dict, section_overrides
 from mlproject.data.config import DataConfig, PreviewConfig, RegistryConfig
 from mlproject.errors import ConfigError, MlprojectError, missing_extra
 from mlproject.inference.config import GenerateConfig
 from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
 from mlproject.model.config import HFImportConfig, OriginalImportConfig, SummaryConfig
 from mlproject.orchestration.config import PipelineOptions
+from mlproject.orchestration.original_format import expand_cli_argv
 from mlproject.research.config import (AblationConfig, ChildRunConfig, CompareConfig, LadderConfig, PlotConfig,
                                        ReproduceConfig, SweepStageConfig, TuneConfig)
 from mlproject.schema import RunStatus
@@ -241,7 +242,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _pipeline(args: argparse.Namespace) -> int:
     from mlproject.orchestration.runner import run_pipeline
 
-    return run_pipeline(_flags(args, PipelineOptions))
+    return run_pipeline(_flags(args, PipelineOptions), known_flags=known_flags)
 
 
 def _server(args: argparse.Namespace) -> int:
@@ -324,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def known_flags(command: str) -> set[str]:
+    """Every flag spelling `mlproject <command>` accepts: what the keys of an original config's
+    `args` are checked against."""
+    spec = COMMANDS[command]
+    flags = {flag for cls in spec.sections.values() for flag in cli_flags(cls)}
+    return flags | {"--config"} if spec.config else flags
+
+
 def _tracking_failure(exc: BaseException) -> str | None:
     """One line for an error caused by the tracking server not answering (None for others)."""
     if "mlflow" not in sys.modules:  # no tracking was involved
@@ -391,6 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:  # `--config <a step file of the original suite>`: its script's flags, by its rules
+        argv = expand_cli_argv(argv, known_flags) if argv and argv[0] in COMMANDS else argv
+    except MlprojectError as exc:
+        _report(str(exc), exc)
+        _finish_outer_run(_adopt_outer_run(None), 2)
+        return 2
     if not accept_negative_numbers(argparse.ArgumentParser()):
         argv = join_negative_values(argv)
     try:

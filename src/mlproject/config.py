@@ -306,6 +306,19 @@ def _flag_type(tp: Any) -> tuple[Any, dict[str, Any]]:
     return str, {}
 
 
+def flag_spellings(f: dataclasses.Field) -> list[str]:
+    """The flags of field `f`: `--max-steps`, `--max_steps` and its aliases."""
+    spellings = [f"--{f.name.replace('_', '-')}"]
+    if "_" in f.name:
+        spellings.append(f"--{f.name}")
+    return spellings + [a for a in f.metadata.get("aliases", ()) if a not in spellings]
+
+
+def cli_flags(cls: type) -> set[str]:
+    """Every flag spelling that `add_arguments` gives the CLI-visible fields of `cls`."""
+    return {s for f in dataclasses.fields(cls) if f.metadata.get("cli", True) for s in flag_spellings(f)}
+
+
 def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, title: str | None = None,
                   exclude: tuple[str, ...] = ()) -> None:
     """Add one flag per CLI-visible field of `cls` (dash and underscore spellings).
@@ -328,11 +341,7 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, title: st
             extra["action"] = "extend"
         helptext = f.metadata.get("help", "")
         helptext = f"{helptext} [{_type_name(hints[f.name])}; {'required' if required else f'default: {default}'}]"
-        spellings = [f"--{f.name.replace('_', '-')}"]
-        if "_" in f.name:
-            spellings.append(f"--{f.name}")
-        spellings += [a for a in f.metadata.get("aliases", ()) if a not in spellings]
-        group.add_argument(*spellings, dest=f"{cls.__name__}.{f.name}", type=flag_type,
+        group.add_argument(*flag_spellings(f), dest=f"{cls.__name__}.{f.name}", type=flag_type,
                            metavar=f.metadata.get("metavar") or f.name.upper(), required=required,
                            default=argparse.SUPPRESS, **extra,
                            help=argparse.SUPPRESS if f.metadata.get("hidden") else helptext.strip().replace("%", "%%"))

@@ -30,7 +30,8 @@ def require_extra(module: str, extra: str, feature: str) -> Any:
 # The optional extras of pyproject.toml by the top-level module each installs: a command that
 # reaches one of these without its extra names the extra, wherever the import happens.
 EXTRA_OF_MODULE = {"optuna": "tune", "lm_eval": "eval", "accelerate": "eval", "transformers": "dev",
-                   "kubernetes": "kubernetes", "pynvml": "gpu", "airflow": "airflow"}
+                   "kubernetes": "kubernetes", "pynvml": "gpu", "airflow": "airflow",
+                   "flask_wtf": "auth"}
 _PROVIDERS = {"airflow.providers.cncf.kubernetes": "kubernetes", "airflow.providers.docker": "airflow"}
 
 

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +73,8 @@ class RunningServer:
 
 @contextlib.contextmanager
 def tracking_server(backend_uri: str, artifacts: Path, *, port: int | None = None, log: Path | None = None,
-                    env: dict[str, str] | None = None, timeout: float = 90) -> Iterator[RunningServer]:
+                    env: dict[str, str] | None = None, timeout: float = 90,
+                    args: Sequence[str] = ()) -> Iterator[RunningServer]:
     """A real `mlproject server` on loopback (`port`, else a free one), in a session of its own,
     stopped (SIGTERM to its groups) on exit. Its output is appended to `log` (default
     server-PORT.log beside `artifacts`): a server restarted on the same log keeps the first one's."""
@@ -82,7 +83,7 @@ def tracking_server(backend_uri: str, artifacts: Path, *, port: int | None = Non
     out = open(log, "a")
     proc = subprocess.Popen([sys.executable, "-m", "mlproject", "server", "--port", str(port),
                              "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts),
-                             "--workers", "1"],
+                             "--workers", "1", *args],
                             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                             start_new_session=True)
     server = RunningServer(f"http://127.0.0.1:{port}", proc, log)

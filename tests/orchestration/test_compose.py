@@ -76,7 +76,14 @@ def test_airflow_reaches_the_server_and_the_docker_socket(stack):
     assert env["MLPROJECT_DOCKER_NETWORK"] == stack["networks"]["default"]["name"]
     assert env["MLPROJECT_CACHE_VOLUME"] == stack["volumes"]["mlproject-cache"]["name"]
     assert "/var/run/docker.sock:/var/run/docker.sock" in airflow["volumes"]
-    assert airflow["command"] == ["airflow", "standalone"]
+    assert airflow["command"][:2] == ["bash", "-c"]
+    script = airflow["command"][2]
+    assert script.endswith("exec airflow standalone")
+    # the training pool exists before the scheduler starts, sized by MLPROJECT_POOL_SLOTS
+    assert 'airflow pools set "$$MLPROJECT_POOL" "$$MLPROJECT_POOL_SLOTS"' in script  # $$: compose's literal $
+    assert script.index("db migrate") < script.index("pools set") < script.index("standalone")
+    assert env["MLPROJECT_POOL"] == "${MLPROJECT_POOL:-mlproject_train}"
+    assert env["MLPROJECT_POOL_SLOTS"] == "${MLPROJECT_POOL_SLOTS:-1}"
 
 
 def test_published_ports_are_loopback_only(stack):

@@ -41,6 +41,16 @@ def test_a_compare_step_is_plan_mapped_children_and_aggregate(dagmod, pipeline_y
     assert train.partial_kwargs["retries"] == 2  # per child: a retry runs that child only
 
 
+def test_mapped_children_take_a_slot_of_the_training_pool_and_only_they_do(dagmod, pipeline_yaml):
+    dag = build(dagmod, pipeline_yaml)
+    assert dag.get_task("compare__train").partial_kwargs["pool"] == "mlproject_train"
+    assert {dag.get_task(t).pool for t in ("compare__plan", "compare", "plot")} == {"default_pool"}
+    named = build(dagmod, pipeline_yaml, MLPROJECT_POOL="gpu_slots")
+    assert named.get_task("compare__train").partial_kwargs["pool"] == "gpu_slots"
+    pods = build(dagmod, pipeline_yaml, MLPROJECT_POOL="gpu_slots", MLPROJECT_CHILD_OPERATOR="kubernetes")
+    assert pods.get_task("compare__train").partial_kwargs["pool"] == "gpu_slots"
+
+
 def test_plan_and_aggregate_commands_are_the_shared_stage_commands(dagmod, pipeline_yaml):
     dag = build(dagmod, pipeline_yaml)
     step = load_pipeline(pipeline_yaml).step("compare")

@@ -9,12 +9,14 @@ Needs the Docker engine and a step image with this source (MLPROJECT_IMAGE, e.g.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,83 @@ def wait_for_run(env: dict[str, str], run_id: str, timeout: float) -> str:
     raise AssertionError(f"DAG run {run_id} did not end in {timeout} s")
 
 
+@contextlib.contextmanager
+def standalone(tmp_path: Path, server_url: str, pipeline: Path, image: str, pool_slots: int) -> Iterator[dict[str, str]]:
+    """`airflow standalone` (LocalExecutor, parallelism 4) running the DAG on `pipeline`, its
+    training pool set to `pool_slots`; yields the environment of its CLI."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o777)  # the containers run as the image's non-root user
+    home = tmp_path / "airflow-home"
+    home.mkdir()
+    api_port = free_port()
+    # `airflow standalone` starts its scheduler and API server as `airflow ...` from PATH
+    env = {**os.environ, "PATH": f"{Path(AIRFLOW).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS), "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+           "AIRFLOW__CORE__PARALLELISM": "4", "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
+           "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+           "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(api_port),
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+           "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+           "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+           "MLFLOW_TRACKING_URI": server_url, "MLPROJECT_PIPELINE_CONFIG": str(pipeline),
+           "MLPROJECT_IMAGE": image, "MLPROJECT_DOCKER_NETWORK": "host", "MLPROJECT_CACHE_VOLUME": str(cache),
+           "MLPROJECT_CONFIG_MOUNT": str(pipeline.parent), "MLPROJECT_RETRIES": "2", "MLPROJECT_RETRY_DELAY_S": "1",
+           "MLPROJECT_SWEEP_TASKS": "mapped"}
+    env.pop("MLFLOW_RUN_ID", None)
+    env.pop("MLPROJECT_POOL", None)
+    log = open(tmp_path / "standalone.log", "w")
+    airflow = subprocess.Popen([AIRFLOW, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # the DAG is parsed and serialized
+            assert airflow.poll() is None, (tmp_path / "standalone.log").read_text()[-4000:]
+            listed = subprocess.run([AIRFLOW, "dags", "list", "-o", "json"], env=env, capture_output=True,
+                                    text=True).stdout
+            if DAG_ID in listed:
+                break
+            assert time.monotonic() < deadline, "the DAG was never parsed"
+            time.sleep(3)
+        # The pool the mapped children take their slots from, as the deployment docs create it.
+        subprocess.run([AIRFLOW, "pools", "set", "mlproject_train", str(pool_slots), "mlproject training slots"],
+                       env=env, check=True, capture_output=True, timeout=120)
+        yield env
+    finally:
+        os.killpg(airflow.pid, 15)
+        try:
+            airflow.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(airflow.pid, 9)
+        log.close()
+
+
+def training_spans(client, children, interrupted: str | None = None) -> list[tuple[int, int]]:
+    """When each child trained: a child's run is created by the plan, so its span is that of its
+    logged train_loss points. The `interrupted` child trained twice (killed, then retried in
+    another container): its points are split at their longest gap into two spans."""
+    spans = []
+    for child in children:
+        stamps = sorted(m.timestamp for m in client.get_metric_history(child.info.run_id, "train_loss"))
+        if child.info.run_id == interrupted and len(stamps) > 1:
+            cut = max(range(1, len(stamps)), key=lambda i: stamps[i] - stamps[i - 1])
+            spans += [(stamps[0], stamps[cut - 1]), (stamps[cut], stamps[-1])]
+        else:
+            spans.append((stamps[0], stamps[-1]))
+    return sorted(spans)
+
+
+def most_at_once(spans: list[tuple[int, int]]) -> int:
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans], key=lambda e: (e[0], e[1]))
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    return peak
+
+
 def test_mapped_children_run_in_parallel_containers_and_a_killed_child_alone_resumes(
         tmp_path, monkeypatch, start_server, docker_engine, step_image):
     from mlflow import MlflowClient
@@ -94,61 +173,23 @@ def test_mapped_children_run_in_parallel_containers_and_a_killed_child_alone_res
     configs = tmp_path / "configs"
     configs.mkdir()
     pipeline = write_pipeline(configs)
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    cache.chmod(0o777)  # the containers run as the image's non-root user
     home = tmp_path / "airflow-home"
-    home.mkdir()
-    api_port = free_port()
 
     # a generous start-up limit: on a busy shared machine the server takes a while to import
     with start_server(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "mlartifacts", timeout=300) as server:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         client = MlflowClient(tracking_uri=server.url)
-        # `airflow standalone` starts its scheduler and API server as `airflow ...` from PATH
-        env = {**os.environ, "PATH": f"{Path(AIRFLOW).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-               "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS), "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-               "AIRFLOW__CORE__PARALLELISM": "4", "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
-               "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-               "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-               "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(api_port),
-               "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-               "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
-               "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-               "MLFLOW_TRACKING_URI": server.url, "MLPROJECT_PIPELINE_CONFIG": str(pipeline),
-               "MLPROJECT_IMAGE": step_image, "MLPROJECT_DOCKER_NETWORK": "host", "MLPROJECT_CACHE_VOLUME": str(cache),
-               "MLPROJECT_CONFIG_MOUNT": str(configs), "MLPROJECT_RETRIES": "2", "MLPROJECT_RETRY_DELAY_S": "1",
-               "MLPROJECT_SWEEP_TASKS": "mapped"}
-        env.pop("MLFLOW_RUN_ID", None)
-        log = open(tmp_path / "standalone.log", "w")
-        airflow = subprocess.Popen([AIRFLOW, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
         stop, killed = threading.Event(), {}
-        try:
-            deadline = time.monotonic() + 300
-            while True:  # the DAG is parsed and serialized
-                assert airflow.poll() is None, (tmp_path / "standalone.log").read_text()[-4000:]
-                listed = subprocess.run([AIRFLOW, "dags", "list", "-o", "json"], env=env, capture_output=True,
-                                        text=True).stdout
-                if DAG_ID in listed:
-                    break
-                assert time.monotonic() < deadline, "the DAG was never parsed"
-                time.sleep(3)
+        with standalone(tmp_path, server.url, pipeline, step_image, pool_slots=2) as env:
             killer = threading.Thread(target=kill_one_child, args=(docker_engine, client, stop, killed), daemon=True)
             killer.start()
             run_id = "e2e-mapped-1"
-            subprocess.run([AIRFLOW, "dags", "trigger", DAG_ID, "--run-id", run_id], env=env, check=True,
-                           capture_output=True, timeout=120)
-            state = wait_for_run(env, run_id, timeout=1200)
-        finally:
-            stop.set()
-            os.killpg(airflow.pid, 15)
             try:
-                airflow.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(airflow.pid, 9)
-            log.close()
+                subprocess.run([AIRFLOW, "dags", "trigger", DAG_ID, "--run-id", run_id], env=env, check=True,
+                               capture_output=True, timeout=120)
+                state = wait_for_run(env, run_id, timeout=1200)
+            finally:
+                stop.set()
         assert state == "success", (tmp_path / "standalone.log").read_text()[-4000:]
 
         experiment = client.get_experiment_by_name(EXPERIMENT)
@@ -159,14 +200,9 @@ def test_mapped_children_run_in_parallel_containers_and_a_killed_child_alone_res
         assert parent.data.metrics["children_finished"] == 4
         assert {"val_loss_best/gpt2/mean", "val_loss_best/gpt3/mean"} <= set(parent.data.metrics)
 
-        # At least two children trained at once (4 containers, parallelism 4). A child's run is
-        # created by the plan, so its training span is that of its logged train_loss points.
-        spans = []
-        for child in children:
-            stamps = [m.timestamp for m in client.get_metric_history(child.info.run_id, "train_loss")]
-            spans.append((min(stamps), max(stamps)))
-        spans.sort()
-        assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
+        # Two children trained at once, never more: parallelism 4, but the pool has 2 slots.
+        spans = training_spans(client, children, interrupted=killed.get("run_id"))
+        assert most_at_once(spans) == 2, spans
 
         # The killed child was retried alone and resumed in its own run; no other child ran twice.
         assert killed, "no child container was caught mid-training"
@@ -177,3 +213,33 @@ def test_mapped_children_run_in_parallel_containers_and_a_killed_child_alone_res
         history = client.get_metric_history(killed["run_id"], "train_loss")
         assert killed["run_id"] in {c.info.run_id for c in children}
         assert max(m.step for m in history) == COMPARE["train"]["max_steps"]
+
+
+def test_with_one_pool_slot_mapped_children_train_one_at_a_time(tmp_path, start_server, docker_engine, step_image):
+    """The pool bounds the children whatever the executor's parallelism (4 here): with one slot,
+    four mapped children never overlap."""
+    from mlflow import MlflowClient
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    compare = tiny(train={"max_steps": 30, "eval_interval": 30, "log_interval": 5},
+                   tracking={"experiment_name": EXPERIMENT + "-one-slot"},
+                   extra={"compare": {"models": ["gpt2", "gpt3"], "seeds": [42, 43]}})
+    (configs / "compare.yaml").write_text(yaml.safe_dump(compare))
+    pipeline = configs / "one_slot.yaml"
+    pipeline.write_text(yaml.safe_dump({
+        "pipeline": {"name": "e2e_one_slot", "experiment_name": EXPERIMENT + "-one-slot"},
+        "steps": [{"id": "compare", "entry_point": "compare",
+                   "parameters": {"config": str(configs / "compare.yaml")}}]}, sort_keys=False))
+    with start_server(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "mlartifacts", timeout=300) as server:
+        client = MlflowClient(tracking_uri=server.url)
+        with standalone(tmp_path, server.url, pipeline, step_image, pool_slots=1) as env:
+            subprocess.run([AIRFLOW, "dags", "trigger", DAG_ID, "--run-id", "one-slot"], env=env, check=True,
+                           capture_output=True, timeout=120)
+            state = wait_for_run(env, "one-slot", timeout=1200)
+        assert state == "success", (tmp_path / "standalone.log").read_text()[-4000:]
+        experiment = client.get_experiment_by_name(EXPERIMENT + "-one-slot")
+        children = client.search_runs([experiment.experiment_id], "tags.`mlflow.parentRunId` != ''")
+        assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+        spans = training_spans(client, children)
+        assert most_at_once(spans) == 1, spans

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 import sys
 
@@ -11,7 +14,7 @@ from mlproject.cli import main
 from helpers import free_port
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.app.config import ServerConfig
-from mlproject.app.server import allowed_hosts, run_server, server_command, server_environment, training_view_url
+from mlproject.app.server import allowed_hosts, owned_by_this_process, run_server, server_command, server_environment, training_view_url
 
 SECRET_URI = "postgresql://mlflow:s3cret-pw@db:5432/mlflow"
 
@@ -125,3 +128,31 @@ def test_the_printed_ui_link_opens_the_model_training_view():
     assert training_view_url(ServerConfig(port=5001)) == \
         "http://127.0.0.1:5001/#/experiments?workflowType=machine_learning"
     assert training_view_url(ServerConfig(host="::1", port=5001)).startswith("http://[::1]:5001/#/")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_mlproject_server_leaves_no_server_behind(tmp_path, start_server, sig):
+    """SIGKILL gives `mlproject server` no chance to stop its MLflow server: the parent-death
+    signal does. Only `mlproject server` itself is signalled, not its groups."""
+    import psutil
+
+    port = free_port()
+    with start_server(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "artifacts", port=port) as server:
+        descendants = psutil.Process(server.process.pid).children(recursive=True)
+        assert any("uvicorn" in " ".join(p.cmdline()) for p in descendants), "the web server runs"
+        os.kill(server.process.pid, sig)
+        server.process.wait(timeout=30)
+        gone, alive = psutil.wait_procs(descendants, timeout=15)
+        assert alive == [], f"left running: {[' '.join(p.cmdline())[:80] for p in alive]}"
+        with socket.socket() as s:  # the port is free again: a new server can start on it
+            s.bind(("127.0.0.1", port))
+
+
+def test_the_server_is_started_so_that_it_ends_with_mlproject_server():
+    cmd = owned_by_this_process(["/bin/true", "x"])
+    assert cmd[-2:] == ["/bin/true", "x"] and str(os.getpid()) in cmd
+    out = subprocess.run([*owned_by_this_process([sys.executable, "-c", "import ctypes; l = ctypes.c_int();"
+                                                  "ctypes.CDLL(None).prctl(2, ctypes.byref(l)); print(l.value)"])],
+                         capture_output=True, text=True, check=True).stdout
+    assert int(out) == signal.SIGTERM, "the command runs with a parent-death signal armed (PR_GET_PDEATHSIG)"

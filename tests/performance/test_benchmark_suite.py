@@ -52,3 +52,14 @@ def test_command_latency_reports_every_command_of_one_round(tmp_path):
     assert 0 < figures["summary_first_line_sec"] < figures["summary_sec"]
     assert all(figures[k] > 0 for k in ("import_sec", "help_sec", "generate_sec", "train_to_first_step_sec"))
     assert report["met"][next(n for n in report["met"] if n.startswith("generate"))] == (figures["generate_sec"] <= 4)
+
+
+def test_the_table_ends_with_how_many_figures_pass(monkeypatch, capsys):
+    import benchmarks.__main__ as suite
+    from benchmarks.harness import Figure
+
+    figures = [Figure("fast", "a rate", "tok/s", 2.0, 1.0, 1.5), Figure("share", "a share", "ms", 3.0, 100.0, 0.01,
+                                                                          at_least=False)]
+    monkeypatch.setattr(suite, "run", lambda groups, settings: figures)
+    assert suite.main(["--only", "trainer"]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "1 of 2 figures pass: share"

@@ -266,6 +266,29 @@ def test_a_signal_in_the_last_step_reaches_the_previous_handler_before_train_ret
     assert result.status == "finished" and load_checkpoint(tmp_path / "last.pt")["step"] == 3
 
 
+def test_an_ignored_sigint_stays_ignored_and_sigterm_still_stops(data, model_cfg, tmp_path):
+    """A background job (`mlproject train ... &` in a script) starts with SIGINT ignored: a Ctrl-C
+    meant for the foreground command must not stop it, while SIGTERM still stops it cleanly."""
+    class SignalAt(Recorder):
+        def on_log(self, step, metrics):
+            super().on_log(step, metrics)
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            if step == 4:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        rec = SignalAt()
+        result = resolved_train(model_cfg, data, tcfg(max_steps=8, log_interval=1, eval_interval=8, save_every=0),
+                                checkpoint_dir=tmp_path, callbacks=[rec])
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # left as it was found
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert result.status == "interrupted" and load_checkpoint(tmp_path / "last.pt")["step"] == 4
+    assert max(rec.logs) == 4  # SIGINT at step 2 did not stop it; SIGTERM at step 4 did
+
+
 def test_sigterm_in_process_stops_at_the_step_boundary_and_resumes_exactly(data, model_cfg, tmp_path):
     class TermAt(Recorder):
         def on_log(self, step, metrics):

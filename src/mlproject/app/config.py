@@ -102,6 +102,10 @@ class ServerConfig:
     allowed_hosts: list[str] | None = field(None, help="extra Host headers to accept (container service names)")
     workers: int = field(2, help="server worker processes")
     startup_timeout: float = field(300.0, help="seconds the server has to answer /health before it counts as failed")
+    auth: bool = field(False, help="require a user and password (MLflow's basic-auth app; the admin password "
+                                   "comes from MLFLOW_AUTH_ADMIN_PASSWORD)")
+    auth_database_uri: str = field("", help="where users and permissions are kept (default: the backend store's "
+                                            "database, in tables of their own)")
 
     def validate(self) -> None:
         check_types(self, source="server")

@@ -3,11 +3,14 @@
     mlproject server                                   # sqlite:///mlflow.db, 127.0.0.1:5000
     mlproject server --backend-store-uri postgresql://mlflow@db/mlflow --host 0.0.0.0 \
         --allowed-hosts mlflow --artifacts-destination /mlartifacts
+    MLFLOW_AUTH_ADMIN_PASSWORD=... mlproject server --auth     # users must log in
 
 Clients (the steps, in containers or not) log artifacts through the server
 (`mlflow-artifacts:/...` URIs, `--artifacts-destination`), so they need no access to the
-artifact store itself. It binds to loopback unless told otherwise: the server has no
-authentication of its own. `postgresql://` URIs use psycopg 3 (SQLAlchemy 2.1's default
+artifact store itself. It binds to loopback unless told otherwise; `--auth` runs MLflow's
+basic-auth app (users and permissions in the same database unless `--auth-database-uri` says
+otherwise, the admin password from MLFLOW_AUTH_ADMIN_PASSWORD), and clients then log with
+MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD. `postgresql://` URIs use psycopg 3 (SQLAlchemy 2.1's default
 driver for that scheme; the `airflow` extra installs psycopg[binary]).
 
 The backend URI may hold a database password, so it reaches `mlflow server` through its
@@ -18,21 +21,26 @@ everything printed shows it with the user and password masked.
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
-from mlproject.errors import ConfigError, MlprojectError
+from mlproject.errors import ConfigError, MlprojectError, require_extra
 from mlproject.app.config import ServerConfig
 from mlproject.secrets import scrub
 
 _SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+ADMIN_PASSWORD_VARIABLE = "MLFLOW_AUTH_ADMIN_PASSWORD"  # MLflow's own name for it
 _LOOPBACK = ("localhost", "127.0.0.1")
 
 
@@ -61,7 +69,52 @@ def server_command(cfg: ServerConfig) -> list[str]:
     hosts = allowed_hosts(cfg)
     if hosts:
         cmd += ["--allowed-hosts", ",".join(hosts)]
+    if cfg.auth:
+        cmd += ["--app-name", "basic-auth"]
     return cmd
+
+
+def auth_database_uri(cfg: ServerConfig) -> str:
+    """Where the basic-auth app keeps users and permissions: the backend store's database unless
+    told otherwise (its tables and migration history are its own, `alembic_version_auth`)."""
+    return cfg.auth_database_uri or cfg.backend_store_uri
+
+
+def write_auth_config(cfg: ServerConfig, folder: Path) -> Path:
+    """The basic-auth app's settings file, readable by this user only (the database URI may hold a
+    password). The admin password is not in it: MLflow reads it from MLFLOW_AUTH_ADMIN_PASSWORD
+    when it creates the admin user on first start."""
+    def value(text: str) -> str:
+        return text.replace("%", "%%")  # MLflow reads the file with configparser's % interpolation
+
+    path = folder / "basic_auth.ini"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("[mlflow]\n"
+                "default_permission = READ\n"
+                f"database_uri = {value(auth_database_uri(cfg))}\n"
+                "admin_username = admin\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    return path
+
+
+# Run as `python -c _GUARD PARENT_PID CMD...`: arms a parent-death signal, then becomes CMD (the
+# signal survives exec). If `mlproject server` dies, even by SIGKILL, the kernel sends `mlflow
+# server` SIGTERM, and MLflow passes that on to its web server, workers and job runner. The
+# parent check closes the race of a parent that died before the signal was armed.
+_GUARD = ("import ctypes, os, signal, sys\n"
+          "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+          "if os.getppid() != int(sys.argv[1]):\n"
+          "    sys.exit(0)\n"
+          "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
+def owned_by_this_process(cmd: list[str]) -> list[str]:
+    """`cmd`, started so that it ends when this process ends, however it ends (Linux; elsewhere
+    `cmd` as is: the SIGTERM and Ctrl-C paths still stop it)."""
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-c", _GUARD, str(os.getpid()), *cmd]
 
 
 def server_environment(cfg: ServerConfig, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -74,6 +127,9 @@ def server_environment(cfg: ServerConfig, base: dict[str, str] | None = None) ->
     # under PostgreSQL's default max_connections (100); a value already set is kept.
     env.setdefault("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "10")
     env.setdefault("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", "30")
+    if cfg.auth:
+        # The session key every worker must share; one per server start unless the user set one.
+        env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
     return env
 
 
@@ -87,6 +143,17 @@ def validate_server_config(cfg: ServerConfig) -> None:
         raise ConfigError(f"server: port={cfg.port} is out of range; expected 1-65535")
     if cfg.workers < 1:
         raise ConfigError(f"server: workers={cfg.workers} must be >= 1")
+    if cfg.auth_database_uri and not cfg.auth:
+        raise ConfigError("server: auth_database_uri is set but auth is off; add --auth")
+    if cfg.auth:
+        require_extra("flask_wtf", "auth", "server --auth")  # MLflow's basic-auth app imports it
+        if not os.environ.get(ADMIN_PASSWORD_VARIABLE):
+            raise ConfigError(f"server: --auth needs the admin password in {ADMIN_PASSWORD_VARIABLE} "
+                              "(MLflow ships none, and a default would be a published password)")
+        scheme = urlsplit(auth_database_uri(cfg)).scheme.split("+")[0]
+        if scheme not in _SQL_SCHEMES:
+            raise ConfigError(f"server: auth_database_uri={scrub(cfg.auth_database_uri)!r} is not a SQL "
+                              "database URI; expected sqlite:///PATH or postgresql://USER@HOST/DB")
 
 
 def check_bindable(host: str, port: int) -> None:
@@ -159,19 +226,27 @@ def run_server(cfg: ServerConfig) -> int:
     zero exit code `mlflow server` gives then.
     SIGTERM/SIGINT stop the whole server (exit code 0): `mlflow server` runs its web server
     as a child process and does not pass the signal on, so the server gets its own process
-    group and the signal goes to the group.
+    group and the signal goes to the group. A SIGKILL leaves nothing behind either: see
+    `owned_by_this_process`.
     """
     validate_server_config(cfg)
     check_bindable(cfg.host, cfg.port)
     if "://" not in cfg.artifacts_destination:
         os.makedirs(cfg.artifacts_destination, exist_ok=True)
     cmd = server_command(cfg)
-    exposed = "" if cfg.host in _LOOPBACK else " (exposed beyond loopback: the server has no authentication)"
+    exposed = "" if cfg.host in _LOOPBACK else (" (exposed beyond loopback; users must log in)" if cfg.auth else
+                                                " (exposed beyond loopback: the server has no authentication)")
     print(f"mlproject server: http://{cfg.host}:{cfg.port}{exposed}\n"
           f"  training runs: {training_view_url(cfg)}\n"
           f"  backend store: {scrub(cfg.backend_store_uri)}\n"
           f"  artifacts:     {cfg.artifacts_destination} (proxied)", flush=True)
-    proc = subprocess.Popen(cmd, env=server_environment(cfg), start_new_session=True)
+    env = server_environment(cfg)
+    settings = Path(tempfile.mkdtemp(prefix="mlproject-server-"))  # mode 0700, removed on exit
+    if cfg.auth:
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(write_auth_config(cfg, settings))
+        print(f"  users:         {scrub(auth_database_uri(cfg))} (basic auth; admin user 'admin', password "
+              f"from {ADMIN_PASSWORD_VARIABLE} on first start)", flush=True)
+    proc = subprocess.Popen(owned_by_this_process(cmd), env=env, start_new_session=True)
     stopped = False
 
     def stop(signum: int, _frame: object) -> None:
@@ -179,7 +254,9 @@ def run_server(cfg: ServerConfig) -> int:
         stopped = True
         _signal_group(proc.pid, signal.SIGTERM)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # An ignored signal stays ignored (a background job's SIGINT), as in the trainer.
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)
+                if signal.getsignal(sig) != signal.SIG_IGN}
     try:
         wait_healthy(proc, cfg, lambda: stopped)
         code = proc.wait()
@@ -187,6 +264,7 @@ def run_server(cfg: ServerConfig) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _signal_group(proc.pid, signal.SIGTERM)  # workers left behind by a server that exited
+        shutil.rmtree(settings, ignore_errors=True)
     return 0 if stopped else code
 
 

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mlproject.config import check_types, field
 from mlproject.errors import ConfigError
+
+if TYPE_CHECKING:  # original_format builds on this module
+    from mlproject.orchestration.original_format import OriginalPipeline
 
 TEMPLATE = re.compile(r"\{\{\s*steps\.([A-Za-z0-9_\-]+)\.([A-Za-z0-9_]+)\s*\}\}")  # {{ steps.<id>.<key> }}
 _ID = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -56,6 +59,10 @@ class PipelineStep:
         if not _ID.match(self.id):
             raise ConfigError(f"step id {self.id!r} must contain only letters, digits, _ and -")
 
+    def blocking_needs(self) -> list[str]:
+        """The needs whose failure skips this step (all of them; see `original_format.OriginalStep`)."""
+        return self.needs
+
     def references(self) -> set[str]:
         """Ids of the steps whose results the parameters use."""
         return {m.group(1) for v in self.parameters.values() for m in TEMPLATE.finditer(param_text(v))}
@@ -84,6 +91,9 @@ class Pipeline:
     settings: PipelineSettings
     steps: list[PipelineStep]
     source: str = ""
+    # an original-format file (`original_format.OriginalPipeline`): its steps run in its project
+    # root and its own report is written beside the suite's
+    original: OriginalPipeline | None = None
 
     def step(self, step_id: str) -> PipelineStep:
         for step in self.steps:

@@ -13,12 +13,23 @@ from collections.abc import Mapping
 from mlproject.config import from_dict, load_yaml
 from mlproject.errors import ConfigError
 from mlproject.orchestration.config import Pipeline, PipelineSettings, PipelineStep
+from mlproject.orchestration.original_format import (KnownFlags, is_pipeline_file, is_step_file,
+                                                     load_original_pipeline, subcommand)
 
 
-def load_pipeline(path: str | os.PathLike[str]) -> Pipeline:
-    """Read and validate a pipeline YAML: sections, step fields, unique ids, needs, cycles."""
+def load_pipeline(path: str | os.PathLike[str], known_flags: KnownFlags | None = None) -> Pipeline:
+    """Read and validate a pipeline YAML: sections, step fields, unique ids, needs, cycles.
+
+    A pipeline file of the original suite is read in its own format (`original_format`);
+    `known_flags` (the CLI's flags per subcommand) then checks its steps' args at load time."""
     source = str(path)
     data = load_yaml(path)
+    if is_pipeline_file(data):
+        return load_original_pipeline(data, source, known_flags)
+    if is_step_file(data):
+        command = subcommand(data["script"], source)
+        raise ConfigError(f"{source} is a step config of the original {data['script']}, not a pipeline; "
+                          f"run it with `mlproject {command} --config {source}`")
     unknown = set(data) - {"pipeline", "steps"}
     if unknown:
         raise ConfigError(f"{source}: unknown section {sorted(unknown)[0]!r}; allowed sections: pipeline, steps")

@@ -42,6 +42,8 @@ def find_project(project_dir: str, config_path: str | Path) -> Path:
 
 def localize(pipeline: Pipeline) -> Pipeline:
     """The pipeline with an absolute project dir and relative file parameters resolved in it."""
+    if pipeline.original is not None:  # an original pipeline: its steps run in its project_root
+        return pipeline
     settings = pipeline.settings
     project = find_project(settings.project_dir, pipeline.source)
     here = Path.cwd() / settings.project_dir

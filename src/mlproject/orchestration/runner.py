@@ -29,6 +29,7 @@ from mlproject.errors import MlprojectError
 from mlproject.io import atomic_write_text
 from mlproject.orchestration.config import Pipeline, PipelineOptions, PipelineSettings, PipelineStep
 from mlproject.orchestration.graph import load_pipeline
+from mlproject.orchestration.original_format import KnownFlags, original_results, write_original_report
 from mlproject.orchestration.project import localize
 from mlproject.orchestration.steps import step_command, step_env
 from mlproject.protocol import parse_step_result, process_run_id, result_line
@@ -87,9 +88,11 @@ class _Report:
         atomic_write_text(self.path, json.dumps(self.data, indent=2) + "\n")
 
 
-def run_pipeline(options: PipelineOptions) -> int:
-    """Run the pipeline `options.config`; return 0 if every step that ran succeeded, else 1."""
-    pipeline = localize(load_pipeline(options.config))  # runs from any directory, not only the repo root
+def run_pipeline(options: PipelineOptions, known_flags: KnownFlags | None = None) -> int:
+    """Run the pipeline `options.config`; return 0 if every step that ran succeeded, else 1.
+
+    `known_flags` checks the args of an original-format pipeline's steps before any step runs."""
+    pipeline = localize(load_pipeline(options.config, known_flags))  # runs from any directory, not only the repo root
     selected = options.selected_steps()
     for step_id in selected:
         pipeline.step(step_id)
@@ -127,6 +130,7 @@ def run_pipeline(options: PipelineOptions) -> int:
         raise
     status = StepStatus.FAILED if failed else StepStatus.SUCCEEDED
     report.update(status=status, ended_at=_now(), duration_sec=round(time.monotonic() - t0, 1))
+    _write_original_report(pipeline, report.data["steps"], dry_run=False)
     _finish_run(run_id, report, RunStatus.FAILED if failed else RunStatus.FINISHED, created_run)
     _print_summary(pipeline, report, tracking_uri)
     print(result_line({"step": "pipeline", "run_id": run_id, "status": status,
@@ -167,7 +171,7 @@ def _run_plan(plan: Sequence[tuple[PipelineStep, str]], pipeline: Pipeline, prev
             report.update(step.id, status=StepStatus.REUSED, result=previous_ok[step.id],
                           run_id=previous_ok[step.id].get("run_id"), reason="succeeded in an earlier execution")
             continue
-        blocked = [n for n in step.needs if n in failed]
+        blocked = [n for n in step.blocking_needs() if n in failed]
         if stopped or blocked:
             reason = "stopped after a failed step" if stopped else f"upstream step {blocked[0]} did not succeed"
             report.update(step.id, status=StepStatus.SKIPPED, reason=reason)
@@ -197,7 +201,7 @@ def _run_step(step: PipelineStep, pipeline: Pipeline, results: dict[str, dict[st
     try:
         with log_path.open("w", encoding="utf-8") as log, subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1,
-                errors="replace") as proc:
+                errors="replace", cwd=pipeline.original.project_root if pipeline.original else None) as proc:
             assert proc.stdout is not None
             for line in proc.stdout:
                 line = scrub(line)  # the step log is logged to the pipeline run
@@ -275,14 +279,26 @@ def _dry_run(pipeline: Pipeline, plan: Sequence[tuple[PipelineStep, str]], optio
 
     upstream = {s.id: Placeholder(s.id) for s in pipeline.steps}
     print(f"pipeline {pipeline.settings.name} (dry run: nothing is executed)")
+    printed = []
     for step, action in plan:
         if action != "run":
             print(f"# {step.id}: skipped ({action})")
+            printed.append({"id": step.id, "status": StepStatus.SKIPPED, "reason": action})
             continue
         cmd = step_command(step, pipeline.settings.project_dir, upstream, resume=options.resume)
         print(f"# {step.id}" + (f" (after {', '.join(step.needs)})" if step.needs else ""))
         print(shlex.join(cmd))
+        printed.append({"id": step.id, "status": "dry_run", "command": cmd, "return_code": 0,
+                        "started_at": _now(), "ended_at": _now()})
+    _write_original_report(pipeline, printed, dry_run=True)
     return 0
+
+
+def _write_original_report(pipeline: Pipeline, steps: Sequence[Mapping[str, Any]], *, dry_run: bool) -> None:
+    """An original-format pipeline's own report (`execution_<UTC stamp>.json`), beside the suite's."""
+    if pipeline.original is not None:
+        path = write_original_report(pipeline.original, original_results(steps), dry_run)
+        print(f"original report: {path}", flush=True)
 
 
 # the steps whose run `mlproject reproduce` re-makes: a training run or a sweep parent

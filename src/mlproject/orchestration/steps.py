@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.orchestration.config import TEMPLATE, PipelineStep, param_text
+from mlproject.orchestration.original_format import OriginalStep
 from mlproject.protocol import hand_run_to
 
 RESUMABLE = {"compare", "ablation", "ladder"}  # entry points that accept resume=true
@@ -50,8 +51,12 @@ def step_command(step: PipelineStep, project_dir: str = ".",
     """`mlflow run <project_dir> -e <entry point> --env-manager local [--experiment-name X] -P k=v ...`.
 
     The one builder of a step's command: the pipeline runner and the Airflow DAG both call it.
-    `resume` adds `-P resume=true` to compare/ablation steps.
+    `resume` adds `-P resume=true` to compare/ablation steps. A step of an original pipeline
+    is `mlproject <command> <its arguments>` instead (`original_format`).
     """
+    if isinstance(step, OriginalStep):  # the original ran its script in its project root: so does this
+        return ["mlproject", step.command, *step.argv, *(["--resume"] if resume and step.entry_point in RESUMABLE
+                                                         else [])]
     cmd = ["mlflow", "run", str(project_dir), "-e", step.entry_point, "--env-manager", "local"]
     if step.experiment_name:
         cmd += ["--experiment-name", step.experiment_name]
@@ -83,6 +88,8 @@ def sweep_stage_command(step: PipelineStep, stage: Literal["plan", "aggregate"],
         if not parent_run_id:
             raise MlprojectError(f"step {step.id}: the aggregate stage needs the plan's parent run id")
         return cmd + ["--aggregate", parent_run_id]
+    if isinstance(step, OriginalStep):  # its arguments name its experiment
+        return cmd + [*step.argv, *(["--resume"] if resume else []), "--plan-only"]
     if step.experiment_name:
         cmd += ["--experiment-name", step.experiment_name]
     params = dict(step.parameters)

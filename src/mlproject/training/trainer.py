@@ -87,7 +87,9 @@ class _StopRequest:
     """SIGTERM/SIGINT handlers that ask the loop to stop at the next step boundary.
 
     A second signal raises KeyboardInterrupt at once. Previous handlers come back on exit.
-    Signal handlers can only be set from the main thread; elsewhere this does nothing.
+    Signal handlers can only be set from the main thread; elsewhere this does nothing. A signal
+    the process ignores stays ignored: a shell starts background jobs (`mlproject train ... &`)
+    with SIGINT ignored, so a Ctrl-C meant for the foreground command does not stop them.
     """
 
     def __init__(self) -> None:
@@ -105,7 +107,8 @@ class _StopRequest:
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) != signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
