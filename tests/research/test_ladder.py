@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from helpers import children_of, unique, write_sweep
 from mlproject.cli import main
 from mlproject.protocol import parse_step_result
+from mlproject.research.distinct import check_groups_differ
 from mlproject.research.ladder import LadderJob
 from mlproject.research.ladder_report import analyze_ladder, ladder_metrics, summary_lines
 
@@ -61,6 +62,7 @@ def test_budget_rules_size_each_child(research_env, tmp_path):
     assert children[0].cfg.train.recipe == "gpt2"  # the baseline's recipe for every group
 
     iso = LadderJob.load(_ladder_yaml(tmp_path, tokens=None, iso_flop=[1e9, 4e9], rungs=RUNGS[:3], holdout=0))
+    check_groups_differ(iso.spec())  # one model at several budgets is not a model compared with itself
     for cell in iso.cells():
         assert cell["label"].count("@") == 2
         assert cell["steps"] == max(1, round(cell["budget"] / cell["flops_per_token"] / per_step))

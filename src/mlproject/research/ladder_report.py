@@ -268,7 +268,11 @@ def summary_lines(analysis: LadderAnalysis) -> list[str]:
                      f"{'inside' if entry['inside'] else 'outside'}")
     for group, iso in analysis.iso.items():
         exponent = iso["exponent"]
-        lines.append(f"iso-FLOP {group}: N_opt ∝ C^a with a = {exponent['estimate']:.3g} {_iv(exponent)}")
+        if math.isfinite(exponent["estimate"]):
+            lines.append(f"iso-FLOP {group}: N_opt ∝ C^a with a = {exponent['estimate']:.3g} {_iv(exponent)}")
+            continue
+        flat = [f"{p['compute']:.3g} ({p['status']})" for p in iso["profiles"] if p["status"] != FitStatus.OK]
+        lines.append(f"iso-FLOP {group}: no exponent; budgets without a minimum in log N: {', '.join(flat)}")
     return lines
 
 

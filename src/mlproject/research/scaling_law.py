@@ -40,6 +40,7 @@ class FitStatus:
     NONPOSITIVE_A = "nonpositive_A"
     NONFINITE = "nonfinite"
     TOO_FEW_POINTS = "too_few_points"
+    NO_MINIMUM = "no_minimum"          # an iso-FLOP parabola that opens downward
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,7 @@ def iso_flop_optimum(sizes: Sequence[float], metric: Sequence[float], compute: f
         return IsoFlopProfile(compute, (math.nan,) * 3, math.nan, FitStatus.TOO_FEW_POINTS)
     a, b, c = (float(v) for v in np.polyfit(n, y, 2))
     if a <= 0:
-        return IsoFlopProfile(compute, (a, b, c), math.nan, FitStatus.NONPOSITIVE_A)
+        return IsoFlopProfile(compute, (a, b, c), math.nan, FitStatus.NO_MINIMUM)
     return IsoFlopProfile(compute, (a, b, c), math.exp(-b / (2 * a)), FitStatus.OK)
 
 
