@@ -88,6 +88,8 @@ def test_every_mlproject_entry_point_command_parses_with_underscored_extras():
               "compare": '--models "gpt2 gpt3" --seeds "42 43" --fair_recipe false --metric val_ppl_best '
                          "--parallel 2 --resume true --register_best NAME",
               "ablation": '--ablation_axis dropout --ablation_values "0 0.1" --plan_only true',
+              "ladder": '--models "gpt2 gpt3" --rungs "2x2x32 2x4x64" --tokens_per_param 20 --holdout 1 '
+                        '--seeds "42 43" --parallel 2 --iso_flop "1e12 3e12" --plan_only true',
               "tune": "--n_trials 12 --timeout 3600 --study_name lr --then_compare true",
               "plot": "--parent_run_id abc --kind compare --output_dir outputs/plots",
               "generate": '--run_id abc --prompts "Once upon" --temperature 0.8 --top_k 50',

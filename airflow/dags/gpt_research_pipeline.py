@@ -33,7 +33,7 @@ Settings (environment of the DAG processor and workers):
     MLPROJECT_GPUS             GPUs per step container: "all", a count, or unset for none
     MLPROJECT_RETRIES, MLPROJECT_RETRY_DELAY_S, MLPROJECT_TASK_TIMEOUT_MIN
     MLPROJECT_DAG_SCHEDULE     a cron expression or preset (@daily); unset: manual runs only
-    MLPROJECT_SWEEP_TASKS      mapped (default): a compare/ablation step is a plan task, one
+    MLPROJECT_SWEEP_TASKS      mapped (default): a compare/ablation/ladder step is a plan task, one
                                mapped task per child and an aggregate task; single: one
                                container runs the whole sweep (`mlflow run -e compare`), as
                                it always does for a step with adaptive_seeds (its rounds)

@@ -32,8 +32,8 @@ from mlproject.model.config import HFImportConfig, OriginalImportConfig, Summary
 from mlproject.orchestration.config import PipelineOptions
 from mlproject.orchestration.original_format import expand_cli_argv
 from mlproject.profiles import PROFILE_ENV, ProfileOption, active_profile, command_defaults
-from mlproject.research.config import (AblationConfig, ChildRunConfig, CompareConfig, PlotConfig, ReproduceConfig,
-                                       SweepStageConfig, TuneConfig)
+from mlproject.research.config import (AblationConfig, ChildRunConfig, CompareConfig, LadderConfig, PlotConfig,
+                                       ReproduceConfig, SweepStageConfig, TuneConfig)
 from mlproject.schema import RunStatus
 
 T = TypeVar("T")
@@ -192,7 +192,7 @@ def _sweep_stage(args: argparse.Namespace, job: Any) -> bool:
         aggregate_sweep(stage.aggregate, plots=True)
     else:
         sweep = job.load(args.config, args)
-        settings = getattr(sweep, "compare", None) or sweep.ablation
+        settings = getattr(sweep, "compare", None) or getattr(sweep, "ablation", None) or sweep.ladder
         if settings.adaptive_seeds is not None:  # its rounds are decided by the looks, in one process
             raise ConfigError(f"--plan-only plans a fixed set of seeds, but adaptive_seeds={settings.adaptive_seeds} "
                               "adds seeds in rounds; run the sweep without --plan-only (in the DAG: "
@@ -213,6 +213,13 @@ def _ablate(args: argparse.Namespace) -> None:
 
     if not _sweep_stage(args, AblationJob):
         run_ablation(AblationJob.load(args.config, args))
+
+
+def _ladder(args: argparse.Namespace) -> None:
+    from mlproject.research.ladder import LadderJob, run_ladder
+
+    if not _sweep_stage(args, LadderJob):
+        run_ladder(LadderJob.load(args.config, args))
 
 
 def _tune(args: argparse.Namespace) -> None:
@@ -293,6 +300,9 @@ COMMANDS: dict[str, Command] = {
     "ablate": Command(_ablate, {**RunConfig.SECTIONS, "ablation": AblationConfig, "sweep stages": SweepStageConfig,
                                 "profile": ProfileOption},
                       "ablation of one architecture axis across seeds (nested runs)", config=_RUN_YAML),
+    "ladder": Command(_ladder, {**RunConfig.SECTIONS, "ladder": LadderConfig, "sweep stages": SweepStageConfig},
+                      "scaling ladder: groups x model sizes x seeds (nested runs), fits of L(C) = E + A C^-alpha "
+                      "with bootstrap intervals, checked on held-out rungs", config=_RUN_YAML),
     "tune": Command(_tune, {**RunConfig.SECTIONS, "tune": TuneConfig},
                     "hyperparameter search with Optuna; each trial a nested run", config=_RUN_YAML),
     "plot": Command(_plot, {"plot": PlotConfig, "profile": ProfileOption},

@@ -43,6 +43,11 @@ class Tag(StrEnum):
     RECIPE = "mlproject.recipe"                    # compare: the shared recipe
     PER_MODEL_OVERRIDE = "mlproject.per_model_override"
     PLOTTED_RUN_ID = "mlproject.plotted_run_id"    # a plot step's run: the parent it plotted
+    # scaling ladders (research/ladder.py): a child's group, rung and (iso-FLOP) compute budget
+    LADDER_GROUP = "mlproject.ladder.group"
+    LADDER_RUNG = "mlproject.ladder.rung"
+    LADDER_BUDGET = "mlproject.ladder.budget"
+    LADDER_FIT_STATUS = "mlproject.ladder.fit_status"  # parent: JSON {group: FitStatus} of the L(C) fits
     # tune
     STUDY = "mlproject.study"                      # parent and trials: the Optuna study name
     TRIAL_NUMBER = "mlproject.trial_number"        # trial run: Optuna's trial number
@@ -141,6 +146,7 @@ class Artifact(StrEnum):
     RESULTS_CSV = "results.csv"
     SWEEP_SUMMARY = "summary.json"                 # a sweep parent: the statistics
     SWEEP_CONFIG = "sweep.yaml"                    # a sweep parent: the job's config
+    LADDER_JSON = "ladder.json"                    # a ladder parent: the fits, per-rung statistics, held-out check
     TUNE_CONFIG = "tune.yaml"                      # a tune parent: the job's config
     BEST_PARAMS = "best_params.json"               # a tune parent: the best trial
     # the run record
@@ -181,6 +187,7 @@ class SweepKind(StrEnum):
     COMPARE = "compare"
     ABLATION = "ablation"
     TUNE = "tune"
+    LADDER = "ladder"
 
 
 class RunStatus(StrEnum):

@@ -173,3 +173,24 @@ def test_kubernetes_children_without_the_provider_are_one_line_naming_the_extra(
         dagmod.DagSettings.from_env({"MLPROJECT_CHILD_OPERATOR": "kubernetes"})
     assert str(info.value) == ("MLPROJECT_CHILD_OPERATOR=kubernetes needs the optional extra 'kubernetes': "
                                "pip install 'mlproject[kubernetes]'")
+
+
+def test_a_ladder_step_is_plan_mapped_children_and_aggregate_like_a_compare(dagmod, tmp_path):
+    import yaml
+
+    path = tmp_path / "ladder_pipeline.yaml"
+    path.write_text(yaml.safe_dump({
+        "pipeline": {"name": "unit", "experiment_name": "unit-exp"},
+        "steps": [{"id": "ladder", "entry_point": "ladder",
+                   "parameters": {"config": "configs/ladder/gpt2_vs_gpt3_ladder_offline.yaml", "holdout": 1}},
+                  {"id": "plot", "entry_point": "plot", "needs": ["ladder"],
+                   "parameters": {"parent_run_id": "{{ steps.ladder.run_id }}", "kind": "ladder"}}],
+    }, sort_keys=False))
+    dag = build(dagmod, path)
+    assert sorted(dag.task_ids) == ["ladder", "ladder__children", "ladder__plan", "ladder__train", "plot"]
+    step = load_pipeline(path).step("ladder")
+    assert sweep_stage_command(step, "plan") == [
+        "mlproject", "ladder", "--experiment-name", "unit-exp", "--config",
+        "configs/ladder/gpt2_vs_gpt3_ladder_offline.yaml", "--holdout", "1", "--plan-only"]
+    assert sweep_stage_command(step, "aggregate", parent_run_id=PARENT) == ["mlproject", "ladder", "--aggregate",
+                                                                            PARENT]

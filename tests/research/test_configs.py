@@ -11,6 +11,7 @@ from mlproject.config import build_sections
 from mlproject.errors import ConfigError
 from mlproject.research.ablation import AblationJob
 from mlproject.research.compare import CompareJob
+from mlproject.research.ladder import LadderJob
 from mlproject.research.config import PlotConfig
 from mlproject.orchestration.graph import load_pipeline
 from mlproject.research.tune import TuneJob
@@ -28,6 +29,7 @@ LOADERS = {
     "plot": lambda path: build_sections({"plot": PlotConfig}, yaml_path=path)["plot"],
     "pipeline": load_pipeline,
     "tune": TuneJob.load,
+    "ladder": LadderJob.load,
 }
 
 
@@ -65,7 +67,7 @@ def test_the_main_job_reports_val_bpb_best_in_its_summary_table_and_plot():
 def test_mlproject_entry_points_default_to_offline_configs():
     entry_points = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
     assert set(entry_points) == {"train", "compare", "ablation", "plot", "generate", "evaluate", "pipeline",
-                                 "tune", "reproduce"}
+                                 "tune", "reproduce", "ladder"}
     for name, entry in entry_points.items():
         config = entry["parameters"].get("config")
         if config is not None:

@@ -28,8 +28,8 @@ LOG_KEYS = {"train_loss", "lr", "grad_norm", "tokens_per_sec", "ms_per_step", "m
 START_KEYS = {"params_total", "params_non_embedding", "flops_per_token", "total_steps", "steps_per_epoch",
               "start_step", "device", "world_size", "precision", "peak_flops", "peak_flops_source", "warmup_steps",
               "tokens_per_step"}
-SUMMARY_KEYS = {"val_loss_best", "val_ppl_best", "val_bpb_best", "train_loss_last", "tokens_seen", "elapsed_sec", "params_total",
-                "tokens_per_sec", "peak_mem_mb"}
+SUMMARY_KEYS = {"val_loss_best", "val_ppl_best", "val_bpb_best", "train_loss_last", "tokens_seen", "flops", "elapsed_sec",
+                "params_total", "tokens_per_sec", "peak_mem_mb"}
 
 
 class Recorder(TrainerCallback):
@@ -96,6 +96,7 @@ def test_train_calls_back_in_order_with_the_documented_keys(data, model_cfg, tmp
     assert result.status == "finished" and result.step == 8 and rec.result is result
     assert set(result.summary) == SUMMARY_KEYS
     assert result.summary["tokens_seen"] == 8 * 4 * 32
+    assert result.summary["flops"] == rec.start["flops_per_token"] * 8 * 4 * 32  # what a ladder fits against
     assert result.last_checkpoint == tmp_path / "last.pt" and result.best_checkpoint == tmp_path / "best.pt"
 
 

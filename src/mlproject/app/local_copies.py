@@ -31,7 +31,7 @@ RESULTS_ROOT = Path("research_runs")
 CHECKPOINTS_ROOT = Path("checkpoints")
 # Under `mlflow run` the working directory is the project; this variable puts the copies elsewhere.
 LOCAL_DIR_ENV = "MLPROJECT_LOCAL_DIR"
-SWEEP_FOLDERS = {"compare": "compare", "ablation": "ablations"}  # the original's folder names
+SWEEP_FOLDERS = {"compare": "compare", "ablation": "ablations", "ladder": "ladders"}  # the original's folder names
 
 
 def _safe_name(name: str) -> str:
@@ -47,7 +47,7 @@ def _local(path: Path) -> Path:
 
 
 def results_dir(kind: str, experiment_name: str) -> Path:
-    """`research_runs/compare/<experiment>` or `research_runs/ablations/<experiment>`."""
+    """`research_runs/compare/<experiment>`, `research_runs/ablations/<experiment>` or `research_runs/ladders/...`."""
     return _local(RESULTS_ROOT / SWEEP_FOLDERS[kind] / _safe_name(experiment_name))
 
 

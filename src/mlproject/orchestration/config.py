@@ -46,7 +46,7 @@ class PipelineStep:
     """One step: an MLproject entry point with parameters, run after the steps it needs."""
 
     id: str = field(help="step id (letters, digits, _ and -)")
-    entry_point: Literal["train", "compare", "ablation", "plot", "generate", "evaluate"] = field(
+    entry_point: Literal["train", "compare", "ablation", "ladder", "plot", "generate", "evaluate"] = field(
         help="MLproject entry point the step runs")
     needs: list[str] = field(default_factory=list, help="ids of steps that must succeed first")
     enabled: bool = field(True, help="false keeps the step in the file without running it")

@@ -2,7 +2,7 @@
 and the Airflow DAG both call, so a step runs the same way in either.
 
 A step is `mlflow run <project_dir> -e <entry point> ... -P k=v` (`step_command`); the DAG's
-mapped form of a compare/ablation step runs its plan and aggregate stages as `mlproject`
+mapped form of a compare/ablation/ladder step runs its plan and aggregate stages as `mlproject`
 commands instead (`sweep_stage_command`). A parameter `{{ steps.<id>.<key> }}` becomes the
 upstream step's result value (`substitute`): the results are the `MLPROJECT_RESULT` lines the
 steps printed (`mlproject.protocol`).
@@ -20,8 +20,8 @@ from mlproject.orchestration.config import TEMPLATE, PipelineStep, param_text
 from mlproject.orchestration.original_format import OriginalStep
 from mlproject.protocol import hand_run_to
 
-RESUMABLE = {"compare", "ablation"}  # entry points that accept resume=true
-SWEEP_COMMANDS = {"compare": "compare", "ablation": "ablate"}  # entry point -> CLI subcommand
+RESUMABLE = {"compare", "ablation", "ladder"}  # entry points that accept resume=true
+SWEEP_COMMANDS = {"compare": "compare", "ablation": "ablate", "ladder": "ladder"}  # entry point -> CLI subcommand
 
 
 def runs_in_rounds(step: PipelineStep) -> bool:

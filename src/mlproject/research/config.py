@@ -166,14 +166,92 @@ class AblationConfig(SweepConfig, AblationFields):
 
 
 @dataclass
+class LadderFields:
+    """The fields of a scaling ladder: the groups, the rungs (model sizes), the budget rule, the seeds."""
+
+    models: list[Literal["gpt2", "gpt3"]] = field(default_factory=lambda: ["gpt2", "gpt3"],
+                                                  help="model versions to ladder (the first is the baseline); "
+                                                       "ignored when ladder_axis is set")
+    ladder_axis: str | None = field(None, help="instead of models: one architecture axis (as ablate) whose "
+                                               "values are the groups")
+    ladder_values: list[str] = field(default_factory=list, help="values of ladder_axis, the baseline first")
+    rungs: list[str] = field(default_factory=lambda: ["1x2x32", "2x2x32", "2x2x48", "3x4x64", "4x4x80"],
+                             help="model sizes, small to large: preset names or n_layer x n_head x d_model "
+                                  "(e.g. 2x4x64)")
+    tokens_per_param: float = field(20.0, help="budget rule: tokens = this x non-embedding params "
+                                               "(Chinchilla's ratio); unused with tokens or iso_flop")
+    tokens: int | None = field(None, help="budget rule: every rung trains this many tokens")
+    iso_flop: list[float] = field(default_factory=list, help="budget rule: compute budgets (FLOPs); each trains "
+                                                             "every rung to that budget (iso-FLOP profiles)")
+    seeds: list[int] = field(default_factory=lambda: [42, 43], help="seeds; every group x rung runs each")
+    holdout: int = field(1, help="the largest rungs (budgets in iso_flop mode) trained but left out of the fit")
+    metric: str = field("val_bpb_best", help="child summary metric fitted against compute (bits per byte: "
+                                             "groups with different tokenizers compare)")
+    bootstrap: int = field(1000, help="bootstrap resamples of the seeds within each rung (at least 1000)")
+    bootstrap_seed: int = field(0, help="seed of the bootstrap's random draws")
+
+
+# A fit of E, A and alpha needs a residual: four points at least.
+MIN_FITTED_RUNGS = 4
+
+
+@dataclass
+class LadderConfig(SweepConfig, LadderFields):
+    """A scaling ladder: one child run per group x rung x seed, fits of L(C) = E + A C^-alpha."""
+
+    section: ClassVar[str] = "ladder"
+
+    def validate_own(self) -> None:
+        if self.ladder_axis is None and not self.models:
+            raise ConfigError("ladder: models is empty; expected at least one of gpt2, gpt3")
+        if self.ladder_axis is not None and len(self.ladder_values) < 1:
+            raise ConfigError(f"ladder: ladder_axis={self.ladder_axis} needs ladder_values; expected at least one")
+        _refuse_duplicates("ladder", "models", self.models)
+        _refuse_duplicates("ladder", "rungs", self.rungs)
+        if self.tokens is not None and self.iso_flop:
+            raise ConfigError(f"ladder: tokens={self.tokens} and iso_flop={self.iso_flop} are two budget rules; "
+                              "give one of them")
+        if not (math.isfinite(self.tokens_per_param) and self.tokens_per_param > 0):
+            raise ConfigError(f"ladder: tokens_per_param={self.tokens_per_param} must be > 0")
+        if self.tokens is not None and self.tokens < 1:
+            raise ConfigError(f"ladder: tokens={self.tokens} must be >= 1")
+        if any(not (math.isfinite(c) and c > 0) for c in self.iso_flop):
+            raise ConfigError(f"ladder: iso_flop={self.iso_flop}: every budget must be a positive number of FLOPs")
+        if self.iso_flop and sorted(self.iso_flop) != list(self.iso_flop):
+            raise ConfigError(f"ladder: iso_flop={self.iso_flop} must increase; list the budgets small to large")
+        if self.bootstrap < 1000:
+            raise ConfigError(f"ladder: bootstrap={self.bootstrap} must be >= 1000 resamples")
+        if self.holdout < 0:
+            raise ConfigError(f"ladder: holdout={self.holdout} must be >= 0")
+        self._check_fit_points()
+        if self.adaptive_seeds is not None:
+            raise ConfigError(f"ladder: adaptive_seeds={self.adaptive_seeds} is not supported; a ladder's seeds are fixed")
+
+    def _check_fit_points(self) -> None:
+        """Enough rungs (budgets in iso_flop mode) left for the fit once the held-out ones are set aside."""
+        what, count = ("iso_flop budgets", len(self.iso_flop)) if self.iso_flop else ("rungs", len(self.rungs))
+        if self.iso_flop and len(self.rungs) < 3:
+            raise ConfigError(f"ladder: iso_flop needs at least 3 rungs per budget for its parabola in log N, "
+                              f"got {len(self.rungs)} ({', '.join(self.rungs)})")
+        fitted = count - self.holdout
+        if self.iso_flop and fitted < 2:
+            raise ConfigError(f"ladder: {count} {what} with holdout={self.holdout} leave {fitted} to fit; the "
+                              "exponent of N_opt needs at least 2")
+        if not self.iso_flop and fitted < MIN_FITTED_RUNGS:
+            raise ConfigError(f"ladder: {count} {what} with holdout={self.holdout} leave {fitted} to fit; "
+                              f"E + A C^-alpha has three parameters and needs at least {MIN_FITTED_RUNGS} fitted "
+                              f"rungs (a residual)")
+
+
+@dataclass
 class PlotConfig:
     """What to plot and where the numbers come from (tracking store, or a results file)."""
 
-    parent_run_id: str | None = field(None, help="plot this compare/ablation parent run")
+    parent_run_id: str | None = field(None, help="plot this compare/ablation/ladder parent run")
     experiment_name: str | None = field(None, help="plot the latest parent run of this experiment")
     results: list[str] | None = field(None, help="offline: results.jsonl/csv files (this suite's or the original's "
                                                  "columns) instead of the tracking store; their rows are pooled")
-    kind: Literal["auto", "compare", "ablation", "curves"] = field("auto", help="chart type")
+    kind: Literal["auto", "compare", "ablation", "curves", "ladder"] = field("auto", help="chart type")
     metric: str = field("val_loss_best", help="summary metric of the bar chart")
     output_dir: str = field("outputs/plots", help="where PNG and CSV files are written")
     title: str | None = field(None, help="chart title")

@@ -58,6 +58,8 @@ def check_groups_differ(spec: Any) -> None:
         arch = architecture(cfg.model)
         # The data section too: another vocab_size trains another tokenizer, so another function.
         key = repr(sorted(arch.items())) + repr(sorted(to_dict(cfg.data).items()))
+        if spec.kind == "ladder":  # an iso-FLOP ladder trains one model to several budgets on purpose
+            key += repr(cfg.train.max_steps)
         if key in seen:
             other = seen[key]
             hint = ""

@@ -306,16 +306,35 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
     """Write the charts and the summary CSV, log them to the parent run, print the paths and
     the MLPROJECT_RESULT line; return the written files."""
     check_writable(cfg.output_dir, "output_dir")  # before reading the runs: a bad path costs nothing
+    if cfg.kind in ("curves", "ladder") and cfg.results:
+        raise MlprojectError(f"plot: kind={cfg.kind} needs the tracking store (--parent-run-id), not a results file")
     source = _from_file(cfg.results) if cfg.results else _from_store(cfg, cfg.metric)
-    if cfg.kind == "curves" and cfg.results:
-        raise MlprojectError("plot: kind=curves needs the tracking store (metric histories), not a results file")
-    if cfg.kind in ("compare", "ablation") and cfg.kind != source.kind:
+    if cfg.kind in ("compare", "ablation", "ladder") and cfg.kind != source.kind:
         where = ", ".join(cfg.results or []) or f"run {source.parent_run_id}"
         raise MlprojectError(f"plot: kind={cfg.kind} but {where} holds "
                              f"{source.kind} results (groups {', '.join(source.groups)}); use --kind "
                              f"{source.kind} or auto")
-    groups = order_groups(source.groups, source.kind)
     out = Path(cfg.output_dir)
+    written = _ladder_files(source, out) if source.kind == "ladder" else _sweep_files(cfg, source, out)
+    written = [p.resolve() for p in written]
+
+    logged_to = _log(cfg, source, written)
+    for path in written:
+        print(f"wrote {path}")
+    if logged_to:
+        print(f"logged to run(s) {', '.join(logged_to)} under plots/")
+    # run_id is the plot step's own run under `mlflow run` (the pipeline links it as the step's
+    # run); the plotted parent is plotted_run_id.
+    print(result_line({"step": "plot", "run_id": process_run_id() or source.parent_run_id,
+                       "plotted_run_id": source.parent_run_id, "status": RunStatus.FINISHED,
+                       "plots": [str(p) for p in written if p.suffix == ".png"], "summary_csv": str(written[-1])}),
+          flush=True)
+    return written
+
+
+def _sweep_files(cfg: PlotConfig, source: _Source, out: Path) -> list[Path]:
+    """A compare's or an ablation's charts and summary CSV (the CSV last)."""
+    groups = order_groups(source.groups, source.kind)
     written: list[Path] = []
     stats = aggregate(source.rows, source.groups, [cfg.metric])
     axis = next((str(r["axis"]) for r in source.rows if r.get("axis")), "")  # ablations only
@@ -337,19 +356,22 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
         group_key = "ablation_value" if source.kind == "ablation" else "model_version"
         table = original_summary_rows(source.rows, cfg.metric, group_key)
         written.insert(-1, atomic_write_text(Path(original_csv), to_csv(table)))
-    written = [p.resolve() for p in written]
+    return written
 
-    logged_to = _log(cfg, source, written)
-    for path in written:
-        print(f"wrote {path}")
-    if logged_to:
-        print(f"logged to run(s) {', '.join(logged_to)} under plots/")
-    # run_id is the plot step's own run under `mlflow run` (the pipeline links it as the step's
-    # run); the plotted parent is plotted_run_id.
-    print(result_line({"step": "plot", "run_id": process_run_id() or source.parent_run_id,
-                       "plotted_run_id": source.parent_run_id, "status": RunStatus.FINISHED,
-                       "plots": [str(p) for p in written if p.suffix == ".png"], "summary_csv": str(written[-1])}),
-          flush=True)
+
+def _ladder_files(source: _Source, out: Path) -> list[Path]:
+    """A ladder's charts (research.ladder_plots), its fits recomputed from the children's runs and
+    the design stored with its plan, and its per-rung table as CSV (last)."""
+    from mlproject.research.ladder_plots import ladder_charts
+    from mlproject.research.ladder_report import analyze_ladder, per_rung_rows
+    from mlproject.research.sweep import load_plan, row_from_run
+
+    plan = load_plan(str(source.parent_run_id))
+    if plan.ladder is None:
+        raise MlprojectError(f"run {source.parent_run_id} is tagged a ladder but its plan has no ladder design")
+    analysis = analyze_ladder(plan.ladder, [row_from_run(c, plan.metrics) for c in source.children])
+    written = ladder_charts(analysis, out, title=f"{plan.run_name or 'ladder'} ({source.name})")
+    written.append(atomic_write_text(out / "ladder_summary.csv", to_csv(per_rung_rows(analysis))))
     return written
 
 

@@ -193,12 +193,12 @@ def finished(rows: Iterable[Row]) -> list[Row]:
 
 
 def aggregate(rows: Sequence[Row], groups: Sequence[str], metrics: Sequence[str], alpha: float = 0.05,
-              effect: float | None = None) -> SweepStats:
+              effect: float | None = None, paired: bool = True) -> SweepStats:
     """Statistics over the FINISHED rows: groups in the given order, the first is the baseline.
 
     Each comparison against the baseline also gets its power figures (at `alpha`; `effect` is the
     difference the seeds-needed figure refers to, else the observed one) and its Holm-adjusted
-    p-value over the family of candidates of that metric.
+    p-value over the family of candidates of that metric. `paired=False`: summaries only.
     """
     out = SweepStats(groups=list(groups), metrics=list(metrics), alpha=alpha)
     done = finished(rows)
@@ -210,7 +210,7 @@ def aggregate(rows: Sequence[Row], groups: Sequence[str], metrics: Sequence[str]
                 by_group[row["group"]][int(row["seed"])] = float(value)
         out.summaries[metric] = {g: summarize(list(v.values())) for g, v in by_group.items() if v}
         base = by_group.get(groups[0], {}) if groups else {}
-        for g in groups[1:]:
+        for g in groups[1:] if paired else []:
             comparison = paired_comparison(base, by_group[g])
             if comparison is not None:
                 out.paired.setdefault(metric, {})[g] = comparison

@@ -117,6 +117,7 @@ class SweepSpec:
     target_alpha: float = 0.01
     verbose: bool = False                # children's full output on the console (else one line each)
     log_file: str | None = None          # every child's full output appended here too
+    ladder: dict[str, Any] | None = None  # a ladder's design (research.ladder): groups, rungs, cells
     # The next round of an adaptive sweep (research.adaptive): continue this ParentRun, keeping
     # its children, instead of opening a parent (a resume would pick the newest same-key parent,
     # or under `mlflow run` an older one).
@@ -273,6 +274,7 @@ class SweepPlan:
     targets: list[str] = field(default_factory=list)
     target_alpha: float = 0.01
     adopted_from: str | None = None  # the earlier parent whose children a --resume took over
+    ladder: dict[str, Any] | None = None  # a ladder's design, fitted in the aggregate stage
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -363,7 +365,7 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
             eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device,
             lease_heartbeat=spec.base.tracking.lease_heartbeat, lease_timeout=spec.base.tracking.lease_timeout,
             register_best_ungated=spec.register_best_ungated, alpha=spec.alpha, effect=spec.effect,
-            targets=list(spec.targets), target_alpha=spec.target_alpha,
+            targets=list(spec.targets), target_alpha=spec.target_alpha, ladder=spec.ladder,
             adopted_from=parent.previous.run_id if parent.previous and parent.previous.run_id != parent.run_id
             else None)
         _store_plan(plan, tasks)
@@ -501,8 +503,13 @@ def _print_plan(spec: SweepSpec, tasks: Sequence[_Task]) -> None:
               ChildAction.RESUME: "to resume", ChildAction.RESTART: "to restart", ChildAction.NEW: "new"}
     counts = {action: sum(t.action == action for t in tasks) for action in labels}
     parts = [f"{n} {labels[action]}" for action, n in counts.items() if n]
+    shape = f"{len(spec.groups)} groups"
+    if spec.ladder is not None:  # a ladder's sweep groups are its cells
+        budgets = len(spec.ladder["budgets"])
+        shape = (f"{len(spec.ladder['groups'])} groups x {len(spec.ladder['rungs'])} rungs"
+                 + (f" x {budgets} budgets" if budgets else ""))
     print(f"{spec.kind}: {len(tasks)} child runs ({', '.join(parts)}): "
-          f"{len(spec.groups)} groups x {len({c.seed for c in spec.children})} seeds", flush=True)
+          f"{shape} x {len({c.seed for c in spec.children})} seeds", flush=True)
 
 
 def _child_run_config(child: ChildSpec, experiment_name: str) -> RunConfig:
@@ -704,17 +711,15 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
         evaluate_children(plan.child_run_ids, plan.eval_datasets, cache_dir=plan.cache_dir, device=plan.device)
     records = [get_run(run_id) for run_id in plan.child_run_ids]
     rows = [row_from_run(record, plan.metrics) for record in records]
-    stats = aggregate(rows, plan.groups, plan.metrics, alpha=plan.alpha, effect=plan.effect)
+    # a ladder's cells are not compared with its first cell: its own statistics pair groups per rung
+    stats = aggregate(rows, plan.groups, plan.metrics, alpha=plan.alpha, effect=plan.effect,
+                      paired=plan.ladder is None)
     status = RunStatus.FINISHED if all(r["status"] == RunStatus.FINISHED for r in rows) else RunStatus.FAILED
     results_dir = _record_results(plan, rows, stats, output_dir or plan.output_dir)
-    target_lines: list[str] = []
-    if plan.targets:  # after the statistics: the same finished children, their eval curves
-        from mlproject.research.targets import record_targets
-
-        target_lines = record_targets(plan, rows)
-    _export_local(plan, records, rows)
+    notes, job_lines = _job_notes(plan, rows, results_dir)
+    _export_local(plan, records, rows)  # research_runs/<kind>/<experiment>/
     try:
-        best = finish_parent(plan, plan.parent_run_id, rows, stats, notes=target_lines)
+        best = finish_parent(plan, plan.parent_run_id, rows, stats, notes=notes)
     except BaseException:
         client.set_status(plan.parent_run_id, RunStatus.FAILED)
         raise
@@ -725,9 +730,10 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
 
         run_plot(PlotConfig(parent_run_id=plan.parent_run_id, output_dir=str(results_dir / Artifact.PLOTS)))
 
-    print(format_summary(stats, rows))
-    if target_lines:
-        print("\n".join(target_lines))
+    # a ladder's cells: the fitted metric's table only (its words follow)
+    print(format_summary(stats if plan.ladder is None else dataclasses.replace(stats, metrics=plan.metrics[:1]), rows))
+    if job_lines:
+        print("\n".join(job_lines))
     print(f"results: {results_dir / Artifact.RESULTS_JSONL} (logged to run {plan.parent_run_id})")
     print(result_line({"step": plan.kind, "run_id": plan.parent_run_id, "experiment_id": plan.experiment_id,
                        "experiment_name": plan.experiment_name, "status": status, "children": len(rows),
@@ -740,6 +746,26 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
                              f"{', '.join(failed)}; re-run with --resume to complete them")
     return SweepOutcome(plan.parent_run_id, plan.experiment_id, plan.experiment_name, status, rows, stats,
                         results_dir)
+
+
+def _job_notes(plan: SweepPlan, rows: list[Row], results_dir: Path) -> tuple[list[str], list[str]]:
+    """What the job adds to the parent after the statistics: time-to-target lines, a ladder's fits
+    (research.ladder_report: metrics, ladder.json, plots). Returns the parent description's
+    paragraphs and the lines printed after the summary table."""
+    notes: list[str] = []
+    printed: list[str] = []
+    if plan.targets:  # the same finished children, their eval curves
+        from mlproject.research.targets import record_targets
+
+        notes += record_targets(plan, rows)
+        printed += notes
+    if plan.ladder is not None:
+        from mlproject.research.ladder_report import record_ladder
+
+        markdown, words = record_ladder(plan, rows, results_dir)
+        notes.append(markdown)
+        printed += ["scaling ladder:", *[f"  {line}" for line in words]]
+    return notes, printed
 
 
 class _ChildProcess:

@@ -211,7 +211,7 @@ def check_standalone_resume(run_id: str) -> None:
     """
     tags = client.check_run(run_id, "resume_from run").data.tags
     role = tags.get(Tag.ROLE)
-    command = "ablate" if tags.get(Tag.SWEEP_KIND) == SweepKind.ABLATION else "compare"
+    command = {SweepKind.ABLATION: "ablate", SweepKind.LADDER: "ladder"}.get(tags.get(Tag.SWEEP_KIND), "compare")
     if role == RunRole.SWEEP_PARENT:
         raise MlprojectError(f"resume_from={run_id} is the parent run of a {command} sweep; resume the sweep with "
                              f"`mlproject {command} --resume` and the sweep's config, not with train --resume-from")

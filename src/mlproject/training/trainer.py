@@ -350,6 +350,8 @@ class Trainer:
                 "val_ppl_best": math.exp(min(best, 700.0)) if math.isfinite(best) else float("nan"),
                 "val_bpb_best": state.best_val_bpb,
                 "train_loss_last": train_loss_last, "tokens_seen": float(state.tokens_seen),
+                # training compute, PaLM's convention (GPT.flops_per_token): what a scaling ladder fits against
+                "flops": float(self.flops_per_token) * float(state.tokens_seen),
                 "elapsed_sec": self.elapsed(), "params_total": float(self.params_total),
                 "tokens_per_sec": self.timer.mean_tokens_per_sec, "peak_mem_mb": peak_memory_mb(self.device),
             },
