@@ -102,7 +102,7 @@ def test_python_scripts_plot_results_writes_its_summary_csv(scripts, compared_or
     with (plots / "summary_compare_val_loss_best.csv").open() as f:
         summary = list(csv.DictReader(f))
     assert sorted(r["model_version"] for r in summary) == ["gpt2", "gpt3"]
-    assert list(summary[0]) == ["model_version", "n", "mean", "std", "min", "max"] and summary[0]["n"] == "2"
+    assert list(summary[0]) == ["model_version", "group", "n", "mean", "std", "min", "max"] and summary[0]["n"] == "2"
 
 
 def test_python_scripts_train_writes_the_originals_files(scripts, trained_original):
