@@ -133,12 +133,15 @@ def server_environment(cfg: ServerConfig, base: dict[str, str] | None = None) ->
     return env
 
 
+def _check_sql_uri(name: str, uri: str) -> None:
+    if urlsplit(uri).scheme.split("+")[0] not in _SQL_SCHEMES:
+        raise ConfigError(f"server: {name}={scrub(uri)!r} is not a SQL database URI; "
+                          "expected sqlite:///PATH or postgresql://USER@HOST/DB")
+
+
 def validate_server_config(cfg: ServerConfig) -> None:
     """One-line errors for settings `mlflow server` would reject late or obscurely."""
-    scheme = urlsplit(cfg.backend_store_uri).scheme.split("+")[0]
-    if scheme not in _SQL_SCHEMES:
-        raise ConfigError(f"server: backend_store_uri={scrub(cfg.backend_store_uri)!r} is not a SQL "
-                          f"database URI; expected sqlite:///PATH or postgresql://USER@HOST/DB")
+    _check_sql_uri("backend_store_uri", cfg.backend_store_uri)
     if not 0 < cfg.port < 65536:
         raise ConfigError(f"server: port={cfg.port} is out of range; expected 1-65535")
     if cfg.workers < 1:
@@ -150,10 +153,7 @@ def validate_server_config(cfg: ServerConfig) -> None:
         if not os.environ.get(ADMIN_PASSWORD_VARIABLE):
             raise ConfigError(f"server: --auth needs the admin password in {ADMIN_PASSWORD_VARIABLE} "
                               "(MLflow ships none, and a default would be a published password)")
-        scheme = urlsplit(auth_database_uri(cfg)).scheme.split("+")[0]
-        if scheme not in _SQL_SCHEMES:
-            raise ConfigError(f"server: auth_database_uri={scrub(cfg.auth_database_uri)!r} is not a SQL "
-                              "database URI; expected sqlite:///PATH or postgresql://USER@HOST/DB")
+        _check_sql_uri("auth_database_uri", auth_database_uri(cfg))
 
 
 def check_bindable(host: str, port: int) -> None:
@@ -241,8 +241,8 @@ def run_server(cfg: ServerConfig) -> int:
           f"  backend store: {scrub(cfg.backend_store_uri)}\n"
           f"  artifacts:     {cfg.artifacts_destination} (proxied)", flush=True)
     env = server_environment(cfg)
-    settings = Path(tempfile.mkdtemp(prefix="mlproject-server-"))  # mode 0700, removed on exit
-    if cfg.auth:
+    settings = Path(tempfile.mkdtemp(prefix="mlproject-server-")) if cfg.auth else None  # 0700, removed on exit
+    if settings is not None:
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(write_auth_config(cfg, settings))
         print(f"  users:         {scrub(auth_database_uri(cfg))} (basic auth; admin user 'admin', password "
               f"from {ADMIN_PASSWORD_VARIABLE} on first start)", flush=True)
@@ -264,7 +264,8 @@ def run_server(cfg: ServerConfig) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _signal_group(proc.pid, signal.SIGTERM)  # workers left behind by a server that exited
-        shutil.rmtree(settings, ignore_errors=True)
+        if settings is not None:
+            shutil.rmtree(settings, ignore_errors=True)
     return 0 if stopped else code
 
 

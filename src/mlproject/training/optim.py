@@ -95,13 +95,24 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: f
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def is_constant(cfg: TrainConfig) -> bool:
+    """Scheduler none/constant: the peak rate throughout, no warmup (the original suite ran no
+    scheduler then)."""
+    return cfg.scheduler in ("none", "constant")
+
+
+def scheduled_warmup(cfg: TrainConfig, total_steps: int) -> int:
+    """The warmup steps the run's schedule has (none for a constant rate)."""
+    return 0 if is_constant(cfg) else resolve_warmup(cfg.warmup, total_steps)
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                     total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Warmup + cosine as a LambdaLR, so its position is saved with `state_dict()`; the peak rate
-    throughout for scheduler none/constant (the original suite ran no scheduler then, and no warmup)."""
-    if cfg.scheduler in ("none", "constant"):
+    throughout for a constant schedule (`is_constant`)."""
+    if is_constant(cfg):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    warmup_steps = resolve_warmup(cfg.warmup, total_steps)
+    warmup_steps = scheduled_warmup(cfg, total_steps)
 
     def factor(step: int) -> float:
         return lr_factor(step, warmup_steps=warmup_steps, total_steps=total_steps,

@@ -35,7 +35,7 @@ from mlproject.training.checkpoint import TrainingCheckpoint, TrainState, read_r
 from mlproject.training.config import TrainConfig
 from mlproject.training.device import (autocast, autocast_dtype, configure_backends, needs_grad_scaler,
                                        precision_name, select_device)
-from mlproject.training.optim import build_optimizer, build_scheduler, resolve_warmup
+from mlproject.training.optim import build_optimizer, build_scheduler, scheduled_warmup
 from mlproject.training.progress import Progress
 from mlproject.training.resolve import require_resolved
 from mlproject.training.throughput import StepTimer, mfu, peak_flops, peak_memory_mb
@@ -457,8 +457,7 @@ class Trainer:
     def _report_start(self, peak_source: str, resumed: bool) -> None:
         """on_train_start with the run's figures; the first progress line."""
         info, state = self.info, self.state
-        constant = self.cfg.scheduler in ("none", "constant")
-        warmup_steps = 0 if constant else resolve_warmup(self.cfg.warmup, self.total_steps)
+        warmup_steps = scheduled_warmup(self.cfg, self.total_steps)
         start_info = {
             "params_total": self.params_total,
             "params_non_embedding": self.raw_model.num_params(exclude_embeddings=True),
