@@ -1,4 +1,10 @@
-"""Stage 3 of a sweep: the parent's statistics, results files and final status from its children."""
+"""Stage 3 of a sweep: the parent's statistics, results files and final status from its children.
+
+`aggregate_sweep(plan or parent run id)` evaluates the finished children (held-out datasets),
+aggregates their summary metrics per group (mean, std, 95% t CI, n) with paired comparisons
+against the baseline, writes and logs the results files, adds the job's own figures (targets,
+a ladder's fits), ends the parent, and prints the summary and the `MLPROJECT_RESULT` line.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mlproject.errors import MlprojectError
 from mlproject.protocol import result_line
@@ -25,6 +31,10 @@ from mlproject.research.results import (
 from mlproject.research.sweep.plan import SweepPlan, load_plan
 from mlproject.schema import Artifact, RunStatus, Tag
 
+if TYPE_CHECKING:
+    from mlproject.tracking.queries import RunRecord
+
+
 @dataclass
 class SweepOutcome:
     parent_run_id: str
@@ -38,7 +48,7 @@ class SweepOutcome:
 
 # ----------------------------------------------------------------------------- rows
 
-def row_from_run(record: Any, metrics: Sequence[str] = ()) -> Row:
+def row_from_run(record: RunRecord, metrics: Sequence[str] = ()) -> Row:
     """A results row from a child run in the tracking store (tags say its group and seed)."""
     from mlproject.tracking.artifacts import checkpoint_uri
     from mlproject.tracking.queries import artifact_files
@@ -53,14 +63,14 @@ def row_from_run(record: Any, metrics: Sequence[str] = ()) -> Row:
                     checkpoint_uris=uris, axis=tags.get(Tag.ABLATION_AXIS, ""), value=tags.get(Tag.ABLATION_VALUE, ""))
 
 
-def global_steps(record: Any) -> int | None:
+def global_steps(record: RunRecord) -> int | None:
     """The optimizer steps a child trained (the original's `global_steps`): tokens seen / tokens per step."""
     per_step = record.params.get("runtime.tokens_per_step")
     seen = record.metrics.get("tokens_seen")
     return round(seen / float(per_step)) if per_step and seen is not None else None
 
 
-def _export_local(plan: SweepPlan, records: Sequence[Any], rows: list[Row]) -> None:
+def _export_local(plan: SweepPlan, records: Sequence[RunRecord], rows: list[Row]) -> None:
     """The results copy under research_runs/<kind>/<experiment>/; in the original profile (the
     parent's tag) with the original's columns, its step counts among them."""
     from mlproject.research.results import export_sweep_results
@@ -94,7 +104,7 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
     from mlproject.tracking import client
     from mlproject.tracking.queries import get_run
 
-    missing = [c["name"] for c in plan.children if not c["run_id"]]
+    missing = [c.name for c in plan.children if not c.run_id]
     if missing:
         raise MlprojectError(f"{plan.kind}: {len(missing)} planned child runs were never started "
                              f"({', '.join(missing)}); re-run the sweep with --resume to train them")
@@ -133,7 +143,7 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
                        "finished": sum(r["status"] == RunStatus.FINISHED for r in rows),
                        "power": stats.power_lines(plan.metrics[0]) if plan.metrics else [], **best}), flush=True)
     if status != RunStatus.FINISHED:
-        failed = [f"{c['name']} ({r['status']})" for c, r in zip(plan.children, rows)
+        failed = [f"{c.name} ({r['status']})" for c, r in zip(plan.children, rows)
                   if r["status"] != RunStatus.FINISHED]
         raise MlprojectError(f"{plan.kind}: {len(failed)} of {len(rows)} child runs did not finish: "
                              f"{', '.join(failed)}; re-run with --resume to complete them")

@@ -1,10 +1,15 @@
-"""Stage 2 of a sweep: train one planned child in its own run, wherever this process is."""
+"""Stage 2 of a sweep: train one planned child in its own run, wherever this process is.
+
+A child needs nothing but its run id and the tracking store: its config is its run's
+`Artifact.PLAN_CONFIG`, its checkpoints are its run's artifacts. Its lease (tracking/lease.py)
+makes sure one process at a time trains it; a FINISHED child is left alone.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlproject.app.config import RunConfig
 from mlproject.config import build_sections
@@ -12,7 +17,11 @@ from mlproject.errors import MlprojectError
 from mlproject.research.child_output import ChildOutput, captured
 from mlproject.schema import Artifact, ChildAction, RunStatus, Tag, checkpoint_artifact
 
-def child_action(run: Any, lease_timeout: float) -> str:
+if TYPE_CHECKING:
+    from mlproject.tracking.queries import RunRecord
+
+
+def child_action(run: RunRecord, lease_timeout: float) -> str:
     """What a child run needs: done (FINISHED), leased (another live process trains it), new
     (never started), resume (has a last checkpoint in its artifacts) or restart (started but
     never reached a checkpoint)."""
@@ -113,7 +122,7 @@ def _train_leased_child(run_id: str, cfg: RunConfig) -> str:
     return outcome.status
 
 
-def _captured_child(run_id: str, output: ChildOutput, name: str, log: Path) -> tuple[str, bool]:
+def train_captured(run_id: str, output: ChildOutput, name: str, log: Path) -> tuple[str, bool]:
     """Train a child here with its output captured; its log becomes the run's logs/train.log
     unless another process holds (LeaseHeld) or already finished the run: the log is theirs."""
     from mlproject.tracking import client
@@ -130,7 +139,6 @@ def _captured_child(run_id: str, output: ChildOutput, name: str, log: Path) -> t
         if ours:
             client.log_files(run_id, [log], Artifact.LOGS)
     return status, ours
-
 
 
 def child_command(run_id: str, python: str | None = None) -> list[str]:

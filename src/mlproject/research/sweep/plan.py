@@ -13,7 +13,7 @@ import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlproject.app.config import RunConfig
 from mlproject.config import dump_yaml, to_dict
@@ -23,36 +23,20 @@ from mlproject.research.sweep.child import child_action
 from mlproject.research.sweep.spec import ChildSpec, SweepSpec, with_context
 from mlproject.schema import Artifact, ChildAction, RunStatus, Tag
 
-@dataclass
-class _Task:
-    child: ChildSpec
+if TYPE_CHECKING:  # the MLflow adapters are imported when a sweep runs
+    from mlproject.tracking.client import ParentRun
+    from mlproject.tracking.queries import RunRecord
+
+
+@dataclass(frozen=True)
+class PlannedChild:
+    """One child of a planned sweep as its plan stores it (`Artifact.PLAN_FILE`, these keys in this order)."""
+
     run_id: str   # "" until a new child's run is created, when its training starts
-    action: str   # done | new | resume | restart
-    tags: dict[str, str] = field(default_factory=dict)  # of the run still to create
-    parent: Any = None  # the sweep's ParentRun
-
-
-def _ensure_run(task: _Task) -> None:
-    """Create a new child's run (SCHEDULED, nested, with its planned config).
-
-    The local engine calls this as the child's training starts: MLflow takes a run's start
-    time from its creation and offers no way to move it, so a child created when the sweep
-    was planned would show its queue time as training time. `--plan-only` must hand out run
-    ids, so it creates every child up front.
-    """
-    from mlproject.tracking import client
-
-    if not task.run_id:
-        task.run_id = client.create_child(task.parent, run_name=task.child.name, tags=task.tags)
-        _log_child_config(task)
-
-
-def _log_child_config(task: _Task) -> None:
-    """The child's RunConfig on its run (`Artifact.PLAN_CONFIG`): `train --child-run-id` trains it from that."""
-    from mlproject.tracking import client
-
-    client.log_text(task.run_id, dump_yaml(to_dict(_child_run_config(task.child, task.parent.experiment_name))),
-                    Artifact.PLAN_CONFIG)
+    name: str     # <group>-s<seed>, the run's name
+    group: str
+    seed: int
+    action: str   # a ChildAction: done | leased | new | resume | restart
 
 
 @dataclass
@@ -66,7 +50,7 @@ class SweepPlan:
     experiment_name: str
     groups: list[str]
     metrics: list[str]
-    children: list[dict[str, Any]]   # {"run_id", "name", "group", "seed", "action"}
+    children: list[PlannedChild]     # in the spec's order
     output_dir: str                  # where the results files are written
     config_text: str = ""
     run_name: str | None = None      # the parent's readable name
@@ -89,66 +73,126 @@ class SweepPlan:
 
     @property
     def child_run_ids(self) -> list[str]:
-        return [c["run_id"] for c in self.children]
+        return [c.run_id for c in self.children]
 
     @property
     def todo(self) -> list[str]:
         """Run ids of the children that still have to train."""
-        return [c["run_id"] for c in self.children if c["action"] != ChildAction.DONE]
+        return [c.run_id for c in self.children if c.action != ChildAction.DONE]
 
+    @classmethod
+    def from_json(cls, text: str) -> SweepPlan:
+        data = json.loads(text)
+        return cls(**{**data, "children": [PlannedChild(**c) for c in data["children"]]})
+
+
+@dataclass
+class ChildRuns:
+    """Creates the runs of a plan's new children: SCHEDULED, nested under the parent, with
+    their planned config (`Artifact.PLAN_CONFIG`).
+
+    The local engine creates a child's run as its training starts: MLflow takes a run's start
+    time from its creation and offers no way to move it, so a child created when the sweep
+    was planned would show its queue time as training time. `--plan-only` must hand out run
+    ids, so it creates every child up front (`create_all`).
+    """
+
+    parent: ParentRun
+    specs: dict[str, ChildSpec]                    # by child name
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)  # of the runs still to create, by name
+
+    def ensure(self, plan: SweepPlan, child: PlannedChild) -> PlannedChild:
+        """`child` with its run, created now if it has none; the plan's entry is replaced too."""
+        from mlproject.tracking import client
+
+        if child.run_id:
+            return child
+        run_id = client.create_child(self.parent, run_name=child.name, tags=self.tags[child.name])
+        self.log_config(run_id, child.name)
+        made = dataclasses.replace(child, run_id=run_id)
+        plan.children = [made if c is child else c for c in plan.children]
+        return made
+
+    def create_all(self, plan: SweepPlan) -> None:
+        for child in list(plan.children):
+            self.ensure(plan, child)
+
+    def log_config(self, run_id: str, name: str) -> None:
+        """The child's RunConfig on its run: `train --child-run-id` trains it from that."""
+        from mlproject.tracking import client
+
+        cfg = _child_run_config(self.specs[name], self.parent.experiment_name)
+        client.log_text(run_id, dump_yaml(to_dict(cfg)), Artifact.PLAN_CONFIG)
 
 
 def plan_sweep(spec: SweepSpec) -> SweepPlan:
     """Stage 1: the parent run and its SCHEDULED children (with resume: the earlier ones
     matched); print the plan and a `MLPROJECT_RESULT` line with the children's run ids."""
-    plan, _ = _plan_stage(spec, eager=True)
+    plan, _ = plan_stage(spec, eager=True)
     print(result_line({"step": spec.kind, "stage": "plan", "run_id": plan.parent_run_id,
                        "experiment_id": plan.experiment_id, "experiment_name": plan.experiment_name,
                        "children": plan.child_run_ids, "todo": plan.todo}), flush=True)
     return plan
 
 
-def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
-    from mlproject.app.local_copies import check_results_dir
+def plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, ChildRuns]:
+    """The parent and the plan, stored on it; the new children's runs are created now when
+    `eager`, else as each starts (`ChildRuns.ensure`). Any error ends the parent FAILED (KILLED
+    on an interrupt)."""
     from mlproject.research.describe import parent_params
-    from mlproject.research.distinct import check_groups_differ
     from mlproject.tracking import client
     from mlproject.tracking.queries import get_run
     from mlproject.tracking.record import record_run
-    from mlproject.tracking.store import ensure_store
 
-    check_groups_differ(spec)  # before any run exists: a sweep must not compare a model with itself
-    check_results_dir(spec.kind, spec.experiment)  # the local results copy, written when the children are done
-    ensure_store()
-    _check_children(spec)  # before the parent exists: a child that cannot train leaves no stray runs
+    _check_before_runs(spec)
     parent = _open_parent(spec)
     record_run(parent.run_id, get_run(parent.run_id).tags)  # the children record the data they trained on
     print(f"{spec.kind}: parent run {parent.run_id} in experiment {parent.experiment_name!r} "
           f"(id {parent.experiment_id})", flush=True)
     try:
         client.log_params_once(parent.run_id, parent_params(spec))
+        plan = _new_plan(spec, parent)
+        runs = ChildRuns(parent, {child.name: child for child in spec.children})
         with _planning_lease(parent.run_id, spec):
-            tasks = _plan(spec, parent, eager)
-        _print_plan(spec, tasks)
-        plan = SweepPlan(
-            kind=spec.kind, parent_run_id=parent.run_id, experiment_id=parent.experiment_id,
-            experiment_name=parent.experiment_name, groups=list(spec.groups), metrics=list(spec.metrics),
-            children=[], output_dir=spec.base.tracking.output_dir, config_text=spec.config_text,
-            run_name=spec.run_name, register_best=spec.register_best,
-            eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device,
-            lease_heartbeat=spec.base.tracking.lease_heartbeat, lease_timeout=spec.base.tracking.lease_timeout,
-            register_best_ungated=spec.register_best_ungated, alpha=spec.alpha, effect=spec.effect,
-            targets=list(spec.targets), target_alpha=spec.target_alpha, ladder=spec.ladder,
-            adopted_from=parent.previous.run_id if parent.previous and parent.previous.run_id != parent.run_id
-            else None)
-        _store_plan(plan, tasks)
+            plan.children = _match_children(spec, runs)
+            if eager:
+                runs.create_all(plan)
+        _print_plan(spec, plan.children)
+        store_plan(plan)
     except BaseException as exc:
         client.set_status(parent.run_id, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
         raise
-    return plan, tasks
+    return plan, runs
 
 
-def _open_parent(spec: SweepSpec) -> Any:
+def _check_before_runs(spec: SweepSpec) -> None:
+    """Everything that can be refused before any run exists."""
+    from mlproject.app.local_copies import check_results_dir
+    from mlproject.research.distinct import check_groups_differ
+    from mlproject.tracking.store import ensure_store
+
+    check_groups_differ(spec)  # a sweep must not compare a model with itself
+    check_results_dir(spec.kind, spec.experiment)  # the local results copy, written when the children are done
+    ensure_store()
+    _check_children(spec)  # a child that cannot train leaves no stray runs
+
+
+def _new_plan(spec: SweepSpec, parent: ParentRun) -> SweepPlan:
+    """The plan of `spec` under `parent`, its children still to match."""
+    previous = parent.previous
+    return SweepPlan(
+        kind=spec.kind, parent_run_id=parent.run_id, experiment_id=parent.experiment_id,
+        experiment_name=parent.experiment_name, groups=list(spec.groups), metrics=list(spec.metrics),
+        children=[], output_dir=spec.base.tracking.output_dir, config_text=spec.config_text,
+        run_name=spec.run_name, register_best=spec.register_best,
+        eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device,
+        lease_heartbeat=spec.base.tracking.lease_heartbeat, lease_timeout=spec.base.tracking.lease_timeout,
+        register_best_ungated=spec.register_best_ungated, alpha=spec.alpha, effect=spec.effect,
+        targets=list(spec.targets), target_alpha=spec.target_alpha, ladder=spec.ladder,
+        adopted_from=previous.run_id if previous and previous.run_id != parent.run_id else None)
+
+
+def _open_parent(spec: SweepSpec) -> ParentRun:
     """The spec's parent to continue (an adaptive sweep's next round, back to RUNNING) or a
     parent opened as `client.open_parent` decides."""
     from mlproject.tracking import client
@@ -177,12 +221,10 @@ def _planning_lease(parent_run_id: str, spec: SweepSpec) -> Iterator[None]:
         yield
 
 
-def _store_plan(plan: SweepPlan, tasks: Sequence[_Task]) -> None:
-    """The children as they stand (a child still to create has run id ""), logged on the parent."""
+def store_plan(plan: SweepPlan) -> None:
+    """The plan with its children as they stand (a child still to create has run id ""), logged on the parent."""
     from mlproject.tracking import client
 
-    plan.children = [{"run_id": t.run_id, "name": t.child.name, "group": t.child.group, "seed": t.child.seed,
-                      "action": t.action} for t in tasks]
     client.log_text(plan.parent_run_id, plan.to_json(), Artifact.PLAN_FILE)
 
 
@@ -194,35 +236,35 @@ def load_plan(parent_run_id: str) -> SweepPlan:
     if text is None:
         raise MlprojectError(f"run {parent_run_id} is not a planned compare/ablation parent (it has no "
                              f"{Artifact.PLAN_FILE} artifact); plan one with `mlproject compare --plan-only`")
-    return SweepPlan(**json.loads(text))
+    return SweepPlan.from_json(text)
 
 
-def _plan(spec: SweepSpec, parent: Any, eager: bool) -> list[_Task]:
-    """Match children to existing runs (with resume); the missing ones are created now when
-    `eager`, else as they start (`_ensure_run`). Every child not yet FINISHED gets its config
+def _match_children(spec: SweepSpec, runs: ChildRuns) -> list[PlannedChild]:
+    """The planned children: matched to existing runs (with resume), else new ones without a run
+    yet (their tags kept in `runs`). Every matched child not yet FINISHED gets its config
     (`Artifact.PLAN_CONFIG`) logged on its run."""
     from mlproject.tracking import client
 
+    parent = runs.parent
     existing = _existing_cells(spec, parent)
-    tasks = []
+    children = []
     for child in spec.children:
         run = existing.get((child.group, child.seed))
         if run is None:
-            tags = {**child.tags, Tag.GROUP: child.group, Tag.SEED: str(child.seed), Tag.SWEEP_KEY: spec.key}
-            task = _Task(child, "", ChildAction.NEW, tags, parent)
-            if eager:
-                _ensure_run(task)
-        else:
-            if run.tags.get(Tag.PARENT) != parent.run_id:
-                client.adopt_child(run.run_id, parent.run_id)
-            task = _Task(child, run.run_id, child_action(run, child.cfg.tracking.lease_timeout), parent=parent)
-            if task.action not in (ChildAction.DONE, ChildAction.LEASED):
-                _log_child_config(task)
-        tasks.append(task)
-    return tasks
+            runs.tags[child.name] = {**child.tags, Tag.GROUP: child.group, Tag.SEED: str(child.seed),
+                                     Tag.SWEEP_KEY: spec.key}
+            children.append(PlannedChild("", child.name, child.group, child.seed, ChildAction.NEW))
+            continue
+        if run.tags.get(Tag.PARENT) != parent.run_id:
+            client.adopt_child(run.run_id, parent.run_id)
+        action = child_action(run, child.cfg.tracking.lease_timeout)
+        if action not in (ChildAction.DONE, ChildAction.LEASED):
+            runs.log_config(run.run_id, child.name)
+        children.append(PlannedChild(run.run_id, child.name, child.group, child.seed, action))
+    return children
 
 
-def _existing_cells(spec: SweepSpec, parent: Any) -> dict[tuple[str, int], Any]:
+def _existing_cells(spec: SweepSpec, parent: ParentRun) -> dict[tuple[str, int], RunRecord]:
     """With resume, the children to keep by (group, seed): those of the parent taken over, then
     those already under this parent (an adaptive sweep's later rounds add cells to a parent that
     adopted only the cells of its first round)."""
@@ -253,17 +295,17 @@ def _check_children(spec: SweepSpec) -> None:
         check_fits(resolved.model, resolved.train, data, where=where)
 
 
-def _print_plan(spec: SweepSpec, tasks: Sequence[_Task]) -> None:
+def _print_plan(spec: SweepSpec, children: Sequence[PlannedChild]) -> None:
     labels = {ChildAction.DONE: "finished", ChildAction.LEASED: "trained by another process",
               ChildAction.RESUME: "to resume", ChildAction.RESTART: "to restart", ChildAction.NEW: "new"}
-    counts = {action: sum(t.action == action for t in tasks) for action in labels}
+    counts = {action: sum(c.action == action for c in children) for action in labels}
     parts = [f"{n} {labels[action]}" for action, n in counts.items() if n]
     shape = f"{len(spec.groups)} groups"
     if spec.ladder is not None:  # a ladder's sweep groups are its cells
         budgets = len(spec.ladder["budgets"])
         shape = (f"{len(spec.ladder['groups'])} groups x {len(spec.ladder['rungs'])} rungs"
                  + (f" x {budgets} budgets" if budgets else ""))
-    print(f"{spec.kind}: {len(tasks)} child runs ({', '.join(parts)}): "
+    print(f"{spec.kind}: {len(children)} child runs ({', '.join(parts)}): "
           f"{shape} x {len({c.seed for c in spec.children})} seeds", flush=True)
 
 
