@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from mlproject.research.ladder_plots import ladder_charts
-from mlproject.research.ladder_report import analyze_ladder, ladder_metrics
+from mlproject.research.ladder_report import analyze_ladder
+from mlproject.research.ladder_summary import ladder_metrics
 
 
 def synthetic_ladder(rungs: int, groups: int, seeds: int, bootstrap: int, rng: np.random.Generator

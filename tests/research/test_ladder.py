@@ -16,7 +16,8 @@ from mlproject.cli import main
 from mlproject.protocol import parse_step_result
 from mlproject.research.distinct import check_groups_differ
 from mlproject.research.ladder import LadderJob
-from mlproject.research.ladder_report import analyze_ladder, ladder_metrics, summary_lines
+from mlproject.research.ladder_report import analyze_ladder
+from mlproject.research.ladder_summary import ladder_metrics, summary_lines
 
 RUNGS = ["2x2x16", "2x2x24", "2x2x32", "2x2x48", "2x2x64"]
 

@@ -363,7 +363,8 @@ def _ladder_files(source: _Source, out: Path) -> list[Path]:
     """A ladder's charts (research.ladder_plots), its fits recomputed from the children's runs and
     the design stored with its plan, and its per-rung table as CSV (last)."""
     from mlproject.research.ladder_plots import ladder_charts
-    from mlproject.research.ladder_report import analyze_ladder, per_rung_rows
+    from mlproject.research.ladder_report import analyze_ladder
+    from mlproject.research.ladder_summary import per_rung_rows
     from mlproject.research.sweep import load_plan, row_from_run
 
     plan = load_plan(str(source.parent_run_id))

@@ -153,7 +153,7 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
 
 def _job_notes(plan: SweepPlan, rows: list[Row], results_dir: Path) -> tuple[list[str], list[str]]:
     """What the job adds to the parent after the statistics: time-to-target lines, a ladder's fits
-    (research.ladder_report: metrics, ladder.json, plots). Returns the parent description's
+    (research.ladder_summary: metrics, ladder.json, plots). Returns the parent description's
     paragraphs and the lines printed after the summary table."""
     notes: list[str] = []
     printed: list[str] = []
@@ -163,7 +163,7 @@ def _job_notes(plan: SweepPlan, rows: list[Row], results_dir: Path) -> tuple[lis
         notes += record_targets(plan, rows)
         printed += notes
     if plan.ladder is not None:
-        from mlproject.research.ladder_report import record_ladder
+        from mlproject.research.ladder_summary import record_ladder
 
         markdown, words = record_ladder(plan, rows, results_dir)
         notes.append(markdown)
