@@ -176,7 +176,7 @@ def test_tune_charts_have_integer_trial_ticks_and_outside_legends():
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from mlproject.research.tune import tune_figure
+    from mlproject.research.tune_report import tune_figure
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

@@ -175,7 +175,7 @@ def test_a_capped_dimension_records_what_ran_in_mlflow_optuna_and_best_params(re
     assert json.loads(parent.data.tags["mlproject.best_params"]) == result["best_params"]
     assert "sampled values changed" in out
 
-    from mlproject.research.tune import effective_study
+    from mlproject.research.tune_report import effective_study
 
     view = effective_study(study)
     assert {t.params["train.warmup"] for t in view.trials} <= set(range(2, WARMUP_CAP + 1))

@@ -1,228 +1,42 @@
 """`mlproject tune`: hyperparameter search with Optuna, every trial a nested MLflow run.
 
-    search_space:
-      train.learning_rate: {type: float, low: 1.0e-4, high: 3.0e-2, log: true}
-      train.warmup:        {type: int, low: 0, high: 40}
-      model.dropout:       {type: float, low: 0.0, high: 0.2}
-      train.batch_size:    {type: categorical, choices: [8, 16]}
+The job and its search space are research/tune_space.py; what a finished search logs on its
+parent is research/tune_report.py. The sampler is TPE by default; the pruner (median or
+successive halving) sees the val loss of every evaluation through a trainer callback, so bad
+trials stop early. The study lives in a SQL database (`tracking/tune_runs.study_storage`): several
+workers (`--parallel` processes of the sweep engine's worker pool, containers, Airflow mapped
+tasks with `--parent-run-id`) share it, and a re-run with the same study name continues it up
+to `--n-trials` in all, under the same parent run (`tracking/client.open_parent`, the opener
+sweeps use too). `--then-compare` re-trains the best config over seeds as a compare.
 
-Any field of the model/data/train sections can be searched. The sampler is TPE by default;
-the pruner (median or successive halving) sees the val loss of every evaluation through a
-trainer callback, so bad trials stop early. The study lives in a SQL database
-(`tracking/tune_runs.study_storage`): several workers (`--parallel` processes, containers,
-Airflow mapped tasks with `--parent-run-id`) share it, and a re-run with the same study name
-continues it up to `--n-trials` in all. The parent run gets the best value and params and
-Optuna's optimization-history and parameter-importance plots; `--then-compare` re-trains
-the best config over seeds as a compare.
-
-A trial records what ran, not what was sampled: a value the run changes (a warmup above the
-trainer's cap of half the run, a fraction of the run resolved to steps, a max_steps beyond the
-epochs) is the trial's MLflow param and its `effective_<name>` user attribute, and best_params
-and the importances use it. A dimension whose whole range runs as one value is refused before
-any run. A trial ends COMPLETE, PRUNED or FAIL (`TrialOutcome`) on its run's tag, the console
-and its `step: trial` result line; a pruned trial stops after an evaluation (never the last
-one), FINISHED with its metrics.
+A trial ends COMPLETE, PRUNED or FAIL (`TrialOutcome`) on its run's tag, the console and its
+`step: trial` result line; a pruned trial stops after an evaluation (never the last one),
+FINISHED with its metrics. Its MLflow params and `effective_<name>` user attributes are the
+values it ran with.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import socket
-import subprocess
 import sys
 import tempfile
-import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlproject.config import dump_yaml, flatten, from_dict, merge, to_dict
-from mlproject.errors import ConfigError, MlprojectError
-from mlproject.protocol import hand_run_to, result_line
-from mlproject.research.config import TuneConfig
-from mlproject.research.sweep import experiment_for, load_job, sweep_key
-from mlproject.app.config import RunConfig
+from mlproject.config import flatten, to_dict
+from mlproject.errors import MlprojectError
+from mlproject.protocol import result_line
+from mlproject.research.tune_report import TuneOutcome, record_best
+from mlproject.research.tune_space import SEARCHABLE, TuneJob, check_collapse, effective_values, trial_config
 from mlproject.schema import Artifact, RunStatus, Tag, TrialOutcome
 
-SEARCHABLE = ("model", "data", "train")  # sections a search space may change
-_TYPES = ("float", "int", "categorical")
+if TYPE_CHECKING:
+    from mlproject.tracking.client import ParentRun
 
-
-@dataclass
-class Dimension:
-    """One searched field: `section.field` with its distribution."""
-
-    name: str
-    type: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: list[Any] | None = None
-
-    def suggest(self, trial: Any) -> Any:
-        if self.type == "categorical":
-            return trial.suggest_categorical(self.name, self.choices)
-        if self.type == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log,
-                                     step=int(self.step or 1))
-        return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log, step=self.step)
-
-    def corners(self) -> list[Any]:
-        """Values a config is validated at before anything runs."""
-        return list(self.choices) if self.type == "categorical" else [self.low, self.high]
-
-
-def parse_space(raw: Any, source: str) -> list[Dimension]:
-    """Validate `search_space: {section.field: {type, low, high, log, step | choices}}`."""
-    where = f"{source}: search_space"
-    if not isinstance(raw, Mapping) or not raw:
-        raise ConfigError(f"{where} must be a non-empty mapping of section.field to a distribution")
-    dims = []
-    for name, spec in raw.items():
-        section, _, fname = str(name).partition(".")
-        cls = RunConfig.SECTIONS.get(section)
-        if section not in SEARCHABLE or cls is None:
-            raise ConfigError(f"{where}.{name}: expected section.field with section one of {', '.join(SEARCHABLE)}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        if fname not in fields:
-            raise ConfigError(f"{where}.{name}: unknown field {fname!r} of section {section}; "
-                              f"allowed: {', '.join(sorted(fields))}")
-        if not isinstance(spec, Mapping):
-            raise ConfigError(f"{where}.{name} must be a mapping with type and low/high or choices")
-        unknown = set(spec) - {"type", "low", "high", "log", "step", "choices"}
-        if unknown:
-            raise ConfigError(f"{where}.{name}: unknown key {sorted(unknown)[0]!r}; "
-                              "allowed: type, low, high, log, step, choices")
-        dim = Dimension(name=str(name), type=str(spec.get("type", "")), low=spec.get("low"), high=spec.get("high"),
-                        log=bool(spec.get("log", False)), step=spec.get("step"), choices=spec.get("choices"))
-        if dim.type not in _TYPES:
-            raise ConfigError(f"{where}.{name}: type={dim.type!r}; expected one of {', '.join(_TYPES)}")
-        if dim.type == "categorical":
-            if not isinstance(dim.choices, list) or not dim.choices:
-                raise ConfigError(f"{where}.{name}: a categorical needs a non-empty list of choices")
-        else:
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (dim.low, dim.high)):
-                raise ConfigError(f"{where}.{name}: low and high must be numbers, got {dim.low!r} and {dim.high!r}")
-            if not dim.low < dim.high:
-                raise ConfigError(f"{where}.{name}: low={dim.low} must be below high={dim.high}")
-            if dim.log and dim.low <= 0:
-                raise ConfigError(f"{where}.{name}: a log scale needs low > 0, got {dim.low}")
-        dims.append(dim)
-    return dims
-
-
-def trial_config(base: RunConfig, values: Mapping[str, Any], *, run_name: str | None = None,
-                 experiment: str | None = None, source: str = "trial") -> RunConfig:
-    """`base` with the sampled `values` ({section.field: value}), validated like a config file."""
-    sections: dict[str, Any] = {}
-    for section in SEARCHABLE:
-        changes = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(section + ".")}
-        current = getattr(base, section)
-        sections[section] = (from_dict(type(current), merge(to_dict(current), changes), source=f"{source}: {section}")
-                             if changes else current)
-    tracking = dataclasses.replace(base.tracking, run_name=run_name or base.tracking.run_name,
-                                   experiment_name=experiment or base.tracking.experiment_name, resume_from=None)
-    cfg = RunConfig(**sections, tracking=tracking)
-    cfg.model.resolved()
-    return cfg
-
-
-def total_steps(cfg: RunConfig, train_tokens: int) -> int:
-    """The optimizer steps a single-process run of the resolved `cfg` takes on `train_tokens`
-    (the trainer's own count: windows per epoch over batch and accumulation, capped by max_steps)."""
-    windows = max(train_tokens - 1, 0) // cfg.model.block_size
-    per_epoch = windows // cfg.train.batch_size // cfg.train.grad_accum_steps
-    steps = cfg.train.epochs * per_epoch
-    return min(steps, cfg.train.max_steps) if cfg.train.max_steps is not None else steps
-
-
-def effective_values(cfg: RunConfig, names: list[str], data: Any) -> dict[str, tuple[Any, str]]:
-    """{name: (the value the run really uses, why it may differ from the sampled one)} for the
-    searched `names` of trial config `cfg`: the resolved config's, with the warmup in steps as the
-    trainer caps it, and max_steps as the epochs end it."""
-    from mlproject.training.optim import resolve_warmup
-
-    resolved = cfg.resolved(data.vocab_size)
-    flat = resolved.flat()
-    steps = total_steps(resolved, len(data.train.tokens))
-    out = {name: (flat[name], "the resolved config sets it") for name in names}
-    if "train.warmup" in out:
-        out["train.warmup"] = (resolve_warmup(resolved.train.warmup, steps),
-                               f"warmup is capped at half of the run's {steps} steps ({steps // 2})")
-    if "train.max_steps" in out:
-        out["train.max_steps"] = (steps, f"{resolved.train.epochs} epoch(s) end the run at {steps} steps")
-    return out
-
-
-def check_collapse(job: TuneJob, data: Any) -> None:
-    """Refuse a dimension whose sampled values all run as one value (a warmup range above the
-    cap, say): the search would rank a dimension that had no effect."""
-    names = [d.name for d in job.space]
-    for dim in job.space:
-        corners = dim.corners()
-        if len({json.dumps(v) for v in corners}) < 2:
-            continue
-        ran = [effective_values(trial_config(job.run, {dim.name: v}), names, data)[dim.name] for v in corners]
-        if len({json.dumps(value) for value, _ in ran}) == 1:
-            shown = f"[{dim.low}, {dim.high}]" if dim.type != "categorical" else f"{dim.choices}"
-            raise ConfigError(f"{job.source}: search_space.{dim.name}: every value in {shown} runs as {ran[0][0]} "
-                              f"({ran[0][1]}); widen the range below the cap or drop the dimension")
-
-
-@dataclass
-class TuneJob:
-    run: RunConfig
-    tune: TuneConfig
-    space: list[Dimension]
-    space_raw: dict[str, Any]
-    source: str = "flags"
-
-    @classmethod
-    def load(cls, yaml_path: str | os.PathLike[str] | None = None, args: Any = None) -> TuneJob:
-        """From a YAML file (model/data/train/tracking/tune/search_space) with flags overriding it;
-        the space is checked at its bounds and choices before any run exists."""
-        run, tune, extras = load_job(yaml_path, args, "tune", TuneConfig, extra_keys=("search_space",))
-        source = str(yaml_path) if yaml_path else "flags"
-        space = parse_space(extras.get("search_space"), source)
-        for dim in space:
-            for value in dim.corners():
-                trial_config(run, {dim.name: value}, source=f"{source}: search_space.{dim.name}={value!r}")
-        return cls(run, tune, space, dict(extras["search_space"]), source)
-
-    @property
-    def experiment(self) -> str:
-        return self.run.tracking.experiment_name or experiment_for(self.run)
-
-    @property
-    def key(self) -> str:
-        """What makes two searches one study: config, space, metric and experiment (not the
-        trial budget or the worker count, so a re-run with more trials continues it)."""
-        return sweep_key("tune", self.run, drop=[d.name for d in self.space],
-                         extra={"space": self.space_raw, "metric": self.tune.metric, "experiment": self.experiment})
-
-    @property
-    def study_name(self) -> str:
-        return self.tune.study_name or f"tune-{self.key}"
-
-    def config_text(self, **tune_changes: Any) -> str:
-        sections = {name: to_dict(getattr(self.run, name)) for name in RunConfig.SECTIONS}
-        tune = to_dict(dataclasses.replace(self.tune, **tune_changes))
-        return dump_yaml({**sections, "tune": tune, "search_space": self.space_raw})
-
-
-@dataclass
-class TuneOutcome:
-    parent_run_id: str
-    study_name: str
-    best_value: float
-    best_params: dict[str, Any]
-    trials: dict[str, int]       # trials by state: COMPLETE, PRUNED, FAIL
-    compare_run_id: str | None = None
+__all__ = ["TuneJob", "TuneOutcome", "run_tune"]
 
 
 def _pruner(trial: Any) -> Any:
@@ -292,7 +106,7 @@ def _close_unstarted(run_id: str, exc: BaseException) -> None:
         client.set_status(run_id, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
 
 
-def _optimize(job: TuneJob, study: Any, parent: Any, data: Any) -> None:
+def _optimize(job: TuneJob, study: Any, parent: ParentRun, data: Any) -> None:
     """Run trials in this process until the study holds n_trials (counting other workers')."""
     import optuna
     from optuna.trial import TrialState
@@ -346,35 +160,31 @@ def _optimize(job: TuneJob, study: Any, parent: Any, data: Any) -> None:
     study.optimize(objective, timeout=job.tune.timeout, callbacks=[limit], catch=(MlprojectError, RuntimeError))
 
 
-def _run_workers(job: TuneJob, parent: Any, storage: str) -> None:
-    """`parallel` worker processes of the same study, each joined to the parent run."""
-    from mlproject.tracking.queries import absolute_tracking_uri
+def _run_workers(job: TuneJob, parent: ParentRun, storage: str) -> None:
+    """`parallel` worker processes of the same study (the sweep engine's pool), each joined to the parent run."""
+    from mlproject.research.sweep.pool import WorkerProcess, run_processes, threads_per_worker, worker_env
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // job.tune.parallel)
-    env = hand_run_to({**os.environ, "MLFLOW_TRACKING_URI": absolute_tracking_uri(), "OMP_NUM_THREADS": str(threads)},
-                      None)
+    threads = threads_per_worker(job.tune.parallel)
+    env = worker_env(threads, None)
     print(f"tune: {job.tune.parallel} workers share study {job.study_name!r}, {threads} torch thread(s) each",
           flush=True)
+    codes: dict[int, int] = {}
     with tempfile.TemporaryDirectory(prefix="mlproject-tune-") as tmp:
-        procs = []
-        for i in range(job.tune.parallel):
+        def start(i: int) -> WorkerProcess[int]:
             config = Path(tmp) / f"worker{i}.yaml"
             config.write_text(job.config_text(parallel=1, parent_run_id=parent.run_id, study_name=job.study_name,
                                               storage=storage, sampler_seed=job.tune.sampler_seed + i,
                                               then_compare=False), encoding="utf-8")
-            procs.append(subprocess.Popen([sys.executable, "-m", "mlproject", "tune", "--config", str(config),
-                                           "--num-threads", str(threads)], env=env))
-        try:
-            codes = [p.wait() for p in procs]
-        except BaseException:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait()
-            raise
-    if any(codes):
-        raise MlprojectError(f"tune: worker exit codes {codes}; re-run the same command to continue the study")
+            return WorkerProcess(i, f"worker{i}", [sys.executable, "-m", "mlproject", "tune", "--config", str(config),
+                                                   "--num-threads", str(threads)], env)
+
+        def finish(worker: WorkerProcess[int]) -> None:
+            codes[worker.item] = worker.proc.returncode
+
+        run_processes(range(job.tune.parallel), job.tune.parallel, start, finish)
+    if any(codes.values()):
+        raise MlprojectError(f"tune: worker exit codes {[codes[i] for i in sorted(codes)]}; "
+                             "re-run the same command to continue the study")
 
 
 def run_tune(job: TuneJob) -> TuneOutcome | None:
@@ -410,7 +220,7 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
             _run_workers(job, parent, storage)
         else:
             _optimize(job, study, parent, data)
-        outcome = _record_best(job, study, parent)
+        outcome = record_best(job, study, parent)
     except BaseException as exc:
         client.set_status(parent.run_id, RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED)
         raise
@@ -422,126 +232,6 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
                        "best_params": outcome.best_params, "trials": outcome.trials,
                        "compare_run_id": outcome.compare_run_id}), flush=True)
     return outcome
-
-
-def effective_params(trial: Any) -> dict[str, Any]:
-    """The values the trial's run used (its `effective_*` user attributes), else the sampled ones
-    (a trial from before they were recorded, or one that failed before its run)."""
-    return {k: trial.user_attrs.get(f"effective_{k}", v) for k, v in trial.params.items()}
-
-
-def effective_study(study: Any) -> Any:
-    """An in-memory copy of `study`'s finished trials with the effective values as params, so
-    that the importances and plots rank what ran, not what was sampled."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-    from optuna.trial import TrialState
-
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-    params = [effective_params(t) for t in finished]
-    distributions: dict[str, Any] = {}
-    for name in {k for p in params for k in p}:
-        seen = [p[name] for p in params if name in p]
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seen)
-        if numeric and all(isinstance(v, int) for v in seen):
-            distributions[name] = IntDistribution(min(seen), max(seen))
-        elif numeric:
-            distributions[name] = FloatDistribution(float(min(seen)), float(max(seen)))
-        else:
-            distributions[name] = CategoricalDistribution(list(dict.fromkeys(seen)))
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line for a view
-    try:
-        view = optuna.create_study(direction="minimize")
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    view.add_trials([optuna.trial.create_trial(
-        state=t.state, value=t.value if t.state == TrialState.COMPLETE else None, params=p,
-        distributions={k: distributions[k] for k in p}, user_attrs=t.user_attrs,
-        intermediate_values=t.intermediate_values) for t, p in zip(finished, params)])
-    return view
-
-
-def _record_best(job: TuneJob, study: Any, parent: Any) -> TuneOutcome:
-    """Best value and (effective) params, trial counts and Optuna's plots on the parent; FINISHED."""
-    from optuna.trial import TrialState
-
-    from mlproject.tracking import client
-
-    trials = study.get_trials(deepcopy=False)
-    names = {TrialState.COMPLETE: TrialOutcome.COMPLETE, TrialState.PRUNED: TrialOutcome.PRUNED,
-             TrialState.FAIL: TrialOutcome.FAIL}
-    counts = {str(o): sum(t.state == s for t in trials) for s, o in names.items()}
-    if counts[TrialOutcome.COMPLETE] == 0:
-        raise MlprojectError(f"tune: study {job.study_name!r} has no complete trial ({counts}); "
-                             "widen the search space or raise --n-trials")
-    best = study.best_trial
-    params = effective_params(best)
-    metrics = {"best_value": best.value, "best_trial": best.number,
-               **{f"trials_{k.lower()}": v for k, v in counts.items()},
-               **{f"best/{k}": float(v) for k, v in params.items() if isinstance(v, (int, float))}}
-    client.log_metrics(parent.run_id, metrics, step=len(trials))
-    client.set_tags(parent.run_id, {Tag.BEST_PARAMS: json.dumps(params, sort_keys=True),
-                                    Tag.BEST_RUN_ID: str(best.user_attrs.get("run_id", ""))})
-    client.log_text(parent.run_id, json.dumps({"value": best.value, "params": params, "trial": best.number,
-                                               "run_id": best.user_attrs.get("run_id")}, indent=2),
-                    Artifact.BEST_PARAMS)
-    _log_plots(effective_study(study), parent.run_id)
-    client.set_status(parent.run_id, RunStatus.FINISHED)
-    print(f"tune: best {job.tune.metric} {best.value:.4f} at trial {best.number}: {json.dumps(params)} "
-          f"({counts['COMPLETE']} {TrialOutcome.COMPLETE}, {counts['PRUNED']} {TrialOutcome.PRUNED}, "
-          f"{counts['FAIL']} {TrialOutcome.FAIL})", flush=True)
-    return TuneOutcome(parent.run_id, job.study_name, float(best.value), params, counts)
-
-
-def _log_plots(study: Any, run_id: str) -> None:
-    """Optuna's optimization history and parameter importances (of `study`, the effective view)
-    as PNG artifacts under plots/."""
-    import matplotlib.pyplot as plt
-
-    from mlproject.tracking.tune_runs import log_figure
-
-    for name in TUNE_PLOTS:
-        try:
-            figure = tune_figure(study, name)
-        except (ValueError, RuntimeError) as exc:  # e.g. importances need two complete trials
-            print(f"note: no {name} plot: {exc}", file=sys.stderr)
-            continue
-        log_figure(run_id, figure, f"{Artifact.PLOTS}/{name}.png")
-        plt.close(figure)
-
-
-TUNE_PLOTS = ("optimization_history", "param_importances")
-
-
-def tune_figure(study: Any, name: str) -> Any:
-    """One of Optuna's matplotlib charts of `study`, made honest: integer trial ticks, the
-    legend outside the data, and a layout that makes room for long labels (Optuna's own cut
-    `train.learning_rate` to `rning_rate`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import optuna
-    import optuna.visualization.matplotlib as ovm
-    from matplotlib.ticker import MaxNLocator
-
-    draw = {"optimization_history": ovm.plot_optimization_history,
-            "param_importances": ovm.plot_param_importances}[name]
-    with warnings.catch_warnings():  # "experimental" since Optuna 2.2; the plots are stable
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = draw(study)
-    figure = ax.figure
-    if name == "optimization_history":
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers: no 2.5th trial
-        ax.set_title(f"optimization history: {ax.get_ylabel() or 'objective'} by trial")
-    # Optuna's own title stays on the importance plot (it names the chart already).
-    if ax.get_legend() is not None:  # outside the data, right of the axes
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    # Constrained layout makes room for tick labels and the outside legend instead of
-    # cutting them; it also applies when MLflow saves the figure without bbox_inches.
-    figure.set_layout_engine("constrained")
-    figure.set_size_inches(max(figure.get_figwidth(), 8.0), figure.get_figheight())
-    return figure
 
 
 def _then_compare(job: TuneJob, outcome: TuneOutcome) -> str:
