@@ -15,11 +15,12 @@ pytestmark = pytest.mark.e2e
 
 def test_plot_by_experiment_skips_a_newer_failed_parent_and_says_which_it_picked(sh: Shell, compared, tracking,
                                                                                  tmp_path):
+    from mlproject.schema import RunRole, SweepKind, Tag
     from mlproject.tracking import client
 
     finished = json.loads(compared.line("MLPROJECT_RESULT"))["run_id"]
-    newer = client.open_parent(experiment="gpt2_vs_gpt3_small_fair", run_name="crashed", kind="compare",
-                               sweep_key="other", resume=False, tags={})
+    newer = client.open_parent(experiment="gpt2_vs_gpt3_small_fair", run_name="crashed", role=RunRole.SWEEP_PARENT,
+                               match={Tag.SWEEP_KEY: "other"}, resume=False, tags={Tag.SWEEP_KIND: SweepKind.COMPARE})
     client.set_status(newer.run_id, "FAILED")  # a newer parent that never got a finished child
     ran = sh.run(f"mlproject plot --experiment-name gpt2_vs_gpt3_small_fair --output-dir {tmp_path} "
                  "--log-to-run false")

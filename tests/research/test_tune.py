@@ -135,7 +135,7 @@ def test_a_tracking_server_needs_an_explicit_study_storage(monkeypatch):
     import mlflow
 
     from mlproject.errors import MlprojectError
-    from mlproject.tracking.tune_runs import study_storage
+    from mlproject.tracking.store import study_storage
 
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "http://127.0.0.1:5000")
     with pytest.raises(MlprojectError, match="pass --storage"):
@@ -255,10 +255,11 @@ def test_the_pruner_never_prunes_at_the_last_step():
 def test_a_trial_stopped_before_its_training_began_leaves_no_run_scheduled(research_env):
     # SIGINT can land between the trial's run being created and its training starting
     from mlproject.research.tune import _close_unstarted
+    from mlproject.schema import RunRole, Tag
     from mlproject.tracking import client
 
-    parent = client.open_parent(experiment=unique("tune-unstarted"), run_name="search", kind="tune",
-                                sweep_key="k", resume=False, tags={})
+    parent = client.open_parent(experiment=unique("tune-unstarted"), run_name="search", role=RunRole.TUNE_PARENT,
+                                match={Tag.STUDY: "s"}, resume=True, tags={})
     interrupted, failed, trained = (client.create_child(parent, run_name=f"trial-{i}", tags={}) for i in range(3))
     client.set_status(trained, "FINISHED")
     _close_unstarted(interrupted, KeyboardInterrupt())

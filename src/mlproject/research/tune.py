@@ -3,7 +3,7 @@
 The job and its search space are research/tune_space.py; what a finished search logs on its
 parent is research/tune_report.py. The sampler is TPE by default; the pruner (median or
 successive halving) sees the val loss of every evaluation through a trainer callback, so bad
-trials stop early. The study lives in a SQL database (`tracking/tune_runs.study_storage`): several
+trials stop early. The study lives in a SQL database (`tracking/store.study_storage`): several
 workers (`--parallel` processes of the sweep engine's worker pool, containers, Airflow mapped
 tasks with `--parent-run-id`) share it, and a re-run with the same study name continues it up
 to `--n-trials` in all, under the same parent run (`tracking/client.open_parent`, the opener
@@ -31,7 +31,7 @@ from mlproject.errors import MlprojectError
 from mlproject.protocol import result_line
 from mlproject.research.tune_report import TuneOutcome, record_best
 from mlproject.research.tune_space import SEARCHABLE, TuneJob, check_collapse, effective_values, trial_config
-from mlproject.schema import Artifact, RunStatus, Tag, TrialOutcome
+from mlproject.schema import Artifact, RunRole, RunStatus, SweepKind, Tag, TrialOutcome
 
 if TYPE_CHECKING:
     from mlproject.tracking.client import ParentRun
@@ -193,19 +193,21 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
     from mlproject.errors import require_extra
 
     require_extra("optuna", "tune", "tune")  # before any run exists: nothing is left FAILED
-    from mlproject.tracking import client, tune_runs
+    from mlproject.tracking import client
+    from mlproject.tracking.store import study_storage
 
-    storage = tune_runs.study_storage(job.tune.storage)
+    storage = study_storage(job.tune.storage)
     data = prepare_data(job.run.data)  # once, before any worker; the effective values need it
     check_collapse(job, data)  # before any run exists
     if job.tune.parent_run_id:  # one more worker of a study another process opened
-        parent = tune_runs.join_parent(job.tune.parent_run_id, job.study_name)
+        parent = client.join_parent(job.tune.parent_run_id, {Tag.STUDY: job.study_name}, f"study {job.study_name!r}")
         _optimize(job, _study(job, storage, job.tune.sampler_seed), parent, data)
         return None
 
-    parent = tune_runs.open_parent(experiment=job.experiment,
-                                   run_name=job.tune.parent_run_name or job.study_name, study_name=job.study_name,
-                                   tags={})
+    # A re-run of the study continues its parent (resume), as it continues the study.
+    parent = client.open_parent(experiment=job.experiment, run_name=job.tune.parent_run_name or job.study_name,
+                                role=RunRole.TUNE_PARENT, match={Tag.STUDY: job.study_name}, resume=True,
+                                tags={Tag.SWEEP_KIND: SweepKind.TUNE})
     print(f"tune: study {job.study_name!r} ({storage.split('@')[-1]}), parent run {parent.run_id} "
           f"in experiment {parent.experiment_name!r}", flush=True)
     try:

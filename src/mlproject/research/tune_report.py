@@ -102,7 +102,7 @@ def _log_plots(study: Any, run_id: str) -> None:
     as PNG artifacts under plots/."""
     import matplotlib.pyplot as plt
 
-    from mlproject.tracking.tune_runs import log_figure
+    from mlproject.tracking.client import log_figure
 
     for name in TUNE_PLOTS:
         try:

@@ -39,7 +39,7 @@ from mlflow.exceptions import MlflowException
 from mlproject.errors import MlprojectError
 from mlproject.protocol import process_run_id, release_process_run
 from mlproject.schema import ExperimentKind, ExperimentTag, RunRole, RunStatus, TERMINAL_STATUSES, Tag
-from mlproject.tracking.queries import RunRecord, artifact_files, experiment_name, get_run, latest_sweep_parent
+from mlproject.tracking.queries import RunRecord, artifact_files, experiment_name, get_run, latest_parent
 from mlproject.tracking.run_context import standard_tags
 from mlproject.secrets import scrub
 from mlproject.tracking.store import ensure_store
@@ -125,6 +125,11 @@ def log_files(run_id: str, paths: Iterable[str | os.PathLike[str]], artifact_pat
 def log_text(run_id: str, text: str, artifact_file: str) -> None:
     """A small text artifact (a config, a sweep's plan)."""
     client().log_text(run_id, text, artifact_file)
+
+
+def log_figure(run_id: str, figure: Any, artifact_file: str) -> None:
+    """A matplotlib figure as an image artifact."""
+    client().log_figure(run_id, figure, artifact_file)
 
 
 def load_text(run_id: str, artifact_file: str) -> str | None:
@@ -332,47 +337,66 @@ class ParentRun:
     previous: RunRecord | None  # the parent whose children a --resume adopts (may be this run itself)
 
 
-def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, resume: bool,
+def open_parent(*, experiment: str, run_name: str, role: str, match: Mapping[str, str], resume: bool,
                 tags: Mapping[str, str]) -> ParentRun:
-    """The sweep's parent run.
+    """The parent run of a sweep (`RunRole.SWEEP_PARENT`, matched by its sweep key) or of a
+    study (`RunRole.TUNE_PARENT`, matched by its study name), RUNNING, with its tags and record.
 
     The process's run (`mlflow run` created it) if there is one, else with `resume` the newest
-    parent of the experiment with the same sweep key, else a new run. With `resume`,
-    `previous` is the parent whose children are taken over.
+    parent of the experiment with this role and the `match` tags, else a new run. With `resume`,
+    `previous` is that earlier parent; one the process's run takes over is superseded.
     """
+    from mlproject.tracking.record import record_run  # it logs through this module
+
     ensure_store()
     handed = process_run_id()
-    all_tags = {Tag.ROLE: RunRole.SWEEP_PARENT, Tag.SWEEP_KIND: kind, Tag.SWEEP_KEY: sweep_key, **tags}
-    previous = None
     if handed:
-        run = get_run(handed)
-        experiment_id = run.experiment_id
-        mark_training_experiment(experiment_id)
-        name = experiment_name(experiment_id)
-        if name != experiment:
-            print(f"note: the parent run {handed} was created by `mlflow run` in experiment {name!r}; "
-                  f"children go there too (pass --experiment-name {experiment} to mlflow run to use {experiment!r})",
-                  file=sys.stderr)
-        if resume:
-            previous = latest_sweep_parent(experiment_id, sweep_key=sweep_key, exclude=[handed])
-        run_id = handed
-        if run.status != RunStatus.RUNNING:
-            client().update_run(run_id, status=RunStatus.RUNNING)
+        run_id, experiment_id, name, previous = _handed_parent(handed, experiment, role, match, resume)
     else:
         experiment_id = ensure_experiment(experiment)
         name = experiment
-        if resume:
-            previous = latest_sweep_parent(experiment_id, sweep_key=sweep_key)
+        previous = latest_parent(experiment_id, role=role, match=match) if resume else None
         if previous is not None:
             run_id = previous.run_id
             client().update_run(run_id, status=RunStatus.RUNNING)
         else:
             run_id = client().create_run(experiment_id, run_name=run_name).info.run_id
-    set_tags(run_id, all_tags)
+    set_tags(run_id, {Tag.ROLE: role, **match, **tags})
     add_standard_tags(run_id)
+    record_run(run_id, get_run(run_id).tags)  # the children record the data they trained on
     if previous is not None and previous.run_id != run_id:
         supersede(previous, run_id)
     return ParentRun(run_id=run_id, experiment_id=experiment_id, experiment_name=name, previous=previous)
+
+
+def _handed_parent(handed: str, experiment: str, role: str, match: Mapping[str, str],
+                   resume: bool) -> tuple[str, str, str, RunRecord | None]:
+    """The process's run as the parent, RUNNING: (run id, experiment id and name, the earlier
+    parent it takes over with `resume`)."""
+    run = get_run(handed)
+    experiment_id = run.experiment_id
+    mark_training_experiment(experiment_id)
+    name = experiment_name(experiment_id)
+    if name != experiment:
+        print(f"note: the parent run {handed} was created by `mlflow run` in experiment {name!r}; "
+              f"children go there too (pass --experiment-name {experiment} to mlflow run to use {experiment!r})",
+              file=sys.stderr)
+    previous = latest_parent(experiment_id, role=role, match=match, exclude=[handed]) if resume else None
+    if run.status != RunStatus.RUNNING:
+        client().update_run(handed, status=RunStatus.RUNNING)
+    return handed, experiment_id, name, previous
+
+
+def join_parent(run_id: str, match: Mapping[str, str], what: str) -> ParentRun:
+    """An extra worker's handle on a parent another process opened (`--parent-run-id`); it
+    must carry the `match` tags (`what` names them in the error)."""
+    run = check_run(run_id, "--parent-run-id")
+    wrong = {k: run.data.tags.get(k) for k, v in match.items() if run.data.tags.get(k) != v}
+    if wrong:
+        raise MlprojectError(f"--parent-run-id {run_id} is not the parent of {what} (its "
+                             + ", ".join(f"{k} tag is {v!r}" for k, v in wrong.items()) + ")")
+    return ParentRun(run_id=run_id, experiment_id=run.info.experiment_id,
+                     experiment_name=experiment_name(run.info.experiment_id), previous=None)
 
 
 def supersede(old: RunRecord, new_run_id: str) -> None:

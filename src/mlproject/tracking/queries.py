@@ -7,7 +7,7 @@ dots, so filter strings quote them with backticks: f"tags.`{Tag.SWEEP_KEY}` = '.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import mlflow
@@ -15,7 +15,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from mlproject.errors import MlprojectError
-from mlproject.schema import RunRole, RunStatus, Tag
+from mlproject.schema import RunStatus, Tag
 
 
 @dataclass
@@ -95,12 +95,11 @@ def sweep_cells(parent: RunRecord, sweep_key: str) -> dict[tuple[str, int], RunR
     return cells
 
 
-def latest_sweep_parent(experiment_id: str, *, sweep_key: str | None = None,
-                        exclude: Sequence[str] = ()) -> RunRecord | None:
-    """The newest compare/ablation parent run of an experiment (with this sweep key, if given)."""
-    filters = [f"tags.`{Tag.ROLE}` = '{RunRole.SWEEP_PARENT}'"]
-    if sweep_key is not None:
-        filters.append(f"tags.`{Tag.SWEEP_KEY}` = {_quote(sweep_key)}")
+def latest_parent(experiment_id: str, *, role: str, match: Mapping[str, str],
+                  exclude: Sequence[str] = ()) -> RunRecord | None:
+    """The newest parent run of an experiment with this role (`RunRole`) and the `match` tags
+    (a sweep's key, a study's name)."""
+    filters = [f"tags.`{Tag.ROLE}` = {_quote(role)}", *[f"tags.`{k}` = {_quote(v)}" for k, v in match.items()]]
     for run in search([experiment_id], " and ".join(filters)):
         if run.run_id not in exclude:
             return run

@@ -17,6 +17,7 @@ does not answer.
 from __future__ import annotations
 
 import fcntl
+import os
 import sqlite3
 import time
 import urllib.error
@@ -32,6 +33,29 @@ from mlproject.secrets import scrub
 PROBE_ATTEMPTS = 3  # ~3 s in all: a server that is just starting gets a moment
 
 _READY: set[str] = set()  # stores this process has checked (the check costs one open)
+
+
+def study_storage(explicit: str | None) -> str:
+    """An Optuna study's storage URL (`mlproject tune`): `explicit`, else a SQLite file beside a
+    SQLite tracking store (`sqlite:///DIR/mlflow.db` -> `sqlite:///DIR/mlflow-optuna.db`).
+
+    The study cannot share MLflow's own database: both migrate their schema with alembic and
+    both name its version table `alembic_version`, so each would take the other's schema version
+    for its own. With a tracking server, pass a database on the same database server (`--storage
+    postgresql://.../optuna`) so every worker (process, container, mapped task) reaches it.
+    """
+    from mlproject.tracking.queries import absolute_tracking_uri
+
+    if explicit:
+        return explicit
+    uri = absolute_tracking_uri()
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        stem, _ = os.path.splitext(uri[len(prefix):])
+        return f"{prefix}{stem}-optuna.db"
+    raise MlprojectError(f"tune: no study storage for tracking URI {uri.split('@')[-1]!r}; pass --storage with a "
+                         "SQLAlchemy URL every worker can reach (e.g. postgresql://HOST/optuna beside the "
+                         "tracking server's database)")
 
 
 def sqlite_path(uri: str) -> Path | None:

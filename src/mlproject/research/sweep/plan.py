@@ -21,7 +21,7 @@ from mlproject.errors import ConfigError, MlprojectError
 from mlproject.protocol import result_line
 from mlproject.research.sweep.child import child_action
 from mlproject.research.sweep.spec import ChildSpec, SweepSpec, with_context
-from mlproject.schema import Artifact, ChildAction, RunStatus, Tag
+from mlproject.schema import Artifact, ChildAction, RunRole, RunStatus, Tag
 
 if TYPE_CHECKING:  # the MLflow adapters are imported when a sweep runs
     from mlproject.tracking.client import ParentRun
@@ -141,12 +141,9 @@ def plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, ChildRuns]:
     on an interrupt)."""
     from mlproject.research.describe import parent_params
     from mlproject.tracking import client
-    from mlproject.tracking.queries import get_run
-    from mlproject.tracking.record import record_run
 
     _check_before_runs(spec)
     parent = _open_parent(spec)
-    record_run(parent.run_id, get_run(parent.run_id).tags)  # the children record the data they trained on
     print(f"{spec.kind}: parent run {parent.run_id} in experiment {parent.experiment_name!r} "
           f"(id {parent.experiment_id})", flush=True)
     try:
@@ -201,9 +198,10 @@ def _open_parent(spec: SweepSpec) -> ParentRun:
         client.set_status(spec.parent.run_id, RunStatus.RUNNING)
         return spec.parent
     return client.open_parent(
-        experiment=spec.experiment, run_name=spec.run_name, kind=spec.kind, sweep_key=spec.key,
-        resume=spec.resume, tags={Tag.GROUPS: json.dumps(spec.groups), Tag.METRICS: json.dumps(spec.metrics),
-                                  Tag.PROFILE: spec.base.tracking.profile, **spec.tags})
+        experiment=spec.experiment, run_name=spec.run_name, role=RunRole.SWEEP_PARENT,
+        match={Tag.SWEEP_KEY: spec.key}, resume=spec.resume,
+        tags={Tag.SWEEP_KIND: spec.kind, Tag.GROUPS: json.dumps(spec.groups), Tag.METRICS: json.dumps(spec.metrics),
+              Tag.PROFILE: spec.base.tracking.profile, **spec.tags})
 
 
 @contextlib.contextmanager
