@@ -8,7 +8,7 @@ detectable with MAX seeds"). Several candidates split alpha evenly (Bonferroni):
 sequential test keeps its error at alpha / m, so the family's stays at alpha, and a decided
 candidate's verdict never changes as seeds are added for the others.
 
-A round is more children of the same sweep (research/sweep.py: `train_sweep` on the same parent
+A round is more children of the same sweep (research/sweep/: `train_sweep` on the same parent
 with resume), so `--parallel` trains a round's children at once and `--resume` of a killed
 sweep keeps its finished children; the parent is aggregated once, after the last look. The looks are a pure function of the finished children, in
 the order seeds were added: a resumed sweep recomputes the looks it took and continues at the

@@ -2,7 +2,7 @@
 
 The groups (model versions, or one architecture axis's values as in ablate; the baseline first)
 are each trained at every rung (model size, small to large) over the seeds: one child run per
-group x rung x seed under one parent, planned, trained and aggregated by research/sweep.py like
+group x rung x seed under one parent, planned, trained and aggregated by research/sweep/ like
 a compare (so `--parallel`, `--resume`, `--plan-only` / `--aggregate` and the DAG's mapped tasks
 work alike). A child's sweep group is its cell, `<group>@<rung>` (`<group>@<rung>@<budget>` in
 iso-FLOP mode), which is how a resumed ladder finds its finished children.
