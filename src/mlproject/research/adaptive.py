@@ -21,7 +21,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.research.sequential import SequentialDesign, SequentialState, design, evaluate
@@ -29,6 +29,10 @@ from mlproject.research.results import Row
 from mlproject.research.sweep import (SweepOutcome, SweepPlan, SweepSpec, aggregate_sweep, load_plan, row_from_run,
                                       run_sweep, train_sweep)
 from mlproject.schema import RunStatus, Tag
+
+if TYPE_CHECKING:
+    from mlproject.tracking.client import ParentRun
+
 
 # A look's decision as a parent metric (MLflow metrics are numbers): 0 continue, +1 better, -1 worse.
 DECISION_CODES = {"continue": 0.0, "better": 1.0, "worse": -1.0}
@@ -167,7 +171,7 @@ def _finished_rows(sweep: SweepPlan) -> list[Row]:
     return rows
 
 
-def _round_spec(spec: SweepSpec, first: SweepSpec, parent: object, max_seeds: int) -> SweepSpec:
+def _round_spec(spec: SweepSpec, first: SweepSpec, parent: ParentRun | None, max_seeds: int) -> SweepSpec:
     """A round's spec: its seeds' children, the first round's parent params (MLflow params are
     immutable), and from the second round on the same parent with its children kept."""
     params = {**first.params, f"{first.kind}.adaptive_seeds": max_seeds}
@@ -175,7 +179,7 @@ def _round_spec(spec: SweepSpec, first: SweepSpec, parent: object, max_seeds: in
     return dataclasses.replace(spec, params=params, **later)
 
 
-def _continued_parent(parent_run_id: str) -> object:
+def _continued_parent(parent_run_id: str) -> ParentRun:
     """The ParentRun of the next round: this parent, and the parent its first round took over."""
     from mlproject.tracking.client import ParentRun
     from mlproject.tracking.queries import get_run
