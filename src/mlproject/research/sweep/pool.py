@@ -102,7 +102,7 @@ def run_processes(items: Iterable[T], parallel: int, start: Callable[[T], Worker
 
 def stop(running: Sequence[subprocess.Popen], grace_sec: float = GRACE_SEC) -> None:
     """SIGTERM the processes (the trainer writes a checkpoint and ends KILLED), wait up to
-    `grace_sec` for all of them, then kill those still alive."""
+    `grace_sec` for all of them, then SIGKILL those still alive."""
     for proc in running:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -112,6 +112,7 @@ def stop(running: Sequence[subprocess.Popen], grace_sec: float = GRACE_SEC) -> N
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()  # reaped: no zombie, and its return code is set
 
 
 # ----------------------------------------------------------------------------- a sweep's children
