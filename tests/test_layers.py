@@ -86,3 +86,12 @@ def test_no_function_is_longer_than_the_limit():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}: {lines} lines")
     assert not long, "\n".join(long)
+
+
+MAX_RESEARCH_FILE_LINES = 400  # a longer research module holds several concepts: split it (as sweep/ is)
+
+
+def test_no_research_module_is_longer_than_the_limit():
+    long = [f"{path.relative_to(PACKAGE.parent)}: {n} lines" for path in sorted((PACKAGE / "research").rglob("*.py"))
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_RESEARCH_FILE_LINES]
+    assert not long, "\n".join(long)
