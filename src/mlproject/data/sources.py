@@ -1,6 +1,6 @@
 """Where documents come from: the Hub, local JSONL/text files or the offline `pydocs` corpus.
 
-`resolve_corpus(cfg)` turns a DataConfig into a `Corpus`: the settings that select its documents
+`resolve_corpus(cfg, cache_root)` turns a DataConfig into a `Corpus`: the settings that select its documents
 (hashed into the cache key) and `documents()`, a stream of (split, text) pairs.
 
 Validation split: the corpus's named split when it has one; otherwise a held-out fraction of
@@ -131,11 +131,12 @@ def held_out(index: int, seed: int, fraction: float) -> bool:
     return int.from_bytes(digest, "big") < fraction * 2**64
 
 
-def resolve_corpus(cfg: DataConfig) -> Corpus:
-    """The corpus `cfg` selects; local files are resolved (and checked) here."""
+def resolve_corpus(cfg: DataConfig, cache_root: Path) -> Corpus:
+    """The corpus `cfg` selects, built corpora under `cache_root`; local files are resolved (and
+    checked) here."""
     spec = get_spec(cfg.dataset)
     local = resolve_local_files(cfg) if spec.key == "local_jsonl" else None
-    return Corpus(spec, cfg.cache_root, cfg.max_train_docs, cfg.max_val_docs, cfg.val_fraction, cfg.split_seed,
+    return Corpus(spec, cache_root, cfg.max_train_docs, cfg.max_val_docs, cfg.val_fraction, cfg.split_seed,
                   local)
 
 

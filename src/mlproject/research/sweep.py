@@ -65,13 +65,6 @@ from mlproject.research.results import (
 from mlproject.app.config import RunConfig
 from mlproject.schema import TERMINAL_STATUSES, Artifact, ChildAction, RunStatus, Tag, checkpoint_artifact
 
-# Fields that change how fast a run goes, not what it computes: left out of the sweep key, so
-# a sweep resumed on another machine (or with --parallel) still matches its children.
-# stop_at_step is here because a sweep never sets it (reproduce does) and a new field in the key
-# would change the key of every sweep in users' stores.
-RUNTIME_FIELDS = {"train.device", "train.num_threads", "train.progress", "train.peak_flops",
-                  "train.allow_nonfinite", "train.stop_at_step", "data.num_workers", "data.cache_dir",
-                  "train.save_every_epochs", "train.preview_every", "train.compile_mode"}
 # Fields added after sweeps were keyed that do change what a run computes: in the key only when set
 # to something else than their default, so the sweeps planned before them still resume.
 LATER_FIELDS = {"train.scheduler": "cosine", "train.amp": False, "train.amp_dtype": "bf16"}
@@ -149,12 +142,11 @@ def load_job(yaml_path: str | os.PathLike[str] | None, args: Any, section: str, 
 
 
 def sweep_key(kind: str, base: RunConfig, drop: Sequence[str], extra: Mapping[str, Any]) -> str:
-    """Hash of what makes two sweeps the same: the config minus seeds, the varied field,
-    runtime-only fields and the tracking section (names, folders), plus job settings."""
-    fields = base.flat()
-    ignored = RUNTIME_FIELDS | {"train.seed", "train.data_seed", *drop}
-    config = {k: v for k, v in fields.items()
-              if k not in ignored and not (k in LATER_FIELDS and LATER_FIELDS[k] == v)}
+    """Hash of what makes two sweeps the same: the recipe (`RunConfig.key_fields`: no tracking or
+    runtime section) minus seeds and the varied field, plus job settings."""
+    ignored = {"train.seed", "train.data_seed", *drop}
+    config = {k: v for k, v in base.key_fields(ignored).items()
+              if not (k in LATER_FIELDS and LATER_FIELDS[k] == v)}
     payload = {"kind": kind, "config": config, **extra}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -165,7 +157,7 @@ def child_config(base: RunConfig, *, model: Any, train: Any, seed: int) -> RunCo
     # config is resolved): for a given seed every group sees the same batches, so the paired
     # comparison across seeds cancels data-order noise.
     return RunConfig(model=model, data=base.data, train=dataclasses.replace(train, seed=seed),
-                     tracking=dataclasses.replace(base.tracking))
+                     tracking=dataclasses.replace(base.tracking), runtime=base.runtime)
 
 
 def with_context(where: str, exc: ConfigError) -> ConfigError:
@@ -362,7 +354,7 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
             experiment_name=parent.experiment_name, groups=list(spec.groups), metrics=list(spec.metrics),
             children=[], output_dir=spec.base.tracking.output_dir, config_text=spec.config_text,
             run_name=spec.run_name, register_best=spec.register_best,
-            eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device,
+            eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.runtime.cache_dir, device=spec.base.runtime.device,
             lease_heartbeat=spec.base.tracking.lease_heartbeat, lease_timeout=spec.base.tracking.lease_timeout,
             register_best_ungated=spec.register_best_ungated, alpha=spec.alpha, effect=spec.effect,
             targets=list(spec.targets), target_alpha=spec.target_alpha, ladder=spec.ladder,
@@ -487,8 +479,8 @@ def _check_children(spec: SweepSpec) -> None:
     from mlproject.training.device import select_device
     from mlproject.training.preflight import check_fits
 
-    select_device(spec.base.train.device)  # the children train here: a device this machine lacks is refused now
-    data = prepare_data(spec.base.data)
+    select_device(spec.base.runtime.device)  # the children train here: a device this machine lacks is refused now
+    data = prepare_data(spec.base.data, spec.base.runtime)
     for child in spec.children:
         where = f"{spec.kind} child {child.name}"
         try:
@@ -675,7 +667,7 @@ def _prepare_data(base: RunConfig) -> None:
     """Build the tokenizer and token caches once, before any child (children then reuse them)."""
     from mlproject.data.prepare import prepare_data
 
-    prepare_data(base.data)
+    prepare_data(base.data, base.runtime)
 
 
 def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots: bool = False) -> SweepOutcome:
