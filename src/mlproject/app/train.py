@@ -116,6 +116,22 @@ def _train_replica(cfg: RunConfig) -> TrainOutcome:
                         dict(result.summary))
 
 
+def _train_untracked(cfg: RunConfig, resume_path: Path | None, callbacks: Sequence[Any]) -> TrainOutcome:
+    """Without a tracker: checkpoints under `output_dir/<run name>`, nothing else recorded."""
+    from mlproject.training.trainer import train
+
+    name = cfg.tracking.run_name or f"untracked-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    checkpoint_dir = Path(cfg.tracking.output_dir) / name / Artifact.CHECKPOINTS
+    data, resolved = prepare(cfg)
+    _share((name, resume_path))
+    result = train(resolved.model, data, resolved.train, runtime=resolved.runtime, checkpoint_dir=checkpoint_dir,
+                   callbacks=callbacks, resume_from=resume_path)
+    uris = {k: str(p) for k, p in (("last", result.last_checkpoint), ("best", result.best_checkpoint)) if p}
+    outcome = TrainOutcome("", "", RUN_STATUS[result.status], dict(result.summary), uris)
+    _report(outcome, checkpoint_dir, None)
+    return outcome
+
+
 def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any]) -> TrainOutcome:
     from mlproject.training.trainer import train
 
@@ -123,16 +139,7 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
     if tracker is None:
         if resume_run_id is not None:
             raise MlprojectError("resume_from a run id needs tracking; give a checkpoint path with log_to_mlflow=false")
-        name = cfg.tracking.run_name or f"untracked-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        checkpoint_dir = Path(cfg.tracking.output_dir) / name / Artifact.CHECKPOINTS
-        data, resolved = prepare(cfg)
-        _share((name, resume_path))
-        result = train(resolved.model, data, resolved.train, runtime=resolved.runtime,
-                       checkpoint_dir=checkpoint_dir, callbacks=callbacks, resume_from=resume_path)
-        uris = {k: str(p) for k, p in (("last", result.last_checkpoint), ("best", result.best_checkpoint)) if p}
-        outcome = TrainOutcome("", "", RUN_STATUS[result.status], dict(result.summary), uris)
-        _report(outcome, checkpoint_dir, None)
-        return outcome
+        return _train_untracked(cfg, resume_path, callbacks)
 
     checkpoint_dir: Path | None = None
     tracker.check()  # an unreachable store fails before the data is prepared
