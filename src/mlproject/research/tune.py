@@ -124,6 +124,8 @@ def trial_config(base: RunConfig, values: Mapping[str, Any], *, run_name: str | 
     """`base` with the sampled `values` ({section.field: value}), validated like a config file."""
     changes = {section: {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(section + ".")}
                for section in SEARCHABLE}
+    if {"warmup", "warmup_steps", "warmup_fraction"} & set(changes["train"]):  # the searched warmup replaces the base's
+        changes["train"] = {"warmup_steps": None, "warmup_fraction": None, **changes["train"]}
     tracking = {"run_name": run_name or base.tracking.run_name, "resume_from": None,
                 "experiment_name": experiment or base.tracking.experiment_name}
     cfg = base.replace(source=source, tracking=tracking, **{name: c for name, c in changes.items() if c})
