@@ -21,7 +21,7 @@ from pathlib import Path
 from mlproject.data.config import DataConfig
 from mlproject.data.prepare import prepare_data
 from mlproject.model.config import GPTConfig
-from mlproject.training.config import TrainConfig
+from mlproject.training.config import RuntimeConfig, TrainConfig
 from mlproject.training.resolve import resolve
 from mlproject.training.trainer import TrainerCallback, train
 
@@ -58,12 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         for precision in (("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32")):
             cb = FinalEval()
             cfg = TrainConfig(batch_size=args.batch_size, max_steps=args.steps, epochs=1000, seed=seed,
-                              device="cpu", precision=precision, eval_interval=args.steps,
-                              eval_batches=args.eval_batches, log_interval=10, save_every=0, progress="lines",
-                              num_threads=args.threads)
+                              precision=precision, eval_interval=args.steps, eval_batches=args.eval_batches,
+                              log_interval=10, save_every=0)
+            runtime = RuntimeConfig(device="cpu", progress="lines", num_threads=args.threads)
             model, cfg = resolve(model_cfg, cfg, data.vocab_size)
             with tempfile.TemporaryDirectory() as tmp:
-                train(model, data, cfg, checkpoint_dir=Path(tmp), callbacks=[cb])
+                train(model, data, cfg, runtime=runtime, checkpoint_dir=Path(tmp), callbacks=[cb])
             results[precision].append(cb.val_loss)
             speed[precision].append(statistics.median(cb.tokens_per_sec))
             print(f"seed {seed} {precision}: val_loss {cb.val_loss:.4f}, "

@@ -48,7 +48,7 @@ def _device(dry_run: bool) -> torch.device:
 def check_train(device: torch.device, dry_run: bool) -> dict[str, Any]:
     from benchmarks.trainer_loop import _token_cache
     from mlproject.model.config import GPTConfig
-    from mlproject.training.config import TrainConfig
+    from mlproject.training.config import RuntimeConfig, TrainConfig
     from mlproject.training.resolve import resolve
     from mlproject.training.trainer import TrainerCallback, train
 
@@ -73,16 +73,16 @@ def check_train(device: torch.device, dry_run: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         cache = _token_cache(Path(tmp) / "train.bin", vocab, batch * (model.block_size + 1) * (steps + 2), seed=0)
         data = type("Data", (), {"train": cache, "val": cache, "vocab_size": vocab, "eot_id": 0, "pad_id": 0})()
-        cfg = TrainConfig(batch_size=batch, max_steps=steps, epochs=1000, device=str(device), precision="bf16",
-                          compile=not dry_run, eval_interval=10**9, eval_batches=1, log_interval=log, save_every=0,
-                          progress="lines")
+        cfg = TrainConfig(batch_size=batch, max_steps=steps, epochs=1000, precision="bf16", eval_interval=10**9,
+                          eval_batches=1, log_interval=log, save_every=0)
+        runtime = RuntimeConfig(device=str(device), compile=not dry_run, progress="lines")
         model, cfg = resolve(model, cfg, vocab)
         t0 = time.perf_counter()
-        train(model, data, cfg, checkpoint_dir=Path(tmp) / "ckpt", callbacks=[windows])
+        train(model, data, cfg, runtime=runtime, checkpoint_dir=Path(tmp) / "ckpt", callbacks=[windows])
         seconds = time.perf_counter() - t0
     timed = windows.rows[2:] or windows.rows[-1:]  # the first windows include compilation
     return {"model": "gpt2-124m" if not dry_run else "tiny", "block_size": model.block_size, "batch_size": batch,
-            "precision": windows.start.get("precision"), "compile": cfg.compile, "steps": steps,
+            "precision": windows.start.get("precision"), "compile": runtime.compile, "steps": steps,
             "peak_flops": windows.start.get("peak_flops"), "peak_flops_source": windows.start.get("peak_flops_source"),
             "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in timed),
             "mfu": statistics.median(r["mfu"] for r in timed),

@@ -28,7 +28,7 @@ import numpy as np
 from benchmarks.harness import Figure, Settings, interleaved
 from benchmarks.models import NANO, QUICK_NANO, Size
 from mlproject.data.cache import TokenCache, TokenCacheWriter
-from mlproject.training.config import TrainConfig
+from mlproject.training.config import RuntimeConfig, TrainConfig
 from mlproject.training.resolve import resolve
 from mlproject.training.trainer import TrainerCallback, train
 
@@ -71,7 +71,8 @@ def bench_trainer_loop(settings: Settings) -> list[Figure]:
     steps = warmup + (QUICK_TIMED_STEPS if settings.quick else TIMED_STEPS)
     model_cfg, cfg = resolve(size.gpt_config(), TrainConfig(
         batch_size=size.batch_size, max_steps=steps, log_interval=1, eval_interval=10**6, eval_batches=1,
-        save_every=0, device="cpu", precision="fp32", progress="lines"), size.vocab_size)
+        save_every=0, precision="fp32"), size.vocab_size)
+    runtime = RuntimeConfig(device="cpu", progress="lines")
     previous_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         root = Path(tmp)
@@ -93,7 +94,7 @@ def bench_trainer_loop(settings: Settings) -> list[Figure]:
                 logger = MlflowLogger(active.run_id, {**flatten(model_cfg, "model"), **flatten(cfg, "train")})
                 callbacks.append(logger)
             with contextlib.redirect_stdout(io.StringIO()):  # the trainer's per-step lines
-                train(model_cfg, data, cfg, checkpoint_dir=root / f"ckpt-{len(runs['on'])}-{tracked}",
+                train(model_cfg, data, cfg, runtime=runtime, checkpoint_dir=root / f"ckpt-{len(runs['on'])}-{tracked}",
                       callbacks=callbacks)
             if tracked:
                 logger.finish()

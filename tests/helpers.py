@@ -28,9 +28,12 @@ TINY_MODEL = {"n_layer": 2, "n_head": 2, "d_model": 64, "block_size": 32}
 TINY_DATA = {"dataset": "pydocs", "vocab_size": 512, "max_train_docs": 200, "max_val_docs": 20}
 # Twelve steps, evaluated and checkpointed every four: a training run takes seconds on 2 CPU cores.
 TINY_TRAIN = {"batch_size": 4, "max_steps": 12, "eval_interval": 4, "eval_batches": 2, "log_interval": 2,
-              "save_every": 4, "warmup": 2, "device": "cpu", "num_threads": 1, "progress": "lines"}
+              "save_every": 4, "warmup_steps": 2}
+# On the CPU, one thread each (two tests share the 2 cores), progress as lines.
+TINY_RUNTIME = {"device": "cpu", "num_threads": 1, "progress": "lines"}
 # The tiny train YAML (model_version is the default, gpt2; sweeps set their own).
-TINY = {"model": TINY_MODEL, "data": TINY_DATA, "train": TINY_TRAIN, "tracking": {"log_model": False}}
+TINY = {"model": TINY_MODEL, "data": TINY_DATA, "train": TINY_TRAIN, "tracking": {"log_model": False},
+        "runtime": TINY_RUNTIME}
 # A sweep trains several children: eight steps each.
 SWEEP_STEPS = 8
 

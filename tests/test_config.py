@@ -32,10 +32,10 @@ def test_choices_are_enforced_with_the_allowed_values():
 
 
 def test_string_values_from_mlflow_parameters_are_coerced():
-    cfg = from_dict(TrainConfig, {"max_steps": "30", "learning_rate": "1e-3", "compile": "false",
+    cfg = from_dict(TrainConfig, {"max_steps": "30", "learning_rate": "1e-3", "amp": "false",
                                   "weight_decay": "None"})
     assert cfg.max_steps == 30 and cfg.learning_rate == pytest.approx(1e-3)
-    assert cfg.compile is False and cfg.weight_decay is None
+    assert cfg.amp is False and cfg.weight_decay is None
 
 
 def test_integral_float_strings_become_ints_but_fractions_do_not():

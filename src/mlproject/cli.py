@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from mlproject.app.config import RunConfig, ServerConfig
 from mlproject.config import add_arguments, build_sections, cli_flags, from_dict, section_overrides
-from mlproject.data.config import DataConfig, PreviewConfig, RegistryConfig
+from mlproject.data.config import DataConfig, DataRuntimeConfig, PreviewConfig, RegistryConfig
 from mlproject.errors import ConfigError, MlprojectError, missing_extra
 from mlproject.inference.config import GenerateConfig
 from mlproject.inference.eval_config import EvaluateConfig, ExportConfig
@@ -95,7 +95,7 @@ def _dataloaders(args: argparse.Namespace) -> None:
 
     data, preview = _flags(args, DataConfig), _flags(args, PreviewConfig)
     preview_batches(data, block_size=preview.block_size, batch_size=preview.batch_size,
-                    num_batches=preview.preview_batches, seed=preview.seed)
+                    num_batches=preview.preview_batches, seed=preview.seed, runtime=_flags(args, DataRuntimeConfig))
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -276,7 +276,7 @@ _RUN_YAML = "YAML file with sections model/data/train/tracking; flags override i
 COMMANDS: dict[str, Command] = {
     "datasets": Command(_datasets, {"datasets": RegistryConfig},
                         "list the dataset registry and which token caches exist"),
-    "dataloaders": Command(_dataloaders, {"data": DataConfig, "preview": PreviewConfig},
+    "dataloaders": Command(_dataloaders, {"data": DataConfig, "runtime": DataRuntimeConfig, "preview": PreviewConfig},
                            "build a dataset's token cache and preview batches"),
     "summary": Command(_summary, {"summary": SummaryConfig},
                        "build model presets, print parameters and FLOPs, run a step"),

@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import math
 import os
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -196,6 +197,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, source: str = "co
     `aliases` of a field as its name.
     """
     data = dict(data or {})
+    upgrade = getattr(cls, "upgrade", None)
+    if callable(upgrade):  # keys of earlier releases, rewritten to today's fields
+        data = upgrade({str(k).replace("-", "_"): v for k, v in data.items()})
     hints = _hints(cls)
     names = {f.name: f for f in dataclasses.fields(cls)}
     aliases = {a.lstrip("-").replace("-", "_"): f.name for f in names.values()
@@ -227,10 +231,11 @@ def check_types(obj: Any, *, source: str | None = None) -> None:
         coerce(getattr(obj, f.name), hints[f.name], key=f.name, source=source or type(obj).__name__)
 
 
-def replace(obj: T, **changes: Any) -> T:
-    """`dataclasses.replace` with the same coercion and validation as `from_dict`."""
-    data = {**to_dict(obj, shallow=True), **changes}
-    return from_dict(type(obj), data, source=type(obj).__name__)
+def replace(obj: T, /, *, where: str | None = None, **changes: Any) -> T:
+    """`dataclasses.replace` with the same coercion and validation as `from_dict` (errors name
+    `where`, default the class): the one way the suite derives a config from another."""
+    data = merge(to_dict(obj, shallow=True), changes)  # `max-steps` changes max_steps
+    return from_dict(type(obj), data, source=where or type(obj).__name__)
 
 
 def to_dict(obj: Any, *, shallow: bool = False) -> dict[str, Any]:
@@ -314,9 +319,15 @@ def flag_spellings(f: dataclasses.Field) -> list[str]:
     return spellings + [a for a in f.metadata.get("aliases", ()) if a not in spellings]
 
 
+def _legacy_spellings(name: str) -> list[str]:
+    return list(dict.fromkeys([f"--{name.replace('_', '-')}", f"--{name}"]))
+
+
 def cli_flags(cls: type) -> set[str]:
-    """Every flag spelling that `add_arguments` gives the CLI-visible fields of `cls`."""
-    return {s for f in dataclasses.fields(cls) if f.metadata.get("cli", True) for s in flag_spellings(f)}
+    """Every flag spelling that `add_arguments` gives the CLI-visible fields of `cls` (and its
+    `LEGACY_FLAGS`, the keys of earlier releases that its `upgrade` rewrites)."""
+    legacy = {s for name in getattr(cls, "LEGACY_FLAGS", {}) for s in _legacy_spellings(name)}
+    return legacy | {s for f in dataclasses.fields(cls) if f.metadata.get("cli", True) for s in flag_spellings(f)}
 
 
 def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, title: str | None = None,
@@ -345,6 +356,9 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, title: st
                            metavar=f.metadata.get("metavar") or f.name.upper(), required=required,
                            default=argparse.SUPPRESS, **extra,
                            help=argparse.SUPPRESS if f.metadata.get("hidden") else helptext.strip().replace("%", "%%"))
+    for name, helptext in getattr(cls, "LEGACY_FLAGS", {}).items():
+        group.add_argument(*_legacy_spellings(name), dest=f"{cls.__name__}.{name}", metavar=name.upper(),
+                           default=argparse.SUPPRESS, help=helptext.replace("%", "%%"))
 
 
 def section_overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -383,6 +397,8 @@ def build_sections(sections: Mapping[str, type], *, yaml_path: str | os.PathLike
     if unknown:
         raise ConfigError(f"{source}: unknown section {sorted(unknown, key=str)[0]!r}; "
                           f"allowed sections: {', '.join(sections)}")
+    # the note is for a file the user can edit, not for a config read back from a run
+    data = _moved_keys(sections, data, source, note=yaml_path is not None and Path(yaml_path).is_file())
     defaults = defaults or {}
     out = {}
     for name, cls in sections.items():
@@ -391,4 +407,42 @@ def build_sections(sections: Mapping[str, type], *, yaml_path: str | os.PathLike
             raise ConfigError(f"{source}: section {name!r} must be a mapping")
         flags = section_overrides(args, cls) if args is not None else {}
         out[name] = from_dict(cls, merge(merge(defaults.get(name), section or {}), flags), source=f"{source}: {name}")
+    return out
+
+
+_NOTED: set[str] = set()  # files whose moved keys were noted (once per file and process)
+
+
+def _moved_keys(sections: Mapping[str, type], data: Mapping[str, Any], source: str, *,
+                note: bool) -> Mapping[str, Any]:
+    """`data` with the keys that a section class took over from older sections (its `MOVED_FROM`,
+    e.g. runtime settings under train:) moved into it. A key given in both places is an error;
+    with `note`, a one-line deprecation note on stderr, once per file."""
+    out = dict(data)
+    moved: list[str] = []
+    targets: list[str] = []
+    for name, cls in sections.items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for old in getattr(cls, "MOVED_FROM", ()):
+            section = out.get(old)
+            if not isinstance(section, Mapping) or old not in sections:
+                continue
+            kept = {f.name for f in dataclasses.fields(sections[old])}
+            keys = [k for k in section if str(k).replace("-", "_") in fields - kept]
+            if not keys:
+                continue
+            target = dict(out.get(name) or {})
+            for key in keys:
+                new_key = str(key).replace("-", "_")
+                if new_key in {str(k).replace("-", "_") for k in target}:
+                    raise ConfigError(f"{source}: {old}.{key} and {name}.{new_key} are both set; keep {name}.{new_key}")
+                target[new_key] = section[key]
+                moved.append(f"{old}.{key}")
+                targets.append(f"{name}:")
+            out[old] = {k: v for k, v in section.items() if k not in keys}
+            out[name] = target
+    if moved and note and source not in _NOTED:
+        _NOTED.add(source)
+        print(f"{source}: deprecated: {', '.join(moved)} now belong under {' '.join(dict.fromkeys(targets))} "
+              "(they still load where they are)", file=sys.stderr)
     return out

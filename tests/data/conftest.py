@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlproject.data.config import DataConfig
+from mlproject.data.config import DataConfig, DataRuntimeConfig
 from mlproject.data.prepare import PreparedData, prepare_data
 from mlproject.data.pydocs import build_pydocs, corpus_name
 
@@ -32,7 +32,8 @@ def pydocs_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def pydocs_full(pydocs_corpus: Path) -> PreparedData:
     """The whole pydocs corpus prepared with its default 8192-token tokenizer."""
-    return prepare_data(DataConfig(dataset="pydocs", cache_dir=str(pydocs_corpus.parents[1])), log=lambda _: None)
+    return prepare_data(DataConfig(dataset="pydocs"), DataRuntimeConfig(cache_dir=str(pydocs_corpus.parents[1])),
+                        log=lambda _: None)
 
 
 @pytest.fixture
@@ -46,11 +47,11 @@ def seeded_cache(isolated_env: Path, pydocs_corpus: Path) -> Path:
 
 @pytest.fixture
 def small_pydocs(seeded_cache: Path):
-    """Factory of capped pydocs configs with a 512-token vocabulary: each prepares in well under a second."""
+    """Factory of capped pydocs configs with a 512-token vocabulary: each prepares in well under a second
+    (under `seeded_cache`, this test's $MLPROJECT_CACHE_DIR)."""
 
     def make(**overrides: object) -> DataConfig:
-        settings: dict[str, object] = {"dataset": "pydocs", "vocab_size": 512, "max_train_docs": 40,
-                                       "cache_dir": str(seeded_cache), **overrides}
+        settings: dict[str, object] = {"dataset": "pydocs", "vocab_size": 512, "max_train_docs": 40, **overrides}
         return DataConfig(**settings)  # type: ignore[arg-type]
 
     return make

@@ -17,7 +17,7 @@ import pytest
 
 from mlproject.data import pieces as pieces_module
 from mlproject.data.cache import TokenCacheWriter
-from mlproject.data.config import DataConfig
+from mlproject.data.config import DataConfig, DataRuntimeConfig
 from mlproject.data.fast_encode import fast_encoder, hf_encoder
 from mlproject.data.pieces import document_pieces, pieces
 from mlproject.data.prepare import prepare_data
@@ -109,8 +109,8 @@ def test_the_caches_of_long_documents_are_the_same_whatever_the_piece_size(tmp_p
     corpus = _long_line_corpus(tmp_path / "corpus.jsonl", 0.2)
 
     def prepare(cache: str):
-        return prepare_data(DataConfig(dataset="local_jsonl", local_path=str(corpus), vocab_size=400,
-                                       cache_dir=str(tmp_path / cache), num_workers=2), log=lambda _: None)
+        return prepare_data(DataConfig(dataset="local_jsonl", local_path=str(corpus), vocab_size=400),
+                            DataRuntimeConfig(cache_dir=str(tmp_path / cache), num_workers=2), log=lambda _: None)
 
     whole = prepare("whole")
     monkeypatch.setattr(pieces_module, "PIECE_CHARS", 997)  # the long line in ~200 pieces, some across batches
@@ -127,15 +127,15 @@ def test_the_caches_of_long_documents_are_the_same_whatever_the_piece_size(tmp_p
 # before preparing, and the bound the data stage printed.
 _CHILD = """
 import sys
-from mlproject.data.config import DataConfig
+from mlproject.data.config import DataConfig, DataRuntimeConfig
 from mlproject.data.prepare import prepare_data
 
 def status(key):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) / 1024
 before = status("VmRSS")
-prepare_data(DataConfig(dataset="local_jsonl", local_path=sys.argv[1], vocab_size=400, cache_dir=sys.argv[2],
-                        num_workers=2))
+prepare_data(DataConfig(dataset="local_jsonl", local_path=sys.argv[1], vocab_size=400),
+             DataRuntimeConfig(cache_dir=sys.argv[2], num_workers=2))
 print(f"GROWTH_MB {status('VmHWM') - before:.1f}")
 """
 

@@ -31,15 +31,15 @@ def _split_docs(data, cache) -> list[str]:
 
 
 def test_tokenizer_round_trips_every_corpus_document(pydocs_full, pydocs_corpus):
-    cfg = DataConfig(dataset="pydocs", cache_dir=str(pydocs_corpus.parents[1]))
-    texts = [text for _, text in resolve_corpus(cfg).documents()]
+    cfg = DataConfig(dataset="pydocs")
+    texts = [text for _, text in resolve_corpus(cfg, pydocs_corpus.parents[1]).documents()]
     encodings = pydocs_full.tokenizer.encode_batch(texts, add_special_tokens=False)
     assert [pydocs_full.tokenizer.decode(e.ids) for e in encodings] == texts
 
 
 def test_token_caches_hold_exactly_the_split_documents(pydocs_full, pydocs_corpus):
-    cfg = DataConfig(dataset="pydocs", cache_dir=str(pydocs_corpus.parents[1]))
-    docs = list(resolve_corpus(cfg).documents())
+    cfg = DataConfig(dataset="pydocs")
+    docs = list(resolve_corpus(cfg, pydocs_corpus.parents[1]).documents())
     assert _split_docs(pydocs_full, pydocs_full.train) == [t for s, t in docs if s == "train"]
     assert _split_docs(pydocs_full, pydocs_full.val) == [t for s, t in docs if s == "val"]
 
@@ -264,8 +264,8 @@ def test_non_positive_tokenizer_sample_is_rejected():
 # ----------------------------------------------------------------------------- fast encoding
 
 def test_tiktoken_encoder_gives_exactly_the_tokenizer_ids_on_the_whole_corpus(pydocs_full, pydocs_corpus):
-    cfg = DataConfig(dataset="pydocs", cache_dir=str(pydocs_corpus.parents[1]))
-    texts = [text for _, text in resolve_corpus(cfg).documents()]
+    cfg = DataConfig(dataset="pydocs")
+    texts = [text for _, text in resolve_corpus(cfg, pydocs_corpus.parents[1]).documents()]
     encode = fast_encoder(pydocs_full.tokenizer, np.dtype(np.uint16), texts[:20])
     assert encode is not None
     expected = hf_encoder(pydocs_full.tokenizer, np.dtype(np.uint16))(texts)

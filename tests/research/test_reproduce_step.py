@@ -15,11 +15,11 @@ from helpers import write_tiny
 pytestmark = pytest.mark.e2e
 
 
-def _train(tmp_path: Path, experiment: str, name: str = "orig", **train: object) -> str:
+def _train(tmp_path: Path, experiment: str, name: str = "orig", **runtime: object) -> str:
     from mlproject.app.config import RunConfig
     from mlproject.tracking.train_tracker import train_tracked
 
-    path = write_tiny(tmp_path / f"{name}.yaml", experiment, train={"max_steps": 8, **train},
+    path = write_tiny(tmp_path / f"{name}.yaml", experiment, train={"max_steps": 8}, runtime=runtime,
                       tracking={"run_name": name, "log_model": False, "system_metrics": False})
     return train_tracked(RunConfig.load(path)).run_id
 

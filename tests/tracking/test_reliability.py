@@ -112,10 +112,9 @@ def test_a_run_stopped_off_the_log_interval_and_resumed_logs_the_uninterrupted_c
     client = MlflowClient()
     short = {"max_steps": 8, "save_every": 0}
     reference = train_tracked(tiny_config(model={"dropout": 0.1}, train=short))
-    cfg = tiny_config(model={"dropout": 0.1}, train={**short, "stop_at_step": 3})
+    cfg = tiny_config(model={"dropout": 0.1}, train=short, runtime={"stop_at_step": 3})
     stopped = train_tracked(cfg)
-    resumed = train_tracked(replace(cfg, train=replace(cfg.train, stop_at_step=None),
-                                    tracking=replace(cfg.tracking, resume_from=stopped.run_id)))
+    resumed = train_tracked(cfg.replace(runtime={"stop_at_step": None}, tracking={"resume_from": stopped.run_id}))
     assert resumed.run_id == stopped.run_id and resumed.status == "FINISHED"
     for key in ("train_loss", "val_loss"):
         expected = {m.step: m.value for m in client.get_metric_history(reference.run_id, key)}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import TINY_DATA, TINY_MODEL
-from mlproject.data.config import DataConfig
+from mlproject.data.config import DataConfig, DataRuntimeConfig
 from mlproject.model.config import GPTConfig
 
 CHILD = Path(__file__).with_name("train_child.py")
@@ -36,7 +36,7 @@ def data(cache_dir: Path):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        return prepare_data(DataConfig(**TINY_DATA, cache_dir=str(cache_dir)))
+        return prepare_data(DataConfig(**TINY_DATA), DataRuntimeConfig(cache_dir=str(cache_dir)))
 
 
 @pytest.fixture

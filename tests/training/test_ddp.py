@@ -8,7 +8,7 @@ import pytest
 
 from helpers import free_port
 
-TRAIN = dict(max_steps=6, eval_interval=3, eval_batches=2, log_interval=1, save_every=3, warmup=1,
+TRAIN = dict(max_steps=6, eval_interval=3, eval_batches=2, log_interval=1, save_every=3, warmup_steps=1,
              device="cpu", precision="fp32", num_threads=1, progress="lines", peak_flops=1e11, seed=7)
 
 

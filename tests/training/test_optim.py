@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from mlproject.config import from_dict
 from mlproject.errors import ConfigError
 from mlproject.model.config import GPTConfig
 from mlproject.model.gpt import GPT
@@ -60,25 +61,45 @@ def test_build_optimizer_rejects_an_unresolved_config():
         build_optimizer(model, TrainConfig())
 
 
-@pytest.mark.parametrize(("warmup", "total", "expected"), [(0.1, 100, 10), (5, 100, 5), (0, 100, 0), (0.05, 10, 0)])
-def test_warmup_is_a_fraction_below_one_else_steps(warmup, total, expected):
-    assert resolve_warmup(warmup, total) == expected
+@pytest.mark.parametrize(("fields", "total", "expected"), [
+    ({"warmup_fraction": 0.1}, 100, 10), ({"warmup_steps": 5}, 100, 5), ({"warmup_fraction": 0.0}, 100, 0),
+    ({"warmup_steps": 0}, 100, 0), ({"warmup_fraction": 0.05}, 10, 0), ({}, 100, 5)])
+def test_warmup_is_its_steps_or_its_fraction_of_the_run(fields, total, expected):
+    assert resolve_warmup(TrainConfig(**fields), total) == expected  # neither set: 5% of the run
+
+
+@pytest.mark.parametrize(("warmup", "fields"), [(0.1, {"warmup_fraction": 0.1}), (5, {"warmup_steps": 5}),
+                                                 (0, {"warmup_fraction": 0.0}), ("2000", {"warmup_steps": 2000})])
+def test_the_warmup_of_earlier_releases_is_a_fraction_below_one_else_steps(warmup, fields):
+    assert from_dict(TrainConfig, {"warmup": warmup}) == TrainConfig(**fields)
+
+
+def test_warmup_steps_and_warmup_fraction_together_are_a_one_line_error_naming_both():
+    with pytest.raises(ConfigError, match=r"^warmup_steps=10 and warmup_fraction=0.1 are both set; give one"):
+        from_dict(TrainConfig, {"warmup_steps": 10, "warmup_fraction": 0.1})
+    with pytest.raises(ConfigError, match=r"warmup=100 and warmup_steps=10 are both set"):
+        from_dict(TrainConfig, {"warmup": 100, "warmup_steps": 10})
+
+
+def test_a_warmup_fraction_of_one_or_more_is_refused_naming_warmup_steps():
+    with pytest.raises(ConfigError, match=r"warmup_fraction=1.5 must be in \[0, 1\).*warmup_steps"):
+        from_dict(TrainConfig, {"warmup_fraction": 1.5})
 
 
 def test_warmup_longer_than_the_run_is_capped_at_half_of_it():
-    assert resolve_warmup(2000, 2000) == 1000
-    assert resolve_warmup(5000, 10) == 5
+    assert resolve_warmup(TrainConfig(warmup_steps=2000), 2000) == 1000
+    assert resolve_warmup(TrainConfig(warmup_steps=5000), 10) == 5
 
 
 def test_warmup_as_long_as_the_run_still_decays_to_the_floor():
-    cfg = TrainConfig(learning_rate=1e-3, warmup=2000, min_lr_ratio=0.1)
+    cfg = TrainConfig(learning_rate=1e-3, warmup_steps=2000, min_lr_ratio=0.1)
     lrs = _lrs(cfg, 2000)
     assert max(lrs) == pytest.approx(1e-3)
     assert lrs[-1] == pytest.approx(1e-4)
 
 
 def test_schedule_endpoints_warmup_peak_and_floor():
-    cfg = TrainConfig(learning_rate=1.0, warmup=4, min_lr_ratio=0.1)
+    cfg = TrainConfig(learning_rate=1.0, warmup_steps=4, min_lr_ratio=0.1)
     lrs = _lrs(cfg, 20)
     assert lrs[0] == pytest.approx(0.25)  # step 0 trains at 1/warmup of the peak, not at 0
     assert lrs[3] == pytest.approx(1.0)   # the peak on the last warmup step
@@ -93,7 +114,7 @@ def test_cosine_midpoint_is_halfway_between_peak_and_floor():
 
 
 def test_scheduler_state_restores_its_position():
-    cfg = TrainConfig(learning_rate=1.0, warmup=2, min_lr_ratio=0.0)
+    cfg = TrainConfig(learning_rate=1.0, warmup_steps=2, min_lr_ratio=0.0)
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=1.0)
     sched = build_scheduler(opt, cfg, 10)

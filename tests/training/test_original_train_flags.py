@@ -15,7 +15,8 @@ from mlproject.cli import build_parser
 from mlproject.errors import ConfigError
 from mlproject.model.gpt import GPT
 from mlproject.training.resolve import resolve
-from test_trainer import Recorder, resolved_train, synthetic_data, tcfg
+from mlproject.config import replace
+from test_trainer import RUNTIME, Recorder, resolved_train, synthetic_data, tcfg
 
 
 def flags(*argv: str) -> RunConfig:
@@ -29,6 +30,13 @@ def with_flags(*argv: str, **base) -> object:
     changed = {f.name: getattr(given, f.name) for f in dataclasses.fields(given)
                if getattr(given, f.name) != f.default}
     return tcfg(**{**base, **changed})
+
+
+def runtime_flags(*argv: str) -> object:
+    """The tests' RuntimeConfig with the runtime fields the flags set."""
+    given = flags(*argv).runtime
+    return replace(RUNTIME, **{f.name: getattr(given, f.name) for f in dataclasses.fields(given)
+                               if getattr(given, f.name) != f.default})
 
 
 class Previews(Recorder):
@@ -55,7 +63,7 @@ def test_cosine_schedules_warm_up_for_warmup_steps_then_decay(data, model_cfg, t
     rec = Recorder()
     cfg = with_flags("--base-lr", "1e-3", "--scheduler-type", name, "--warmup-steps", "3", "--log-every", "1",
                      max_steps=9)
-    assert cfg.warmup == 3
+    assert cfg.warmup_steps == 3 and cfg.warmup_fraction is None
     resolved_train(model_cfg, data, cfg, checkpoint_dir=tmp_path, callbacks=[rec])
     assert rec.start["warmup_steps"] == 3
     lrs = [rec.logs[s]["lr"] for s in range(1, 10)]
@@ -71,17 +79,18 @@ def test_an_unknown_scheduler_type_is_a_one_line_error():
 def test_save_ckpt_every_counts_epochs(model_cfg, tmp_path):
     data = synthetic_data(train_windows=40)  # batch 8: 5 steps per epoch
     rec = Recorder()
-    cfg = with_flags("--save-ckpt-every", "2", batch_size=8, epochs=5, max_steps=None, eval_interval=100)
-    assert cfg.save_every_epochs == 2
-    resolved_train(model_cfg, data, cfg, checkpoint_dir=tmp_path, callbacks=[rec])
+    runtime = runtime_flags("--save-ckpt-every", "2")
+    assert runtime.save_every_epochs == 2
+    resolved_train(model_cfg, data, tcfg(batch_size=8, epochs=5, max_steps=None, eval_interval=100), runtime,
+                   checkpoint_dir=tmp_path, callbacks=[rec])
     lasts = [e[2] for e in rec.events if e[:2] == ("checkpoint", "last")]
     assert lasts == [10, 20, 25]  # epochs 2 and 4, and the end of the run
 
 
 def test_preview_every_reports_the_decoded_first_validation_window(data, model_cfg, tmp_path):
     rec = Previews()
-    cfg = with_flags("--preview-every", "4", max_steps=8)
-    resolved_train(model_cfg, data, cfg, checkpoint_dir=tmp_path, callbacks=[rec])
+    resolved_train(model_cfg, data, tcfg(max_steps=8), runtime_flags("--preview-every", "4"), checkpoint_dir=tmp_path,
+                   callbacks=[rec])
     assert sorted(rec.previews) == [4, 8]
     window = [int(t) for t in data.val.tokens[:33]]
     text = rec.previews[8]
@@ -106,8 +115,8 @@ def test_amp_sets_the_precision_to_amp_dtype(data, model_cfg, tmp_path):
 def test_compile_mode_is_passed_to_torch_compile(data, model_cfg, tmp_path, monkeypatch):
     modes = []
     monkeypatch.setattr(torch, "compile", lambda model, **kw: modes.append(kw.get("mode")) or model)
-    cfg = with_flags("--compile", "--compile-mode", "reduce-overhead", max_steps=1)
-    resolved_train(model_cfg, data, cfg, checkpoint_dir=tmp_path)
+    runtime = runtime_flags("--compile", "--compile-mode", "reduce-overhead")
+    resolved_train(model_cfg, data, tcfg(max_steps=1), runtime, checkpoint_dir=tmp_path)
     assert modes == ["reduce-overhead"]
 
 

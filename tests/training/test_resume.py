@@ -11,7 +11,7 @@ import pytest
 from mlproject.model.checkpoint import load_checkpoint
 
 TRAIN = dict(batch_size=4, max_steps=12, eval_interval=4, eval_batches=2, log_interval=2, save_every=4,
-             warmup=2, device="cpu", precision="fp32", num_threads=1, progress="lines", peak_flops=1e11, seed=3)
+             warmup_steps=2, device="cpu", precision="fp32", num_threads=1, progress="lines", peak_flops=1e11, seed=3)
 
 
 def wait_for(proc: subprocess.Popen, marker: str) -> list[str]:

@@ -18,7 +18,8 @@ from mlproject.errors import ConfigError, MlprojectError
 from mlproject.model.checkpoint import load_checkpoint, save_model_checkpoint
 from mlproject.model.config import GPTConfig
 from mlproject.training import evaluation
-from mlproject.training.config import TrainConfig
+from mlproject.config import replace
+from mlproject.training.config import RuntimeConfig, TrainConfig
 from mlproject.training.evaluation import eval_windows
 from mlproject.training.resolve import resolve
 from mlproject.training.trainer import TrainerCallback, train
@@ -63,14 +64,17 @@ class Recorder(TrainerCallback):
 
 def tcfg(**overrides) -> TrainConfig:
     base = dict(batch_size=4, max_steps=8, eval_interval=4, eval_batches=2, log_interval=2, save_every=4,
-                warmup=2, device="cpu", precision="fp32", num_threads=1, progress="lines", peak_flops=1e11)
+                warmup_steps=2, precision="fp32")
     return TrainConfig(**{**base, **overrides})
 
 
-def resolved_train(model_cfg: GPTConfig, data, cfg: TrainConfig, **kwargs):
+RUNTIME = RuntimeConfig(device="cpu", num_threads=1, progress="lines", peak_flops=1e11)
+
+
+def resolved_train(model_cfg: GPTConfig, data, cfg: TrainConfig, runtime: RuntimeConfig = RUNTIME, **kwargs):
     """`train()` on the configs as the application resolves them for `data`'s tokenizer."""
     model_cfg, cfg = resolve(model_cfg, cfg, data.vocab_size)
-    return train(model_cfg, data, cfg, **kwargs)
+    return train(model_cfg, data, cfg, runtime=runtime, **kwargs)
 
 
 def synthetic_data(train_windows: int, val_windows: int = 8, block_size: int = 32, vocab_size: int = 100):
@@ -110,7 +114,7 @@ def test_the_resolved_configs_are_the_ones_trained(data, model_cfg, tmp_path):
     model, cfg = resolve(model_cfg, tcfg(max_steps=2, recipe="gpt3"), data.vocab_size)
     assert model.vocab_size == 512 and model.n_layer == 2
     assert (cfg.beta2, cfg.weight_decay, cfg.data_seed) == (0.95, 0.1, 42)
-    train(model, data, cfg, checkpoint_dir=tmp_path)
+    train(model, data, cfg, runtime=RUNTIME, checkpoint_dir=tmp_path)
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["model_config"] == dataclasses.asdict(model) and state["train_config"] == dataclasses.asdict(cfg)
 
@@ -128,7 +132,7 @@ def test_vocab_is_padded_to_a_multiple_of_64(model_cfg, tmp_path):
     data = synthetic_data(16)
     model, cfg = resolve(model_cfg, tcfg(max_steps=1), data.vocab_size)
     assert model.vocab_size == 128
-    train(model, data, cfg, checkpoint_dir=tmp_path)
+    train(model, data, cfg, runtime=RUNTIME, checkpoint_dir=tmp_path)
     assert load_checkpoint(tmp_path / "last.pt")["model_config"]["vocab_size"] == 128
 
 
@@ -320,7 +324,7 @@ def test_a_run_stopped_off_the_log_interval_resumes_onto_the_uninterrupted_curve
     cfg = tcfg(max_steps=10, log_interval=3, eval_interval=5, save_every=0)
     reference, stopped, resumed = Recorder(), Recorder(), Recorder()
     resolved_train(model_cfg, data, cfg, checkpoint_dir=tmp_path / "ref", callbacks=[reference])
-    resolved_train(model_cfg, data, dataclasses.replace(cfg, stop_at_step=4), checkpoint_dir=tmp_path / "run",
+    resolved_train(model_cfg, data, cfg, replace(RUNTIME, stop_at_step=4), checkpoint_dir=tmp_path / "run",
                    callbacks=[stopped])
     resolved_train(model_cfg, data, cfg, checkpoint_dir=tmp_path / "run", callbacks=[resumed],
                    resume_from=tmp_path / "run" / "last.pt")
@@ -337,7 +341,7 @@ def test_a_run_stopped_off_the_log_interval_resumes_onto_the_uninterrupted_curve
 def test_a_checkpoint_without_the_logging_window_resumes_with_an_empty_one(data, model_cfg, tmp_path):
     """last.pt written before the window was saved: the resumed run's first log averages its own steps."""
     cfg = tcfg(max_steps=6, log_interval=4, eval_interval=6, save_every=0)
-    resolved_train(model_cfg, data, dataclasses.replace(cfg, stop_at_step=2), checkpoint_dir=tmp_path)
+    resolved_train(model_cfg, data, cfg, replace(RUNTIME, stop_at_step=2), checkpoint_dir=tmp_path)
     old = load_checkpoint(tmp_path / "last.pt")
     for key in ("window_loss_sum", "window_steps"):
         del old[key]
@@ -377,13 +381,13 @@ def test_same_seed_same_run_and_data_seed_is_independent_of_init(data, model_cfg
 
 
 def test_progress_lines_are_printed_when_not_on_a_terminal(data, model_cfg, tmp_path, capsys):
-    resolved_train(model_cfg, data, tcfg(max_steps=4, progress="auto"), checkpoint_dir=tmp_path)
+    resolved_train(model_cfg, data, tcfg(max_steps=4), replace(RUNTIME, progress="auto"), checkpoint_dir=tmp_path)
     out = capsys.readouterr().out
     assert "step 2/4 | loss" in out and "tok/s" in out and "eta" in out and "val_loss" in out
 
 
 def test_progress_bar_when_asked(data, model_cfg, tmp_path, capsys):
-    resolved_train(model_cfg, data, tcfg(max_steps=4, progress="bar"), checkpoint_dir=tmp_path)
+    resolved_train(model_cfg, data, tcfg(max_steps=4), replace(RUNTIME, progress="bar"), checkpoint_dir=tmp_path)
     captured = capsys.readouterr()
     assert "4/4" in captured.err and "step 2/4 | loss" not in captured.out
 
@@ -402,7 +406,7 @@ def test_auto_precision_records_the_choice_made_for_this_cpu(data, model_cfg, tm
     rec = Recorder()
     model, cfg = resolve(model_cfg, tcfg(max_steps=2, precision="auto"), data.vocab_size)
     assert cfg.precision == "auto"  # the request stays in the resolved config; the choice is `precision`
-    train(model, data, cfg, checkpoint_dir=tmp_path, callbacks=[rec])
+    train(model, data, cfg, runtime=RUNTIME, checkpoint_dir=tmp_path, callbacks=[rec])
     assert rec.start["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
     assert load_checkpoint(tmp_path / "last.pt")["train_config"]["precision"] == "auto"
 

@@ -6,16 +6,16 @@ import argparse
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mlproject.config import build_sections, check_types, field, flatten, to_dict
+from mlproject.config import build_sections, check_types, field, flatten, replace, to_dict
 from mlproject.data.config import DataConfig
 from mlproject.errors import ConfigError
 from mlproject.model.config import GPTConfig
 from mlproject.profiles import command_defaults
-from mlproject.training.config import TrainConfig
+from mlproject.training.config import DEFAULT_WARMUP_FRACTION, RuntimeConfig, TrainConfig
 
 
 @dataclass
@@ -58,14 +58,19 @@ class TrackingConfig:
 
 @dataclass
 class RunConfig:
-    """The resolved config of one training run: the sections of a train YAML file."""
+    """The config of one training run: the sections of a train YAML file."""
 
     model: GPTConfig
     data: DataConfig
     train: TrainConfig
     tracking: TrackingConfig
+    runtime: RuntimeConfig
 
-    SECTIONS = {"model": GPTConfig, "data": DataConfig, "train": TrainConfig, "tracking": TrackingConfig}
+    SECTIONS = {"model": GPTConfig, "data": DataConfig, "train": TrainConfig, "tracking": TrackingConfig,
+                "runtime": RuntimeConfig}
+    # What decides the trained model (MLflow params compare them, sweep keys hash them); the
+    # tracking section only names and places the run, the runtime section only says how it goes.
+    RECIPE = ("model", "data", "train")
 
     def resolved(self, vocab_size: int) -> RunConfig:
         """The config the run trains with and records, resolved once after data preparation.
@@ -77,17 +82,50 @@ class RunConfig:
         from mlproject.training.resolve import resolve
 
         model, train = resolve(self.model, self.train, vocab_size)
-        return RunConfig(model=model, data=dataclasses.replace(self.data, vocab_size=vocab_size), train=train,
-                         tracking=dataclasses.replace(self.tracking, experiment_name=self.experiment_name))
+        return self.replace(model=model, data={"vocab_size": vocab_size}, train=train,
+                            tracking={"experiment_name": self.experiment_name})
+
+    def replace(self, *, source: str = "config", **sections: Any) -> RunConfig:
+        """This config with `sections` changed, each a mapping {field: value} (or a whole section),
+        validated as if loaded from a file (errors name `source: <section>`)."""
+        unknown = set(sections) - set(self.SECTIONS)
+        if unknown:
+            raise ConfigError(f"{source}: unknown section {sorted(unknown)[0]!r}; "
+                              f"allowed sections: {', '.join(self.SECTIONS)}")
+        changed = {}
+        for name, value in sections.items():
+            changes = value if isinstance(value, Mapping) else to_dict(value, shallow=True)
+            changed[name] = replace(getattr(self, name), where=f"{source}: {name}", **changes)
+        return RunConfig(**{**{name: getattr(self, name) for name in self.SECTIONS}, **changed})
 
     def sections(self) -> dict[str, dict[str, Any]]:
         """The config as plain dicts, one per section (what the `Artifact.RESOLVED_CONFIG` artifact holds)."""
         return {name: to_dict(getattr(self, name)) for name in self.SECTIONS}
 
-    def flat(self, sections: Sequence[str] = ("model", "data", "train")) -> dict[str, Any]:
-        """`sections` as `section.key` entries (MLflow params, sweep keys). By default what
-        decides the trained model: the tracking section only names and places the run."""
+    def flat(self, sections: Sequence[str] = RECIPE) -> dict[str, Any]:
+        """`sections` as `section.key` entries (MLflow params, sweep keys). By default the recipe:
+        what decides the trained model."""
         return flatten({name: getattr(self, name) for name in sections})
+
+    def params(self, sections: Sequence[str] = RECIPE) -> dict[str, Any]:
+        """MLflow params: `sections` and the runtime section flat, named as earlier releases named
+        them (`legacy_layout`: `train.device`, `train.warmup`), so users' stores and queries keep
+        matching and a run resumed after an upgrade logs the params it logged before."""
+        return flatten(legacy_layout({name: to_dict(getattr(self, name)) for name in (*sections, "runtime")}))
+
+    def legacy_sections(self) -> dict[str, dict[str, Any]]:
+        """`sections()` in the layout of earlier releases (`legacy_layout`)."""
+        return legacy_layout(self.sections())
+
+    def key_fields(self, drop: Collection[str] = ()) -> dict[str, Any]:
+        """The recipe as sweep keys have always spelled it (`legacy_layout`), so the keys of sweeps in
+        users' stores still match: `train.warmup` as one value, and `train.compile`, which was in
+        the key before the runtime section existed. Fields named in `drop` (either spelling) are
+        left out."""
+        recipe = {name: to_dict(getattr(self, name)) for name in self.RECIPE}
+        fields = flatten(legacy_layout({**recipe, "runtime": {"compile": self.runtime.compile}}))
+        dropped = {KEY_SPELLING.get(name, name) for name in drop}
+        return {name: value for name, value in fields.items() if name not in dropped}
 
     @property
     def experiment_name(self) -> str:
@@ -99,6 +137,28 @@ class RunConfig:
              args: argparse.Namespace | None = None) -> RunConfig:
         """From a YAML file (sections model/data/train/tracking) with flags overriding it."""
         return cls(**build_sections(cls.SECTIONS, yaml_path=yaml_path, args=args, defaults=command_defaults(args)))
+
+
+# Fields that sweep keys (and MLflow params) spell as earlier releases did (`legacy_layout`).
+KEY_SPELLING = {"train.warmup_steps": "train.warmup", "train.warmup_fraction": "train.warmup",
+                "runtime.compile": "train.compile"}
+
+
+def legacy_layout(sections: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Config `sections` (as `RunConfig.sections` gives them) in the layout of earlier releases:
+    the runtime fields under the sections they came from (`RuntimeConfig.FORMERLY`), the warmup as
+    one `warmup` (a fraction below 1, else steps). MLflow params are named from this layout, so a
+    run's params keep the names that users' stores and queries hold (and a resumed run logs the
+    same ones), and a recorded older release reads it when it reproduces a run."""
+    out = {name: dict(values) for name, values in sections.items() if name != "runtime"}
+    for name, value in sections.get("runtime", {}).items():
+        out.setdefault(RuntimeConfig.FORMERLY.get(name, "train"), {})[name] = value
+    train = out.get("train", {})
+    if "warmup_steps" in train:
+        steps, fraction = train.pop("warmup_steps"), train.pop("warmup_fraction")
+        train["warmup"] = float(steps) if steps is not None else (
+            DEFAULT_WARMUP_FRACTION if fraction is None else fraction)
+    return out
 
 
 @dataclass

@@ -35,7 +35,7 @@ def _eval_texts(cfg: EvaluateConfig, source: Source, tokenizer: Any, eot_id: int
                 workdir: Path, store: ModelStore | None) -> list[Any]:
     """One EvalText per dataset named by `cfg` (the run's own dataset by default), local files last."""
     from mlproject.config import from_dict
-    from mlproject.data.config import DataConfig
+    from mlproject.data.config import DataConfig, DataRuntimeConfig
     from mlproject.data.sources import SPLITS, check_hub, resolve_corpus
     from mlproject.inference.evaluate import encode_documents
 
@@ -46,6 +46,7 @@ def _eval_texts(cfg: EvaluateConfig, source: Source, tokenizer: Any, eot_id: int
             raise ConfigError("evaluate: give --datasets (or --local-path); a checkpoint has no run dataset")
         names = [run_data["dataset"]]
     splits = {"val": ("val",), "train": ("train",), "all": SPLITS}[cfg.split]
+    cache_root = DataRuntimeConfig(cache_dir=cfg.cache_dir).cache_root
     caps = {"max_train_docs": cfg.max_docs, "max_val_docs": cfg.max_docs} if cfg.max_docs else {}
     texts = []
     for name in names:
@@ -56,16 +57,16 @@ def _eval_texts(cfg: EvaluateConfig, source: Source, tokenizer: Any, eot_id: int
             data = {k: run_data[k] for k in keep if k in run_data}
         else:
             data = {"dataset": name}
-        data_cfg = from_dict(DataConfig, {**data, **caps, "cache_dir": cfg.cache_dir}, source=f"evaluate: {name}")
-        corpus = resolve_corpus(data_cfg)
+        data_cfg = from_dict(DataConfig, {**data, **caps}, source=f"evaluate: {name}")
+        corpus = resolve_corpus(data_cfg, cache_root)
         check_hub(corpus.spec)
         docs = (text for _, text in corpus.documents(splits))
         texts.append(encode_documents(name, docs, tokenizer, eot_id, cfg.max_tokens, block_size))
     if cfg.local_path:
         data_cfg = from_dict(DataConfig, {"dataset": "local_jsonl", "local_path": cfg.local_path,
-                                          "local_format": cfg.local_format, "cache_dir": cfg.cache_dir},
+                                          "local_format": cfg.local_format},
                              source="evaluate: local_path")
-        corpus = resolve_corpus(data_cfg)
+        corpus = resolve_corpus(data_cfg, cache_root)
         assert corpus.local is not None
         name = cfg.local_name or corpus.local.paths[0].stem
         docs = (text for _, text in corpus.documents(SPLITS))  # local files are evaluated whole

@@ -57,7 +57,7 @@ def run_training(cfg: RunConfig, tracker: Tracker | None = None, *, callbacks: S
     dist = rank_info()
     created = False
     if dist.enabled:  # the group is needed before training starts, to share the run key
-        dist, created = init_distributed(select_device(cfg.train.device).type == "cuda")
+        dist, created = init_distributed(select_device(cfg.runtime.device).type == "cuda")
     try:
         if not dist.is_main:
             return _train_replica(cfg)
@@ -72,8 +72,8 @@ def prepare(cfg: RunConfig) -> tuple[Any, RunConfig]:
     from mlproject.training.device import select_device
     from mlproject.training.preflight import check_fits
 
-    select_device(cfg.train.device)  # `--device cuda` on a machine without one: refused before any run exists
-    data = prepare_data(cfg.data)
+    select_device(cfg.runtime.device)  # `--device cuda` on a machine without one: refused before any run exists
+    data = prepare_data(cfg.data, cfg.runtime)
     resolved = cfg.resolved(data.vocab_size)
     check_fits(resolved.model, resolved.train, data)
     return data, resolved
@@ -109,11 +109,27 @@ def _train_replica(cfg: RunConfig) -> TrainOutcome:
 
     run_key, resume_path = _share()  # after rank 0 prepared the data: the caches exist now
     data, resolved = prepare(cfg)
-    result = train(resolved.model, data, resolved.train,
+    result = train(resolved.model, data, resolved.train, runtime=resolved.runtime,
                    checkpoint_dir=Path(cfg.tracking.output_dir) / run_key / Artifact.CHECKPOINTS,
                    resume_from=resume_path)
     return TrainOutcome(run_key if cfg.tracking.log_to_mlflow else "", "", RUN_STATUS[result.status],
                         dict(result.summary))
+
+
+def _train_untracked(cfg: RunConfig, resume_path: Path | None, callbacks: Sequence[Any]) -> TrainOutcome:
+    """Without a tracker: checkpoints under `output_dir/<run name>`, nothing else recorded."""
+    from mlproject.training.trainer import train
+
+    name = cfg.tracking.run_name or f"untracked-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    checkpoint_dir = Path(cfg.tracking.output_dir) / name / Artifact.CHECKPOINTS
+    data, resolved = prepare(cfg)
+    _share((name, resume_path))
+    result = train(resolved.model, data, resolved.train, runtime=resolved.runtime, checkpoint_dir=checkpoint_dir,
+                   callbacks=callbacks, resume_from=resume_path)
+    uris = {k: str(p) for k, p in (("last", result.last_checkpoint), ("best", result.best_checkpoint)) if p}
+    outcome = TrainOutcome("", "", RUN_STATUS[result.status], dict(result.summary), uris)
+    _report(outcome, checkpoint_dir, None)
+    return outcome
 
 
 def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any]) -> TrainOutcome:
@@ -123,16 +139,7 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
     if tracker is None:
         if resume_run_id is not None:
             raise MlprojectError("resume_from a run id needs tracking; give a checkpoint path with log_to_mlflow=false")
-        name = cfg.tracking.run_name or f"untracked-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        checkpoint_dir = Path(cfg.tracking.output_dir) / name / Artifact.CHECKPOINTS
-        data, resolved = prepare(cfg)
-        _share((name, resume_path))
-        result = train(resolved.model, data, resolved.train, checkpoint_dir=checkpoint_dir, callbacks=callbacks,
-                       resume_from=resume_path)
-        uris = {k: str(p) for k, p in (("last", result.last_checkpoint), ("best", result.best_checkpoint)) if p}
-        outcome = TrainOutcome("", "", RUN_STATUS[result.status], dict(result.summary), uris)
-        _report(outcome, checkpoint_dir, None)
-        return outcome
+        return _train_untracked(cfg, resume_path, callbacks)
 
     checkpoint_dir: Path | None = None
     tracker.check()  # an unreachable store fails before the data is prepared
@@ -157,8 +164,9 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
                 if resume_run_id is not None:
                     resume_path = run.resume_checkpoint(resume_run_id, checkpoint_dir)
                 _share((run.run_id, resume_path))
-                result = train(resolved.model, data, resolved.train, checkpoint_dir=checkpoint_dir,
-                               callbacks=[*run.callbacks, *callbacks], resume_from=resume_path)
+                result = train(resolved.model, data, resolved.train, runtime=resolved.runtime,
+                               checkpoint_dir=checkpoint_dir, callbacks=[*run.callbacks, *callbacks],
+                               resume_from=resume_path)
                 outcome.summary = dict(result.summary)
                 outcome.status = RUN_STATUS[result.status]
                 run.finish(result, outcome)

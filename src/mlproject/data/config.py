@@ -1,4 +1,4 @@
-"""DataConfig: which corpus, how it is split and tokenized, and where caches live."""
+"""DataConfig: which corpus, how it is split and tokenized; DataRuntimeConfig: where caches live."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ class DataConfig:
     dataset: str = field("pydocs", help="dataset key (see `mlproject datasets`)")
     vocab_size: int | None = field(None, help="BPE vocab size (default: the registry's for the dataset)")
     tokenizer_path: str | None = field(None, help="use this tokenizer.json instead of training one")
-    cache_dir: str | None = field(None, help="cache root (default: $MLPROJECT_CACHE_DIR or ~/.cache/mlproject)")
     max_train_docs: int | None = field(None, help="cap on training documents (streamed, never downloaded whole)")
     max_val_docs: int | None = field(None, help="cap on validation documents")
     val_fraction: float = field(0.05, help="held-out fraction when the corpus has no validation split")
@@ -35,20 +34,15 @@ class DataConfig:
                      "block) (default: $LOCAL_TEXT_DATA_FORMAT or json)")
     local_field: str | None = field(None, help="local_jsonl: text field of JSON records "
                                                "(default: $LOCAL_TEXT_FIELD or text)")
-    num_workers: int | None = field(None, help="tokenizer worker threads (default: all cores)")
     tokenizer_sample_mb: float = field(
         100.0, help="train the BPE on at most this many MB of the train split's text (its first documents); "
                     "part of the tokenizer's cache key")
-
-    @property
-    def cache_root(self) -> Path:
-        return Path(self.cache_dir or default_cache_dir()).expanduser()
 
     def validate(self) -> None:
         check_types(self, source="data")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction={self.val_fraction} must be in (0, 1)")
-        for name in ("vocab_size", "max_train_docs", "max_val_docs", "num_workers"):
+        for name in ("vocab_size", "max_train_docs", "max_val_docs"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name}={value} must be positive")
@@ -57,6 +51,25 @@ class DataConfig:
         if self.vocab_size is not None and self.vocab_size < 258:
             raise ConfigError(f"vocab_size={self.vocab_size} is too small; expected at least 258 "
                               "(256 byte tokens + <|endoftext|> + <|pad|>)")
+
+
+@dataclass
+class DataRuntimeConfig:
+    """Where the data caches live and how many threads build them: how data is prepared, never
+    what it is (the runtime section of a run extends it, `training.config.RuntimeConfig`)."""
+
+    cache_dir: str | None = field(None, help="cache root of tokenizers, token caches and corpora "
+                                             "(default: $MLPROJECT_CACHE_DIR or ~/.cache/mlproject)")
+    num_workers: int | None = field(None, help="tokenizer worker threads (default: all cores)")
+
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.cache_dir or default_cache_dir()).expanduser()
+
+    def validate(self) -> None:
+        check_types(self, source="runtime")
+        if self.num_workers is not None and self.num_workers <= 0:
+            raise ConfigError(f"num_workers={self.num_workers} must be positive (or null for all cores)")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """`prepare_data`: the data stage in one call: corpus -> BPE tokenizer -> memory-mapped token caches.
 
-Cache layout under the cache root (`DataConfig.cache_dir`, `$MLPROJECT_CACHE_DIR`, ~/.cache/mlproject):
+Cache layout under the cache root (`DataRuntimeConfig.cache_dir`, `$MLPROJECT_CACHE_DIR`, ~/.cache/mlproject):
 
     corpora/pydocs-py3.X-v1.jsonl                 the offline corpus, built once
     tokenizers/<dataset>-<corpus key>-v<vocab>-s<sample MB>mb.json
@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from mlproject.data.cache import CorruptTokenCache, TokenCache, TokenCacheWriter, file_lock, open_token_cache
-from mlproject.data.config import DataConfig
+from mlproject.data.config import DataConfig, DataRuntimeConfig
 from mlproject.data.fast_encode import fast_encoder, hf_encoder
 from mlproject.data.pieces import Piece, document_pieces
 from mlproject.data.pydocs import corpus_name
@@ -64,14 +64,16 @@ class PreparedData:
     info: dict[str, str | int | float]  # flat: logged as run params and with mlflow.log_input
 
 
-def prepare_data(cfg: DataConfig, *, log: Log = print) -> PreparedData:
-    """Tokenizer and token caches for `cfg`, built on first use and reused afterwards."""
+def prepare_data(cfg: DataConfig, runtime: DataRuntimeConfig | None = None, *, log: Log = print) -> PreparedData:
+    """Tokenizer and token caches for `cfg`, built on first use and reused afterwards, under the
+    cache root of `runtime` (default: DataRuntimeConfig())."""
     cfg.validate()
+    runtime = runtime or DataRuntimeConfig()
     # A cache root under a regular file (or read-only) is named now, not met as an errno deep inside.
-    check_writable(cfg.cache_root, "cache_dir" if cfg.cache_dir else "MLPROJECT_CACHE_DIR")
-    corpus = resolve_corpus(cfg)
+    check_writable(runtime.cache_root, "cache_dir" if runtime.cache_dir else "MLPROJECT_CACHE_DIR")
+    corpus = resolve_corpus(cfg, runtime.cache_root)
     name = f"{corpus.spec.key}-{corpus.key}"
-    root = cfg.cache_root
+    root = runtime.cache_root
     with file_lock(root / "locks" / f"{name}.lock"):
         tokenizer, tokenizer_path, origin = _tokenizer(cfg, corpus, root / "tokenizers", name, log)
         tok_hash = tokenizer_hash(tokenizer_path)
@@ -81,9 +83,9 @@ def prepare_data(cfg: DataConfig, *, log: Log = print) -> PreparedData:
             log(f"data: reusing token caches in {token_dir} (content hashes verified)")
         except CorruptTokenCache as exc:
             log(f"data: rebuilding the token caches: {exc}")
-            train, val = build_token_caches(corpus, tokenizer, tok_hash, token_dir, cfg.num_workers, log)
+            train, val = build_token_caches(corpus, tokenizer, tok_hash, token_dir, runtime.num_workers, log)
         except MlprojectError:  # not built yet
-            train, val = build_token_caches(corpus, tokenizer, tok_hash, token_dir, cfg.num_workers, log)
+            train, val = build_token_caches(corpus, tokenizer, tok_hash, token_dir, runtime.num_workers, log)
     eot_id, pad_id = special_ids(tokenizer)
     vocab_size = tokenizer.get_vocab_size()
     # From the bytes the model trains on (and the tokenizer that gives them meaning), not from counts.

@@ -5,16 +5,16 @@ from __future__ import annotations
 import torch
 
 from mlproject.data.batches import WindowSampler, get_batch
-from mlproject.data.config import DataConfig
+from mlproject.data.config import DataConfig, DataRuntimeConfig
 from mlproject.data.prepare import Log, prepare_data
 
 _PREVIEW_CHARS = 400
 
 
 def preview_batches(cfg: DataConfig, block_size: int, batch_size: int, num_batches: int, seed: int, *,
-                    log: Log = print) -> None:
+                    runtime: DataRuntimeConfig | None = None, log: Log = print) -> None:
     """Print the corpus summary, then shapes, token counts and the decoded first example of batches."""
-    data = prepare_data(cfg, log=log)
+    data = prepare_data(cfg, runtime, log=log)
     info = data.info
     log(f"dataset {info['dataset']} ({info['source']}), val split {info['val_split']}")
     log(f"tokenizer {data.tokenizer_path} (hash {info['tokenizer_hash']}): vocab {data.vocab_size}, "

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mlproject.data.cache import FORMAT_VERSION
-from mlproject.data.config import DataConfig
+from mlproject.data.config import DataConfig, DataRuntimeConfig
 from mlproject.data.pydocs import build_pydocs, corpus_name, read_pydocs
 from mlproject.data.registry import DatasetSpec, get_spec
 from mlproject.errors import ConfigError, MlprojectError
@@ -131,11 +131,12 @@ def held_out(index: int, seed: int, fraction: float) -> bool:
     return int.from_bytes(digest, "big") < fraction * 2**64
 
 
-def resolve_corpus(cfg: DataConfig) -> Corpus:
-    """The corpus `cfg` selects; local files are resolved (and checked) here."""
+def resolve_corpus(cfg: DataConfig, cache_root: Path | None = None) -> Corpus:
+    """The corpus `cfg` selects, built corpora under `cache_root` (default: DataRuntimeConfig's);
+    local files are resolved (and checked) here."""
     spec = get_spec(cfg.dataset)
     local = resolve_local_files(cfg) if spec.key == "local_jsonl" else None
-    return Corpus(spec, cfg.cache_root, cfg.max_train_docs, cfg.max_val_docs, cfg.val_fraction, cfg.split_seed,
+    return Corpus(spec, cache_root or DataRuntimeConfig().cache_root, cfg.max_train_docs, cfg.max_val_docs, cfg.val_fraction, cfg.split_seed,
                   local)
 
 

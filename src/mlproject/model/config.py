@@ -7,12 +7,11 @@ model is built from and that runs record.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from mlproject.config import check_types, field
+from mlproject.config import check_types, field, replace
 from mlproject.errors import ConfigError
 
 # name -> (n_layer, n_head, d_model)
@@ -88,22 +87,19 @@ class GPTConfig:
 
     def resolved(self) -> GPTConfig:
         """The concrete config: preset sizes applied, per-version defaults filled, validated."""
-        cfg = dataclasses.replace(self)
-        if cfg.preset is not None:
-            n_layer, n_head, d_model = preset_sizes(cfg.preset)
-            cfg.n_layer = cfg.n_layer if cfg.n_layer is not None else n_layer
-            cfg.n_head = cfg.n_head if cfg.n_head is not None else n_head
-            cfg.d_model = cfg.d_model if cfg.d_model is not None else d_model
-        for name in ("n_layer", "n_head", "d_model"):
-            if getattr(cfg, name) is None:
+        sizes = preset_sizes(self.preset) if self.preset is not None else (None, None, None)
+        changes: dict[str, Any] = {}
+        for name, size in zip(("n_layer", "n_head", "d_model"), sizes):
+            changes[name] = getattr(self, name) if getattr(self, name) is not None else size
+            if changes[name] is None:
                 raise ConfigError(f"{name} is not set; give a preset or an explicit {name}")
-        if cfg.block_size is None:
-            cfg.block_size = DEFAULT_BLOCK_SIZE[cfg.model_version]
-        if cfg.attention_pattern is None:
-            cfg.attention_pattern = "alternating" if cfg.model_version == "gpt3" else "dense"
-        if cfg.attention_window is None:
-            cfg.attention_window = default_window(cfg.block_size)
-        cfg.validate()
+        block_size = DEFAULT_BLOCK_SIZE[self.model_version] if self.block_size is None else self.block_size
+        changes["block_size"] = block_size
+        if self.attention_pattern is None:
+            changes["attention_pattern"] = "alternating" if self.model_version == "gpt3" else "dense"
+        if self.attention_window is None:
+            changes["attention_window"] = default_window(block_size)
+        cfg = replace(self, **changes)  # validated
         if (cfg.attention_pattern == "alternating" and cfg.attention_window is not None
                 and cfg.attention_window >= cfg.block_size):
             # A band as wide as the context masks nothing: every "banded" layer is dense and the

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from mlproject.config import replace
 from mlproject.errors import ConfigError
 from mlproject.orchestration.config import Pipeline
 
@@ -58,5 +59,5 @@ def localize(pipeline: Pipeline) -> Pipeline:
                 value = str(project / value)
             params[key] = value
         steps.append(dataclasses.replace(step, parameters=params))
-    return dataclasses.replace(pipeline, settings=dataclasses.replace(settings, project_dir=str(project)),
+    return dataclasses.replace(pipeline, settings=replace(settings, project_dir=str(project)),
                                steps=steps)

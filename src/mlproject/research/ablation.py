@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from mlproject.config import coerce, dump_yaml, flatten, from_dict, to_dict
+from mlproject.config import coerce, dump_yaml, flatten, replace, to_dict
 from mlproject.errors import ConfigError
 from mlproject.model.config import GPTConfig
 from mlproject.data.config import DataConfig
@@ -76,7 +76,7 @@ class AblationJob:
             if run.data.tokenizer_path:
                 raise ConfigError(f"{source}: ablation over vocab_size trains one tokenizer per value; "
                                   f"drop data.tokenizer_path={run.data.tokenizer_path!r}")
-            ablation = dataclasses.replace(ablation, metrics=prefer_bpb(ablation.metrics, "ablation over vocab_size"))
+            ablation = replace(ablation, metrics=prefer_bpb(ablation.metrics, "ablation over vocab_size"))
         job = cls(run, ablation, parse_values(ablation.ablation_axis, ablation.ablation_values, f"{source}: ablation"),
                   source)
         job.children()
@@ -97,8 +97,7 @@ class AblationJob:
         for value in self.values:
             label = value_label(value)
             try:
-                model = from_dict(GPTConfig, {**to_dict(self.run.model), axis: value},
-                                  source=f"{self.source}: ablation {axis}={label}")
+                model = replace(self.run.model, where=f"{self.source}: ablation {axis}={label}", **{axis: value})
                 model.resolved()
             except ConfigError as exc:
                 raise with_context(f"{self.source}: ablation {axis}={label}", exc) from None
@@ -116,11 +115,9 @@ class AblationJob:
         for value in self.values:
             label = value_label(value)
             try:
-                data = from_dict(DataConfig, {**to_dict(self.run.data), axis: value},
-                                 source=f"{self.source}: ablation {axis}={label}")
+                bases[label] = self.run.replace(source=f"{self.source}: ablation {axis}={label}", data={axis: value})
             except ConfigError as exc:
                 raise with_context(f"{self.source}: ablation {axis}={label}", exc) from None
-            bases[label] = dataclasses.replace(self.run, data=data)
         return [ChildSpec(group=label, seed=seed,
                           cfg=child_config(base, model=self.run.model, train=self.run.train, seed=seed),
                           tags={Tag.ABLATION_AXIS: axis, Tag.ABLATION_VALUE: label,
@@ -131,11 +128,11 @@ class AblationJob:
         a = self.ablation
         section = "data" if a.ablation_axis in DATA_AXES else "model"
         groups = [value_label(v) for v in self.values]
-        params = self.run.flat()
+        params = self.run.params()
         params.pop(f"{section}.{a.ablation_axis}", None)  # varies per child
         params.update(flatten({"axis": a.ablation_axis, "values": " ".join(groups),
                                "seeds": " ".join(map(str, a.seeds)), "metrics": " ".join(self.metrics)}, "ablation"))
-        sections = {name: to_dict(getattr(self.run, name)) for name in RunConfig.SECTIONS}
+        sections = self.run.sections()
         return SweepSpec(
             kind=SweepKind.ABLATION, run_name=a.parent_run_name or f"ablation-{a.ablation_axis}",
             experiment=experiment_for(self.run),

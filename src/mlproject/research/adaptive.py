@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mlproject.config import replace
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.research.sequential import SequentialDesign, SequentialState, design, evaluate
 from mlproject.research.results import Row
@@ -120,7 +121,7 @@ def run_job(job: Any, section: str) -> SweepOutcome:
         return run_sweep(job.spec())
 
     def spec_for(seeds: list[int]) -> SweepSpec:
-        return dataclasses.replace(job, **{section: dataclasses.replace(settings, seeds=seeds)}).spec()
+        return dataclasses.replace(job, **{section: replace(settings, seeds=seeds)}).spec()
 
     return run_adaptive(spec_for, settings.seeds, settings.adaptive_seeds).outcome
 

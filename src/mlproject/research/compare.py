@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlproject.config import dump_yaml, flatten, from_dict, merge, to_dict
+from mlproject.config import dump_yaml, flatten, replace, to_dict
 from mlproject.errors import ConfigError
 from mlproject.model.config import DEFAULT_BLOCK_SIZE, GPTConfig
 from mlproject.research.config import CompareConfig
@@ -72,10 +72,8 @@ class CompareJob:
         override = self.per_model.get(version, {})
         where = f"{self.source}: per_model.{version}"
         try:
-            model = from_dict(GPTConfig, merge(to_dict(base.model), {**model_changes, **override.get("model", {})}),
-                              source=f"{where}.model")
-            train = from_dict(TrainConfig, merge(to_dict(base.train), {**train_changes, **override.get("train", {})}),
-                              source=f"{where}.train")
+            model = replace(base.model, where=f"{where}.model", **{**model_changes, **override.get("model", {})})
+            train = replace(base.train, where=f"{where}.train", **{**train_changes, **override.get("train", {})})
             model.resolved()
         except ConfigError as exc:
             raise with_context(f"{self.source}: compare model {version}", exc) from None
@@ -87,8 +85,8 @@ class CompareJob:
 
     def spec(self) -> SweepSpec:
         c = self.compare
-        sections = {name: to_dict(getattr(self.run, name)) for name in RunConfig.SECTIONS}
-        params = self.run.flat()
+        sections = self.run.sections()
+        params = self.run.params()
         params.update(flatten({"models": " ".join(c.models), "seeds": " ".join(map(str, c.seeds)),
                                "fair_recipe": c.fair_recipe, "metrics": " ".join(c.metrics)}, "compare"))
         if c.eval_datasets:

@@ -11,7 +11,6 @@ descriptions of the pipeline and plot runs.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,12 +29,11 @@ _HIGHER_IS_BETTER = ("tokens_per_sec", "mfu", "accuracy", "acc")
 
 
 def child_params(cfg: RunConfig) -> dict[str, Any]:
-    """The model/data/train params of one child config, resolved as its trainer resolves them
+    """The params of one child config (`RunConfig.params`), resolved as its trainer resolves them
     (preset sizes, the recipe's optimizer settings)."""
     from mlproject.training.optim import resolve_recipe
 
-    return dataclasses.replace(cfg, model=cfg.model.resolved(),
-                               train=resolve_recipe(cfg.train, cfg.model.model_version)).flat()
+    return cfg.replace(model=cfg.model.resolved(), train=resolve_recipe(cfg.train, cfg.model.model_version)).params()
 
 
 def parent_params(spec: Any) -> dict[str, Any]:

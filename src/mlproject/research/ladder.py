@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlproject.app.config import RunConfig
-from mlproject.config import dump_yaml, flatten, from_dict, to_dict
+from mlproject.config import dump_yaml, flatten, replace, to_dict
 from mlproject.errors import ConfigError
 from mlproject.model.config import DEFAULT_BLOCK_SIZE, PRESETS, GPTConfig
 from mlproject.research.config import LadderConfig, LadderFields
@@ -69,7 +69,7 @@ def model_size(model: GPTConfig, vocab_size: int) -> Size:
     from mlproject.model.gpt import GPT
 
     with torch.device("meta"):
-        gpt = GPT(dataclasses.replace(model, vocab_size=vocab_size))
+        gpt = GPT(replace(model, vocab_size=vocab_size))
     return Size(gpt.num_params(exclude_embeddings=True), gpt.flops_per_token())
 
 
@@ -104,12 +104,12 @@ class LadderJob:
         if c.ladder_axis is None:
             baseline = c.models[0]
             changes = {"block_size": base.block_size or DEFAULT_BLOCK_SIZE[baseline]}
-            return {v: dataclasses.replace(base, model_version=v, **changes) for v in c.models}
+            return {v: replace(base, model_version=v, **changes) for v in c.models}
         if c.ladder_axis in DATA_AXES or c.ladder_axis in _SIZE_FIELDS:
             raise ConfigError(f"{self.source}: ladder: ladder_axis={c.ladder_axis} cannot be a ladder's groups "
                               "(the rungs set the size and share one tokenizer); choose a model axis")
         values = parse_values(c.ladder_axis, c.ladder_values, f"{self.source}: ladder")
-        return {value_label(v): dataclasses.replace(base, **{c.ladder_axis: v}) for v in values}
+        return {value_label(v): replace(base, **{c.ladder_axis: v}) for v in values}
 
     def cells(self) -> list[dict[str, Any]]:
         """One cell per group x rung (x budget): its label, model, size and step count, checked."""
@@ -119,9 +119,8 @@ class LadderJob:
             for rung in self.ladder.rungs:
                 n_layer, n_head, d_model = parse_rung(rung, f"{self.source}: ladder")
                 try:
-                    sized = from_dict(GPTConfig, {**to_dict(model), "preset": None, "n_layer": n_layer,
-                                                  "n_head": n_head, "d_model": d_model},
-                                      source=f"{self.source}: ladder rung {rung}").resolved()
+                    sized = replace(model, where=f"{self.source}: ladder rung {rung}", preset=None, n_layer=n_layer,
+                                    n_head=n_head, d_model=d_model).resolved()
                 except ConfigError as exc:
                     raise with_context(f"{self.source}: ladder {group} rung {rung}", exc) from None
                 size = model_size(sized, vocab)
@@ -157,7 +156,7 @@ class LadderJob:
         changes: dict[str, Any] = {"max_steps": cell["steps"], "epochs": _LADDER_EPOCHS}
         if self.ladder.ladder_axis is None and base.train.recipe is None:
             changes["recipe"] = self.ladder.models[0]  # one recipe: the ladder measures the architecture
-        train = from_dict(TrainConfig, {**to_dict(base.train), **changes}, source=f"{self.source}: ladder")
+        train = replace(base.train, where=f"{self.source}: ladder", **changes)
         tags = {Tag.MODEL_VERSION: cell["model"].model_version, Tag.LADDER_GROUP: cell["group"],
                 Tag.LADDER_RUNG: cell["rung"]}
         if cell["budget"] is not None:
@@ -179,8 +178,8 @@ class LadderJob:
     def spec(self) -> SweepSpec:
         c = self.ladder
         design = self.design()
-        sections = {name: to_dict(getattr(self.run, name)) for name in RunConfig.SECTIONS}
-        params = self.run.flat()
+        sections = self.run.sections()
+        params = self.run.params()
         for name in (*_SIZE_FIELDS, "model_version"):
             params.pop(f"model.{name}", None)
         own = {k: v for k, v in to_dict(c).items() if k in {f.name for f in dataclasses.fields(LadderFields)}}

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import ast
-import dataclasses
 import os
 import subprocess
 import sys
@@ -74,7 +73,9 @@ def original_config(run: Any) -> tuple[RunConfig, str]:
         data, where = {}, "params"
         for key, value in run.params.items():
             section, _, name = key.partition(".")
-            if section in RunConfig.SECTIONS and name and "." not in name:
+            # `runtime.*` params are what the trainer measured (runtime.world_size), not the
+            # runtime section, whose fields are logged under their earlier names (train.device)
+            if section in RunConfig.SECTIONS and section != "runtime" and name and "." not in name:
                 data.setdefault(section, {})[name] = _parse_param(value)
         if not data:
             raise MlprojectError(f"run {run.run_id} has neither {Artifact.RESOLVED_CONFIG} nor model/data/train params: "
@@ -85,12 +86,12 @@ def original_config(run: Any) -> tuple[RunConfig, str]:
 def reproduction_config(cfg: RunConfig, run: Any, opts: ReproduceConfig, experiment: str) -> RunConfig:
     """The original's config as a fresh run in its experiment: named after it, not resumed,
     registering nothing."""
-    tracking = dataclasses.replace(cfg.tracking, run_name=f"reproduce-{run.run_name or run.run_id[:8]}",
-                                   experiment_name=experiment, resume_from=None, register_as=None)
-    train = cfg.train if opts.num_threads is None else dataclasses.replace(cfg.train, num_threads=opts.num_threads)
+    tracking = {"run_name": f"reproduce-{run.run_name or run.run_id[:8]}", "experiment_name": experiment,
+                "resume_from": None, "register_as": None}
+    runtime = {"num_threads": opts.num_threads} if opts.num_threads is not None else {}
     if opts.max_steps is not None:
-        train = dataclasses.replace(train, stop_at_step=opts.max_steps)
-    return dataclasses.replace(cfg, tracking=tracking, train=train)
+        runtime["stop_at_step"] = opts.max_steps
+    return cfg.replace(tracking=tracking, runtime=runtime)
 
 
 def check_record(run: Any, cfg: RunConfig, opts: ReproduceConfig) -> tuple[RunRecord, list[Difference]]:
@@ -104,7 +105,7 @@ def check_record(run: Any, cfg: RunConfig, opts: ReproduceConfig) -> tuple[RunRe
         if tag not in tags and param in run.params:
             tags[tag] = run.params[param]
     recorded = load_record(run.run_id, tags)
-    info = prepare_data(cfg.data, log=lambda line: None).info
+    info = prepare_data(cfg.data, cfg.runtime, log=lambda line: None).info
     current = capture_record(digest=str(info["digest"]), tokenizer_hash=str(info["tokenizer_hash"]))
     differences = diff_record(recorded, current)
     if data_changed(differences) and not opts.allow_data_change:
@@ -127,7 +128,8 @@ def _train_from_record(cfg: RunConfig, run_id: str, record: RunRecord) -> str:
 
     with materialised_source(record.source) as root, tempfile.TemporaryDirectory(prefix="mlproject-repro-") as tmp:
         config = Path(tmp) / "config.yaml"
-        config.write_text(dump_yaml(cfg.sections()), encoding="utf-8")
+        # in the layout of earlier releases: the recorded source may be one (today's reads it too)
+        config.write_text(dump_yaml(cfg.legacy_sections()), encoding="utf-8")
         assert record.source is not None  # materialised_source refused otherwise
         env = hand_run_to(os.environ, run_id)
         paths = [str(import_root(root, record.source)), os.environ.get("PYTHONPATH", "")]

@@ -197,7 +197,7 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
     from mlproject.tracking.store import study_storage
 
     storage = study_storage(job.tune.storage)
-    data = prepare_data(job.run.data)  # once, before any worker; the effective values need it
+    data = prepare_data(job.run.data, job.run.runtime)  # once, before any worker; the effective values need it
     check_collapse(job, data)  # before any run exists
     if job.tune.parent_run_id:  # one more worker of a study another process opened
         parent = client.join_parent(job.tune.parent_run_id, {Tag.STUDY: job.study_name}, f"study {job.study_name!r}")

@@ -23,12 +23,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlproject.app.config import RunConfig
-from mlproject.config import dump_yaml, from_dict, merge, to_dict
+from mlproject.config import dump_yaml, flatten, replace, to_dict
 from mlproject.errors import ConfigError
 from mlproject.research.config import TuneConfig
 from mlproject.research.sweep import experiment_for, load_job, sweep_key
 
-SEARCHABLE = ("model", "data", "train")  # sections a search space may change
+SEARCHABLE = RunConfig.RECIPE  # sections a search space may change
+# Warmups searched in steps (`train.warmup` of earlier releases: steps from 1 up): what ran is the
+# trainer's capped step count.
+WARMUP_STEP_NAMES = {"train.warmup", "train.warmup_steps"}
 _TYPES = ("float", "int", "categorical")
 
 
@@ -68,7 +71,7 @@ def parse_space(raw: Any, source: str) -> list[Dimension]:
         cls = RunConfig.SECTIONS.get(section)
         if section not in SEARCHABLE or cls is None:
             raise ConfigError(f"{where}.{name}: expected section.field with section one of {', '.join(SEARCHABLE)}")
-        fields = {f.name for f in dataclasses.fields(cls)}
+        fields = {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "LEGACY_FLAGS", {}))
         if fname not in fields:
             raise ConfigError(f"{where}.{name}: unknown field {fname!r} of section {section}; "
                               f"allowed: {', '.join(sorted(fields))}")
@@ -99,15 +102,13 @@ def parse_space(raw: Any, source: str) -> list[Dimension]:
 def trial_config(base: RunConfig, values: Mapping[str, Any], *, run_name: str | None = None,
                  experiment: str | None = None, source: str = "trial") -> RunConfig:
     """`base` with the sampled `values` ({section.field: value}), validated like a config file."""
-    sections: dict[str, Any] = {}
-    for section in SEARCHABLE:
-        changes = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(section + ".")}
-        current = getattr(base, section)
-        sections[section] = (from_dict(type(current), merge(to_dict(current), changes), source=f"{source}: {section}")
-                             if changes else current)
-    tracking = dataclasses.replace(base.tracking, run_name=run_name or base.tracking.run_name,
-                                   experiment_name=experiment or base.tracking.experiment_name, resume_from=None)
-    cfg = RunConfig(**sections, tracking=tracking)
+    changes = {section: {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(section + ".")}
+               for section in SEARCHABLE}
+    if {"warmup", "warmup_steps", "warmup_fraction"} & set(changes["train"]):  # the searched warmup replaces the base's
+        changes["train"] = {"warmup_steps": None, "warmup_fraction": None, **changes["train"]}
+    tracking = {"run_name": run_name or base.tracking.run_name, "resume_from": None,
+                "experiment_name": experiment or base.tracking.experiment_name}
+    cfg = base.replace(source=source, tracking=tracking, **{name: c for name, c in changes.items() if c})
     cfg.model.resolved()
     return cfg
 
@@ -128,12 +129,12 @@ def effective_values(cfg: RunConfig, names: list[str], data: Any) -> dict[str, t
     from mlproject.training.optim import resolve_warmup
 
     resolved = cfg.resolved(data.vocab_size)
-    flat = resolved.flat()
+    flat = {**flatten(resolved.legacy_sections()), **resolved.flat()}  # train.warmup as well
     steps = total_steps(resolved, len(data.train.tokens))
     out = {name: (flat[name], "the resolved config sets it") for name in names}
-    if "train.warmup" in out:
-        out["train.warmup"] = (resolve_warmup(resolved.train.warmup, steps),
-                               f"warmup is capped at half of the run's {steps} steps ({steps // 2})")
+    for name in WARMUP_STEP_NAMES & set(out):  # in steps, as the trainer runs it
+        out[name] = (resolve_warmup(resolved.train, steps),
+                     f"warmup is capped at half of the run's {steps} steps ({steps // 2})")
     if "train.max_steps" in out:
         out["train.max_steps"] = (steps, f"{resolved.train.epochs} epoch(s) end the run at {steps} steps")
     return out
@@ -190,6 +191,6 @@ class TuneJob:
         return self.tune.study_name or f"tune-{self.key}"
 
     def config_text(self, **tune_changes: Any) -> str:
-        sections = {name: to_dict(getattr(self.run, name)) for name in RunConfig.SECTIONS}
-        tune = to_dict(dataclasses.replace(self.tune, **tune_changes))
+        sections = self.run.sections()
+        tune = to_dict(replace(self.tune, **tune_changes))
         return dump_yaml({**sections, "tune": tune, "search_space": self.space_raw})

@@ -21,7 +21,7 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 
-from mlproject.app.config import RunConfig
+from mlproject.app.config import RunConfig, legacy_layout
 from mlproject.app.train import TrainOutcome, run_training
 from mlproject.config import dump_yaml, flatten
 from mlproject.errors import MlprojectError
@@ -187,7 +187,8 @@ class MlflowTracker:
             client.log_text(active.run_id, dump_yaml(sections), Artifact.RESOLVED_CONFIG)
             log_dataset(data.info)
 
-        params = {**flatten(sections), **flatten(data.info, "dataset")}
+        # params keep the names of earlier releases (`legacy_layout`: train.device, train.warmup)
+        params = {**flatten(legacy_layout(sections)), **flatten(data.info, "dataset")}
         mlflow_run = MlflowRun(active, cfg, data, recorded.run_name, Tag.PARENT in recorded.tags,
                                MlflowLogger(active.run_id, params, on_start=on_start))
         try:

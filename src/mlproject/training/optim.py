@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 
+from mlproject.config import replace
 from mlproject.errors import ConfigError
 from mlproject.training.config import TrainConfig
 
@@ -38,7 +38,7 @@ def resolve_recipe(train_cfg: TrainConfig, model_version: str) -> TrainConfig:
     if name not in RECIPES:
         raise ConfigError(f"recipe={name!r} is unknown; expected one of: {', '.join(RECIPES)}")
     recipe = RECIPES[name]
-    return dataclasses.replace(
+    return replace(
         train_cfg,
         recipe=name,
         beta1=recipe.beta1 if train_cfg.beta1 is None else train_cfg.beta1,
@@ -64,18 +64,17 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
                              fused=True if fused else None)
 
 
-def resolve_warmup(warmup: float, total_steps: int) -> int:
-    """Warmup steps: a fraction of the run if `warmup` < 1, else a step count.
+def resolve_warmup(cfg: TrainConfig, total_steps: int) -> int:
+    """Warmup steps: `warmup_steps`, else `warmup_fraction` of the run (`TrainConfig.warmup_share`).
 
     Capped at half the run so the cosine decay always gets at least as many steps as the
     warmup: a warmup as long as the run (the original suite's 2000 warmup steps in a
     2000-step run) would train at the peak rate throughout and never decay.
     """
-    if warmup < 0:
-        raise ConfigError(f"warmup={warmup} must be >= 0")
     if total_steps <= 0:
         raise ConfigError(f"total_steps={total_steps} must be positive")
-    steps = round(warmup * total_steps) if warmup < 1 else int(warmup)
+    share = cfg.warmup_share
+    steps = cfg.warmup_steps if share is None else round(share * total_steps)
     return min(steps, total_steps // 2)
 
 
@@ -103,7 +102,7 @@ def is_constant(cfg: TrainConfig) -> bool:
 
 def scheduled_warmup(cfg: TrainConfig, total_steps: int) -> int:
     """The warmup steps the run's schedule has (none for a constant rate)."""
-    return 0 if is_constant(cfg) else resolve_warmup(cfg.warmup, total_steps)
+    return 0 if is_constant(cfg) else resolve_warmup(cfg, total_steps)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,

@@ -9,9 +9,9 @@ exactly what it trained.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
+from mlproject.config import replace
 from mlproject.errors import ConfigError
 from mlproject.model.config import GPTConfig
 from mlproject.training.config import TrainConfig
@@ -27,16 +27,16 @@ def padded_vocab(vocab_size: int) -> int:
 
 def resolve_model(model_cfg: GPTConfig, vocab_size: int) -> GPTConfig:
     """The model config a run trains: concrete sizes, the tokenizer's vocabulary padded to VOCAB_MULTIPLE."""
-    return dataclasses.replace(model_cfg, vocab_size=padded_vocab(vocab_size)).resolved()
+    return replace(model_cfg, vocab_size=padded_vocab(vocab_size)).resolved()
 
 
 def resolve_train(train_cfg: TrainConfig, model_version: str) -> TrainConfig:
     """The training config a run uses: the recipe's optimizer settings, data_seed defaulting to seed,
-    the precision of `--amp` (amp_dtype)."""
+    the precision of `--amp` (amp_dtype), the default warmup fraction when no warmup is given."""
     cfg = resolve_recipe(train_cfg, model_version)
     precision = cfg.amp_dtype if cfg.amp else cfg.precision
-    return dataclasses.replace(cfg, data_seed=cfg.seed if cfg.data_seed is None else cfg.data_seed,
-                               precision=precision)
+    return replace(cfg, data_seed=cfg.seed if cfg.data_seed is None else cfg.data_seed, precision=precision,
+                   warmup_fraction=cfg.warmup_share if cfg.warmup_steps is None else None)
 
 
 def resolve(model_cfg: GPTConfig, train_cfg: TrainConfig, vocab_size: int) -> tuple[GPTConfig, TrainConfig]:

@@ -32,7 +32,7 @@ from mlproject.schema import TrainStatus
 from mlproject.training import distributed as D
 from mlproject.training import evaluation
 from mlproject.training.checkpoint import TrainingCheckpoint, TrainState, read_resume_checkpoint
-from mlproject.training.config import TrainConfig
+from mlproject.training.config import RuntimeConfig, TrainConfig
 from mlproject.training.device import (autocast, autocast_dtype, configure_backends, needs_grad_scaler,
                                        precision_name, select_device)
 from mlproject.training.optim import build_optimizer, build_scheduler, scheduled_warmup
@@ -138,14 +138,17 @@ class _StopRequest:
 
 
 def train(model_cfg: GPTConfig, data: Any, cfg: TrainConfig, *, checkpoint_dir: Path,
-          callbacks: Sequence[TrainerCallback] = (), resume_from: Path | None = None) -> TrainResult:
-    """Train a GPT on `data` (a PreparedData) with configs from `training.resolve.resolve`;
-    see the module docstring. Exceptions propagate."""
+          runtime: RuntimeConfig | None = None, callbacks: Sequence[TrainerCallback] = (),
+          resume_from: Path | None = None) -> TrainResult:
+    """Train a GPT on `data` (a PreparedData) with configs from `training.resolve.resolve`, on the
+    device, threads and so on of `runtime` (default: RuntimeConfig()); see the module docstring.
+    Exceptions propagate."""
     require_resolved(model_cfg, cfg)
-    device = select_device(cfg.device)
+    runtime = runtime or RuntimeConfig()
+    device = select_device(runtime.device)
     info, created_group = D.init_distributed(use_cuda=device.type == "cuda")
     try:
-        trainer = Trainer(model_cfg, data, cfg, Path(checkpoint_dir), callbacks, device, info)
+        trainer = Trainer(model_cfg, data, cfg, runtime, Path(checkpoint_dir), callbacks, device, info)
         return trainer.fit(resume_from)
     finally:
         if info.enabled:
@@ -161,11 +164,11 @@ class Trainer:
     part in the collectives (loss and eval all-reduces, the stop decision, the RNG gather).
     """
 
-    def __init__(self, model_cfg: GPTConfig, data: Any, cfg: TrainConfig, checkpoint_dir: Path,
-                 callbacks: Sequence[TrainerCallback], device: torch.device, info: D.DistInfo) -> None:
+    def __init__(self, model_cfg: GPTConfig, data: Any, cfg: TrainConfig, runtime: RuntimeConfig,
+                 checkpoint_dir: Path, callbacks: Sequence[TrainerCallback], device: torch.device, info: D.DistInfo) -> None:
         if info.enabled and device.type == "cuda":
             device = torch.device("cuda", info.local_rank)
-        self.model_cfg, self.data, self.cfg = model_cfg, data, cfg
+        self.model_cfg, self.data, self.cfg, self.runtime = model_cfg, data, cfg, runtime
         self.device, self.info = device, info
         self.callbacks = list(callbacks) if info.is_main else []
         self.last_path, self.best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
@@ -186,10 +189,10 @@ class Trainer:
                     status = TrainStatus.INTERRUPTED
                     break
                 lr = self.train_step()
-                if cfg.preview_every and state.step % cfg.preview_every == 0:
+                if self.runtime.preview_every and state.step % self.runtime.preview_every == 0:
                     self.preview()
                 # stop_at_step ends early but keeps the schedule of total_steps: the first steps of a run, exactly
-                done = state.step == self.total_steps or state.step == cfg.stop_at_step
+                done = state.step == self.total_steps or state.step == self.runtime.stop_at_step
                 if state.step % cfg.log_interval == 0 or done:
                     self.log(lr)
                 with self.timer.paused():
@@ -312,7 +315,7 @@ class Trainer:
         from such a run would look like a result; `allow_nonfinite` keeps going for those who
         study the divergence itself. The value is the all-reduced one: every rank stops alike.
         """
-        if self.cfg.allow_nonfinite or math.isfinite(value):
+        if self.runtime.allow_nonfinite or math.isfinite(value):
             return
         self.progress.close()
         self.batches.close()  # stops the prefetch thread
@@ -369,9 +372,9 @@ class Trainer:
 
     def setup(self, resume_from: Path | None) -> None:
         """Build the model, data, optimizer and checkpoint; restore `resume_from`; report the start."""
-        cfg, device, info = self.cfg, self.device, self.info
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
+        cfg, runtime, device, info = self.cfg, self.runtime, self.device, self.info
+        if runtime.num_threads:
+            torch.set_num_threads(runtime.num_threads)
         configure_backends(device)
         self.amp = autocast_dtype(device, cfg.precision)
         ckpt = read_resume_checkpoint(resume_from, self.model_cfg) if resume_from is not None else None
@@ -383,8 +386,8 @@ class Trainer:
         self.tokens_per_step = cfg.batch_size * self.model_cfg.block_size * cfg.grad_accum_steps * info.world_size
         self.params_total = self.raw_model.num_params()
         self.flops_per_token = self.raw_model.flops_per_token()
-        self.peak, peak_source = (peak_flops(device, self.amp, cfg.peak_flops) if info.is_main
-                                  else (cfg.peak_flops or float("nan"), "rank0"))
+        self.peak, peak_source = (peak_flops(device, self.amp, runtime.peak_flops) if info.is_main
+                                  else (runtime.peak_flops or float("nan"), "rank0"))
         self.checkpoint = TrainingCheckpoint(self.raw_model, cfg, self.optimizer, self.scheduler, self.scaler,
                                              self.sampler, self.state, device, info)
         if ckpt is not None:
@@ -410,8 +413,9 @@ class Trainer:
         self.raw_model = GPT(self.model_cfg).to(self.device)
         if info.enabled:  # different dropout masks per replica
             torch.manual_seed(cfg.seed + info.rank)
-        options = {"mode": cfg.compile_mode} if cfg.compile_mode else {}
-        model: torch.nn.Module = torch.compile(self.raw_model, **options) if cfg.compile else self.raw_model
+        runtime = self.runtime
+        options = {"mode": runtime.compile_mode} if runtime.compile_mode else {}
+        model: torch.nn.Module = torch.compile(self.raw_model, **options) if runtime.compile else self.raw_model
         self.eval_model = model
         if info.enabled:
             model = torch.nn.parallel.DistributedDataParallel(
@@ -434,8 +438,8 @@ class Trainer:
                 f"{f' x {info.world_size} processes' if info.enabled else ''}")
         self.total_steps = cfg.epochs * self.steps_per_epoch
         # --save-ckpt-every counts epochs (the original's unit), save_every optimizer steps
-        self.save_interval = (cfg.save_every_epochs * self.steps_per_epoch if cfg.save_every_epochs
-                              else cfg.save_every)
+        every_epochs = self.runtime.save_every_epochs
+        self.save_interval = every_epochs * self.steps_per_epoch if every_epochs else cfg.save_every
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.val_starts = evaluation.eval_windows(len(self.val_tokens), block_size, cfg.batch_size,
@@ -468,7 +472,7 @@ class Trainer:
         }
         for cb in self.callbacks:
             cb.on_train_start(start_info)
-        self.progress = Progress(self.cfg.progress, self.total_steps, state.step, info.is_main)
+        self.progress = Progress(self.runtime.progress, self.total_steps, state.step, info.is_main)
         if info.is_main:
             resumed_at = f", resumed at step {state.step}" if resumed else ""
             self.progress.write(f"training {self.params_total / 1e6:.2f}M parameters on {self.device} "

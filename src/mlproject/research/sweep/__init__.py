@@ -42,10 +42,10 @@ from mlproject.research.sweep.aggregate import SweepOutcome, aggregate_sweep, gl
 from mlproject.research.sweep.child import child_action, child_command, planned_config, train_child
 from mlproject.research.sweep.plan import PlannedChild, SweepPlan, load_plan, plan_sweep
 from mlproject.research.sweep.pool import train_sweep
-from mlproject.research.sweep.spec import (LATER_FIELDS, RUNTIME_FIELDS, ChildSpec, SweepSpec, child_config,
+from mlproject.research.sweep.spec import (LATER_FIELDS, ChildSpec, SweepSpec, child_config,
                                            experiment_for, load_job, sweep_key, with_context)
 
-__all__ = ["LATER_FIELDS", "RUNTIME_FIELDS", "ChildSpec", "PlannedChild", "SweepOutcome", "SweepPlan", "SweepSpec", "aggregate_sweep",
+__all__ = ["LATER_FIELDS", "ChildSpec", "PlannedChild", "SweepOutcome", "SweepPlan", "SweepSpec", "aggregate_sweep",
            "child_action", "child_command", "child_config", "experiment_for", "global_steps", "load_job",
            "load_plan", "plan_sweep", "planned_config", "row_from_run", "run_sweep", "sweep_key", "train_child",
            "train_sweep", "with_context"]

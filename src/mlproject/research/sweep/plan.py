@@ -182,7 +182,7 @@ def _new_plan(spec: SweepSpec, parent: ParentRun) -> SweepPlan:
         experiment_name=parent.experiment_name, groups=list(spec.groups), metrics=list(spec.metrics),
         children=[], output_dir=spec.base.tracking.output_dir, config_text=spec.config_text,
         run_name=spec.run_name, register_best=spec.register_best,
-        eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device,
+        eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.runtime.cache_dir, device=spec.base.runtime.device,
         lease_heartbeat=spec.base.tracking.lease_heartbeat, lease_timeout=spec.base.tracking.lease_timeout,
         register_best_ungated=spec.register_best_ungated, alpha=spec.alpha, effect=spec.effect,
         targets=list(spec.targets), target_alpha=spec.target_alpha, ladder=spec.ladder,
@@ -282,8 +282,8 @@ def _check_children(spec: SweepSpec) -> None:
     from mlproject.training.device import select_device
     from mlproject.training.preflight import check_fits
 
-    select_device(spec.base.train.device)  # the children train here: a device this machine lacks is refused now
-    data = prepare_data(spec.base.data)
+    select_device(spec.base.runtime.device)  # the children train here: a device this machine lacks is refused now
+    data = prepare_data(spec.base.data, spec.base.runtime)
     for child in spec.children:
         where = f"{spec.kind} child {child.name}"
         try:

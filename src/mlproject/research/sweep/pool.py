@@ -250,4 +250,4 @@ def _prepare_data(base: RunConfig) -> None:
     """Build the tokenizer and token caches once, before any child (children then reuse them)."""
     from mlproject.data.prepare import prepare_data
 
-    prepare_data(base.data)
+    prepare_data(base.data, base.runtime)

@@ -23,13 +23,6 @@ from mlproject.profiles import command_defaults
 if TYPE_CHECKING:  # the MLflow adapters are imported when a sweep runs, not when a job is built
     from mlproject.tracking.client import ParentRun
 
-# Fields that change how fast a run goes, not what it computes: left out of the sweep key, so
-# a sweep resumed on another machine (or with --parallel) still matches its children.
-# stop_at_step is here because a sweep never sets it (reproduce does) and a new field in the key
-# would change the key of every sweep in users' stores.
-RUNTIME_FIELDS = {"train.device", "train.num_threads", "train.progress", "train.peak_flops",
-                  "train.allow_nonfinite", "train.stop_at_step", "data.num_workers", "data.cache_dir",
-                  "train.save_every_epochs", "train.preview_every", "train.compile_mode"}
 # Fields added after sweeps were keyed that do change what a run computes: in the key only when set
 # to something else than their default, so the sweeps planned before them still resume.
 LATER_FIELDS = {"train.scheduler": "cosine", "train.amp": False, "train.amp_dtype": "bf16"}
@@ -96,12 +89,11 @@ def load_job(yaml_path: str | os.PathLike[str] | None, args: Any, section: str, 
 
 
 def sweep_key(kind: str, base: RunConfig, drop: Sequence[str], extra: Mapping[str, Any]) -> str:
-    """Hash of what makes two sweeps the same: the config minus seeds, the varied field,
-    runtime-only fields and the tracking section (names, folders), plus job settings."""
-    fields = base.flat()
-    ignored = RUNTIME_FIELDS | {"train.seed", "train.data_seed", *drop}
-    config = {k: v for k, v in fields.items()
-              if k not in ignored and not (k in LATER_FIELDS and LATER_FIELDS[k] == v)}
+    """Hash of what makes two sweeps the same: the recipe (`RunConfig.key_fields`: no tracking or
+    runtime section) minus seeds and the varied field, plus job settings."""
+    ignored = {"train.seed", "train.data_seed", *drop}
+    config = {k: v for k, v in base.key_fields(ignored).items()
+              if not (k in LATER_FIELDS and LATER_FIELDS[k] == v)}
     payload = {"kind": kind, "config": config, **extra}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -112,7 +104,7 @@ def child_config(base: RunConfig, *, model: Any, train: Any, seed: int) -> RunCo
     # config is resolved): for a given seed every group sees the same batches, so the paired
     # comparison across seeds cancels data-order noise.
     return RunConfig(model=model, data=base.data, train=dataclasses.replace(train, seed=seed),
-                     tracking=dataclasses.replace(base.tracking))
+                     tracking=dataclasses.replace(base.tracking), runtime=base.runtime)
 
 
 def with_context(where: str, exc: ConfigError) -> ConfigError:
