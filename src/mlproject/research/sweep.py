@@ -48,6 +48,7 @@ from typing import Any
 
 from mlproject.config import build_sections, dump_yaml, load_yaml, to_dict
 from mlproject.errors import ConfigError, MlprojectError
+from mlproject.outdir import kept_or_temporary
 from mlproject.profiles import command_defaults
 from mlproject.protocol import hand_run_to, result_line
 from mlproject.research.child_output import ChildOutput, captured
@@ -132,7 +133,7 @@ class SweepOutcome:
     status: str                 # FINISHED | FAILED | KILLED
     rows: list[Row]
     stats: SweepStats
-    results_dir: Path
+    results_dir: Path | None    # the results files kept locally (an --output-dir), else None: logged only
 
 
 # ----------------------------------------------------------------------------- job helpers
@@ -203,10 +204,13 @@ def global_steps(record: Any) -> int | None:
 
 
 def _export_local(plan: SweepPlan, records: Sequence[Any], rows: list[Row]) -> None:
-    """The results copy under research_runs/<kind>/<experiment>/; in the original profile (the
-    parent's tag) with the original's columns, its step counts among them."""
+    """The results copy under research_runs/<kind>/<experiment>/ when asked (--local-copies); in the
+    original profile (the parent's tag) with the original's columns, its step counts among them."""
     from mlproject.research.results import export_sweep_results
     from mlproject.tracking.queries import get_run
+
+    if not plan.local_copies:
+        return
 
     original = get_run(plan.parent_run_id).tags.get(Tag.PROFILE) == "original"
     steps = {record.run_id: global_steps(record) for record in records} if original else None
@@ -259,7 +263,7 @@ class SweepPlan:
     groups: list[str]
     metrics: list[str]
     children: list[dict[str, Any]]   # {"run_id", "name", "group", "seed", "action"}
-    output_dir: str                  # where the results files are written
+    output_dir: str | None           # where the results files are kept (None: logged only)
     config_text: str = ""
     run_name: str | None = None      # the parent's readable name
     register_best: str | None = None  # register the best child's model under this name
@@ -274,6 +278,7 @@ class SweepPlan:
     targets: list[str] = field(default_factory=list)
     target_alpha: float = 0.01
     adopted_from: str | None = None  # the earlier parent whose children a --resume took over
+    local_copies: bool = False       # also a results copy under the local root (app.local_copies)
     ladder: dict[str, Any] | None = None  # a ladder's design, fitted in the aggregate stage
 
     def to_json(self) -> str:
@@ -345,7 +350,8 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
     from mlproject.tracking.store import ensure_store
 
     check_groups_differ(spec)  # before any run exists: a sweep must not compare a model with itself
-    check_results_dir(spec.kind, spec.experiment)  # the local results copy, written when the children are done
+    if spec.base.tracking.local_copies:  # the local results copy, written when the children are done
+        check_results_dir(spec.kind, spec.experiment, spec.base.tracking.profile)
     ensure_store()
     _check_children(spec)  # before the parent exists: a child that cannot train leaves no stray runs
     parent = _open_parent(spec)
@@ -360,7 +366,8 @@ def _plan_stage(spec: SweepSpec, eager: bool) -> tuple[SweepPlan, list[_Task]]:
         plan = SweepPlan(
             kind=spec.kind, parent_run_id=parent.run_id, experiment_id=parent.experiment_id,
             experiment_name=parent.experiment_name, groups=list(spec.groups), metrics=list(spec.metrics),
-            children=[], output_dir=spec.base.tracking.output_dir, config_text=spec.config_text,
+            children=[], output_dir=spec.base.tracking.output_dir, local_copies=spec.base.tracking.local_copies,
+            config_text=spec.config_text,
             run_name=spec.run_name, register_best=spec.register_best,
             eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.data.cache_dir, device=spec.base.train.device,
             lease_heartbeat=spec.base.tracking.lease_heartbeat, lease_timeout=spec.base.tracking.lease_timeout,
@@ -692,11 +699,13 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
         plan = load_plan(plan)
     # One aggregator at a time: two processes that shared a sweep's children both aggregate it,
     # and the second must find the best child's model the first logged, not log another.
-    with waiting_hold(plan.parent_run_id, heartbeat_sec=plan.lease_heartbeat, timeout_sec=plan.lease_timeout):
-        return _aggregate(plan, output_dir, plots)
+    kept = output_dir or plan.output_dir  # else the files are written in a temporary folder, logged, removed
+    with (waiting_hold(plan.parent_run_id, heartbeat_sec=plan.lease_heartbeat, timeout_sec=plan.lease_timeout),
+          kept_or_temporary(kept and Path(kept) / "sweeps" / plan.parent_run_id, "mlproject-results-") as folder):
+        return _aggregate(plan, folder, plots, kept=bool(kept))
 
 
-def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOutcome:
+def _aggregate(plan: SweepPlan, results_dir: Path, plots: bool, kept: bool) -> SweepOutcome:
     from mlproject.research.describe import finish_parent
     from mlproject.tracking import client
     from mlproject.tracking.queries import get_run
@@ -715,7 +724,7 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
     stats = aggregate(rows, plan.groups, plan.metrics, alpha=plan.alpha, effect=plan.effect,
                       paired=plan.ladder is None)
     status = RunStatus.FINISHED if all(r["status"] == RunStatus.FINISHED for r in rows) else RunStatus.FAILED
-    results_dir = _record_results(plan, rows, stats, output_dir or plan.output_dir)
+    _record_results(plan, rows, stats, results_dir)
     notes, job_lines = _job_notes(plan, rows, results_dir)
     _export_local(plan, records, rows)  # research_runs/<kind>/<experiment>/
     try:
@@ -734,7 +743,8 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
     print(format_summary(stats if plan.ladder is None else dataclasses.replace(stats, metrics=plan.metrics[:1]), rows))
     if job_lines:
         print("\n".join(job_lines))
-    print(f"results: {results_dir / Artifact.RESULTS_JSONL} (logged to run {plan.parent_run_id})")
+    print(f"results: {results_dir / Artifact.RESULTS_JSONL if kept else Artifact.RESULTS_JSONL} "
+          f"(logged to run {plan.parent_run_id})")
     print(result_line({"step": plan.kind, "run_id": plan.parent_run_id, "experiment_id": plan.experiment_id,
                        "experiment_name": plan.experiment_name, "status": status, "children": len(rows),
                        "finished": sum(r["status"] == RunStatus.FINISHED for r in rows),
@@ -745,7 +755,7 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
         raise MlprojectError(f"{plan.kind}: {len(failed)} of {len(rows)} child runs did not finish: "
                              f"{', '.join(failed)}; re-run with --resume to complete them")
     return SweepOutcome(plan.parent_run_id, plan.experiment_id, plan.experiment_name, status, rows, stats,
-                        results_dir)
+                        results_dir if kept else None)
 
 
 def _job_notes(plan: SweepPlan, rows: list[Row], results_dir: Path) -> tuple[list[str], list[str]]:
@@ -874,7 +884,7 @@ def child_command(run_id: str, python: str | None = None) -> list[str]:
     return [*prefix, "train", "--child-run-id", run_id]
 
 
-def _record_results(plan: SweepPlan, rows: list[Row], stats: SweepStats, output_dir: str) -> Path:
+def _record_results(plan: SweepPlan, rows: list[Row], stats: SweepStats, results_dir: Path) -> None:
     """Statistics as parent metrics; results, summary and the job config as parent artifacts."""
     from mlproject.io import atomic_write_text
     from mlproject.tracking import client
@@ -886,9 +896,7 @@ def _record_results(plan: SweepPlan, rows: list[Row], stats: SweepStats, output_
     finished = sum(r["status"] == RunStatus.FINISHED for r in rows)
     client.log_metrics(plan.parent_run_id, {**metrics, "children_finished": finished,
                                             "children_total": len(rows)}, step=finished)
-    results_dir = Path(output_dir) / "sweeps" / plan.parent_run_id
     files = list(write_results(rows, results_dir))
     files.append(atomic_write_text(results_dir / Artifact.SWEEP_SUMMARY, json.dumps(stats.as_dict(), indent=2)))
     files.append(atomic_write_text(results_dir / Artifact.SWEEP_CONFIG, plan.config_text))
     client.log_files(plan.parent_run_id, files)
-    return results_dir
