@@ -97,7 +97,18 @@ class RunConfig:
     @property
     def experiment_name(self) -> str:
         """The experiment the run goes to: `tracking.experiment_name`, else `gpt-<dataset>`."""
-        return self.tracking.experiment_name or f"gpt-{self.data.dataset}"
+        return self.experiment_for("gpt")
+
+    def experiment_for(self, job: str) -> str:
+        """The experiment of a `job` (train: gpt, compare, ablation, ladder, tune): `tracking.experiment_name`,
+        else `<job>-<dataset>`, so a comparison and an ablation of one corpus are not mixed in one list."""
+        return self.tracking.experiment_name or f"{job}-{self.data.dataset}"
+
+    @property
+    def former_default_experiment(self) -> str | None:
+        """Where a job without `tracking.experiment_name` went before jobs had experiments of their
+        own (`gpt-<dataset>`, as a training run): a re-run of one made then continues there."""
+        return None if self.tracking.experiment_name else self.experiment_name
 
     @classmethod
     def load(cls, yaml_path: str | os.PathLike[str] | None = None,

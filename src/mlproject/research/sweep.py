@@ -175,8 +175,9 @@ def with_context(where: str, exc: ConfigError) -> ConfigError:
     return ConfigError(message if message.startswith(where.split(":")[0]) else f"{where}: {message}")
 
 
-def experiment_for(base: RunConfig) -> str:
-    return base.experiment_name
+def experiment_for(base: RunConfig, kind: str) -> str:
+    """A sweep's default experiment is named for its kind: `compare-<dataset>`, `ablation-<dataset>`..."""
+    return base.experiment_for(kind)
 
 
 # ----------------------------------------------------------------------------- rows
@@ -392,7 +393,7 @@ def _open_parent(spec: SweepSpec) -> Any:
         return spec.parent
     return client.open_parent(
         experiment=spec.experiment, run_name=spec.run_name, kind=spec.kind, sweep_key=spec.key,
-        resume=spec.resume, tags={Tag.GROUPS: json.dumps(spec.groups), Tag.METRICS: json.dumps(spec.metrics),
+        resume=spec.resume, fallback_experiment=spec.base.former_default_experiment, tags={Tag.GROUPS: json.dumps(spec.groups), Tag.METRICS: json.dumps(spec.metrics),
                                   Tag.PROFILE: spec.base.tracking.profile, **spec.tags})
 
 

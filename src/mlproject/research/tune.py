@@ -44,9 +44,9 @@ from mlproject.config import dump_yaml, flatten, from_dict, merge, to_dict
 from mlproject.errors import ConfigError, MlprojectError
 from mlproject.protocol import hand_run_to, result_line
 from mlproject.research.config import TuneConfig
-from mlproject.research.sweep import experiment_for, load_job, sweep_key
+from mlproject.research.sweep import load_job, sweep_key
 from mlproject.app.config import RunConfig
-from mlproject.schema import Artifact, RunStatus, Tag, TrialOutcome
+from mlproject.schema import Artifact, RunStatus, SweepKind, Tag, TrialOutcome
 
 SEARCHABLE = ("model", "data", "train")  # sections a search space may change
 _TYPES = ("float", "int", "categorical")
@@ -196,14 +196,17 @@ class TuneJob:
 
     @property
     def experiment(self) -> str:
-        return self.run.tracking.experiment_name or experiment_for(self.run)
+        return self.run.experiment_for(SweepKind.TUNE)
 
     @property
     def key(self) -> str:
         """What makes two searches one study: config, space, metric and experiment (not the
         trial budget or the worker count, so a re-run with more trials continues it)."""
         return sweep_key("tune", self.run, drop=[d.name for d in self.space],
-                         extra={"space": self.space_raw, "metric": self.tune.metric, "experiment": self.experiment})
+                         # the experiment as named before tune had its own default (gpt-<dataset>): the
+                         # studies made then keep their names, and continue
+                         extra={"space": self.space_raw, "metric": self.tune.metric,
+                                "experiment": self.run.experiment_name})
 
     @property
     def study_name(self) -> str:
@@ -393,7 +396,7 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
         _optimize(job, _study(job, storage, job.tune.sampler_seed), parent, data)
         return None
 
-    parent = tune_runs.open_parent(experiment=job.experiment,
+    parent = tune_runs.open_parent(experiment=job.experiment, fallback_experiment=job.run.former_default_experiment,
                                    run_name=job.tune.parent_run_name or job.study_name, study_name=job.study_name,
                                    tags={})
     print(f"tune: study {job.study_name!r} ({storage.split('@')[-1]}), parent run {parent.run_id} "

@@ -26,7 +26,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -332,13 +332,31 @@ class ParentRun:
     previous: RunRecord | None  # the parent whose children a --resume adopts (may be this run itself)
 
 
+def experiment_to_resume(experiment: str, fallback: str | None, holds_job: Callable[[str], bool]) -> str:
+    """The experiment a re-run job continues in: `experiment`, unless the job is found only in
+    `fallback`, the default it had before jobs got experiments of their own (`gpt-<dataset>`).
+    `holds_job(experiment_id)` says whether an experiment holds the job (its sweep key, its study)."""
+    if not fallback or fallback == experiment:
+        return experiment
+    new = client().get_experiment_by_name(experiment)
+    if new is not None and holds_job(new.experiment_id):
+        return experiment
+    old = client().get_experiment_by_name(fallback)
+    if old is None or old.lifecycle_stage == "deleted" or not holds_job(old.experiment_id):
+        return experiment
+    print(f"note: continuing in experiment {fallback!r}, where this job ran before its default became "
+          f"{experiment!r}", file=sys.stderr)
+    return fallback
+
+
 def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, resume: bool,
-                tags: Mapping[str, str]) -> ParentRun:
+                tags: Mapping[str, str], fallback_experiment: str | None = None) -> ParentRun:
     """The sweep's parent run.
 
     The process's run (`mlflow run` created it) if there is one, else with `resume` the newest
-    parent of the experiment with the same sweep key, else a new run. With `resume`,
-    `previous` is the parent whose children are taken over.
+    parent of the experiment with the same sweep key (found in `fallback_experiment` when only
+    there: `experiment_to_resume`), else a new run. With `resume`, `previous` is the parent whose
+    children are taken over.
     """
     ensure_store()
     handed = process_run_id()
@@ -359,6 +377,9 @@ def open_parent(*, experiment: str, run_name: str, kind: str, sweep_key: str, re
         if run.status != RunStatus.RUNNING:
             client().update_run(run_id, status=RunStatus.RUNNING)
     else:
+        if resume:
+            experiment = experiment_to_resume(experiment, fallback_experiment,
+                                              lambda e: latest_sweep_parent(e, sweep_key=sweep_key) is not None)
         experiment_id = ensure_experiment(experiment)
         name = experiment
         if resume:

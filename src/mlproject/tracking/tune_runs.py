@@ -37,17 +37,20 @@ def study_storage(explicit: str | None) -> str:
                          "tracking server's database)")
 
 
-def open_parent(*, experiment: str, run_name: str, study_name: str, tags: Mapping[str, str]) -> ParentRun:
+def open_parent(*, experiment: str, run_name: str, study_name: str, tags: Mapping[str, str],
+                fallback_experiment: str | None = None) -> ParentRun:
     """The study's parent run: the process's run (under `mlflow run`), else the newest parent
-    of this study in the experiment (a re-run continues it), else a new run."""
+    of this study in the experiment (or, when only there, in `fallback_experiment`: a re-run
+    continues it), else a new run."""
     handed = client.process_run_id()
     all_tags = {Tag.ROLE: RunRole.TUNE_PARENT, Tag.SWEEP_KIND: SweepKind.TUNE, Tag.STUDY: study_name, **tags}
+    parents = f"tags.`{Tag.ROLE}` = '{RunRole.TUNE_PARENT}' and tags.`{Tag.STUDY}` = '{study_name}'"
     if handed:
         experiment_id, run_id = get_run(handed).experiment_id, handed
     else:
+        experiment = client.experiment_to_resume(experiment, fallback_experiment, lambda e: bool(search([e], parents)))
         experiment_id = client.ensure_experiment(experiment)
-        previous = search([experiment_id], f"tags.`{Tag.ROLE}` = '{RunRole.TUNE_PARENT}' and tags.`{Tag.STUDY}` = "
-                                           f"'{study_name}'")
+        previous = search([experiment_id], parents)
         run_id = previous[0].run_id if previous else client.client().create_run(experiment_id, run_name=run_name).info.run_id
     client.set_status(run_id, RunStatus.RUNNING)
     client.set_tags(run_id, all_tags)
