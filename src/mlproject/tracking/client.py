@@ -182,7 +182,8 @@ def ensure_experiment(name: str) -> str:
     experiment = client().get_experiment_by_name(name)
     if experiment is None:
         try:
-            experiment_id = client().create_experiment(name, tags=_TRAINING_KIND)
+            experiment_id = client().create_experiment(name, artifact_location=_artifact_location(),
+                                                       tags=_TRAINING_KIND)
         except MlflowException:
             # Another process created it between the lookup and the create.
             experiment = client().get_experiment_by_name(name)
@@ -194,6 +195,22 @@ def ensure_experiment(name: str) -> str:
         raise MlprojectError(f"experiment {name!r} is deleted; restore it or pick another experiment_name")
     _tag_kind_if_missing(experiment)
     return experiment.experiment_id
+
+
+def _artifact_location() -> str | None:
+    """Where a new experiment of a local SQLite store keeps its artifacts: `mlruns/` beside the
+    database file. MLflow's default is `./mlruns` of the working directory the store was opened in,
+    which put a store's artifacts into the project under `mlflow run .` however far away its
+    database was. None (MLflow decides) for any other store."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    import uuid
+
+    return (Path(path).expanduser().resolve().parent / "mlruns" / uuid.uuid4().hex).as_uri()
 
 
 # MLflow 3's UI shows an experiment without this tag as a GenAI one (traces, "evaluation runs");
