@@ -1,4 +1,5 @@
-"""Output folders: written whole beside their place, renamed in, and never a user's files lost.
+"""Output folders: written whole beside their place, renamed in, and never a user's files lost;
+scratch folders: outside the working directory, removed when done.
 
 A command that writes a folder (`export-hf`) fills a fresh hidden sibling and renames it into
 place when the write succeeded, so a reader (or a crash) never sees half of it. Each such
@@ -21,6 +22,8 @@ from mlproject.errors import MlprojectError
 from mlproject.io import plain_modes, temp_path
 
 MARKER = ".mlproject-output.json"  # {"written_by": "mlproject", "kind": ..., "entries": [top-level names], details}
+# <cache>/scratch/<run id>/checkpoints: a tracked run's checkpoints on their way to the tracking store
+SCRATCH = "scratch"
 
 
 def _marker(folder: Path) -> dict | None:
@@ -147,3 +150,17 @@ def _swap_in(new: Path, path: Path, kind: str) -> None:
         os.rename(aside, path)  # put the earlier output back
         raise
     shutil.rmtree(aside, ignore_errors=True)  # only what the marker showed the suite wrote
+
+
+@contextlib.contextmanager
+def kept_or_temporary(folder: str | os.PathLike[str] | None, prefix: str) -> Iterator[Path]:
+    """Yield `folder` when the user named one (it stays), else a new temporary folder outside the
+    working directory, removed when the block ends: files written there only on their way to the
+    tracking store (a sweep's results) leave nothing behind."""
+    if folder:
+        yield Path(folder).expanduser()
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)

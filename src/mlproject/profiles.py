@@ -68,6 +68,8 @@ ORIGINAL: tuple[Default, ...] = (
     Default(_SWEEPS, "runtime", "compile_mode", "default", "with --compile"),
     Default(("train",), "tracking", "output_dir", "checkpoints",
             "where its files go (run config, history, checkpoints)"),
+    Default(_RUNS, "tracking", "local_copies", True, "checkpoints/<run>.* and research_runs/<kind>/<experiment>/, "
+                                                     "as it wrote them"),
     Default(("compare",), "compare", "seeds", [42]),
     Default(("compare",), "compare", "fair_recipe", False, "it trained each version with its own recipe"),
     Default(("ablate",), "ablation", "seeds", [42]),

@@ -35,7 +35,9 @@ def sh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shell]:
         os.chdir(cwd)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
     env.update(MLFLOW_TRACKING_URI=uri, MLPROJECT_CACHE_DIR=str(cache), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+               PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+               # the original's commands in its profile (docs/migration.md): its local files where it wrote them
+               MLPROJECT_PROFILE="original")
     yield Shell(workdir, env)
 
 

@@ -147,7 +147,7 @@ def test_generate_from_the_runs_uri_that_train_prints(sh: Shell, trained):
     last = next(part.split("=", 1)[1] for part in trained.line("checkpoints:").split(", ") if part.startswith("last="))
     assert last.startswith("runs:/") and last.endswith("/checkpoints/last.pt")
     ran = sh.run(f'mlproject generate --checkpoint {last} --prompt "The module" --strategy greedy '
-                 "--max-new-tokens 8")
+                 "--max-new-tokens 8", extra_env={"MLPROJECT_PROFILE": "default"})  # a command of this suite
     assert "The module" in ran.output
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 import math
 
 import pytest
@@ -96,7 +97,7 @@ def test_the_alias_moves_to_a_candidate_that_beats_the_baseline_by_a_mile(lopsid
 
 
 @pytest.mark.e2e  # a whole sweep, trained once for the module
-def test_ablation_reports_holm_beside_raw_p_and_significance_follows_it(dropout_ablation):
+def test_ablation_reports_holm_beside_raw_p_and_significance_follows_it(dropout_ablation, tmp_path):
     outcome, out, _ = dropout_ablation
     metrics = MlflowClient().get_run(outcome.parent_run_id).data.metrics
     raw = {g: metrics[f"val_loss_best/{g}-0.0/p_value"] for g in ("0.3", "0.6")}
@@ -104,7 +105,8 @@ def test_ablation_reports_holm_beside_raw_p_and_significance_follows_it(dropout_
     # Holm's step-down for two tests: the smaller p times 2, the larger at least that and itself.
     assert metrics[f"val_loss_best/{low}-0.0/p_holm"] == pytest.approx(min(1.0, 2 * raw[low]))
     assert metrics[f"val_loss_best/{high}-0.0/p_holm"] == pytest.approx(max(min(1.0, 2 * raw[low]), raw[high]))
-    summary = json.loads((outcome.results_dir / "summary.json").read_text())
+    summary = json.loads(Path(MlflowClient().download_artifacts(outcome.parent_run_id, "summary.json",
+                                                                str(tmp_path))).read_text())
     assert summary["holm"]["val_loss_best"][low]["p_holm"] == pytest.approx(min(1.0, 2 * raw[low]))
     assert "p_holm" in out and "significant: the Holm-adjusted p <= α = 0.05" in out
     assert "2 seeds: the test has no power to speak of" in out

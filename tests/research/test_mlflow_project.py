@@ -69,3 +69,34 @@ def test_mlflow_run_evaluate_without_a_run_id_leaves_no_failed_run(research_env)
     (outer,) = client.search_runs([experiment_id], run_view_type=ViewType.ALL)
     # deleted, not left FAILED and empty; already when `mlflow run`'s output ended (its reader waited)
     assert (outer.info.lifecycle_stage, outer.info.status) == ("deleted", "FAILED")
+
+
+def _without_output_dir(path: Path) -> Path:
+    """The config at `path` with no tracking.output_dir: the suite's default places decide."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    data["tracking"].pop("output_dir")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_a_clean_clone_stays_clean_after_mlflow_run_train_and_a_compare_run_inside_it(research_env, tmp_path):
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "MLPROJECT_LOCAL_DIR"}
+    train = _without_output_dir(write_tiny(tmp_path / "train.yaml", unique("clean-train")))
+    done = subprocess.run([str(VENV_BIN / "mlflow"), "run", ".", "-e", "train", "--env-manager", "local",
+                           "-P", f"config={train}", "-P", "max_steps=2"],
+                          cwd=clone, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert parse_step_result(done.stdout)["status"] == "FINISHED"
+    sweep = _without_output_dir(write_sweep(tmp_path / "compare.yaml", unique("clean-compare")))
+    done = subprocess.run([str(VENV_BIN / "mlproject"), "compare", "--config", str(sweep), "--models", "gpt2",
+                           "--seeds", "1"], cwd=clone, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert parse_step_result(done.stdout)["status"] == "FINISHED"
+    # ignored files count too: runs/, checkpoints/, research_runs/ are in .gitignore
+    status = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=clone, capture_output=True,
+                            text=True, check=True).stdout
+    assert status == "", status

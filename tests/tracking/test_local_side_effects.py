@@ -52,13 +52,13 @@ def _temp_files(*roots: Path) -> list[Path]:
 
 
 def test_a_run_name_too_long_for_its_local_copies_is_refused_before_training(tiny_yaml, capsys):
-    _refused(["train", "--config", str(tiny_yaml()), "--run-name", "x" * 300], capsys,
+    _refused(["train", "--config", str(tiny_yaml()), "--run-name", "x" * 300, "--local-copies"], capsys,
              "run_name='xxxx", "(300 characters) is too long", "--run-name")
 
 
 def test_a_local_dir_under_a_regular_file_is_refused_before_training(tiny_yaml, capsys, afile, monkeypatch):
     monkeypatch.setenv("MLPROJECT_LOCAL_DIR", str(afile / "local"))
-    _refused(["train", "--config", str(tiny_yaml())], capsys,
+    _refused(["train", "--config", str(tiny_yaml()), "--local-copies"], capsys,
              f"MLPROJECT_LOCAL_DIR='{afile}/local/checkpoints'", f"'{afile}' is a file, not a folder")
     assert afile.read_text() == "user data\n"
 
@@ -67,7 +67,7 @@ def test_a_local_dir_under_a_regular_file_is_refused_before_training(tiny_yaml, 
 def test_a_sweep_whose_results_copy_cannot_be_written_is_refused_before_its_parent_exists(
         tiny_yaml, capsys, afile, monkeypatch, command):
     monkeypatch.setenv("MLPROJECT_LOCAL_DIR", str(afile / "local"))
-    _refused([command, "--config", str(tiny_yaml())], capsys,
+    _refused([command, "--config", str(tiny_yaml()), "--local-copies"], capsys,
              f"MLPROJECT_LOCAL_DIR='{afile}/local/research_runs/", f"'{afile}' is a file, not a folder")
 
 
@@ -92,9 +92,9 @@ def test_plot_into_a_folder_under_a_regular_file_is_refused(capsys, afile, tmp_p
 
 def test_a_failed_local_copy_after_training_says_the_finished_run_is_safe(tiny_yaml, capsys, tmp_path):
     # A folder where the tokenizer copy goes: the check before training passes, the copy fails.
-    blocker = tmp_path / "checkpoints" / "blocked.tokenizer.json"
+    blocker = tmp_path / "mlproject-outputs" / "checkpoints" / "blocked.tokenizer.json"
     (blocker / "keep").mkdir(parents=True)
-    assert main(["train", "--config", str(tiny_yaml()), "--run-name", "blocked"]) == 2
+    assert main(["train", "--config", str(tiny_yaml()), "--run-name", "blocked", "--local-copies"]) == 2
     out, err = capsys.readouterr()
     result = parse_step_result(out)
     run_id = result["run_id"]
@@ -104,28 +104,28 @@ def test_a_failed_local_copy_after_training_says_the_finished_run_is_safe(tiny_y
     assert f"run {run_id} is FINISHED and safe in the tracking store" in err
     assert "blocked.tokenizer.json" in err
     assert (blocker / "keep").is_dir()
-    assert _temp_files(tmp_path / "checkpoints") == []
+    assert _temp_files(tmp_path / "mlproject-outputs") == []
 
 
 def test_local_copies_are_real_copies_and_no_temporary_survives_a_resume(tiny_yaml, capsys, tmp_path, cache_dir):
     config = str(tiny_yaml())
-    assert main(["train", "--config", config, "--run-name", "copies"]) == 0
+    assert main(["train", "--config", config, "--run-name", "copies", "--local-copies"]) == 0
     run_id = parse_step_result(capsys.readouterr().out)["run_id"]
     assert main(["train", "--config", config, "--run-name", "copies", "--resume-from", run_id,
-                 "--max-steps", "16"]) == 0
+                 "--max-steps", "16", "--local-copies"]) == 0
     assert parse_step_result(capsys.readouterr().out)["status"] == "FINISHED"
 
-    copy = tmp_path / "checkpoints" / "copies.tokenizer.json"
+    copy = tmp_path / "mlproject-outputs" / "checkpoints" / "copies.tokenizer.json"
     original = copy.read_bytes()
     cached = [p for p in (cache_dir / "tokenizers").rglob("*.json") if p.read_bytes() == original]
     assert cached, "the copy is of a cached tokenizer"
-    for path in (copy, *(tmp_path / "checkpoints").glob("copies.*.pt")):
+    for path in (copy, *copy.parent.glob("copies.*.pt")):
         assert path.stat().st_nlink == 1, f"{path} is a hard link"
     assert all(p.stat().st_ino != copy.stat().st_ino for p in cached)
     with copy.open("r+b") as f:  # an edit in place, as an editor that rewrites the file would not
         f.write(b"{}  ")
     assert all(p.read_bytes() == original for p in cached), "editing the copy changed the cache"
-    assert _temp_files(tmp_path / "checkpoints", tmp_path / "runs") == []
+    assert _temp_files(copy.parent, tmp_path / "runs") == []
 
 
 def test_a_pipeline_step_whose_config_is_missing_leaves_no_run_running(tmp_path, experiment_name, capsys):

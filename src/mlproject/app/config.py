@@ -26,7 +26,12 @@ class TrackingConfig:
     run_name: str | None = field(None, help="MLflow run name")
     register_as: str | None = field(None, help="register the best model under this name")
     resume_from: str | None = field(None, help="continue a run: its run id or a checkpoint path")
-    output_dir: str = field("runs", help="local directory for checkpoints before they are logged")
+    output_dir: str | None = field(None, help="keep the run's checkpoints in this folder (default: a scratch folder "
+                                              "in the cache, removed once they are logged; untracked runs: "
+                                              "$MLPROJECT_LOCAL_DIR or ./mlproject-outputs)")
+    local_copies: bool = field(False, help="also copy the finished run's checkpoints and tokenizer (a sweep: its "
+                                           "results) under $MLPROJECT_LOCAL_DIR or ./mlproject-outputs "
+                                           "(profile original: on, at the original's paths)")
     log_model: bool = field(True, help="log the best model as an MLflow LoggedModel at the end")
     log_to_mlflow: bool = field(True, help="false disables tracking (benchmarks, debugging)")
     system_metrics: bool = field(True, help="log MLflow system metrics (CPU, memory; GPU with nvidia-ml-py)")
@@ -130,7 +135,18 @@ class RunConfig:
     @property
     def experiment_name(self) -> str:
         """The experiment the run goes to: `tracking.experiment_name`, else `gpt-<dataset>`."""
-        return self.tracking.experiment_name or f"gpt-{self.data.dataset}"
+        return self.experiment_for("gpt")
+
+    def experiment_for(self, job: str) -> str:
+        """The experiment of a `job` (train: gpt, compare, ablation, ladder, tune): `tracking.experiment_name`,
+        else `<job>-<dataset>`, so a comparison and an ablation of one corpus are not mixed in one list."""
+        return self.tracking.experiment_name or f"{job}-{self.data.dataset}"
+
+    @property
+    def former_default_experiment(self) -> str | None:
+        """Where a job without `tracking.experiment_name` went before jobs had experiments of their
+        own (`gpt-<dataset>`, as a training run): a re-run of one made then continues there."""
+        return None if self.tracking.experiment_name else self.experiment_name
 
     @classmethod
     def load(cls, yaml_path: str | os.PathLike[str] | None = None,

@@ -1,20 +1,22 @@
-"""The original suite's local files, written beside the MLflow runs that hold the real data.
+"""Local copies of what a run logged: opt-in files beside the MLflow runs that hold the real data.
 
 The original `scripts/*.py` wrote their outputs to fixed local paths, and its README chains
 commands through them (`plot --results research_runs/compare/<name>/results.jsonl`,
 `generate --checkpoint checkpoints/<run-name>.last.pt`). Here every output is an MLflow
-artifact first; this module only mirrors the ones those commands read, under the working
-directory, so the original commands run as written:
+artifact first, and a command writes nothing into the working directory unless asked
+(`mlflow run .` runs in the project: it must stay clean). This module mirrors the files those
+commands read, when asked:
 
     research_runs/compare/<experiment>/results.{jsonl,csv}     copy of the parent run's results.*
     research_runs/ablations/<experiment>/results.{jsonl,csv}   the same for an ablation
     checkpoints/<run-name>.last.pt, .best.pt                    copies of the run's checkpoints/*.pt
     checkpoints/<run-name>.tokenizer.json                       copy of the run's Artifact.TOKENIZER
 
-They go under the working directory, or under `$MLPROJECT_LOCAL_DIR` when it is set (under
-`mlflow run` the working directory is the project). The MLflow run stays the source of truth:
-a copy is rewritten by the next run of the same name, never read back by the suite itself
-except where a user passes its path.
+Asked means `--local-copies` (`tracking.local_copies`; the original profile turns it on). They go
+under one folder, `local_root`: `$MLPROJECT_LOCAL_DIR` when set, else the working directory in the
+original profile (where the original suite put them, so its commands run as written), else
+`./mlproject-outputs`. The MLflow run stays the source of truth: a copy is rewritten by the next
+run of the same name, never read back by the suite itself except where a user passes its path.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ RESULTS_ROOT = Path("research_runs")
 CHECKPOINTS_ROOT = Path("checkpoints")
 # Under `mlflow run` the working directory is the project; this variable puts the copies elsewhere.
 LOCAL_DIR_ENV = "MLPROJECT_LOCAL_DIR"
+LOCAL_DIR_DEFAULT = Path("mlproject-outputs")  # the one folder of this suite's local files, when asked for
 SWEEP_FOLDERS = {"compare": "compare", "ablation": "ablations", "ladder": "ladders"}  # the original's folder names
 
 
@@ -40,15 +43,18 @@ def _safe_name(name: str) -> str:
     return cleaned if cleaned not in ("", ".", "..") else "unnamed"
 
 
-def _local(path: Path) -> Path:
-    """`path` under $MLPROJECT_LOCAL_DIR if set, else under the working directory (relative)."""
+def local_root(profile: str) -> Path:
+    """The folder of local files: $MLPROJECT_LOCAL_DIR if set, else the working directory in the
+    original profile (relative paths, as the original's), else `mlproject-outputs`."""
     root = os.environ.get(LOCAL_DIR_ENV, "").strip()
-    return Path(root).expanduser() / path if root else path
+    if root:
+        return Path(root).expanduser()
+    return Path() if profile == "original" else LOCAL_DIR_DEFAULT
 
 
-def results_dir(kind: str, experiment_name: str) -> Path:
+def results_dir(kind: str, experiment_name: str, profile: str) -> Path:
     """`research_runs/compare/<experiment>`, `research_runs/ablations/<experiment>` or `research_runs/ladders/...`."""
-    return _local(RESULTS_ROOT / SWEEP_FOLDERS[kind] / _safe_name(experiment_name))
+    return local_root(profile) / RESULTS_ROOT / SWEEP_FOLDERS[kind] / _safe_name(experiment_name)
 
 
 def _field() -> str:
@@ -56,10 +62,10 @@ def _field() -> str:
     return LOCAL_DIR_ENV if os.environ.get(LOCAL_DIR_ENV, "").strip() else "working directory"
 
 
-def check_results_dir(kind: str, experiment_name: str) -> None:
+def check_results_dir(kind: str, experiment_name: str, profile: str) -> None:
     """Raise a one-line error now if a sweep's results copy could not be written: checked before
     the parent run exists, not found when the children have trained."""
-    check_writable(results_dir(kind, experiment_name), _field())
+    check_writable(results_dir(kind, experiment_name, profile), _field())
 
 
 def _copy_atomic(src: Path, dst: Path) -> Path:
@@ -71,10 +77,10 @@ def _copy_atomic(src: Path, dst: Path) -> Path:
     return dst
 
 
-def check_local_copies(run_name: str | None) -> None:
+def check_local_copies(run_name: str | None, profile: str) -> None:
     """Raise a one-line error now if the local copies of a run named `run_name` (None: a name MLflow
     picks, short) could not be written: checked before training, so no run is created for it."""
-    folder = _local(CHECKPOINTS_ROOT)
+    folder = local_root(profile) / CHECKPOINTS_ROOT
     check_writable(folder, _field())
     if run_name is None:
         return
@@ -88,21 +94,20 @@ def check_local_copies(run_name: str | None) -> None:
                              "name; give a shorter --run-name")
 
 
-def export_checkpoints(run_name: str, *, last: Path | None, best: Path | None,
+def export_checkpoints(run_name: str, profile: str, *, last: Path | None, best: Path | None,
                        tokenizer: str | os.PathLike[str] | None) -> dict[str, Path]:
-    """Copy a finished run's checkpoints and tokenizer to `checkpoints/<run-name>.*`; print the paths.
-
-    The tokenizer copy is what `generate --tokenizer-path` takes with `--checkpoint`.
+    """Copy a finished run's checkpoints and tokenizer to `checkpoints/<run-name>.*` under the local
+    root; print the paths. The tokenizer copy is what `generate --tokenizer-path` takes with `--checkpoint`.
     """
-    name = _safe_name(run_name)
+    name, folder = _safe_name(run_name), local_root(profile) / CHECKPOINTS_ROOT
     written: dict[str, Path] = {}
     for kind, src in (("last", last), ("best", best)):
         if src is not None and Path(src).is_file():
-            written[kind] = _copy_atomic(Path(src), _local(CHECKPOINTS_ROOT / f"{name}.{kind}.pt"))
+            written[kind] = _copy_atomic(Path(src), folder / f"{name}.{kind}.pt")
     if tokenizer is not None and Path(tokenizer).is_file():
-        written["tokenizer"] = _copy_atomic(Path(tokenizer), _local(CHECKPOINTS_ROOT / f"{name}.tokenizer.json"))
+        written["tokenizer"] = _copy_atomic(Path(tokenizer), folder / f"{name}.tokenizer.json")
     if written:
-        print("local copies (original suite's paths): "
+        print("local copies: "
               + ", ".join(f"{k}={p}" for k, p in written.items()), flush=True)
         if "tokenizer" in written:
             print(f"tokenizer: {written['tokenizer']} (for generate --tokenizer-path)", flush=True)

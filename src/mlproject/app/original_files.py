@@ -76,7 +76,10 @@ def original_run_config(cfg: RunConfig, run_name: str) -> dict[str, Any]:
 
 
 def _names(cfg: RunConfig, run_name: str) -> dict[str, Path]:
-    t, out = cfg.tracking, Path(cfg.tracking.output_dir)
+    from mlproject.app.local_copies import local_root
+
+    t = cfg.tracking
+    out = Path(t.output_dir) if t.output_dir else local_root(t.profile)
     ckpt = out / (t.ckpt_name or f"{run_name}.pt")
     return {"config": Path(t.config_path) if t.config_path else out / f"{run_name}_config.json",
             "history": Path(t.history_path) if t.history_path else out / f"{run_name}_history.pt",

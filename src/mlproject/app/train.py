@@ -7,6 +7,12 @@ records it: it opens or joins the run, gives the trainer its callbacks and ends 
 FINISHED, KILLED (interrupted, resumable) or FAILED. Without one, checkpoints go to
 `output_dir/<run name>` and nothing else is recorded.
 
+A tracked run writes its checkpoints to a scratch folder in the cache (`<cache>/scratch/<run id>`)
+and removes it once they are logged: the run's artifacts are the record, and the working directory
+(the project, under `mlflow run .`) stays clean. A run that fails keeps it, and says where. A
+`--output-dir` the user gives is kept; an untracked run's checkpoints go under the local root
+(`app.local_copies`), since nothing else holds them.
+
 Under torchrun every rank prepares data and trains; only rank 0 tracks, and it shares the run
 key (the checkpoint folder) and the resume checkpoint with the other ranks.
 """
@@ -14,6 +20,7 @@ key (the checkpoint folder) and the resume checkpoint with the other ranks.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -25,7 +32,7 @@ from mlproject.app.config import RunConfig
 from mlproject.app.signals import sigterm_as_interrupt
 from mlproject.app.tracker import Tracker
 from mlproject.errors import MlprojectError
-from mlproject.outdir import check_writable
+from mlproject.outdir import SCRATCH, check_writable
 from mlproject.protocol import is_run_id, result_line
 from mlproject.schema import Artifact, RunStatus, TrainStatus
 
@@ -110,25 +117,25 @@ def _train_replica(cfg: RunConfig) -> TrainOutcome:
     run_key, resume_path = _share()  # after rank 0 prepared the data: the caches exist now
     data, resolved = prepare(cfg)
     result = train(resolved.model, data, resolved.train, runtime=resolved.runtime,
-                   checkpoint_dir=Path(cfg.tracking.output_dir) / run_key / Artifact.CHECKPOINTS,
+                   checkpoint_dir=checkpoint_dir(cfg, run_key),
                    resume_from=resume_path)
     return TrainOutcome(run_key if cfg.tracking.log_to_mlflow else "", "", RUN_STATUS[result.status],
                         dict(result.summary))
 
 
 def _train_untracked(cfg: RunConfig, resume_path: Path | None, callbacks: Sequence[Any]) -> TrainOutcome:
-    """Without a tracker: checkpoints under `output_dir/<run name>`, nothing else recorded."""
+    """Without a tracker: checkpoints under `checkpoint_dir(cfg, <run name>)`, nothing else recorded."""
     from mlproject.training.trainer import train
 
     name = cfg.tracking.run_name or f"untracked-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    checkpoint_dir = Path(cfg.tracking.output_dir) / name / Artifact.CHECKPOINTS
+    folder = checkpoint_dir(cfg, name)
     data, resolved = prepare(cfg)
     _share((name, resume_path))
-    result = train(resolved.model, data, resolved.train, runtime=resolved.runtime, checkpoint_dir=checkpoint_dir,
+    result = train(resolved.model, data, resolved.train, runtime=resolved.runtime, checkpoint_dir=folder,
                    callbacks=callbacks, resume_from=resume_path)
     uris = {k: str(p) for k, p in (("last", result.last_checkpoint), ("best", result.best_checkpoint)) if p}
     outcome = TrainOutcome("", "", RUN_STATUS[result.status], dict(result.summary), uris)
-    _report(outcome, checkpoint_dir, None)
+    _report(outcome, folder, None)
     return outcome
 
 
@@ -141,31 +148,24 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
             raise MlprojectError("resume_from a run id needs tracking; give a checkpoint path with log_to_mlflow=false")
         return _train_untracked(cfg, resume_path, callbacks)
 
-    checkpoint_dir: Path | None = None
     tracker.check()  # an unreachable store fails before the data is prepared
-    # checkpoints go there first: a path under a file or unwritable is refused before a run exists
-    check_writable(cfg.tracking.output_dir, "output_dir")
-    if not tracker.joins_planned:  # a local copy that cannot be written is refused before a run exists
-        from mlproject.app.local_copies import check_local_copies
-
-        check_local_copies(cfg.tracking.run_name)
+    _check_local_paths(cfg, tracker)
     with sigterm_as_interrupt():
         data, resolved = prepare(cfg)
         if resume_path is not None:  # a file that cannot be resumed from is refused before a run exists
             from mlproject.training.checkpoint import read_resume_checkpoint
 
             read_resume_checkpoint(resume_path, resolved.model)
-        outcome = TrainOutcome("", "", RunStatus.FAILED)
-        run = None
+        outcome, run, folder = TrainOutcome("", "", RunStatus.FAILED), None, None
         try:
             with tracker.run(resolved, data, resume_run_id=resume_run_id) as run:
                 outcome.run_id, outcome.experiment_id = run.run_id, run.experiment_id
-                checkpoint_dir = Path(cfg.tracking.output_dir) / run.run_id / Artifact.CHECKPOINTS
+                folder = checkpoint_dir(cfg, run.run_id)
                 if resume_run_id is not None:
-                    resume_path = run.resume_checkpoint(resume_run_id, checkpoint_dir)
+                    resume_path = run.resume_checkpoint(resume_run_id, folder)
                 _share((run.run_id, resume_path))
                 result = train(resolved.model, data, resolved.train, runtime=resolved.runtime,
-                               checkpoint_dir=checkpoint_dir, callbacks=[*run.callbacks, *callbacks],
+                               checkpoint_dir=folder, callbacks=[*run.callbacks, *callbacks],
                                resume_from=resume_path)
                 outcome.summary = dict(result.summary)
                 outcome.status = RUN_STATUS[result.status]
@@ -177,13 +177,47 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
                 print(f"note: run {run.run_id} stays FINISHED; nothing was trained", file=sys.stderr)
                 raise
             outcome.status, outcome.checkpoint_uris = run.status, dict(run.checkpoint_uris)
-            _report(outcome, checkpoint_dir, tracker)
+            _report(outcome, folder, tracker)  # a scratch folder stays: its checkpoints may not all be logged
             raise
     copy_error = None if run.is_child else _local_copies(resolved, run, result, data, outcome.status, callbacks)
-    _report(outcome, checkpoint_dir, tracker)
+    _report(outcome, _drop_scratch(cfg, folder), tracker)
     if copy_error is not None:
         raise MlprojectError(copy_error)
     return outcome
+
+
+def checkpoint_dir(cfg: RunConfig, key: str) -> Path:
+    """Where run `key` (run id, or an untracked run's name) writes its checkpoints: under `output_dir`
+    when given, else a scratch folder in the cache (tracked) or under the local root (untracked)."""
+    from mlproject.app.local_copies import local_root
+
+    t = cfg.tracking
+    if t.output_dir:
+        root = Path(t.output_dir).expanduser()
+    elif t.log_to_mlflow:
+        root = cfg.runtime.cache_root / SCRATCH
+    else:
+        root = local_root(t.profile) / "runs"
+    return root / key / Artifact.CHECKPOINTS
+
+
+def _drop_scratch(cfg: RunConfig, folder: Path | None) -> Path | None:
+    """Remove a run's scratch folder once its checkpoints are logged; return the folder kept (a
+    `--output-dir`), else None."""
+    if folder is None or cfg.tracking.output_dir:
+        return folder
+    shutil.rmtree(folder.parent, ignore_errors=True)
+    return None
+
+
+def _check_local_paths(cfg: RunConfig, tracker: Tracker) -> None:
+    """Refuse now, before a run exists, a checkpoint folder or local copy that could not be written."""
+    if cfg.tracking.output_dir:
+        check_writable(cfg.tracking.output_dir, "output_dir")
+    if cfg.tracking.local_copies and not tracker.joins_planned:
+        from mlproject.app.local_copies import check_local_copies
+
+        check_local_copies(cfg.tracking.run_name, cfg.tracking.profile)
 
 
 def _history_recorder(cfg: RunConfig, tracker: Tracker | None) -> list[Any]:
@@ -196,7 +230,7 @@ def _history_recorder(cfg: RunConfig, tracker: Tracker | None) -> list[Any]:
 
 def _local_copies(cfg: RunConfig, run: Any, result: Any, data: Any, status: str,
                   callbacks: Sequence[Any]) -> str | None:
-    """Write a standalone run's copies at the original suite's `checkpoints/<name>.*` (and its other
+    """Write a standalone run's copies `checkpoints/<name>.*` when asked (and the original's other
     files when a HistoryRecorder is among `callbacks`); return the error line if that failed. The run
     is recorded and ended by then: the line says it is safe."""
     from mlproject.app.local_copies import export_checkpoints
@@ -205,8 +239,9 @@ def _local_copies(cfg: RunConfig, run: Any, result: Any, data: Any, status: str,
     recorder = next((c for c in callbacks if isinstance(c, HistoryRecorder)), None)
     name = cfg.tracking.run_name or run.run_name or run.run_id
     try:
-        export_checkpoints(name, last=result.last_checkpoint, best=result.best_checkpoint,
-                           tokenizer=data.tokenizer_path)
+        if cfg.tracking.local_copies:
+            export_checkpoints(name, cfg.tracking.profile, last=result.last_checkpoint, best=result.best_checkpoint,
+                               tokenizer=data.tokenizer_path)
         if recorder is not None:
             write_original_files(cfg, name, recorder.history, last=result.last_checkpoint,
                                  best=result.best_checkpoint)

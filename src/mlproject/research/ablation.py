@@ -135,7 +135,7 @@ class AblationJob:
         sections = self.run.sections()
         return SweepSpec(
             kind=SweepKind.ABLATION, run_name=a.parent_run_name or f"ablation-{a.ablation_axis}",
-            experiment=experiment_for(self.run),
+            experiment=experiment_for(self.run, SweepKind.ABLATION),
             key=sweep_key("ablation", self.run, drop=[f"{section}.{a.ablation_axis}"], extra={"axis": a.ablation_axis}),
             groups=groups, metrics=self.metrics, children=self.children(), base=self.run, params=params,
             parallel=a.parallel, resume=a.resume, tags={Tag.ABLATION_AXIS: a.ablation_axis},

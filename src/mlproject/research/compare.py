@@ -95,7 +95,7 @@ class CompareJob:
             params["compare.per_model"] = json.dumps(self.per_model, sort_keys=True)
         return SweepSpec(
             kind=SweepKind.COMPARE, run_name=c.parent_run_name or "compare-" + "-vs-".join(c.models),
-            experiment=experiment_for(self.run),
+            experiment=experiment_for(self.run, SweepKind.COMPARE),
             key=sweep_key("compare", self.run, drop=["model.model_version"],
                           extra={"fair_recipe": c.fair_recipe, "per_model": self.per_model}),
             groups=list(c.models), metrics=with_eval_metrics(c.metrics, c.eval_datasets), children=self.children(),

@@ -188,7 +188,7 @@ class LadderJob:
         params["ladder.mode"] = self.mode
         return SweepSpec(
             kind=SweepKind.LADDER, run_name=c.parent_run_name or "ladder-" + "-vs-".join(design["groups"]),
-            experiment=experiment_for(self.run),
+            experiment=experiment_for(self.run, SweepKind.LADDER),
             key=sweep_key("ladder", self.run, drop=[f"model.{n}" for n in (*_SIZE_FIELDS, "model_version")]
                           + ["train.max_steps", "train.epochs"], extra={"ladder": own}),
             groups=[cell["label"] for cell in design["cells"]], metrics=list(dict.fromkeys([c.metric, "flops"])),

@@ -355,14 +355,14 @@ def with_original_columns(row: Row, global_steps: int | None = None) -> Row:
 
 def export_sweep_results(kind: str, experiment_name: str, rows: Sequence[Row], *,
                          original_steps: Mapping[str, int | None] | None = None) -> Path:
-    """Write the sweep's `results.jsonl`/`.csv` where the original suite put them
-    (`research_runs/<kind>/<experiment>`, see `app.local_copies`); with the original's columns too
-    when `original_steps` ({run_id: steps trained}) is given, in its profile. Print and return the folder."""
+    """Write the sweep's local copy `results.jsonl`/`.csv` at `research_runs/<kind>/<experiment>`
+    under the local root (`app.local_copies`); in the original profile (`original_steps`, {run_id:
+    steps trained}, given) where the original suite put them, with its columns too. Print and return the folder."""
     from mlproject.app.local_copies import results_dir
 
     if original_steps is not None:
         rows = [with_original_columns(row, original_steps.get(row["run_id"])) for row in rows]
-    folder = results_dir(kind, experiment_name)
+    folder = results_dir(kind, experiment_name, "original" if original_steps is not None else "default")
     jsonl, _ = write_results(rows, folder)
-    print(f"local copy (original suite's path): {jsonl} and results.csv", flush=True)
+    print(f"local copy: {jsonl} and results.csv", flush=True)
     return folder

@@ -207,7 +207,8 @@ def run_tune(job: TuneJob) -> TuneOutcome | None:
     # A re-run of the study continues its parent (resume), as it continues the study.
     parent = client.open_parent(experiment=job.experiment, run_name=job.tune.parent_run_name or job.study_name,
                                 role=RunRole.TUNE_PARENT, match={Tag.STUDY: job.study_name}, resume=True,
-                                tags={Tag.SWEEP_KIND: SweepKind.TUNE})
+                                tags={Tag.SWEEP_KIND: SweepKind.TUNE},
+                                fallback_experiment=job.run.former_default_experiment)
     print(f"tune: study {job.study_name!r} ({storage.split('@')[-1]}), parent run {parent.run_id} "
           f"in experiment {parent.experiment_name!r}", flush=True)
     try:

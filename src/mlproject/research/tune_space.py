@@ -26,7 +26,8 @@ from mlproject.app.config import RunConfig
 from mlproject.config import dump_yaml, flatten, replace, to_dict
 from mlproject.errors import ConfigError
 from mlproject.research.config import TuneConfig
-from mlproject.research.sweep import experiment_for, load_job, sweep_key
+from mlproject.research.sweep import load_job, sweep_key
+from mlproject.schema import SweepKind
 
 SEARCHABLE = RunConfig.RECIPE  # sections a search space may change
 # Warmups searched in steps (`train.warmup` of earlier releases: steps from 1 up): what ran is the
@@ -177,14 +178,17 @@ class TuneJob:
 
     @property
     def experiment(self) -> str:
-        return self.run.tracking.experiment_name or experiment_for(self.run)
+        return self.run.experiment_for(SweepKind.TUNE)
 
     @property
     def key(self) -> str:
         """What makes two searches one study: config, space, metric and experiment (not the
         trial budget or the worker count, so a re-run with more trials continues it)."""
         return sweep_key("tune", self.run, drop=[d.name for d in self.space],
-                         extra={"space": self.space_raw, "metric": self.tune.metric, "experiment": self.experiment})
+                         # the experiment as named before tune had its own default (gpt-<dataset>): the
+                         # studies made then keep their names, and continue
+                         extra={"space": self.space_raw, "metric": self.tune.metric,
+                                "experiment": self.run.experiment_name})
 
     @property
     def study_name(self) -> str:

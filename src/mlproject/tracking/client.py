@@ -26,7 +26,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,7 +187,8 @@ def ensure_experiment(name: str) -> str:
     experiment = client().get_experiment_by_name(name)
     if experiment is None:
         try:
-            experiment_id = client().create_experiment(name, tags=_TRAINING_KIND)
+            experiment_id = client().create_experiment(name, artifact_location=_artifact_location(),
+                                                       tags=_TRAINING_KIND)
         except MlflowException:
             # Another process created it between the lookup and the create.
             experiment = client().get_experiment_by_name(name)
@@ -199,6 +200,22 @@ def ensure_experiment(name: str) -> str:
         raise MlprojectError(f"experiment {name!r} is deleted; restore it or pick another experiment_name")
     _tag_kind_if_missing(experiment)
     return experiment.experiment_id
+
+
+def _artifact_location() -> str | None:
+    """Where a new experiment of a local SQLite store keeps its artifacts: `mlruns/` beside the
+    database file. MLflow's default is `./mlruns` of the working directory the store was opened in,
+    which put a store's artifacts into the project under `mlflow run .` however far away its
+    database was. None (MLflow decides) for any other store."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    import uuid
+
+    return (Path(path).expanduser().resolve().parent / "mlruns" / uuid.uuid4().hex).as_uri()
 
 
 # MLflow 3's UI shows an experiment without this tag as a GenAI one (traces, "evaluation runs");
@@ -337,14 +354,32 @@ class ParentRun:
     previous: RunRecord | None  # the parent whose children a --resume adopts (may be this run itself)
 
 
+def experiment_to_resume(experiment: str, fallback: str | None, holds_job: Callable[[str], bool]) -> str:
+    """The experiment a re-run job continues in: `experiment`, unless the job is found only in
+    `fallback`, the default it had before jobs got experiments of their own (`gpt-<dataset>`).
+    `holds_job(experiment_id)` says whether an experiment holds the job (its sweep key, its study)."""
+    if not fallback or fallback == experiment:
+        return experiment
+    new = client().get_experiment_by_name(experiment)
+    if new is not None and holds_job(new.experiment_id):
+        return experiment
+    old = client().get_experiment_by_name(fallback)
+    if old is None or old.lifecycle_stage == "deleted" or not holds_job(old.experiment_id):
+        return experiment
+    print(f"note: continuing in experiment {fallback!r}, where this job ran before its default became "
+          f"{experiment!r}", file=sys.stderr)
+    return fallback
+
+
 def open_parent(*, experiment: str, run_name: str, role: str, match: Mapping[str, str], resume: bool,
-                tags: Mapping[str, str]) -> ParentRun:
+                tags: Mapping[str, str], fallback_experiment: str | None = None) -> ParentRun:
     """The parent run of a sweep (`RunRole.SWEEP_PARENT`, matched by its sweep key) or of a
     study (`RunRole.TUNE_PARENT`, matched by its study name), RUNNING, with its tags and record.
 
     The process's run (`mlflow run` created it) if there is one, else with `resume` the newest
-    parent of the experiment with this role and the `match` tags, else a new run. With `resume`,
-    `previous` is that earlier parent; one the process's run takes over is superseded.
+    parent of the experiment with this role and the `match` tags (found in `fallback_experiment`
+    when only there: `experiment_to_resume`), else a new run. With `resume`, `previous` is that
+    earlier parent; one the process's run takes over is superseded.
     """
     from mlproject.tracking.record import record_run  # it logs through this module
 
@@ -353,6 +388,9 @@ def open_parent(*, experiment: str, run_name: str, role: str, match: Mapping[str
     if handed:
         run_id, experiment_id, name, previous = _handed_parent(handed, experiment, role, match, resume)
     else:
+        if resume:
+            experiment = experiment_to_resume(experiment, fallback_experiment,
+                                              lambda e: latest_parent(e, role=role, match=match) is not None)
         experiment_id = ensure_experiment(experiment)
         name = experiment
         previous = latest_parent(experiment_id, role=role, match=match) if resume else None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlproject.errors import MlprojectError
+from mlproject.outdir import kept_or_temporary
 from mlproject.protocol import result_line
 from mlproject.research.results import (
     SUMMARY_COLUMNS,
@@ -43,7 +44,7 @@ class SweepOutcome:
     status: str                 # FINISHED | FAILED | KILLED
     rows: list[Row]
     stats: SweepStats
-    results_dir: Path
+    results_dir: Path | None    # the results files kept locally (an --output-dir), else None: logged only
 
 
 # ----------------------------------------------------------------------------- rows
@@ -71,10 +72,13 @@ def global_steps(record: RunRecord) -> int | None:
 
 
 def _export_local(plan: SweepPlan, records: Sequence[RunRecord], rows: list[Row]) -> None:
-    """The results copy under research_runs/<kind>/<experiment>/; in the original profile (the
-    parent's tag) with the original's columns, its step counts among them."""
+    """The results copy under research_runs/<kind>/<experiment>/ when asked (--local-copies); in the
+    original profile (the parent's tag) with the original's columns, its step counts among them."""
     from mlproject.research.results import export_sweep_results
     from mlproject.tracking.queries import get_run
+
+    if not plan.local_copies:
+        return
 
     original = get_run(plan.parent_run_id).tags.get(Tag.PROFILE) == "original"
     steps = {record.run_id: global_steps(record) for record in records} if original else None
@@ -95,11 +99,13 @@ def aggregate_sweep(plan: SweepPlan | str, output_dir: str | None = None, plots:
         plan = load_plan(plan)
     # One aggregator at a time: two processes that shared a sweep's children both aggregate it,
     # and the second must find the best child's model the first logged, not log another.
-    with waiting_hold(plan.parent_run_id, heartbeat_sec=plan.lease_heartbeat, timeout_sec=plan.lease_timeout):
-        return _aggregate(plan, output_dir, plots)
+    kept = output_dir or plan.output_dir  # else the files are written in a temporary folder, logged, removed
+    with (waiting_hold(plan.parent_run_id, heartbeat_sec=plan.lease_heartbeat, timeout_sec=plan.lease_timeout),
+          kept_or_temporary(kept and Path(kept) / "sweeps" / plan.parent_run_id, "mlproject-results-") as folder):
+        return _aggregate(plan, folder, plots, kept=bool(kept))
 
 
-def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOutcome:
+def _aggregate(plan: SweepPlan, results_dir: Path, plots: bool, kept: bool) -> SweepOutcome:
     from mlproject.research.describe import finish_parent
     from mlproject.tracking import client
     from mlproject.tracking.queries import get_run
@@ -118,7 +124,7 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
     stats = aggregate(rows, plan.groups, plan.metrics, alpha=plan.alpha, effect=plan.effect,
                       paired=plan.ladder is None)
     status = RunStatus.FINISHED if all(r["status"] == RunStatus.FINISHED for r in rows) else RunStatus.FAILED
-    results_dir = _record_results(plan, rows, stats, output_dir or plan.output_dir)
+    _record_results(plan, rows, stats, results_dir)
     notes, job_lines = _job_notes(plan, rows, results_dir)
     _export_local(plan, records, rows)  # research_runs/<kind>/<experiment>/
     try:
@@ -137,7 +143,8 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
     print(format_summary(stats if plan.ladder is None else dataclasses.replace(stats, metrics=plan.metrics[:1]), rows))
     if job_lines:
         print("\n".join(job_lines))
-    print(f"results: {results_dir / Artifact.RESULTS_JSONL} (logged to run {plan.parent_run_id})")
+    print(f"results: {results_dir / Artifact.RESULTS_JSONL if kept else Artifact.RESULTS_JSONL} "
+          f"(logged to run {plan.parent_run_id})")
     print(result_line({"step": plan.kind, "run_id": plan.parent_run_id, "experiment_id": plan.experiment_id,
                        "experiment_name": plan.experiment_name, "status": status, "children": len(rows),
                        "finished": sum(r["status"] == RunStatus.FINISHED for r in rows),
@@ -148,7 +155,7 @@ def _aggregate(plan: SweepPlan, output_dir: str | None, plots: bool) -> SweepOut
         raise MlprojectError(f"{plan.kind}: {len(failed)} of {len(rows)} child runs did not finish: "
                              f"{', '.join(failed)}; re-run with --resume to complete them")
     return SweepOutcome(plan.parent_run_id, plan.experiment_id, plan.experiment_name, status, rows, stats,
-                        results_dir)
+                        results_dir if kept else None)
 
 
 def _job_notes(plan: SweepPlan, rows: list[Row], results_dir: Path) -> tuple[list[str], list[str]]:
@@ -171,7 +178,7 @@ def _job_notes(plan: SweepPlan, rows: list[Row], results_dir: Path) -> tuple[lis
     return notes, printed
 
 
-def _record_results(plan: SweepPlan, rows: list[Row], stats: SweepStats, output_dir: str) -> Path:
+def _record_results(plan: SweepPlan, rows: list[Row], stats: SweepStats, results_dir: Path) -> None:
     """Statistics as parent metrics; results, summary and the job config as parent artifacts."""
     from mlproject.io import atomic_write_text
     from mlproject.tracking import client
@@ -183,9 +190,7 @@ def _record_results(plan: SweepPlan, rows: list[Row], stats: SweepStats, output_
     finished = sum(r["status"] == RunStatus.FINISHED for r in rows)
     client.log_metrics(plan.parent_run_id, {**metrics, "children_finished": finished,
                                             "children_total": len(rows)}, step=finished)
-    results_dir = Path(output_dir) / "sweeps" / plan.parent_run_id
     files = list(write_results(rows, results_dir))
     files.append(atomic_write_text(results_dir / Artifact.SWEEP_SUMMARY, json.dumps(stats.as_dict(), indent=2)))
     files.append(atomic_write_text(results_dir / Artifact.SWEEP_CONFIG, plan.config_text))
     client.log_files(plan.parent_run_id, files)
-    return results_dir

@@ -51,7 +51,7 @@ class SweepPlan:
     groups: list[str]
     metrics: list[str]
     children: list[PlannedChild]     # in the spec's order
-    output_dir: str                  # where the results files are written
+    output_dir: str | None           # where the results files are kept (None: logged only)
     config_text: str = ""
     run_name: str | None = None      # the parent's readable name
     register_best: str | None = None  # register the best child's model under this name
@@ -66,6 +66,7 @@ class SweepPlan:
     targets: list[str] = field(default_factory=list)
     target_alpha: float = 0.01
     adopted_from: str | None = None  # the earlier parent whose children a --resume took over
+    local_copies: bool = False       # also a results copy under the local root (app.local_copies)
     ladder: dict[str, Any] | None = None  # a ladder's design, fitted in the aggregate stage
 
     def to_json(self) -> str:
@@ -169,7 +170,8 @@ def _check_before_runs(spec: SweepSpec) -> None:
     from mlproject.tracking.store import ensure_store
 
     check_groups_differ(spec)  # a sweep must not compare a model with itself
-    check_results_dir(spec.kind, spec.experiment)  # the local results copy, written when the children are done
+    if spec.base.tracking.local_copies:  # the local results copy, written when the children are done
+        check_results_dir(spec.kind, spec.experiment, spec.base.tracking.profile)
     ensure_store()
     _check_children(spec)  # a child that cannot train leaves no stray runs
 
@@ -180,7 +182,8 @@ def _new_plan(spec: SweepSpec, parent: ParentRun) -> SweepPlan:
     return SweepPlan(
         kind=spec.kind, parent_run_id=parent.run_id, experiment_id=parent.experiment_id,
         experiment_name=parent.experiment_name, groups=list(spec.groups), metrics=list(spec.metrics),
-        children=[], output_dir=spec.base.tracking.output_dir, config_text=spec.config_text,
+        children=[], output_dir=spec.base.tracking.output_dir, local_copies=spec.base.tracking.local_copies,
+        config_text=spec.config_text,
         run_name=spec.run_name, register_best=spec.register_best,
         eval_datasets=list(spec.eval_datasets), cache_dir=spec.base.runtime.cache_dir, device=spec.base.runtime.device,
         lease_heartbeat=spec.base.tracking.lease_heartbeat, lease_timeout=spec.base.tracking.lease_timeout,
@@ -199,7 +202,7 @@ def _open_parent(spec: SweepSpec) -> ParentRun:
         return spec.parent
     return client.open_parent(
         experiment=spec.experiment, run_name=spec.run_name, role=RunRole.SWEEP_PARENT,
-        match={Tag.SWEEP_KEY: spec.key}, resume=spec.resume,
+        match={Tag.SWEEP_KEY: spec.key}, resume=spec.resume, fallback_experiment=spec.base.former_default_experiment,
         tags={Tag.SWEEP_KIND: spec.kind, Tag.GROUPS: json.dumps(spec.groups), Tag.METRICS: json.dumps(spec.metrics),
               Tag.PROFILE: spec.base.tracking.profile, **spec.tags})
 

@@ -113,6 +113,7 @@ def with_context(where: str, exc: ConfigError) -> ConfigError:
     return ConfigError(message if message.startswith(where.split(":")[0]) else f"{where}: {message}")
 
 
-def experiment_for(base: RunConfig) -> str:
-    return base.experiment_name
+def experiment_for(base: RunConfig, kind: str) -> str:
+    """A sweep's default experiment is named for its kind: `compare-<dataset>`, `ablation-<dataset>`..."""
+    return base.experiment_for(kind)
 
