@@ -91,3 +91,16 @@ def test_logits_none_returns_no_logits_and_needs_targets():
     assert logits is None and loss.ndim == 0
     with pytest.raises(MlprojectError, match="logits='none' needs targets"):
         model(x, logits="none")
+
+
+@pytest.mark.skipif(not linear.onednn_bf16_works(), reason="bf16 autocast matmuls are emulated on this CPU")
+def test_bf16_cpu_attention_by_matmuls_matches_the_sdpa_kernel_in_fp32():
+    torch.manual_seed(0)
+    cfg = GPTConfig(preset=None, n_layer=2, n_head=2, d_model=64, block_size=32, vocab_size=500, dropout=0.0)
+    bf16_model, fp32_model = GPT(cfg).to(torch.bfloat16), GPT(cfg)
+    fp32_model.load_state_dict({k: v.float() for k, v in bf16_model.state_dict().items()})
+    x, _ = _batch()
+    with torch.no_grad():
+        fast, _ = bf16_model(x)  # CPU bf16: the explicit-matmul attention
+        ref, _ = fp32_model(x)   # fp32: torch's SDPA kernel, same (bf16-representable) weights
+    assert (fast.float() - ref).abs().max() <= 0.05 * ref.abs().max()

@@ -124,12 +124,14 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)  # (B, nh, S, hs)
-        if self.impl == "sdpa":
+        # bf16 on a CPU: explicit matmuls (oneDNN's bf16 GEMMs) and softmax beat the CPU flash
+        # kernel, which runs bf16 slower than fp32 (benchmarks/README.md, "Where a bf16 step goes")
+        if self.impl == "sdpa" and not (x.device.type == "cpu" and q.dtype == torch.bfloat16):
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
                 is_causal=mask is None and T > 1)
         else:
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
+            att = (q * (1.0 / math.sqrt(k.size(-1)))) @ k.transpose(-2, -1)  # (B, nh, T, S)
             if mask is None and T > 1:
                 mask = causal_mask(k.size(2) - T, T, device=x.device)
             if mask is not None:
