@@ -63,7 +63,7 @@ class TrainStep:
 def _ours(size: Size, model_version: str = "gpt2", bf16: bool = False, **fields: object) -> TrainStep:
     torch.manual_seed(0)
     model = GPT(size.gpt_config(model_version, **fields))
-    return TrainStep(model, lambda x, y: model(x, y)[1], size, bf16=bf16)
+    return TrainStep(model, lambda x, y: model(x, y, logits="none")[1], size, bf16=bf16)
 
 
 def _hf(size: Size) -> TrainStep:

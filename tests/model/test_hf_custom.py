@@ -134,7 +134,8 @@ def test_the_shipped_files_import_no_mlproject_module(tmp_path, tokenizer_path):
     export_hf(trained_like(flagship_config()), tokenizer_path, tmp_path / "hf", allow_custom_code=True)
     sources = sorted((tmp_path / "hf").glob("*.py"))
     assert {p.name for p in sources} >= {"modeling_mlproject_gpt.py", "configuration_mlproject_gpt.py",
-                                         "mlproject_gpt.py", "mlproject_gpt_config.py", "mlproject_linear.py"}
+                                         "mlproject_gpt.py", "mlproject_gpt_config.py", "mlproject_linear.py",
+                                         "mlproject_loss.py"}
     for path in sources:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 0:

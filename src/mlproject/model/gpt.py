@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from mlproject.errors import MlprojectError
 from mlproject.model.config import GPTConfig
 from mlproject.model.linear import Linear
+from mlproject.model.loss import linear_cross_entropy
 
 
 def causal_mask(start: int, T: int, window: int | None = None,
@@ -123,12 +124,14 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)  # (B, nh, S, hs)
-        if self.impl == "sdpa":
+        # bf16 on a CPU: explicit matmuls (oneDNN's bf16 GEMMs) and softmax beat the CPU flash
+        # kernel, which runs bf16 slower than fp32 (benchmarks/README.md, "Where a bf16 step goes")
+        if self.impl == "sdpa" and not (x.device.type == "cpu" and q.dtype == torch.bfloat16):
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
                 is_causal=mask is None and T > 1)
         else:
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
+            att = (q * (1.0 / math.sqrt(k.size(-1)))) @ k.transpose(-2, -1)  # (B, nh, T, S)
             if mask is None and T > 1:
                 mask = causal_mask(k.size(2) - T, T, device=x.device)
             if mask is not None:
@@ -278,16 +281,20 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 label_smoothing: float = 0.0, kv_cache: KVCache | None = None,
-                logits: Literal["all", "last"] = "all") -> tuple[torch.Tensor, torch.Tensor | None]:
+                logits: Literal["all", "last", "none"] = "all") -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits (B, T, V) (or (B, 1, V) with logits="last") and the loss if `targets` given.
 
         idx, targets: (B, T) int64; targets equal to -100 are ignored. With a `kv_cache`, idx
-        holds only the new tokens, at positions kv_cache.length onwards.
+        holds only the new tokens, at positions kv_cache.length onwards. logits="none" returns
+        the loss alone (None for the logits), computed by `linear_cross_entropy` without ever
+        holding the (B, T, V) logits: what training uses.
         """
-        if logits not in ("all", "last"):
-            raise MlprojectError(f"logits={logits!r} is not supported; expected 'all' or 'last'")
+        if logits not in ("all", "last", "none"):
+            raise MlprojectError(f"logits={logits!r} is not supported; expected 'all', 'last' or 'none'")
         if targets is not None and logits == "last":
-            raise MlprojectError("a loss needs logits='all' (targets cover every position)")
+            raise MlprojectError("a loss needs logits='all' or 'none' (targets cover every position)")
+        if targets is None and logits == "none":
+            raise MlprojectError("logits='none' needs targets: it returns the loss alone")
         B, T = idx.size()
         start = kv_cache.length if kv_cache is not None else 0
         if start + T > self.config.block_size:
@@ -314,6 +321,10 @@ class GPT(nn.Module):
             kv_cache.length = start + T
         x = self.transformer.ln_f(x)
 
+        if logits == "none" and not torch.compiler.is_compiling():  # torch.compile fuses its own
+            # the output layer and the loss in one chunked pass over the (B*T, C) rows
+            return None, linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(-1),
+                                              label_smoothing=label_smoothing)
         if logits == "last":
             x = x[:, -1:, :]  # (B, 1, C): generation needs only the next-token distribution
         out = self.lm_head(x)  # (B, T, V)
@@ -321,7 +332,7 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(out.view(-1, out.size(-1)), targets.reshape(-1), ignore_index=-100,
                                    label_smoothing=label_smoothing)
-        return out, loss
+        return (None if logits == "none" else out), loss
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None,
                      device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> KVCache:

@@ -31,6 +31,7 @@ SHIPPED: dict[str, str] = {f"{_PACKAGE}.{module}": file for module, file in {
     "config": "mlproject_config.py",
     "model.config": "mlproject_gpt_config.py",
     "model.linear": "mlproject_linear.py",
+    "model.loss": "mlproject_loss.py",
     "model.gpt": "mlproject_gpt.py",
     "model.remote_code.configuration_mlproject_gpt": "configuration_mlproject_gpt.py",
     "model.remote_code.modeling_mlproject_gpt": "modeling_mlproject_gpt.py",

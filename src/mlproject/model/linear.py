@@ -54,6 +54,16 @@ def onednn_bf16_works() -> bool:
     return True
 
 
+def matmul_t(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T (no autograd) for 2-D x (N, in) and weight (out, in) of one dtype: oneDNN
+    where it runs this dtype on this device, torch's matmul elsewhere. oneDNN reads a strided
+    weight but copies a strided input, so callers pass the wider operand as the weight."""
+    if (ONEDNN_INNER_PRODUCT is not None and x.device.type == "cpu" and not torch.compiler.is_compiling()
+            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and onednn_bf16_works()))):
+        return onednn_linear(x.contiguous(), weight)
+    return x @ weight.t()
+
+
 class _OneDNNLinear(torch.autograd.Function):
     """y = x W^T + b with the forward and both backward matmuls on oneDNN."""
 

@@ -53,7 +53,7 @@ def _train_step(model: GPT, seq_len: int, generator: torch.Generator) -> tuple[f
     idx = torch.randint(0, model.config.vocab_size, (BATCH_SIZE, seq_len + 1), generator=generator)
     model.train()
     start = time.perf_counter()
-    _, loss = model(idx[:, :-1], idx[:, 1:])
+    _, loss = model(idx[:, :-1], idx[:, 1:], logits="none")
     loss.backward()
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)

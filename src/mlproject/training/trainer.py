@@ -231,7 +231,7 @@ class Trainer:
             sync = self.model.no_sync() if self.info.enabled and micro < k - 1 else contextlib.nullcontext()
             with sync:
                 with autocast(device, self.amp):
-                    _, loss = self.model(x, y, label_smoothing=cfg.label_smoothing)
+                    _, loss = self.model(x, y, label_smoothing=cfg.label_smoothing, logits="none")
                 # 1/k: the accumulated gradient is the mean over the k micro-batches, as one big batch
                 self.scaler.scale(loss / k).backward()
             self.step_loss += loss.detach() / k

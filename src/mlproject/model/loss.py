@@ -1,0 +1,108 @@
+"""The output layer and the cross-entropy loss in one pass, chunked over rows.
+
+`F.cross_entropy(lm_head(x))` materialises the (N, V) logits, their fp32 copy under autocast,
+the log-softmax and, in the backward, the (N, V) gradient: at batch 8, block 256, vocab 16384
+that is 128 MiB per fp32 tensor, written and read several times, a sixth of a CPU training
+step. Here the rows go through in chunks that fit in the cache, and since the loss is the
+last node of the graph its gradients are known in the forward already: each chunk's logits
+are turned at once into the chunk's share of grad x and grad W (Liger-Kernel's fused linear
+cross-entropy, Hsu et al., 2024). No (N, V) tensor ever exists; the backward only scales
+the stored gradients by the incoming one.
+
+Numerics follow the reference (tests/model/test_loss.py): logits in the matmul's dtype (bf16
+under bf16 autocast, as the autocast `Linear` gives them), softmax and loss in fp32, the
+logits' gradient cast to the matmul's dtype for the two gradient matmuls, as autocast's
+backward does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mlproject.model.linear import matmul_t
+
+CHUNK_ROWS = 512  # (512, 16384) fp32 logits: 32 MiB, about one L3 cache of a server core complex
+
+
+def _matmul_dtype(weight: torch.Tensor) -> torch.dtype:
+    """bf16/fp16 under autocast on the weight's device, else the weight's own dtype."""
+    device = weight.device.type
+    if torch.is_autocast_enabled(device) and weight.dtype == torch.float32:
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+def _chunk(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, label_smoothing: float,
+           n_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss and d(mean loss)/d(logits) (fp32) of one chunk: x (n, C), targets (n,)."""
+    logp = F.log_softmax(matmul_t(x, weight).float(), dim=-1)       # (n, V) fp32
+    valid = (targets != -100).unsqueeze(1)                            # (n, 1)
+    safe = targets.clamp(min=0).unsqueeze(1)                          # (n, 1): ignored rows pick 0
+    nll = -logp.gather(1, safe)                                       # (n, 1)
+    if label_smoothing > 0:  # the uniform part: -mean_v log p_v
+        nll = (1 - label_smoothing) * nll - label_smoothing * logp.mean(dim=-1, keepdim=True)
+    loss = nll.masked_fill(~valid, 0.0).sum()
+    grad = logp.exp_()                                                # softmax, in place: (n, V)
+    if label_smoothing > 0:
+        grad.sub_(label_smoothing / logp.size(-1))
+    grad.scatter_add_(1, safe, torch.full_like(nll, -(1 - label_smoothing)))
+    grad.mul_(valid / n_valid)                                        # mean over the valid rows
+    return loss, grad
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """mean cross-entropy of (x W^T) against targets, gradients computed in the forward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, label_smoothing: float,
+                chunk_rows: int) -> torch.Tensor:
+        dtype = _matmul_dtype(weight)
+        with torch.autocast(x.device.type, enabled=False):  # the casts are explicit here
+            xm, wm = x.to(dtype), weight.to(dtype)               # (N, C), (V, C): one cast per step
+            n_valid = (targets != -100).sum().clamp(min=1).float()
+            grad_x = torch.empty_like(xm)                        # (N, C)
+            grad_wt = torch.zeros(weight.size(1), weight.size(0), device=x.device)  # (C, V) fp32: W's grad, transposed
+            loss = torch.zeros((), device=x.device)
+            for start in range(0, x.size(0), chunk_rows):
+                rows = slice(start, start + chunk_rows)
+                chunk_loss, grad = _chunk(xm[rows], wm, targets[rows], label_smoothing, n_valid)
+                loss += chunk_loss
+                grad = grad.to(dtype)                            # (n, V), as autocast's backward casts it
+                grad_x[rows] = matmul_t(grad, wm.t())            # (n, C)
+                # x^T grad sums over the chunk's rows; the wide (n, V) grad goes in as the weight
+                grad_wt += matmul_t(xm[rows].t(), grad.t())      # (C, V)
+            grad_w = grad_wt.t().contiguous()                   # (V, C)
+        ctx.save_for_backward(grad_x, grad_w)
+        ctx.dtypes = (x.dtype, weight.dtype)
+        return loss / n_valid
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_x, grad_w = ctx.saved_tensors
+        x_dtype, w_dtype = ctx.dtypes
+        return (grad_x.to(x_dtype) * grad_loss if ctx.needs_input_grad[0] else None,
+                (grad_w * grad_loss).to(w_dtype) if ctx.needs_input_grad[1] else None, None, None, None)
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                         label_smoothing: float = 0.0, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+    """F.cross_entropy(x @ weight.T, targets, ignore_index=-100, label_smoothing=...) (the mean)
+    without materialising the (N, V) logits: x (N, C), weight (V, C), targets (N,)."""
+    if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        with torch.no_grad():  # evaluation: the same chunks, no gradients to precompute
+            return _loss_only(x, weight, targets, label_smoothing, chunk_rows)
+    return _LinearCrossEntropy.apply(x, weight, targets, label_smoothing, chunk_rows)
+
+
+def _loss_only(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, label_smoothing: float,
+               chunk_rows: int) -> torch.Tensor:
+    dtype = _matmul_dtype(weight)
+    with torch.autocast(x.device.type, enabled=False):
+        xm, wm = x.to(dtype), weight.to(dtype)
+        total = torch.zeros((), device=x.device)
+        for start in range(0, x.size(0), chunk_rows):
+            logits = matmul_t(xm[start:start + chunk_rows], wm).float()  # (n, V)
+            total += F.cross_entropy(logits, targets[start:start + chunk_rows], ignore_index=-100,
+                                     label_smoothing=label_smoothing, reduction="sum")
+    return total / (targets != -100).sum().clamp(min=1)
