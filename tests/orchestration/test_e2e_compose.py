@@ -335,3 +335,16 @@ def test_no_password_in_a_rendered_template_a_task_log_a_run_or_an_artifact(comp
             assert secret not in text, f"a password appears in {where}"
     # the logs were read: both runs' tasks (plan, children, 4 trainings, aggregate, plot) and runs
     assert checked > 2 * 8 + 2 * 5, checked
+
+
+def test_the_docs_deployment_sequence_is_the_one_this_test_runs():
+    """docs/orchestration.md shows the air-gapped sequence with the compose files and commands
+    that `compose_stack` runs, and the settings it exports."""
+    docs = (REPO / "docs" / "orchestration.md").read_text()
+    compose = "docker-compose " + " ".join(f"-f {f}" for f in FILES)
+    for command in ("build", "up -d", "down -v"):
+        assert f"{compose} {command}\n" in docs, command
+    for setting in ("BASE_IMAGE=mlproject-base:bookworm", 'MLPROJECT_DAG_SCHEDULE="* * * * *"', "MLPROJECT_POOL_SLOTS=2",
+                    'make wheelhouse EXTRAS="airflow auth"', f"/api/v2/dags/{DAG_ID}/dagRuns", "/auth/token",
+                    '{"is_paused": false}', '{"is_paused": true}', '"logical_date": null'):
+        assert setting in docs, setting
