@@ -5,7 +5,6 @@ wired to each other. test_e2e_compose.py brings the stack up; these read its str
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
