@@ -9,7 +9,9 @@ Fixtures built on these live in tests/conftest.py.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -21,6 +23,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent  # mlproject, mlflow, torchrun of the interpreter running the tests
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 # The nano-nano model: two layers of width 64 on 32-token windows.
 TINY_MODEL = {"n_layer": 2, "n_head": 2, "d_model": 64, "block_size": 32}
@@ -113,3 +117,20 @@ def children_of(parent_run_id: str) -> list:
     client = MlflowClient()
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     return client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test whose component is missing, but fail in CI, where .ci/run provides it."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: .ci/run should have set this up)")
+    print(f"SKIPPED: {reason}", file=sys.stderr)
+    pytest.skip(reason)
+
+
+def compose_cli() -> list[str] | None:
+    """The compose CLI: the `docker compose` plugin, else Debian's `docker-compose` (1.29)."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None

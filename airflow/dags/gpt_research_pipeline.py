@@ -23,6 +23,11 @@ Settings (environment of the DAG processor and workers):
                                `mlproject <command> <its args> --profile original`
     MLFLOW_TRACKING_URI        tracking server the steps log to (http://127.0.0.1:5000)
     MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN   passed to the steps, never logged
+    MLPROJECT_MLFLOW_CONN_ID   an Airflow connection whose login and password the steps log
+                               with when the variables above are unset (mlflow_default): read
+                               when a task runs, from any secrets backend, e.g. the variable
+                               AIRFLOW_CONN_MLFLOW_DEFAULT='{"conn_type": "http", "login": "admin",
+                               "password": "..."}' (the compose stack sets it)
     MLPROJECT_IMAGE            step image (mlproject-step:latest)
     MLPROJECT_DOCKER_NETWORK   container network mode (host)
     MLPROJECT_CACHE_VOLUME     token cache shared by the steps: a volume name or an absolute
@@ -110,6 +115,7 @@ class DagSettings:
     k8s_cpu: str = "2"
     k8s_memory: str = "8Gi"
     pool: str = "mlproject_train"
+    mlflow_conn_id: str | None = "mlflow_default"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DagSettings:
@@ -163,6 +169,7 @@ class DagSettings:
             k8s_cpu=get("MLPROJECT_K8S_CPU", cls.k8s_cpu),
             k8s_memory=get("MLPROJECT_K8S_MEMORY", cls.k8s_memory),
             pool=get("MLPROJECT_POOL", cls.pool),
+            mlflow_conn_id=get("MLPROJECT_MLFLOW_CONN_ID", cls.mlflow_conn_id),
         )
 
     def mounts(self) -> list[Mount]:
@@ -184,6 +191,37 @@ def private_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """MLflow credentials of the worker, for the containers: not templated, rendered or logged."""
     env = os.environ if env is None else env
     return {name: env[name] for name in CREDENTIALS if env.get(name)}
+
+
+def connection_credentials(conn_id: str | None) -> dict[str, str]:
+    """MLFLOW_TRACKING_USERNAME / _PASSWORD from the login and password of the Airflow connection
+    `conn_id` ({} when it is unset or not defined). Airflow masks the password in task logs."""
+    if not conn_id:
+        return {}
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return {}
+    pairs = (("MLFLOW_TRACKING_USERNAME", conn.login), ("MLFLOW_TRACKING_PASSWORD", conn.password))
+    return {name: value for name, value in pairs if value}
+
+
+class StepOperator(DockerOperator):
+    """DockerOperator whose container also gets the MLflow credentials of an Airflow connection,
+    looked up when the task runs, in its private environment (never templated, rendered or
+    logged); credentials in the worker's environment win."""
+
+    def __init__(self, *, mlflow_conn_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mlflow_conn_id = mlflow_conn_id
+
+    def execute(self, context: Any) -> Any:
+        # `_private_environment` is where DockerOperator keeps `private_environment` (provider 4.x)
+        self._private_environment = {**connection_credentials(self.mlflow_conn_id), **self._private_environment}
+        return super().execute(context)
 
 
 def render_step_command(ti: Any, params: Mapping[str, Any], step_id: str, project_dir: str) -> str:
@@ -318,7 +356,7 @@ def build_dag(settings: DagSettings) -> DAG:
                                            "MLPROJECT_CACHE_DIR": CACHE_TARGET})
     def docker_task(task_id: str, step_id: str, command: str, stage: str | None = None,
                     **kwargs: Any) -> DockerOperator:
-        return DockerOperator(task_id=task_id, dag=dag, image=settings.image, command=command,
+        return StepOperator(task_id=task_id, dag=dag, image=settings.image, command=command,
                               **docker_arguments(step_id, stage), **kwargs)
 
     def docker_arguments(step_id: str, stage: str | None = None) -> dict[str, Any]:
@@ -326,6 +364,7 @@ def build_dag(settings: DagSettings) -> DAG:
         if stage:  # plan | train | aggregate: which stage of a mapped sweep a container runs
             labels["mlproject.stage"] = stage
         return dict(environment=dict(environment), private_environment=private_environment(),
+                    mlflow_conn_id=settings.mlflow_conn_id,
                     mounts=settings.mounts(), network_mode=settings.network_mode,
                     device_requests=settings.device_requests(), labels=labels,
                     auto_remove="success", mount_tmp_dir=False)
@@ -348,7 +387,7 @@ def build_dag(settings: DagSettings) -> DAG:
             else:
                 # A slot of the pool per child: Airflow 3 ignores max_active_tis_per_dag for mapped
                 # tasks, and a pool is its tool for bounding how many run at once per resource.
-                children = DockerOperator.partial(
+                children = StepOperator.partial(
                     task_id=f"{step.id}__train", dag=dag, image=settings.image, do_xcom_push=False,
                     pool=settings.pool, **docker_arguments(step.id, "train")).expand(command=commands)
             aggregate = docker_task(step.id, step.id, "{{ mlproject_aggregate_command(ti, params, %r) }}" % step.id,

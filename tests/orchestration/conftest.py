@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, free_port
+from helpers import REPO, free_port, unavailable
 
 DAGS = REPO / "airflow" / "dags"
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 # Never the user's own Airflow home: a temp dir, removed when the session ends.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="mlproject-airflow-")
@@ -33,14 +32,6 @@ atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def unavailable(reason: str) -> None:
-    """Skip a test whose component is missing, but fail in CI, where .ci/run provides it."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: .ci/run should have set this up)")
-    print(f"SKIPPED: {reason}", file=sys.stderr)
-    pytest.skip(reason)
 
 
 @dataclass

@@ -1,22 +1,24 @@
-"""docker/compose.yaml: valid for the compose CLI, and its services wired to each other.
-
-The stack cannot be started here (no registry to pull postgres from), so it is validated by
-`docker compose config` (or Debian's `docker-compose config`) and by reading its structure;
-the end-to-end test runs the same settings (host network instead of the stack's network).
+"""docker/compose.yaml and its override files: valid for the compose CLI, and its services
+wired to each other. test_e2e_compose.py brings the stack up; these read its structure.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from helpers import compose_cli
+
 COMPOSE = Path(__file__).resolve().parents[2] / "docker" / "compose.yaml"
-ENV = {"POSTGRES_PASSWORD": "test-only", "DOCKER_GID": "999"}
+OFFLINE = COMPOSE.parent / "compose.offline.yaml"
+HOSTNET = COMPOSE.parent / "compose.hostnet.yaml"
+PORTS = COMPOSE.parent / "compose.ports.yaml"
+SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "AIRFLOW_ADMIN_PASSWORD")
+ENV = {**{name: "test-only" for name in SECRETS}, "DOCKER_GID": "999"}
 
 
 @pytest.fixture(scope="module")
@@ -24,30 +26,26 @@ def stack() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-def compose_cli() -> list[str] | None:
-    docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
-        return [docker, "compose"]
-    legacy = shutil.which("docker-compose")
-    return [legacy] if legacy else None
-
-
-def test_compose_cli_accepts_the_file(skip_or_fail):
+@pytest.mark.parametrize("files", [(COMPOSE, PORTS), (COMPOSE, OFFLINE, PORTS), (COMPOSE, OFFLINE, HOSTNET)],
+                         ids=["registry", "offline", "offline-hostnet"])
+def test_compose_cli_accepts_the_files(skip_or_fail, files):
     cli = compose_cli()
     if cli is None:
         skip_or_fail("no compose CLI (docker compose plugin or Debian's docker-compose)")
-    done = subprocess.run([*cli, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True,
-                          env={**os.environ, **ENV})
+    done = subprocess.run([*cli, *[a for f in files for a in ("-f", str(f))], "config", "-q"], capture_output=True,
+                          text=True, env={**os.environ, **ENV})
     assert done.returncode == 0, done.stderr
 
 
-def test_compose_cli_requires_the_secrets(skip_or_fail):
+@pytest.mark.parametrize("secret", SECRETS)
+def test_compose_cli_requires_every_password(skip_or_fail, secret):
     cli = compose_cli()
     if cli is None:
         skip_or_fail("no compose CLI (docker compose plugin or Debian's docker-compose)")
-    env = {k: v for k, v in os.environ.items() if k not in ENV}
+    env = {**{k: v for k, v in os.environ.items() if k not in ENV}, **ENV}
+    del env[secret]
     done = subprocess.run([*cli, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, env=env)
-    assert done.returncode != 0 and "POSTGRES_PASSWORD" in done.stderr
+    assert done.returncode != 0 and secret in done.stderr
 
 
 def test_stack_has_database_server_and_airflow(stack):
@@ -86,8 +84,9 @@ def test_airflow_reaches_the_server_and_the_docker_socket(stack):
     assert env["MLPROJECT_POOL_SLOTS"] == "${MLPROJECT_POOL_SLOTS:-1}"
 
 
-def test_published_ports_are_loopback_only(stack):
-    ports = [p for service in stack["services"].values() for p in service.get("ports", [])]
+def test_published_ports_are_loopback_only():
+    services = yaml.safe_load(PORTS.read_text())["services"]
+    ports = [p for service in services.values() for p in service.get("ports", [])]
     assert ports and all(p.startswith("127.0.0.1:") for p in ports)
 
 
@@ -95,3 +94,34 @@ def test_no_secret_is_written_in_the_file():
     text = COMPOSE.read_text()
     assert "test-only" not in text
     assert "${POSTGRES_PASSWORD" in text
+
+
+def test_the_tracking_server_makes_users_log_in_with_a_required_admin_password(stack):
+    mlflow = stack["services"]["mlflow"]
+    assert "--auth" in mlflow["command"]
+    assert mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_AUTH_ADMIN_PASSWORD:?")
+
+
+def test_airflow_has_the_mlflow_login_as_a_connection(stack):
+    env = stack["services"]["airflow"]["environment"]
+    connection = env["AIRFLOW_CONN_MLFLOW_DEFAULT"]
+    assert '"login": "admin"' in connection and '"password": "${MLFLOW_AUTH_ADMIN_PASSWORD}"' in connection
+    assert "MLFLOW_TRACKING_PASSWORD" not in env  # the steps get it from the connection, privately
+    assert env["AIRFLOW_ADMIN_PASSWORD"].startswith("${AIRFLOW_ADMIN_PASSWORD:?")
+
+
+def test_images_are_overridable_and_buildable_without_a_registry(stack):
+    assert stack["services"]["postgres"]["image"] == "${POSTGRES_IMAGE:-postgres:16-bookworm}"
+    assert stack["services"]["mlflow"]["build"]["args"]["BASE_IMAGE"] == "${BASE_IMAGE:-python:3.11-slim}"
+    assert stack["services"]["airflow"]["image"] == stack["services"]["mlflow"]["image"]
+    offline = yaml.safe_load(OFFLINE.read_text())["services"]["postgres"]
+    assert (COMPOSE.parent / offline["build"]["context"] / offline["build"]["dockerfile"]).is_file()
+    assert offline["build"]["args"]["BASE_IMAGE"] == "${BASE_IMAGE:-mlproject-base:bookworm}"
+
+
+def test_on_the_host_network_every_service_listens_on_loopback_only():
+    services = yaml.safe_load(HOSTNET.read_text())["services"]
+    assert {name: s["network_mode"] for name, s in services.items()} == dict.fromkeys(services, "host")
+    assert services["postgres"]["environment"]["POSTGRES_LISTEN_ADDRESSES"] == "127.0.0.1"
+    assert services["mlflow"]["command"][services["mlflow"]["command"].index("--host") + 1] == "127.0.0.1"
+    assert services["airflow"]["environment"]["AIRFLOW__API__HOST"] == "127.0.0.1"

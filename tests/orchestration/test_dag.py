@@ -230,3 +230,40 @@ def test_credentials_go_only_to_the_private_environment(dagmod, pipeline_yaml, m
     assert "private_environment" not in task.template_fields
     logged = json.dumps([task.environment, render_command(dag, "compare", FakeTI()), task.command])
     assert "s3cret" not in logged and "alice" not in logged
+
+
+def run_without_docker(dagmod, monkeypatch, task) -> dict[str, str]:
+    """What the container of `task` would get as private environment (DockerOperator's own
+    execute, which starts the container, replaced by reading it)."""
+    monkeypatch.setattr(dagmod.DockerOperator, "execute", lambda self, context: dict(self._private_environment))
+    return task.execute({})
+
+
+def test_the_steps_get_the_login_of_the_mlflow_connection_when_the_task_runs(dagmod, pipeline_yaml, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    dag = build(dagmod, {"MLPROJECT_PIPELINE_CONFIG": str(pipeline_yaml)})
+    task = dag.get_task("plot")
+    assert task.mlflow_conn_id == "mlflow_default" and task._private_environment == {}
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "http", "login": "bob",
+                                                                   "password": "p@ss:w/rd"}))
+    assert run_without_docker(dagmod, monkeypatch, task) == {"MLFLOW_TRACKING_USERNAME": "bob",
+                                                             "MLFLOW_TRACKING_PASSWORD": "p@ss:w/rd"}
+    assert "p@ss" not in json.dumps([task.environment, task.command])
+
+
+def test_credentials_in_the_workers_environment_win_over_the_connection(dagmod, pipeline_yaml, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "http", "login": "bob",
+                                                                   "password": "other"}))
+    dag = build(dagmod, {"MLPROJECT_PIPELINE_CONFIG": str(pipeline_yaml)})
+    assert run_without_docker(dagmod, monkeypatch, dag.get_task("plot")) == {
+        "MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "s3cret"}
+
+
+def test_without_the_connection_the_steps_get_no_credentials(dagmod, pipeline_yaml, monkeypatch):
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AIRFLOW_CONN_MLFLOW_DEFAULT"):
+        monkeypatch.delenv(name, raising=False)
+    dag = build(dagmod, {"MLPROJECT_PIPELINE_CONFIG": str(pipeline_yaml)})
+    assert run_without_docker(dagmod, monkeypatch, dag.get_task("plot")) == {}
