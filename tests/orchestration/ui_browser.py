@@ -211,43 +211,35 @@ def airflow_login(driver, base_url: str, user: str, password: str) -> None:
                lambda d: "/auth/login" not in d.current_url and not d.find_elements(By.NAME, "password"))
 
 
-def _mapped_states(driver) -> list[tuple[str, str]] | bool:
-    """(map index, state) of the rows of the task-instance table on a mapped task's page."""
-    from selenium.webdriver.common.by import By
-
-    rows = []
-    for row in driver.find_elements(By.CSS_SELECTOR, "table tbody tr"):
-        cells = [cell.text.strip() for cell in row.find_elements(By.TAG_NAME, "td")]
-        if len(cells) >= 2 and cells[0].isdigit():
-            rows.append((cells[0], cells[1]))
-    return rows or False
+def _mapped_totals(driver) -> dict[str, int]:
+    """{state: count} of a mapped task's page summary ("Total Success 4", "Total Running 2", ...)."""
+    return {state: int(count) for state, count in re.findall(r"^Total (\w[\w ]*)\n(\d+)$", page_text(driver), re.M)}
 
 
 def check_airflow_dag_run(driver, base_url: str, dag_id: str, run_id: str, user: str, password: str,
                           mapped_task: str = "compare__train", expected_mapped: int | None = None,
-                          shot: str = "airflow-dag-run") -> list[tuple[str, str]]:
+                          shot: str = "airflow-dag-run") -> dict[str, int]:
     """Airflow's UI (signed in as `user`) shows DAG run `run_id` as successful, and the page of
-    its mapped task `mapped_task` lists every map index (`expected_mapped` of them, when given)
-    as Success. Saves `<shot>.png` (the run's page) and `<shot>-mapped.png`; returns the
-    (map index, state) rows."""
-    from selenium.webdriver.common.by import By
-
+    its mapped task `mapped_task` counts all its map indexes (`expected_mapped` of them, when
+    given) as Success and none in another state. Saves `<shot>.png` (the run's page) and
+    `<shot>-mapped.png`; returns the page's {state: count}."""
     airflow_login(driver, base_url, user, password)
     run_page = f"{base_url.rstrip('/')}/dags/{quote(dag_id)}/runs/{quote(run_id)}"
     open_page(driver, run_page)
     wait_for_texts(driver, shot, [dag_id, run_id, mapped_task, "Success"])
-    wait_until(driver, shot, f"the run {run_id!r} in state Success",
-               lambda d: d.find_elements(By.XPATH, "//*[normalize-space(text())='Success']"))
+    # the run's header: its id, then its state
+    header = re.compile(rf"^{re.escape(run_id)}\nSuccess$", re.M)
+    wait_until(driver, shot, f"the run {run_id!r} in state Success", lambda d: header.search(page_text(d)))
     screenshot(driver, shot)
 
     open_page(driver, f"{run_page}/tasks/{quote(mapped_task)}/mapped")
 
     def all_succeeded(d):
-        rows = _mapped_states(d)
-        complete = rows and (expected_mapped is None or len(rows) == expected_mapped)
-        return rows if complete and {state for _, state in rows} == {"Success"} else False
+        totals = _mapped_totals(d)
+        done = set(totals) == {"Success"} and totals["Success"] == (expected_mapped or totals["Success"])
+        return totals if done else False
 
-    rows = wait_until(driver, f"{shot}-mapped", f"every mapped {mapped_task} task instance in state Success",
-                      all_succeeded)
+    totals = wait_until(driver, f"{shot}-mapped", f"every mapped {mapped_task} task instance in state Success",
+                        all_succeeded)
     screenshot(driver, f"{shot}-mapped")
-    return rows
+    return totals
