@@ -41,10 +41,9 @@ def chromium(skip_or_fail) -> None:
         skip_or_fail(reason)
 
 
-def compare_config(path, experiment: str, **compare) -> str:
-    data = tiny(train={"max_steps": 8}, tracking={"experiment_name": experiment, "log_model": True,
-                                                  "output_dir": str(path.parent / "runs")},
-                extra={"compare": {"models": MODELS, "seeds": SEEDS, **compare}})
+def compare_config(path, experiment: str, **tracking) -> str:
+    data = tiny(train={"max_steps": 8}, tracking={"experiment_name": experiment, **tracking},
+                extra={"compare": {"models": MODELS, "seeds": SEEDS}})
     path.write_text(yaml.safe_dump(data))
     return str(path)
 
@@ -66,7 +65,8 @@ def test_mlflow_ui_shows_the_compare_its_children_their_metrics_and_the_register
         tmp_path, start_server, chromium):
     from mlflow import MlflowClient
 
-    config = compare_config(tmp_path / "compare.yaml", "e2e-ui-compare")
+    config = compare_config(tmp_path / "compare.yaml", "e2e-ui-compare", log_model=True,
+                            output_dir=str(tmp_path / "runs"))
     with start_server(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "mlartifacts", timeout=300) as server:
         result = run_compare(config, server.url, tmp_path / "cache")
         assert result["status"] == "FINISHED" and result["finished"] == 4
@@ -85,6 +85,7 @@ def test_airflow_ui_shows_the_dag_run_and_its_mapped_children_succeeded(
         tmp_path, start_server, step_image, chromium):
     configs = tmp_path / "configs"
     configs.mkdir()
+    # the step containers mount configs/ read-only: their outputs stay in the containers
     compare = compare_config(configs / "compare.yaml", "e2e-ui-dag")
     pipeline = configs / "ui.yaml"
     pipeline.write_text(yaml.safe_dump({
