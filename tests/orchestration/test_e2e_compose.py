@@ -348,3 +348,30 @@ def test_the_docs_deployment_sequence_is_the_one_this_test_runs():
                     'make wheelhouse EXTRAS="airflow auth"', f"/api/v2/dags/{DAG_ID}/dagRuns", "/auth/token",
                     '{"is_paused": false}', '{"is_paused": true}', '"logical_date": null'):
         assert setting in docs, setting
+
+
+def test_both_uis_show_the_scheduled_run_in_a_browser(compose_stack, monkeypatch, skip_or_fail):
+    """The stack's UIs in headless Chromium after the scheduled run: MLflow's experiment page lists
+    the parent and its nested children, a child's page its metrics and the registered model (as
+    the stack's admin), and Airflow's UI the run's mapped tasks as successful."""
+    import ui_browser
+
+    reason = ui_browser.missing()
+    if reason:
+        skip_or_fail(reason)
+    client = compose_stack.mlflow_client(monkeypatch)
+    scheduled = compose_stack.dag_runs["scheduled"]
+    parent = client.get_run(step_result(compose_stack, scheduled, "compare")["run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    version = client.get_model_version_by_alias(MODEL, "best")
+    with ui_browser.browser() as driver:
+        ui_browser.basic_auth(driver, compose_stack.mlflow_user, compose_stack.mlflow_password)
+        ui_browser.check_mlflow_experiment(driver, compose_stack.mlflow_url, EXPERIMENT, parent.info.run_name,
+                                           [c.info.run_name for c in children], shot="stack-mlflow-experiment")
+        ui_browser.check_mlflow_child(driver, compose_stack.mlflow_url, version.run_id, ["val_loss_best"], MODEL,
+                                      shot="stack-mlflow-child")
+    with ui_browser.browser() as driver:
+        totals = ui_browser.check_airflow_dag_run(driver, compose_stack.airflow_url, DAG_ID, scheduled,
+                                                  compose_stack.airflow_user, compose_stack.airflow_password,
+                                                  expected_mapped=4, shot="stack-airflow-dag-run")
+    assert totals == {"Success": 4}

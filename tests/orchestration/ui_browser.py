@@ -72,6 +72,16 @@ def browser() -> Iterator:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def basic_auth(driver, user: str, password: str) -> None:
+    """Send HTTP basic credentials with every request of this browser (a tracking server run with
+    `--auth` asks for them): Chromium's DevTools protocol sets the header, as no login page exists."""
+    import base64
+
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
+
+
 def screenshot(driver, name: str) -> Path:
     """The page as `outputs/ui/<name>.png`."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
