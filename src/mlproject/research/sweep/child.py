@@ -7,7 +7,6 @@ makes sure one process at a time trains it; a FINISHED child is left alone.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,7 +110,7 @@ def _train_leased_child(run_id: str, cfg: RunConfig) -> str:
     name = cfg.tracking.run_name or run_id
     print(f"--- child {name} ({action}) run {run_id}", flush=True)
     if action == ChildAction.RESUME:
-        cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, resume_from=run_id))
+        cfg = cfg.replace(source=f"child {name}", tracking={"resume_from": run_id})
     try:
         outcome = train_tracked(cfg, parent_run_id=run.tags.get(Tag.PARENT), run_id=run_id)
     except LeaseHeld:  # another process took the run first: its state is that process's

@@ -13,7 +13,7 @@ import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mlproject.app.config import RunConfig
 from mlproject.config import dump_yaml, to_dict
@@ -69,8 +69,14 @@ class SweepPlan:
     local_copies: bool = False       # also a results copy under the local root (app.local_copies)
     ladder: dict[str, Any] | None = None  # a ladder's design, fitted in the aggregate stage
 
+    # Fields added after plans were first stored: written only when set, so a stored plan writes
+    # back unchanged and a release before them still reads the plans that leave them off.
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {"local_copies": False}
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
+        data = {k: v for k, v in dataclasses.asdict(self).items()
+                if not (k in self.LATER_FIELDS and self.LATER_FIELDS[k] == v)}
+        return json.dumps(data, indent=2)
 
     @property
     def child_run_ids(self) -> list[str]:
@@ -311,7 +317,6 @@ def _print_plan(spec: SweepSpec, children: Sequence[PlannedChild]) -> None:
 
 
 def _child_run_config(child: ChildSpec, experiment_name: str) -> RunConfig:
-    tracking = dataclasses.replace(child.cfg.tracking, experiment_name=experiment_name, run_name=child.name,
-                                   resume_from=None)
-    return dataclasses.replace(child.cfg, tracking=tracking)
+    return child.cfg.replace(source=f"child {child.name}", tracking={
+        "experiment_name": experiment_name, "run_name": child.name, "resume_from": None})
 

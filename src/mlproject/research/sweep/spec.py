@@ -7,7 +7,6 @@ sweep key is what a `--resume` matches: two sweeps with the same key are the sam
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mlproject.app.config import RunConfig
-from mlproject.config import build_sections, load_yaml
+from mlproject.config import build_sections, load_yaml, replace
 from mlproject.errors import ConfigError
 from mlproject.profiles import command_defaults
 
@@ -103,8 +102,8 @@ def child_config(base: RunConfig, *, model: Any, train: Any, seed: int) -> RunCo
     # The data order follows the seed, not the model (data_seed defaults to seed when the run's
     # config is resolved): for a given seed every group sees the same batches, so the paired
     # comparison across seeds cancels data-order noise.
-    return RunConfig(model=model, data=base.data, train=dataclasses.replace(train, seed=seed),
-                     tracking=dataclasses.replace(base.tracking), runtime=base.runtime)
+    return RunConfig(model=model, data=base.data, train=replace(train, where="child: train", seed=seed),
+                     tracking=replace(base.tracking, where="child: tracking"), runtime=base.runtime)
 
 
 def with_context(where: str, exc: ConfigError) -> ConfigError:
