@@ -95,8 +95,9 @@ def measure(rounds: int) -> dict[str, float]:
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "HF_HUB_OFFLINE": "1"}
         env.setdefault("MLPROJECT_CACHE_DIR", str(work / "cache"))
         env.pop("MLFLOW_RUN_ID", None)
-        warm = timed([*MLPROJECT, *TRAIN, "--run-name", "warm"], env, work)
-        checkpoint = Path(re.search(r"local checkpoints: (\S+)", warm.output).group(1)) / "best.pt"
+        # the warm-up run leaves local copies (asked for: a run keeps none by default) for generate
+        warm = timed([*MLPROJECT, *TRAIN, "--run-name", "warm", "--local-copies"], env, work)
+        checkpoint = Path(re.search(r"best=(\S+?\.pt)", warm.output).group(1))
         tokenizer = Path(re.search(r"tokenizer: (\S+) \(for generate", warm.output).group(1))
         results = [one_round(env, work, work / checkpoint, work / tokenizer) for _ in range(rounds)]
     return {key: statistics.median(r[key] for r in results) for key in results[0]}

@@ -88,13 +88,13 @@ def _train(places: dict[str, str], workdir: Path, experiment: str) -> str:
 
     workdir.mkdir()
     os.chdir(workdir)
-    assert call_main(["train", "--config", places["yaml"], "--log-model", "true"]) == 0
+    assert call_main(["train", "--config", places["yaml"], "--log-model", "true", "--local-copies"]) == 0
     experiment_id = MlflowClient().get_experiment_by_name(experiment).experiment_id
     run_id = MlflowClient().search_runs([experiment_id])[0].info.run_id
     model = Path(places["user"]) / "model"
     model.mkdir()
     shutil.copy(next(workdir.parent.glob(f"outputs/{run_id}/checkpoints/last.pt")), model / "last.pt")
-    shutil.copy(next(workdir.glob("checkpoints/*.tokenizer.json")), model / "tokenizer.json")
+    shutil.copy(next(workdir.glob("mlproject-outputs/checkpoints/*.tokenizer.json")), model / "tokenizer.json")
     return run_id
 
 

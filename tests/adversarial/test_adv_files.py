@@ -36,11 +36,15 @@ TRAIN_PATHS = [
     err("train-local-text-read-as-json", *T, "--local-format", "json", names="corpus.txt", code=2),
     err("train-cache-dir-under-a-file", *T, "--cache-dir", "{file}/cache", names="afile", code=2),
     err("train-cache-env-under-a-file", *T, env={"MLPROJECT_CACHE_DIR": "{file}/cache"}, names="afile", code=2),
-    err("train-local-dir-env-under-a-file", *T, env={"MLPROJECT_LOCAL_DIR": "{file}/local"}, names="afile", code=2),
+    # local copies are written only when asked: a bad local root or a run name too long for their
+    # file names is refused then, before any run exists
+    err("train-local-dir-env-under-a-file", *T, "--local-copies", env={"MLPROJECT_LOCAL_DIR": "{file}/local"},
+        names="afile", code=2),
     err("train-output-dir-under-a-file", *T, "--output-dir", "{file}/runs", names="afile", code=2),
     err("train-output-dir-unwritable", *T, "--output-dir", "/proc/adversarial-runs", names="/proc/adversarial-runs",
         code=2),
-    err("train-run-name-300-chars", *T, "--run-name", "{long}", names="run_name", code=2),
+    err("train-run-name-300-chars", *T, "--local-copies", "--run-name", "{long}", names="run_name", code=2),
+    ok("train-run-name-300-chars-without-local-copies", *T, "--run-name", "{long}"),
     ok("train-run-name-with-dots-and-slashes", *T, "--run-name", "../../escape"),
 ]
 
