@@ -14,6 +14,7 @@
    every child must finish.
 4. sdpa: the attention kernel a bf16 forward really runs, read from the profiler (the flash
    kernel's op name), and a forward with only the flash backend allowed (raises otherwise).
+   The dry run profiles an fp32 forward: on a CPU a bf16 forward takes explicit matmuls.
 
 --dry-run runs the same code at tiny sizes on the CPU, so a test keeps it working where no
 GPU is; its figures mean nothing. One JSON file of figures comes out.
@@ -171,7 +172,9 @@ def check_sdpa(device: torch.device, dry_run: bool) -> dict[str, Any]:
            if dry_run else GPTConfig(preset="gpt2-124m", n_layer=1, block_size=1024, vocab_size=50304, dropout=0.0))
     model = GPT(cfg.resolved()).to(device).eval()
     idx = torch.randint(0, 512, (2, cfg.block_size), device=device)
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+    # A bf16 forward on a CPU takes explicit matmuls, not SDPA (model/gpt.py, CausalSelfAttention),
+    # so the dry run profiles the fp32 forward, which runs the CPU flash kernel.
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=not dry_run):
         with profile() as prof:
             model(idx)
         ops = sorted({e.key for e in prof.key_averages() if "scaled_dot_product" in e.key})

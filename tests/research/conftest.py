@@ -35,8 +35,22 @@ def session_env(store_uri: str, cache_dir: Path, tmp_path_factory: pytest.TempPa
     mlflow.set_tracking_uri(None)
 
 
+@contextlib.contextmanager
+def in_session_store(store_uri: str, cache_dir: Path, workdir: Path) -> Iterator[None]:
+    """The session store around a session fixture's work, whatever store the test that first
+    asks for the fixture points at (a test with its own store would otherwise receive the
+    sweep, and the tests after it would not find its runs); that test's store comes back after."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        use_store(mp, store_uri, cache_dir, workdir)
+        yield
+    mlflow.set_tracking_uri(before)
+
+
 @pytest.fixture(scope="session")
-def compare_sweep(session_env):
+def compare_sweep(session_env, store_uri, cache_dir):
     """gpt2 vs gpt3 over seeds 1 and 2, trained in this process: (outcome, printed output).
 
     The attention window is below the context length, so GPT-3's banded layers really differ.
@@ -46,6 +60,6 @@ def compare_sweep(session_env):
     path = write_sweep(session_env / "compare.yaml", unique("compare"), model={"attention_window": 8},
                        extra={"compare": {"models": ["gpt2", "gpt3"], "seeds": [1, 2]}})
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with in_session_store(store_uri, cache_dir, session_env), contextlib.redirect_stdout(out):
         outcome = run_compare(CompareJob.load(path))
     return outcome, out.getvalue()
