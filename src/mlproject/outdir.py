@@ -21,6 +21,10 @@ from pathlib import Path
 from mlproject.errors import MlprojectError
 from mlproject.io import plain_modes, temp_path
 
+# The one folder of this suite's local files (charts, exports, pipeline reports, local copies of
+# runs): under `mlflow run` the working directory is the project, and this variable moves them.
+LOCAL_DIR_ENV = "MLPROJECT_LOCAL_DIR"
+LOCAL_DIR_DEFAULT = Path("mlproject-outputs")
 MARKER = ".mlproject-output.json"  # {"written_by": "mlproject", "kind": ..., "entries": [top-level names], details}
 # <cache>/scratch/<run id>/checkpoints: a tracked run's checkpoints on their way to the tracking store
 SCRATCH = "scratch"
@@ -35,6 +39,32 @@ def _marker(folder: Path) -> dict | None:
     if not isinstance(data, dict) or data.get("written_by") != "mlproject" or not isinstance(data.get("entries"), list):
         return None
     return data
+
+
+def local_root(profile: str = "default") -> Path:
+    """The folder of local files: $MLPROJECT_LOCAL_DIR if set, else the working directory in the
+    original profile (relative paths, as the original's), else `mlproject-outputs`."""
+    root = os.environ.get(LOCAL_DIR_ENV, "").strip()
+    if root:
+        return Path(root).expanduser()
+    return Path() if profile == "original" else LOCAL_DIR_DEFAULT
+
+
+def local_field() -> str:
+    """What a user changes to move the local files, for an error line: the variable when set."""
+    return LOCAL_DIR_ENV if os.environ.get(LOCAL_DIR_ENV, "").strip() else "working directory"
+
+
+def local_folder(given: str | None, field: str, default: str, profile: str = "default") -> tuple[Path, str]:
+    """Folder `given` (option `field`), else `default` under the local root; with what a user
+    changes to move it, for an error line."""
+    return (Path(given).expanduser(), field) if given else (local_root(profile) / default, local_field())
+
+
+def path_component(name: str) -> str:
+    """A run or experiment name as one path component (MLflow allows `/` in names)."""
+    cleaned = name.replace("/", "_").replace("\\", "_").strip()
+    return cleaned if cleaned not in ("", ".", "..") else "unnamed"
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -89,7 +89,9 @@ EXPORT = [
     err("export-into-the-user-home", "export-hf", *CKPT, "--output", "{user}", names="{user}", code=2),
     err("export-onto-a-regular-file", "export-hf", *CKPT, "--output", "{file}", names="afile", code=2),
     err("export-under-a-regular-file", "export-hf", *CKPT, "--output", "{file}/hf", names="afile", code=2),
-    err("export-to-an-empty-path", "export-hf", *CKPT, "--output", "", names="output", code=2),
+    # an empty optional value means unset (as MLflow passes an empty parameter): the default folder
+    ok("export-to-an-empty-path-is-the-default-folder", "export-hf", *CKPT, "--output", ""),
+    err("export-to-the-working-directory", "export-hf", *CKPT, "--output", ".", names="output", code=2),
     err("export-a-pickle-payload", "export-hf", "--checkpoint", "{evil}", "--tokenizer-path", "{tok}", "--output", "hf",
         names="evil.pt", code=2),
     ok("export-a-checkpoint-into-a-new-folder", "export-hf", *CKPT, "--output", "hf-out"),
@@ -159,3 +161,11 @@ def test_export_twice_into_the_same_folder_replaces_its_own_export(world, store_
                  capfd=capfd)
     assert (tmp_path / "hf-twice" / "config.json").is_file()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or "tmp" in p.name]
+
+
+def test_export_without_output_writes_hf_under_the_local_folder(world, store_uri, capfd, tmp_path) -> None:
+    user = Path(world["user"])
+    for _ in range(2):  # the second replaces the suite's own export
+        run_case(ok("export", "export-hf", *CKPT), world, user=user, store_uri=store_uri, capfd=capfd)
+    assert (tmp_path / "mlproject-outputs" / "hf" / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["mlproject-outputs"]

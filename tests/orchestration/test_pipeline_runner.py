@@ -102,7 +102,7 @@ STEPS = [  # listed out of order on purpose: plot needs compare
 
 
 def report_of(root: Path) -> dict:
-    (path,) = sorted(root.glob("outputs/pipeline_runs/*/report.json"))[-1:]
+    (path,) = sorted(root.glob("mlproject-outputs/pipeline_runs/*/report.json"))[-1:]
     return json.loads(path.read_text())
 
 
@@ -113,7 +113,7 @@ def test_dry_run_prints_commands_in_dependency_order_and_runs_nothing(fake_mlflo
     assert out.index("-e compare") < out.index("-e plot")
     assert "parent_run_id=<steps.compare.run_id>" in out
     assert fake_mlflow() == []
-    assert not (tmp_path / "outputs").exists()
+    assert not (tmp_path / "mlproject-outputs").exists()
 
 
 def test_steps_run_in_dependency_order_passing_run_ids(fake_mlflow, tmp_path):
@@ -233,6 +233,16 @@ def test_disabled_steps_are_skipped(fake_mlflow, tmp_path):
     run_pipeline(PipelineOptions(str(write_pipeline(tmp_path / "p.yaml", steps))))
     assert [c["params"]["name"] for c in fake_mlflow()] == ["a"]
     assert report_of(tmp_path)["steps"][1]["reason"] == "disabled"
+
+
+def test_resume_reads_reports_written_before_the_local_folder_existed(fake_mlflow, tmp_path):
+    path = write_pipeline(tmp_path / "p.yaml", STEPS)
+    assert run_pipeline(PipelineOptions(str(path), step=["compare"])) == 0
+    (tmp_path / "outputs").mkdir()  # where an earlier release wrote the reports
+    (tmp_path / "mlproject-outputs" / "pipeline_runs").rename(tmp_path / "outputs" / "pipeline_runs")
+    assert run_pipeline(PipelineOptions(str(path), resume=True)) == 0
+    assert [c["entry_point"] for c in fake_mlflow()] == ["compare", "plot"]  # compare is not run again
+    assert {s["id"]: s["status"] for s in report_of(tmp_path)["steps"]} == {"compare": "reused", "plot": "succeeded"}
 
 
 def test_resume_skips_succeeded_steps_and_resumes_the_failed_sweep(fake_mlflow, tmp_path):

@@ -49,6 +49,17 @@ def test_plot_by_experiment_name_uses_its_latest_parent(compare_sweep, research_
     assert [p.name for p in written if p.suffix == ".png"] == ["compare_val_loss_best.png"]
 
 
+def test_plot_without_output_dir_writes_under_the_local_folder_by_experiment(compare_sweep, research_env, tmp_path,
+                                                                              monkeypatch):
+    outcome, _ = compare_sweep
+    written = run_plot(PlotConfig(parent_run_id=outcome.parent_run_id, kind="compare", log_to_run=False))
+    folder = tmp_path / "mlproject-outputs" / "plots" / outcome.experiment_name  # research_env works in tmp_path
+    assert {p.parent for p in written} == {folder} and (folder / "compare_val_loss_best.png").is_file()
+    monkeypatch.setenv("MLPROJECT_LOCAL_DIR", str(tmp_path / "elsewhere"))
+    moved = run_plot(PlotConfig(parent_run_id=outcome.parent_run_id, kind="compare", log_to_run=False))
+    assert {p.parent for p in moved} == {tmp_path / "elsewhere" / "plots" / outcome.experiment_name}
+
+
 def test_plot_of_a_run_that_is_not_a_sweep_parent_is_an_error(compare_sweep, research_env):
     outcome, _ = compare_sweep
     child = MlflowClient().search_runs([outcome.experiment_id],

@@ -143,6 +143,6 @@ def test_a_pipeline_step_whose_config_is_missing_leaves_no_run_running(tmp_path,
     new = {run_id: status for run_id, status in _runs().items() if run_id not in before}
     assert "RUNNING" not in new.values(), new
     assert list(new.values()) == ["FAILED"], "only the pipeline's own run, ended FAILED"
-    (report_path,) = tmp_path.glob("outputs/pipeline_runs/*/report.json")
+    (report_path,) = tmp_path.glob("mlproject-outputs/pipeline_runs/*/report.json")
     step = json.loads(report_path.read_text())["steps"][0]
     assert step["status"] == "failed" and f"config='{missing}' is not a file" in step["error_tail"]

@@ -128,7 +128,8 @@ def run_export_hf(cfg: ExportConfig, store: ModelStore | None = None) -> Path:
     from mlproject.model.hf_export import EXPORT_KIND, export_hf, plan_for
     from mlproject.outdir import check_replaceable
 
-    check_replaceable(cfg.output, EXPORT_KIND)  # a bad --output is refused before the model is fetched
+    out = cfg.folder()
+    check_replaceable(out, EXPORT_KIND)  # a bad --output is refused before the model is fetched
     with tempfile.TemporaryDirectory(prefix="mlproject-export-") as tmp:
         source = resolve_source(ModelRef(cfg.run_id, cfg.model_uri, cfg.checkpoint, cfg.tokenizer_path), Path(tmp),
                                 store, command="export-hf")
@@ -138,8 +139,7 @@ def run_export_hf(cfg: ExportConfig, store: ModelStore | None = None) -> Path:
             raise MlprojectError("export-hf: --log-transformers logs built-in transformers classes only; this model "
                                  "exports as custom code, logged to the run as the folder hf/ (drop "
                                  "--log-transformers)")
-        kind = export_hf(model, source.tokenizer, cfg.output, allow_custom_code=cfg.allow_custom_code)
-    out = Path(cfg.output)
+        kind = export_hf(model, source.tokenizer, out, allow_custom_code=cfg.allow_custom_code)
     print(f"export-hf: {source.uri} -> {out} ({kind}, sha256 {source.sha256[:16]}...)", flush=True)
     if cfg.log_transformers and not (store is not None and source.run_id and cfg.log_to_run):
         raise MlprojectError("export-hf: --log-transformers needs a run (--run-id or --model-uri)")

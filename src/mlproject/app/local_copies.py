@@ -13,7 +13,7 @@ commands read, when asked:
     checkpoints/<run-name>.tokenizer.json                       copy of the run's Artifact.TOKENIZER
 
 Asked means `--local-copies` (`tracking.local_copies`; the original profile turns it on). They go
-under one folder, `local_root`: `$MLPROJECT_LOCAL_DIR` when set, else the working directory in the
+under one folder, `outdir.local_root` (where charts, exports and pipeline reports go too): `$MLPROJECT_LOCAL_DIR` when set, else the working directory in the
 original profile (where the original suite put them, so its commands run as written), else
 `./mlproject-outputs`. The MLflow run stays the source of truth: a copy is rewritten by the next
 run of the same name, never read back by the suite itself except where a user passes its path.
@@ -27,45 +27,22 @@ from pathlib import Path
 
 from mlproject.errors import MlprojectError
 from mlproject.io import atomic_path, temp_path
-from mlproject.outdir import check_writable, name_max
+from mlproject.outdir import check_writable, local_field, local_root, name_max, path_component
 
 RESULTS_ROOT = Path("research_runs")
 CHECKPOINTS_ROOT = Path("checkpoints")
-# Under `mlflow run` the working directory is the project; this variable puts the copies elsewhere.
-LOCAL_DIR_ENV = "MLPROJECT_LOCAL_DIR"
-LOCAL_DIR_DEFAULT = Path("mlproject-outputs")  # the one folder of this suite's local files, when asked for
 SWEEP_FOLDERS = {"compare": "compare", "ablation": "ablations", "ladder": "ladders"}  # the original's folder names
-
-
-def _safe_name(name: str) -> str:
-    """A run or experiment name as one path component (MLflow allows `/` in names)."""
-    cleaned = name.replace("/", "_").replace("\\", "_").strip()
-    return cleaned if cleaned not in ("", ".", "..") else "unnamed"
-
-
-def local_root(profile: str) -> Path:
-    """The folder of local files: $MLPROJECT_LOCAL_DIR if set, else the working directory in the
-    original profile (relative paths, as the original's), else `mlproject-outputs`."""
-    root = os.environ.get(LOCAL_DIR_ENV, "").strip()
-    if root:
-        return Path(root).expanduser()
-    return Path() if profile == "original" else LOCAL_DIR_DEFAULT
 
 
 def results_dir(kind: str, experiment_name: str, profile: str) -> Path:
     """`research_runs/compare/<experiment>`, `research_runs/ablations/<experiment>` or `research_runs/ladders/...`."""
-    return local_root(profile) / RESULTS_ROOT / SWEEP_FOLDERS[kind] / _safe_name(experiment_name)
-
-
-def _field() -> str:
-    """What a user changes to move the copies: the variable when set, else the working directory."""
-    return LOCAL_DIR_ENV if os.environ.get(LOCAL_DIR_ENV, "").strip() else "working directory"
+    return local_root(profile) / RESULTS_ROOT / SWEEP_FOLDERS[kind] / path_component(experiment_name)
 
 
 def check_results_dir(kind: str, experiment_name: str, profile: str) -> None:
     """Raise a one-line error now if a sweep's results copy could not be written: checked before
     the parent run exists, not found when the children have trained."""
-    check_writable(results_dir(kind, experiment_name, profile), _field())
+    check_writable(results_dir(kind, experiment_name, profile), local_field())
 
 
 def _copy_atomic(src: Path, dst: Path) -> Path:
@@ -81,14 +58,14 @@ def check_local_copies(run_name: str | None, profile: str) -> None:
     """Raise a one-line error now if the local copies of a run named `run_name` (None: a name MLflow
     picks, short) could not be written: checked before training, so no run is created for it."""
     folder = local_root(profile) / CHECKPOINTS_ROOT
-    check_writable(folder, _field())
+    check_writable(folder, local_field())
     if run_name is None:
         return
     # The longest name written is the tokenizer copy's temporary, beside its final name.
-    longest = temp_path(folder / f"{_safe_name(run_name)}.tokenizer.json").name
+    longest = temp_path(folder / f"{path_component(run_name)}.tokenizer.json").name
     limit = name_max(folder)
     if len(os.fsencode(longest)) > limit:
-        room = limit - (len(os.fsencode(longest)) - len(os.fsencode(_safe_name(run_name))))
+        room = limit - (len(os.fsencode(longest)) - len(os.fsencode(path_component(run_name))))
         raise MlprojectError(f"run_name={run_name[:40] + '...'!r} ({len(run_name)} characters) is too long for its "
                              f"local copies {CHECKPOINTS_ROOT}/<run name>.*: at most {room} bytes fit in a file "
                              "name; give a shorter --run-name")
@@ -99,7 +76,7 @@ def export_checkpoints(run_name: str, profile: str, *, last: Path | None, best: 
     """Copy a finished run's checkpoints and tokenizer to `checkpoints/<run-name>.*` under the local
     root; print the paths. The tokenizer copy is what `generate --tokenizer-path` takes with `--checkpoint`.
     """
-    name, folder = _safe_name(run_name), local_root(profile) / CHECKPOINTS_ROOT
+    name, folder = path_component(run_name), local_root(profile) / CHECKPOINTS_ROOT
     written: dict[str, Path] = {}
     for kind, src in (("last", last), ("best", best)):
         if src is not None and Path(src).is_file():

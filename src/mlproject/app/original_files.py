@@ -76,7 +76,7 @@ def original_run_config(cfg: RunConfig, run_name: str) -> dict[str, Any]:
 
 
 def _names(cfg: RunConfig, run_name: str) -> dict[str, Path]:
-    from mlproject.app.local_copies import local_root
+    from mlproject.outdir import local_root
 
     t = cfg.tracking
     out = Path(t.output_dir) if t.output_dir else local_root(t.profile)

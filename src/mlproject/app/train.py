@@ -189,7 +189,7 @@ def _train_main(cfg: RunConfig, tracker: Tracker | None, callbacks: Sequence[Any
 def checkpoint_dir(cfg: RunConfig, key: str) -> Path:
     """Where run `key` (run id, or an untracked run's name) writes its checkpoints: under `output_dir`
     when given, else a scratch folder in the cache (tracked) or under the local root (untracked)."""
-    from mlproject.app.local_copies import local_root
+    from mlproject.outdir import local_root
 
     t = cfg.tracking
     if t.output_dir:

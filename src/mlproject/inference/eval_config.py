@@ -9,6 +9,7 @@ from typing import Literal
 
 from mlproject.config import check_types, field
 from mlproject.errors import ConfigError
+from mlproject.outdir import local_folder
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -74,7 +75,8 @@ class ExportConfig:
     model_uri: str | None = field(None, help="a models:/ URI (LoggedModel or registered model version)")
     checkpoint: str | None = field(None, help="a local checkpoint file (with --tokenizer-path)")
     tokenizer_path: str | None = field(None, help="tokenizer.json (with --checkpoint)")
-    output: str = field("outputs/hf", help="folder to write (config.json, model.safetensors, tokenizer)")
+    output: str | None = field(None, help="folder to write (config.json, model.safetensors, tokenizer); default: "
+                                          "hf/ under $MLPROJECT_LOCAL_DIR or ./mlproject-outputs")
     log_to_run: bool = field(True, help="log the folder to the run as the artifact folder hf/")
     log_transformers: bool = field(False, help="also log it as an MLflow transformers-flavor model")
     allow_custom_code: bool = field(
@@ -84,7 +86,11 @@ class ExportConfig:
     def validate(self) -> None:
         check_types(self, source="export-hf")
         _one_source("export-hf", self.run_id, self.model_uri, self.checkpoint)
-        if not self.output.strip() or Path(self.output).name in ("", ".", ".."):
+        if self.output is not None and (not self.output.strip() or Path(self.output).name in ("", ".", "..")):
             # the folder is written beside itself and renamed into place: it needs a name of its own
             raise ConfigError(f"export-hf: output={self.output!r} names no folder; expected a folder path "
-                              "such as outputs/hf")
+                              "such as exports/hf")
+
+    def folder(self) -> Path:
+        """The folder to write: `output`, else hf/ in the suite's local folder."""
+        return local_folder(self.output, "output", "hf")[0]

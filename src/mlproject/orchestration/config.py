@@ -20,16 +20,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mlproject.config import check_types, field
 from mlproject.errors import ConfigError
+from mlproject.outdir import local_folder
 
 if TYPE_CHECKING:  # original_format builds on this module
     from mlproject.orchestration.original_format import OriginalPipeline
 
 TEMPLATE = re.compile(r"\{\{\s*steps\.([A-Za-z0-9_\-]+)\.([A-Za-z0-9_]+)\s*\}\}")  # {{ steps.<id>.<key> }}
 _ID = re.compile(r"^[A-Za-z0-9_\-]+$")
+REPORTS_DIR = "pipeline_runs"  # under the local folder (outdir.local_root)
+LEGACY_REPORTS_DIR = "outputs/pipeline_runs"  # where reports went before: still read for --resume
 
 
 def param_text(value: Any) -> str:
@@ -74,9 +78,17 @@ class PipelineSettings:
 
     name: str = field(help="pipeline name (report folder prefix, pipeline run name)")
     experiment_name: str | None = field(None, help="default MLflow experiment of every step and of the pipeline run")
-    run_dir: str = field("outputs/pipeline_runs", help="where execution reports are written")
+    run_dir: str | None = field(None, help="where execution reports are written (default: pipeline_runs/ under "
+                                           "$MLPROJECT_LOCAL_DIR or ./mlproject-outputs)")
     project_dir: str = field(".", help="MLflow project the steps run (`mlflow run <project_dir>`)")
     env: dict = field(default_factory=dict, help="extra environment variables of every step")
+
+    def reports_dirs(self) -> list[Path]:
+        """Where this pipeline's execution reports are written (the first), and read for --resume:
+        with no run_dir, also the folder reports went to before the local folder existed."""
+        if self.run_dir:
+            return [Path(self.run_dir).expanduser()]
+        return [local_folder(None, "run_dir", REPORTS_DIR)[0], Path(LEGACY_REPORTS_DIR)]
 
     def validate(self) -> None:
         check_types(self, source="pipeline")

@@ -51,7 +51,8 @@ def previous_results(settings: PipelineSettings) -> dict[str, dict[str, Any]]:
     skipped in a later execution, e.g. not selected with --step, keeps its earlier result).
     """
     decided: dict[str, dict[str, Any] | None] = {}
-    for path in sorted(Path(settings.run_dir).glob(f"{settings.name}-*/report.json"), reverse=True):
+    reports = [path for folder in settings.reports_dirs() for path in folder.glob(f"{settings.name}-*/report.json")]
+    for path in sorted(reports, key=lambda p: p.parent.name, reverse=True):  # <name>-<stamp>: newest first
         try:
             steps = json.loads(path.read_text(encoding="utf-8")).get("steps", [])
         except (OSError, json.JSONDecodeError, AttributeError):
@@ -102,7 +103,7 @@ def run_pipeline(options: PipelineOptions, known_flags: KnownFlags | None = None
         return _dry_run(pipeline, plan, options)
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    run_dir = Path(pipeline.settings.run_dir) / f"{pipeline.settings.name}-{stamp}"
+    run_dir = pipeline.settings.reports_dirs()[0] / f"{pipeline.settings.name}-{stamp}"
     report = _Report(pipeline, run_dir / "report.json", options)
     report.update()
     # Imported only now: a dry run (and a bad pipeline file) never loads MLflow.

@@ -253,7 +253,8 @@ class PlotConfig:
                                                  "columns) instead of the tracking store; their rows are pooled")
     kind: Literal["auto", "compare", "ablation", "curves", "ladder"] = field("auto", help="chart type")
     metric: str = field("val_loss_best", help="summary metric of the bar chart")
-    output_dir: str = field("outputs/plots", help="where PNG and CSV files are written")
+    output_dir: str | None = field(None, help="where PNG and CSV files are written (default: plots/<experiment> under "
+                                              "$MLPROJECT_LOCAL_DIR or ./mlproject-outputs)")
     title: str | None = field(None, help="chart title")
     plot_name: str | None = field(None, help="file name of the bar chart under output_dir "
                                              "(default: <kind>_<metric>.png)")

@@ -10,7 +10,8 @@ is needed; `--results` reads a `results.jsonl`/`.csv` instead (offline, no curve
 - curves: train and validation loss against tokens seen, mean across seeds with a +-1 std band,
   and each `--target` of the sweep as a horizontal line with each group's crossing marked.
 
-PNGs and the summary CSV go to `output_dir` and are logged to the parent run under `plots/`.
+PNGs and the summary CSV go to `output_dir` (default: `plots/<experiment>` in the suite's local
+folder, `outdir.local_root`) and are logged to the parent run under `plots/`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from mlproject.errors import MlprojectError
 from mlproject.io import atomic_path, atomic_write_text
-from mlproject.outdir import check_writable
+from mlproject.outdir import check_writable, local_folder, path_component
 from mlproject.research.config import PlotConfig
 from mlproject.protocol import process_run_id, result_line
 from mlproject.research.results import (Row, SweepStats, aggregate, original_summary_rows, read_results,
@@ -33,6 +34,7 @@ from mlproject.research.results import (Row, SweepStats, aggregate, original_sum
 from mlproject.schema import Artifact, RunRole, RunStatus, Tag
 
 CURVE_METRICS = ("train_loss", "val_loss")
+PLOTS_DIR = "plots"  # under the local folder: plots/<experiment>/ when no output_dir is given
 
 
 def _pyplot() -> Any:
@@ -222,6 +224,7 @@ class _Source:
     groups: list[str]
     kind: str                       # compare | ablation
     name: str                       # for titles
+    folder: str                     # the default output folder's name: the experiment's, or the results file's folder
     parent_run_id: str | None = None
     children: list[Any] = field(default_factory=list)  # child RunRecords (store only: curves)
 
@@ -233,7 +236,7 @@ def _from_file(paths: Sequence[str]) -> _Source:
         raise MlprojectError(f"{', '.join(paths)}: no rows")
     groups = list(dict.fromkeys(str(r["group"]) for r in rows))
     kind = "ablation" if any(r.get("axis") for r in rows) else "compare"
-    return _Source(rows, groups, kind, ", ".join(Path(p).name for p in paths))
+    return _Source(rows, groups, kind, ", ".join(Path(p).name for p in paths), Path(paths[0]).resolve().parent.name)
 
 
 def _from_store(cfg: PlotConfig, metric: str) -> _Source:
@@ -259,8 +262,9 @@ def _from_store(cfg: PlotConfig, metric: str) -> _Source:
         raise MlprojectError(f"parent run {parent.run_id} has no child runs")
     rows = [row_from_run(c, [metric]) for c in children]
     groups = json.loads(parent.tags.get(Tag.GROUPS, "[]")) or list(dict.fromkeys(r["group"] for r in rows))
-    name = f"{experiment_name(parent.experiment_id)}, run {parent.run_id[:8]}"
-    return _Source(rows, groups, parent.tags.get(Tag.SWEEP_KIND, "compare"), name, parent.run_id, children)
+    experiment = experiment_name(parent.experiment_id)
+    return _Source(rows, groups, parent.tags.get(Tag.SWEEP_KIND, "compare"), f"{experiment}, run {parent.run_id[:8]}",
+                   experiment, parent.run_id, children)
 
 
 def _newest_with_finished_children(experiment_id: str) -> Any:
@@ -305,7 +309,8 @@ def _targets(parent_run_id: str | None) -> list[tuple[str, float]]:
 def run_plot(cfg: PlotConfig) -> list[Path]:
     """Write the charts and the summary CSV, log them to the parent run, print the paths and
     the MLPROJECT_RESULT line; return the written files."""
-    check_writable(cfg.output_dir, "output_dir")  # before reading the runs: a bad path costs nothing
+    root, where = local_folder(cfg.output_dir, "output_dir", PLOTS_DIR, cfg.profile)
+    check_writable(root, where)  # before reading the runs: a bad path costs nothing
     if cfg.kind in ("curves", "ladder") and cfg.results:
         raise MlprojectError(f"plot: kind={cfg.kind} needs the tracking store (--parent-run-id), not a results file")
     source = _from_file(cfg.results) if cfg.results else _from_store(cfg, cfg.metric)
@@ -314,10 +319,9 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
         raise MlprojectError(f"plot: kind={cfg.kind} but {where} holds "
                              f"{source.kind} results (groups {', '.join(source.groups)}); use --kind "
                              f"{source.kind} or auto")
-    out = Path(cfg.output_dir)
+    out = root if cfg.output_dir else root / path_component(source.folder)
     written = _ladder_files(source, out) if source.kind == "ladder" else _sweep_files(cfg, source, out)
     written = [p.resolve() for p in written]
-
     logged_to = _log(cfg, source, written)
     for path in written:
         print(f"wrote {path}")
@@ -378,13 +382,9 @@ def _ladder_files(source: _Source, out: Path) -> list[Path]:
 
 def _log(cfg: PlotConfig, source: _Source, files: Sequence[Path]) -> list[str]:
     """Log the files to the parent run, and to the step's own run under `mlflow run`."""
-    if not cfg.log_to_run:
-        return []
-    targets = [source.parent_run_id] if source.parent_run_id else []
     step_run = process_run_id()
-    if step_run and step_run not in targets:
-        targets.append(step_run)
-    if not targets:
+    targets = list(dict.fromkeys(run for run in (source.parent_run_id, step_run) if run))
+    if not cfg.log_to_run or not targets:
         return []
     from mlproject.tracking import client
 
