@@ -1,6 +1,6 @@
-"""The three private names the suite leans on, each behind one function with a public fallback.
+"""The two private names the suite leans on, each behind one function with a public fallback.
 
-An upgrade of MLflow, Python or torch may drop a private name without a deprecation. These
+An upgrade of Python or torch may drop a private name without a deprecation. These
 tests fail first, naming the name that went, so the fallback is chosen knowingly and not found
 out from slower training or a misread flag.
 """
@@ -14,30 +14,6 @@ import pytest
 import torch
 
 from mlproject import cli
-from mlproject.tracking import logger
-
-
-def test_mlflow_async_operations_still_expose_their_futures(store_uri, experiment_name):
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    client = MlflowClient(tracking_uri=store_uri)
-    run = client.create_run(client.create_experiment(experiment_name))
-    op = client.log_batch(run.info.run_id, metrics=[Metric("loss", 1.0, 0, 0)], synchronous=False)
-    assert hasattr(op, "_operation_futures"), (
-        "MLflow's RunOperations lost `_operation_futures`: tracking.logger.operation_done now "
-        "treats every queued batch as pending (the checkpoint upload waits on all of them)")
-    op.wait()
-    assert logger.operation_done(op)
-    client.set_terminated(run.info.run_id)
-
-
-def test_an_operation_without_futures_counts_as_pending():
-    class Opaque:
-        def wait(self) -> None:
-            pass
-
-    assert not logger.operation_done(Opaque())
 
 
 def test_argparse_still_has_its_negative_number_pattern():

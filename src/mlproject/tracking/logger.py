@@ -1,20 +1,25 @@
 """MlflowLogger: the trainer callback that records a run in MLflow.
 
-Metrics are batched and asynchronous. They collect in memory and go out every
-FLUSH_EVERY_SEC as one `MlflowClient.log_batch(..., synchronous=False)`, which queues them for
-MLflow's logging thread and returns at once: the training loop never waits for the store, and
-the store gets one write per few seconds instead of one per step. That second part matters on
-small machines: each write costs the logging thread milliseconds of CPU that the training
-threads would otherwise use. Checkpoints are uploaded by a background thread. The time spent
-inside these callbacks is measured and logged as the summary metric `logging_overhead_share`
-(of the run's wall time).
+Metrics are batched and written in the background. They collect in memory and go out every
+FLUSH_EVERY_SEC as one `MlflowClient.log_batch` on the logger's own writer thread: the training
+loop never waits for the store, and the store gets one write per few seconds instead of one per
+step. That second part matters on small machines: each write costs milliseconds of CPU that the
+training threads would otherwise use. Each batch is a `Future`, so the end of a run (and the
+upload of a `last.pt`, which must not overtake the metrics of its steps) waits exactly until the
+batches are written. MLflow's own async queue (`log_batch(synchronous=False)`) polls with a
+one-second timeout and is flushed twice as a run ends: up to two seconds of every run spent
+waiting (benchmarks/README.md, "Command latency"). Checkpoints are uploaded by a background
+thread. The time spent inside these callbacks is measured and logged as the summary metric
+`logging_overhead_share` (of the run's wall time).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +46,9 @@ MAX_BUFFERED = client.METRICS_PER_BATCH  # metrics per log_batch call
 SUMMARY_RENAMES = {"tokens_per_sec": "tokens_per_sec_mean"}
 
 
-def operation_done(op: Any) -> bool:
-    """Whether an async MLflow logging operation has finished, without blocking.
-
-    MLflow's `RunOperations` offers only a blocking public `wait()`; its futures sit in the
-    private `_operation_futures`. Where that name is gone the operation counts as pending, so
-    the checkpoint upload still waits on it through the public `wait()`: slower, never out of order.
-    """
-    futures = getattr(op, "_operation_futures", None)
-    return futures is not None and all(f.done() for f in futures)
+def _report_failure(future: Future) -> None:
+    if future.exception() is not None:
+        print(f"tracking: a metric batch was not logged: {future.exception()}", file=sys.stderr, flush=True)
 
 
 def steps_logged_since(client: MlflowClient, run_id: str, start_step: int) -> dict[str, set[int]]:
@@ -92,7 +91,8 @@ class MlflowLogger(TrainerCallback):
         self.overhead_sec = 0.0  # time spent in these callbacks, excluding the one-off start
         self._last: dict[str, tuple[int, float]] = {}  # key -> (step, value) last logged
         self._buffer: list[Metric] = []
-        self._pending: list[Any] = []  # RunOperations of queued batches not known to be written
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlproject-metrics")  # in order
+        self._pending: list[Future] = []  # batches handed to the writer and not known to be written
         self._already: dict[str, set[int]] = {}  # key -> steps the run had before this session (resume)
         self.started = False  # on_train_start ran: training of this session begins
         self._t0 = self._flushed_at = time.perf_counter()
@@ -121,11 +121,19 @@ class MlflowLogger(TrainerCallback):
 
     def _flush(self) -> None:
         if self._buffer:
-            self._pending = [op for op in self._pending if not operation_done(op)]
+            self._pending = [f for f in self._pending if not f.done()]
             for batch in metric_batches(self._buffer):
-                self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+                future = self._writer.submit(self.client.log_batch, self.run_id, metrics=batch)
+                future.add_done_callback(_report_failure)
+                self._pending.append(future)
             self._buffer = []
         self._flushed_at = time.perf_counter()
+
+    @staticmethod
+    def _wait_written(pending: list[Future]) -> None:
+        """Wait until `pending` batches are written (or failed: reported, not raised, so that the
+        checkpoints and the run's end still go through)."""
+        wait(pending)
 
     def _metrics_written(self) -> Callable[[], None]:
         """A wait for every metric batch queued so far (run by the uploader before last.pt goes up).
@@ -134,15 +142,7 @@ class MlflowLogger(TrainerCallback):
         store before the metrics of its steps, a SIGKILL in between would lose those points.
         """
         pending = list(self._pending)
-
-        def wait() -> None:
-            for op in pending:
-                try:
-                    op.wait()
-                except Exception:  # MLflow already reported it; the checkpoint must still go up
-                    pass
-
-        return wait
+        return lambda: self._wait_written(pending)
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         self._log(step, metrics)
@@ -183,7 +183,9 @@ class MlflowLogger(TrainerCallback):
         """
         try:
             self._flush()
+            self._wait_written(self._pending)
             self.uploader.flush()
         finally:
+            self._writer.shutdown(wait=True)
             self.uploader.close()
         return dict(self.uploader.uploaded)
