@@ -59,3 +59,12 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def experiment_name() -> str:
     return unique("test")
+
+
+@pytest.fixture(autouse=True)
+def _not_handed_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test process starts as one that `mlflow run` did not start: a run an earlier test in the
+    same worker released (`protocol.release_process_run`) does not make it one."""
+    from mlproject import protocol
+
+    monkeypatch.setattr(protocol, "_released", [])

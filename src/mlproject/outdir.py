@@ -50,6 +50,14 @@ def local_root(profile: str = "default") -> Path:
     return Path() if profile == "original" else LOCAL_DIR_DEFAULT
 
 
+def in_project_run() -> bool:
+    """Under `mlflow run` (a run handed in $MLFLOW_RUN_ID, kept or released) with no $MLPROJECT_LOCAL_DIR: the working
+    directory is the project, which stays clean, so a local file no one asked for is not written."""
+    from mlproject.protocol import was_handed_a_run
+
+    return was_handed_a_run() and not os.environ.get(LOCAL_DIR_ENV, "").strip()
+
+
 def local_field() -> str:
     """What a user changes to move the local files, for an error line: the variable when set."""
     return LOCAL_DIR_ENV if os.environ.get(LOCAL_DIR_ENV, "").strip() else "working directory"

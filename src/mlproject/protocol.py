@@ -48,9 +48,19 @@ def is_run_id(text: str) -> bool:
     return bool(_RUN_ID.match(text)) and not Path(text).exists()
 
 
+_released: list[str] = []  # the run this process was handed and released (it ran under `mlflow run`)
+
+
 def release_process_run() -> None:
     """Forget the handed run: later runs of this process are new ones."""
-    os.environ.pop(RUN_ID_ENV, None)
+    released = os.environ.pop(RUN_ID_ENV, None)
+    if released:
+        _released.append(released)
+
+
+def was_handed_a_run() -> bool:
+    """Whether this process was handed a run (`mlflow run` hands one), released since or not."""
+    return process_run_id() is not None or bool(_released)
 
 
 def result_line(result: Mapping[str, Any]) -> str:

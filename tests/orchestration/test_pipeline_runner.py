@@ -62,6 +62,8 @@ def tracking_env(store_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MLPROJECT_CACHE_DIR", str(tmp_path / "cache"))  # reports under `mlflow run` go there
+    monkeypatch.delenv("MLPROJECT_LOCAL_DIR", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -102,7 +104,9 @@ STEPS = [  # listed out of order on purpose: plot needs compare
 
 
 def report_of(root: Path) -> dict:
-    (path,) = sorted(root.glob("mlproject-outputs/pipeline_runs/*/report.json"))[-1:]
+    reports = [*root.glob("mlproject-outputs/pipeline_runs/*/report.json"),
+               *root.glob("cache/pipeline_runs/*/*/report.json")]  # the second: a pipeline under `mlflow run`
+    (path,) = sorted(reports, key=lambda p: p.parent.name)[-1:]
     return json.loads(path.read_text())
 
 
@@ -260,3 +264,25 @@ def test_resume_skips_succeeded_steps_and_resumes_the_failed_sweep(fake_mlflow, 
     assert calls[3]["params"]["parent_run_id"] == "run-compare"
     assert {s["id"]: s["status"] for s in report_of(tmp_path)["steps"]} == \
            {"compare": "reused", "ablation": "succeeded", "plot": "succeeded"}
+
+
+def test_reports_go_to_the_local_folder_or_under_mlflow_run_to_the_cache(tmp_path, monkeypatch):
+    from mlproject.orchestration.config import PipelineSettings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLPROJECT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLPROJECT_LOCAL_DIR", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    settings = PipelineSettings(name="p")
+    local, cache, legacy = settings.reports_dirs()
+    assert local == Path("mlproject-outputs/pipeline_runs") and legacy == Path("outputs/pipeline_runs")
+    assert cache.parent == tmp_path / "cache" / "pipeline_runs"  # one folder per project in the shared cache
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)  # `mlflow run -e pipeline` works in the project: keep it clean
+    assert settings.reports_dirs() == [cache, local, legacy]
+    monkeypatch.setenv("MLPROJECT_LOCAL_DIR", str(tmp_path / "mine"))  # unless a local folder is named
+    assert settings.reports_dirs()[0] == tmp_path / "mine" / "pipeline_runs"
+    assert PipelineSettings(name="p", run_dir="reports").reports_dirs() == [Path("reports")]
+    monkeypatch.delenv("MLPROJECT_LOCAL_DIR")
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    assert settings.reports_dirs()[0] not in (cache, local)  # another project, another folder

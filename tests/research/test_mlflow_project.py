@@ -81,7 +81,7 @@ def _without_output_dir(path: Path) -> Path:
     return path
 
 
-def test_a_clean_clone_stays_clean_after_mlflow_run_train_and_a_compare_run_inside_it(research_env, tmp_path):
+def test_a_clean_clone_stays_clean_after_mlflow_run_train_a_compare_and_mlflow_run_plot_inside_it(research_env, tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
     env = {k: v for k, v in os.environ.items() if k != "MLPROJECT_LOCAL_DIR"}
@@ -95,7 +95,13 @@ def test_a_clean_clone_stays_clean_after_mlflow_run_train_and_a_compare_run_insi
     done = subprocess.run([str(VENV_BIN / "mlproject"), "compare", "--config", str(sweep), "--models", "gpt2",
                            "--seeds", "1"], cwd=clone, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert parse_step_result(done.stdout)["status"] == "FINISHED"
+    parent = parse_step_result(done.stdout)
+    assert parent["status"] == "FINISHED"
+    done = subprocess.run([str(VENV_BIN / "mlflow"), "run", ".", "-e", "plot", "--env-manager", "local",
+                           "-P", f"parent_run_id={parent['run_id']}"],
+                          cwd=clone, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert parse_step_result(done.stdout)["plots"][0].startswith(f"runs:/{parent['run_id']}/plots/")  # logged only
     # ignored files count too: runs/, checkpoints/, research_runs/ are in .gitignore
     status = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=clone, capture_output=True,
                             text=True, check=True).stdout

@@ -60,6 +60,22 @@ def test_plot_without_output_dir_writes_under_the_local_folder_by_experiment(com
     assert {p.parent for p in moved} == {tmp_path / "elsewhere" / "plots" / outcome.experiment_name}
 
 
+def test_plot_under_mlflow_run_without_output_dir_only_logs_its_files(compare_sweep, research_env, tmp_path, capsys,
+                                                                        monkeypatch):
+    outcome, _ = compare_sweep
+    step_run = MlflowClient().create_run(outcome.experiment_id).info.run_id  # as `mlflow run -e plot` would
+    monkeypatch.setenv("MLFLOW_RUN_ID", step_run)
+    assert run_plot(PlotConfig(parent_run_id=outcome.parent_run_id, kind="compare")) == []
+    assert list(tmp_path.iterdir()) == []  # the project (the working directory) stays clean
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1].split(" ", 1)[1])
+    assert result["plots"] == [f"runs:/{outcome.parent_run_id}/plots/compare_val_loss_best.png"]
+    for run_id in (outcome.parent_run_id, step_run):
+        assert "plots/compare_val_loss_best.png" in {f.path for f in MlflowClient().list_artifacts(run_id, "plots")}
+    monkeypatch.setenv("MLPROJECT_LOCAL_DIR", str(tmp_path / "local"))  # asked for: written there
+    written = run_plot(PlotConfig(parent_run_id=outcome.parent_run_id, kind="compare"))
+    assert {p.parent for p in written} == {tmp_path / "local" / "plots" / outcome.experiment_name}
+
+
 def test_plot_of_a_run_that_is_not_a_sweep_parent_is_an_error(compare_sweep, research_env):
     outcome, _ = compare_sweep
     child = MlflowClient().search_runs([outcome.experiment_id],

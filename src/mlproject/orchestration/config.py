@@ -18,6 +18,7 @@ step's command is built (`orchestration.steps`); a file is loaded and checked in
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mlproject.config import check_types, field
 from mlproject.errors import ConfigError
-from mlproject.outdir import local_folder
+from mlproject.data.config import default_cache_dir
+from mlproject.outdir import in_project_run, local_folder
 
 if TYPE_CHECKING:  # original_format builds on this module
     from mlproject.orchestration.original_format import OriginalPipeline
@@ -84,11 +86,18 @@ class PipelineSettings:
     env: dict = field(default_factory=dict, help="extra environment variables of every step")
 
     def reports_dirs(self) -> list[Path]:
-        """Where this pipeline's execution reports are written (the first), and read for --resume:
-        with no run_dir, also the folder reports went to before the local folder existed."""
+        """Where this pipeline's execution reports are written (the first), and read for --resume.
+
+        With no run_dir: the local folder's pipeline_runs/, or under `mlflow run -e pipeline`
+        (which works in the project) the cache's; either reads the other's reports too, and those
+        an earlier release wrote to outputs/pipeline_runs."""
         if self.run_dir:
             return [Path(self.run_dir).expanduser()]
-        return [local_folder(None, "run_dir", REPORTS_DIR)[0], Path(LEGACY_REPORTS_DIR)]
+        # the cache is shared: one folder per project, so a --resume never reuses another project's steps
+        project = hashlib.sha256(str(Path.cwd().resolve()).encode()).hexdigest()[:12]
+        cache = Path(default_cache_dir()) / REPORTS_DIR / project
+        local = local_folder(None, "run_dir", REPORTS_DIR)[0]
+        return ([cache, local] if in_project_run() else [local, cache]) + [Path(LEGACY_REPORTS_DIR)]
 
     def validate(self) -> None:
         check_types(self, source="pipeline")

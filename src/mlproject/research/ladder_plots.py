@@ -137,3 +137,22 @@ def ladder_charts(analysis: LadderAnalysis, out: Path, title: str) -> list[Path]
     if analysis.iso:
         files.append(iso_chart(analysis, out / "ladder_isoflop.png", f"iso-FLOP profiles: {title}"))
     return files
+
+
+def ladder_files(parent_run_id: str, children: list[Any], name: str, out: Path) -> list[Path]:
+    """A ladder's charts, its fits recomputed from the children's runs and the design stored with
+    its plan, and its per-rung table as CSV (last): what `plot` writes for a ladder parent."""
+    from mlproject.errors import MlprojectError
+    from mlproject.io import atomic_write_text
+    from mlproject.research.ladder_report import analyze_ladder
+    from mlproject.research.ladder_summary import per_rung_rows
+    from mlproject.research.results import to_csv
+    from mlproject.research.sweep import load_plan, row_from_run
+
+    plan = load_plan(parent_run_id)
+    if plan.ladder is None:
+        raise MlprojectError(f"run {parent_run_id} is tagged a ladder but its plan has no ladder design")
+    analysis = analyze_ladder(plan.ladder, [row_from_run(c, plan.metrics) for c in children])
+    written = ladder_charts(analysis, out, title=f"{plan.run_name or 'ladder'} ({name})")
+    written.append(atomic_write_text(out / "ladder_summary.csv", to_csv(per_rung_rows(analysis))))
+    return written

@@ -16,7 +16,9 @@ folder, `outdir.local_root`) and are logged to the parent run under `plots/`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ import numpy as np
 
 from mlproject.errors import MlprojectError
 from mlproject.io import atomic_path, atomic_write_text
-from mlproject.outdir import check_writable, local_folder, path_component
+from mlproject.outdir import check_writable, in_project_run, local_folder, path_component
 from mlproject.research.config import PlotConfig
 from mlproject.protocol import process_run_id, result_line
 from mlproject.research.results import (Row, SweepStats, aggregate, original_summary_rows, read_results,
@@ -307,10 +309,15 @@ def _targets(parent_run_id: str | None) -> list[tuple[str, float]]:
 # ----------------------------------------------------------------------------- the step
 
 def run_plot(cfg: PlotConfig) -> list[Path]:
-    """Write the charts and the summary CSV, log them to the parent run, print the paths and
-    the MLPROJECT_RESULT line; return the written files."""
+    """Write the charts and the summary CSV, log them to the parent run, print where they are and
+    the MLPROJECT_RESULT line; return the files kept locally.
+
+    Under `mlflow run` the working directory is the project: with no output_dir (and no
+    $MLPROJECT_LOCAL_DIR) the files are written to a temporary folder, logged, and removed."""
+    scratch = not cfg.output_dir and cfg.log_to_run and in_project_run()
     root, where = local_folder(cfg.output_dir, "output_dir", PLOTS_DIR, cfg.profile)
-    check_writable(root, where)  # before reading the runs: a bad path costs nothing
+    if not scratch:
+        check_writable(root, where)  # before reading the runs: a bad path costs nothing
     if cfg.kind in ("curves", "ladder") and cfg.results:
         raise MlprojectError(f"plot: kind={cfg.kind} needs the tracking store (--parent-run-id), not a results file")
     source = _from_file(cfg.results) if cfg.results else _from_store(cfg, cfg.metric)
@@ -319,21 +326,29 @@ def run_plot(cfg: PlotConfig) -> list[Path]:
         raise MlprojectError(f"plot: kind={cfg.kind} but {where} holds "
                              f"{source.kind} results (groups {', '.join(source.groups)}); use --kind "
                              f"{source.kind} or auto")
-    out = root if cfg.output_dir else root / path_component(source.folder)
-    written = _ladder_files(source, out) if source.kind == "ladder" else _sweep_files(cfg, source, out)
-    written = [p.resolve() for p in written]
-    logged_to = _log(cfg, source, written)
-    for path in written:
-        print(f"wrote {path}")
+    with tempfile.TemporaryDirectory(prefix="mlproject-plots-") if scratch else contextlib.nullcontext() as tmp:
+        out = Path(tmp) if tmp else root if cfg.output_dir else root / path_component(source.folder)
+        written = [p.resolve() for p in _write(cfg, source, out)]
+        logged_to = _log(cfg, source, written)
+    places = [f"runs:/{logged_to[0]}/{Artifact.PLOTS}/{p.name}" if tmp else str(p) for p in written]
+    for place in places:
+        print(f"{'logged' if tmp else 'wrote'} {place}")
     if logged_to:
         print(f"logged to run(s) {', '.join(logged_to)} under plots/")
     # run_id is the plot step's own run under `mlflow run` (the pipeline links it as the step's
     # run); the plotted parent is plotted_run_id.
     print(result_line({"step": "plot", "run_id": process_run_id() or source.parent_run_id,
                        "plotted_run_id": source.parent_run_id, "status": RunStatus.FINISHED,
-                       "plots": [str(p) for p in written if p.suffix == ".png"], "summary_csv": str(written[-1])}),
-          flush=True)
-    return written
+                       "plots": [p for p in places if p.endswith(".png")], "summary_csv": places[-1]}), flush=True)
+    return [] if tmp else written
+
+
+def _write(cfg: PlotConfig, source: _Source, out: Path) -> list[Path]:
+    if source.kind == "ladder":
+        from mlproject.research.ladder_plots import ladder_files
+
+        return ladder_files(str(source.parent_run_id), source.children, source.name, out)
+    return _sweep_files(cfg, source, out)
 
 
 def _sweep_files(cfg: PlotConfig, source: _Source, out: Path) -> list[Path]:
@@ -360,23 +375,6 @@ def _sweep_files(cfg: PlotConfig, source: _Source, out: Path) -> list[Path]:
         group_key = "ablation_value" if source.kind == "ablation" else "model_version"
         table = original_summary_rows(source.rows, cfg.metric, group_key)
         written.insert(-1, atomic_write_text(Path(original_csv), to_csv(table)))
-    return written
-
-
-def _ladder_files(source: _Source, out: Path) -> list[Path]:
-    """A ladder's charts (research.ladder_plots), its fits recomputed from the children's runs and
-    the design stored with its plan, and its per-rung table as CSV (last)."""
-    from mlproject.research.ladder_plots import ladder_charts
-    from mlproject.research.ladder_report import analyze_ladder
-    from mlproject.research.ladder_summary import per_rung_rows
-    from mlproject.research.sweep import load_plan, row_from_run
-
-    plan = load_plan(str(source.parent_run_id))
-    if plan.ladder is None:
-        raise MlprojectError(f"run {source.parent_run_id} is tagged a ladder but its plan has no ladder design")
-    analysis = analyze_ladder(plan.ladder, [row_from_run(c, plan.metrics) for c in source.children])
-    written = ladder_charts(analysis, out, title=f"{plan.run_name or 'ladder'} ({source.name})")
-    written.append(atomic_write_text(out / "ladder_summary.csv", to_csv(per_rung_rows(analysis))))
     return written
 
 
