@@ -37,8 +37,11 @@ def _loss_and_grads(model: GPT, logits: str, bf16: bool, label_smoothing: float)
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("fp32_on_onednn", [True, False], ids=["onednn", "torch-gemm"])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
-def test_fused_loss_and_gradients_equal_the_full_logits_path_in_fp32(label_smoothing):
+def test_fused_loss_and_gradients_equal_the_full_logits_path_in_fp32(monkeypatch, label_smoothing, fp32_on_onednn):
+    # both fp32 kernels of the chunk loop: oneDNN's (AMD CPUs), and torch's GEMM written in place (Intel CPUs)
+    monkeypatch.setattr(linear, "FP32_ON_ONEDNN", fp32_on_onednn and linear.ONEDNN_INNER_PRODUCT is not None)
     model = _tiny_gpt()
     ref_loss, ref_grads = _loss_and_grads(model, "all", False, label_smoothing)
     loss, grads = _loss_and_grads(model, "none", False, label_smoothing)
@@ -58,8 +61,10 @@ def test_fused_loss_under_bf16_autocast_matches_autocast_cross_entropy(label_smo
         assert (g - ref_grads[name]).abs().max() <= 2e-2 * ref_grads[name].abs().max() + 1e-7, name
 
 
+@pytest.mark.parametrize("fp32_on_onednn", [True, False], ids=["onednn", "torch-gemm"])
 @pytest.mark.parametrize("chunk_rows", [1, 5, 64, 1000])
-def test_chunk_size_does_not_change_the_result(chunk_rows):
+def test_chunk_size_does_not_change_the_result(monkeypatch, chunk_rows, fp32_on_onednn):
+    monkeypatch.setattr(linear, "FP32_ON_ONEDNN", fp32_on_onednn and linear.ONEDNN_INNER_PRODUCT is not None)
     torch.manual_seed(0)
     x = torch.randn(37, 16, requires_grad=True)
     w = torch.randn(50, 16, requires_grad=True)

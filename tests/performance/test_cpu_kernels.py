@@ -34,9 +34,18 @@ def _linear_pair(bias: bool) -> tuple[Linear, torch.nn.Linear]:
     return ours, plain
 
 
+@pytest.fixture
+def fp32_on_onednn(monkeypatch):
+    """fp32 on oneDNN whatever this CPU's vendor (on Intel CPUs Linear leaves fp32 to MKL)."""
+    monkeypatch.setattr(linear, "FP32_ON_ONEDNN", True)
+
+
 @needs_onednn
 @pytest.mark.parametrize("bias", [True, False])
-def test_onednn_linear_matches_nn_linear_in_forward_and_all_gradients(bias):
+def test_onednn_linear_matches_nn_linear_in_forward_and_all_gradients(fp32_on_onednn, monkeypatch, bias):
+    calls: list[int] = []
+    real = linear.onednn_linear
+    monkeypatch.setattr(linear, "onednn_linear", lambda *a: calls.append(1) or real(*a))
     ours, plain = _linear_pair(bias)
     x = torch.randn(3, 5, 24)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -49,10 +58,30 @@ def test_onednn_linear_matches_nn_linear_in_forward_and_all_gradients(bias):
     assert torch.allclose(ours.weight.grad, plain.weight.grad, atol=1e-5)
     if bias:
         assert torch.allclose(ours.bias.grad, plain.bias.grad, atol=1e-5)
+    assert len(calls) == 3  # the oneDNN path was the one compared
+
+
+@pytest.mark.parametrize(("vendor", "expected"), [("AuthenticAMD", True), ("GenuineIntel", False), ("", True)])
+def test_fp32_goes_to_onednn_but_on_intel_cpus(tmp_path, vendor, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\nmodel name\t: Some CPU\n\n" if vendor else "processor\t: 0\n")
+    assert linear.cpu_vendor(str(cpuinfo)) == vendor
+    assert linear.fp32_on_onednn(linear.cpu_vendor(str(cpuinfo))) is (expected and linear.ONEDNN_INNER_PRODUCT is not None)
+    assert linear.cpu_vendor(str(tmp_path / "absent")) == ""
+
+
+def test_fp32_linear_on_an_intel_cpu_is_nn_linear(monkeypatch):
+    monkeypatch.setattr(linear, "FP32_ON_ONEDNN", False)
+    monkeypatch.setattr(linear, "onednn_linear", lambda *a: pytest.fail("oneDNN used for fp32 on an Intel CPU"))
+    ours, plain = _linear_pair(bias=True)
+    x = torch.randn(2, 24)
+    ours(x.clone().requires_grad_()).sum().backward()
+    assert torch.equal(ours(x), plain(x))
+    assert torch.equal(linear.matmul_t(x, ours.weight), x @ ours.weight.t())
 
 
 @needs_onednn
-def test_onednn_linear_runs_on_fp32_cpu_tensors(monkeypatch):
+def test_onednn_linear_runs_on_fp32_cpu_tensors(fp32_on_onednn, monkeypatch):
     calls = []
     monkeypatch.setattr(linear, "onednn_linear", lambda *a: calls.append(1) or F.linear(*a))
     ours, _ = _linear_pair(bias=True)
@@ -108,7 +137,7 @@ def test_linear_of_a_bf16_model_runs_on_onednn(monkeypatch):
 
 
 @needs_onednn
-def test_bf16_falls_back_to_nn_linear_where_onednn_has_no_bf16_kernels(monkeypatch):
+def test_bf16_falls_back_to_nn_linear_where_onednn_has_no_bf16_kernels(fp32_on_onednn, monkeypatch):
     calls = []
     monkeypatch.setattr(linear, "onednn_bf16_works", lambda: False)
     monkeypatch.setattr(linear, "onednn_linear", lambda *a: calls.append(a[0].dtype) or F.linear(*a))
@@ -143,7 +172,7 @@ def test_linear_in_float64_is_nn_linear():
 
 
 @needs_onednn
-def test_gpt_training_step_matches_plain_matmuls(monkeypatch):
+def test_gpt_training_step_matches_plain_matmuls(fp32_on_onednn, monkeypatch):
     cfg = GPTConfig(preset=None, n_layer=2, n_head=2, d_model=32, block_size=16, vocab_size=128)
     idx, targets = torch.randint(0, 128, (2, 2, 16))
 

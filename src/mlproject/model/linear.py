@@ -1,4 +1,5 @@
-"""`Linear`: nn.Linear whose CPU matmuls (forward and backward) run on oneDNN, fp32 and bf16.
+"""`Linear`: nn.Linear whose CPU matmuls (forward and backward) run on oneDNN: bf16, and fp32
+but on Intel CPUs (whose MKL, PyTorch's own fp32 kernel, is as fast there).
 
 A kernel choice beside the model, not part of its maths: the model file builds its
 projections from this class and stays readable; results equal nn.Linear's up to fp32
@@ -30,6 +31,32 @@ def _onednn_inner_product() -> Callable[..., torch.Tensor] | None:
 ONEDNN_INNER_PRODUCT = _onednn_inner_product()
 
 
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD"), or "" where the system does not say."""
+    try:
+        with open(cpuinfo) as lines:
+            for line in lines:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def fp32_on_onednn(vendor: str) -> bool:
+    """Whether fp32 CPU matmuls go to oneDNN rather than PyTorch's own (MKL) on this CPU vendor.
+
+    MKL is Intel's library: on an Intel Xeon with AVX-512 and AMX its fp32 kernels equal or beat
+    oneDNN's at every shape of the model (a nano step's projections 2-10% faster, a batch-1
+    decoding step's 2x: benchmarks/README.md). On AMD CPUs (AVX-512 ones included) they reach a
+    quarter to a half of oneDNN's rate. So oneDNN everywhere but on Intel.
+    """
+    return ONEDNN_INNER_PRODUCT is not None and vendor != "GenuineIntel"
+
+
+FP32_ON_ONEDNN = fp32_on_onednn(cpu_vendor())
+
+
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight.T + bias on oneDNN: x (..., in) and weight (out, in), each with a dense last dim."""
     assert ONEDNN_INNER_PRODUCT is not None
@@ -54,14 +81,19 @@ def onednn_bf16_works() -> bool:
     return True
 
 
+def uses_torch_matmul(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether `matmul_t` runs torch's own matmul for this dtype and device (not oneDNN)."""
+    return not (ONEDNN_INNER_PRODUCT is not None and device.type == "cpu" and not torch.compiler.is_compiling()
+                and ((dtype == torch.float32 and FP32_ON_ONEDNN) or (dtype == torch.bfloat16 and onednn_bf16_works())))
+
+
 def matmul_t(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weight.T (no autograd) for 2-D x (N, in) and weight (out, in) of one dtype: oneDNN
     where it runs this dtype on this device, torch's matmul elsewhere. oneDNN reads a strided
     weight but copies a strided input, so callers pass the wider operand as the weight."""
-    if (ONEDNN_INNER_PRODUCT is not None and x.device.type == "cpu" and not torch.compiler.is_compiling()
-            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and onednn_bf16_works()))):
-        return onednn_linear(x.contiguous(), weight)
-    return x @ weight.t()
+    if uses_torch_matmul(x.dtype, x.device):
+        return x @ weight.t()
+    return onednn_linear(x.contiguous(), weight)
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -100,11 +132,12 @@ def _bf16(t: torch.Tensor) -> torch.Tensor:
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose CPU matmuls, forward and backward, run on oneDNN: fp32, and bf16 autocast.
+    """nn.Linear whose CPU matmuls, forward and backward, run on oneDNN: fp32 (but on Intel CPUs), and bf16 autocast.
 
     PyTorch sends fp32 CPU matmuls to MKL, whose kernels on AMD CPUs (AVX-512 ones included)
     reach a quarter to a half of the FLOP rate of oneDNN's, which are picked by instruction set:
-    at GPT sizes a training step gets 1.6x faster (benchmarks/README.md). Under CPU autocast to
+    at GPT sizes a training step gets 1.6x faster (benchmarks/README.md). On Intel CPUs MKL is
+    as fast or faster, and fp32 stays nn.Linear's (`fp32_on_onednn`). Under CPU autocast to
     bf16 the inputs, weight and bias are cast to bf16 (what autocast does for nn.Linear) and the
     three matmuls run on oneDNN's bf16 inner product (AVX512_BF16 / AMX where the CPU has them),
     as do those of a model cast to bf16 (inference). Elsewhere (GPUs,
@@ -115,7 +148,7 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if ONEDNN_INNER_PRODUCT is not None and x.device.type == "cpu" and not torch.compiler.is_compiling():
             if not torch.is_autocast_enabled("cpu"):
-                if x.dtype == self.weight.dtype and (x.dtype == torch.float32
+                if x.dtype == self.weight.dtype and ((x.dtype == torch.float32 and FP32_ON_ONEDNN)
                                                      or (x.dtype == torch.bfloat16 and onednn_bf16_works())):
                     return _OneDNNLinear.apply(x, self.weight, self.bias)
             elif (torch.get_autocast_dtype("cpu") == torch.bfloat16 and self.weight.dtype == torch.float32

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mlproject.model.linear import matmul_t
+from mlproject.model.linear import matmul_t, uses_torch_matmul
 
 CHUNK_ROWS = 512  # (512, 16384) fp32 logits: 32 MiB, about one L3 cache of a server core complex
 
@@ -34,9 +34,16 @@ def _matmul_dtype(weight: torch.Tensor) -> torch.dtype:
 
 
 def _chunk(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, label_smoothing: float,
-           n_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed loss and d(mean loss)/d(logits) (fp32) of one chunk: x (n, C), targets (n,)."""
-    logp = F.log_softmax(matmul_t(x, weight).float(), dim=-1)       # (n, V) fp32
+           dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss (fp32) and d(summed loss)/d(logits) in `dtype` of one chunk: x (n, C), targets (n,).
+
+    Rows whose target is -100 count for nothing in the loss; their gradient rows are left as
+    they are, and the caller zeroes what they would contribute through the small (n, C) sides.
+    Nor is the gradient divided by the number of valid rows: the backward scales the two small
+    results instead of every (n, V) chunk (each pass over a chunk costs about what a nano-sized
+    matmul does).
+    """
+    logp = F.log_softmax(matmul_t(x, weight), dim=-1, dtype=torch.float32)  # (n, V) fp32, cast inside the kernel
     valid = (targets != -100).unsqueeze(1)                            # (n, 1)
     safe = targets.clamp(min=0).unsqueeze(1)                          # (n, 1): ignored rows pick 0
     nll = -logp.gather(1, safe)                                       # (n, 1)
@@ -46,9 +53,10 @@ def _chunk(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, label_s
     grad = logp.exp_()                                                # softmax, in place: (n, V)
     if label_smoothing > 0:
         grad.sub_(label_smoothing / logp.size(-1))
+    # in fp32, then one cast: p - 1 is rounded once, as the reference's autocast backward does
+    # (torch's scatter_ into a bf16 tensor is also 4 ms per chunk, its fp32 scatter_add_ ~0)
     grad.scatter_add_(1, safe, torch.full_like(nll, -(1 - label_smoothing)))
-    grad.mul_(valid / n_valid)                                        # mean over the valid rows
-    return loss, grad
+    return loss, grad.to(dtype)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -60,29 +68,37 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dtype = _matmul_dtype(weight)
         with torch.autocast(x.device.type, enabled=False):  # the casts are explicit here
             xm, wm = x.to(dtype), weight.to(dtype)               # (N, C), (V, C): one cast per step
-            n_valid = (targets != -100).sum().clamp(min=1).float()
+            valid = (targets != -100).unsqueeze(1)                # (N, 1)
+            n_valid = valid.sum().clamp(min=1).float()
+            x_valid = xm * valid                                 # (N, C): ignored rows add nothing to grad W
             grad_x = torch.empty_like(xm)                        # (N, C)
             grad_wt = torch.zeros(weight.size(1), weight.size(0), device=x.device)  # (C, V) fp32: W's grad, transposed
             loss = torch.zeros((), device=x.device)
             for start in range(0, x.size(0), chunk_rows):
                 rows = slice(start, start + chunk_rows)
-                chunk_loss, grad = _chunk(xm[rows], wm, targets[rows], label_smoothing, n_valid)
+                chunk_loss, grad = _chunk(xm[rows], wm, targets[rows], label_smoothing, dtype)  # grad (n, V)
                 loss += chunk_loss
-                grad = grad.to(dtype)                            # (n, V), as autocast's backward casts it
-                grad_x[rows] = matmul_t(grad, wm.t())            # (n, C)
-                # x^T grad sums over the chunk's rows; the wide (n, V) grad goes in as the weight
-                grad_wt += matmul_t(xm[rows].t(), grad.t())      # (C, V)
+                if dtype == grad_wt.dtype and uses_torch_matmul(dtype, x.device):
+                    # torch's GEMM (MKL on CPUs) takes both transposes as flags and accumulates in place
+                    torch.mm(grad, wm, out=grad_x[rows])         # (n, C)
+                    grad_wt.addmm_(x_valid[rows].t(), grad)      # (C, V)
+                else:
+                    grad_x[rows] = matmul_t(grad, wm.t())        # (n, C)
+                    # x^T grad sums over the chunk's rows; the wide (n, V) grad goes in as the weight
+                    grad_wt += matmul_t(x_valid[rows].t(), grad.t())  # (C, V)
+            grad_x.mul_(valid)                                   # ignored rows get no gradient
             grad_w = grad_wt.t().contiguous()                   # (V, C)
-        ctx.save_for_backward(grad_x, grad_w)
+        ctx.save_for_backward(grad_x, grad_w, n_valid)
         ctx.dtypes = (x.dtype, weight.dtype)
         return loss / n_valid
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grad_x, grad_w = ctx.saved_tensors
+        grad_x, grad_w, n_valid = ctx.saved_tensors
         x_dtype, w_dtype = ctx.dtypes
-        return (grad_x.to(x_dtype) * grad_loss if ctx.needs_input_grad[0] else None,
-                (grad_w * grad_loss).to(w_dtype) if ctx.needs_input_grad[1] else None, None, None, None)
+        scale = grad_loss / n_valid  # the mean over the valid rows, and the upstream gradient
+        return (grad_x.to(x_dtype) * scale if ctx.needs_input_grad[0] else None,
+                (grad_w * scale).to(w_dtype) if ctx.needs_input_grad[1] else None, None, None, None)
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
