@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(figures))
         passed = sum(f.passed for f in figures)
         print(f"{passed} of {len(figures)} figures pass" + ("" if passed == len(figures) else
-              ": " + ", ".join(f.key for f in figures if not f.passed)) +
+              "; below target: " + ", ".join(f.key for f in figures if not f.passed)) +
               (" (quick sizes: not the targets' sizes)" if settings.quick else ""))
     return 0 if settings.quick or all(f.passed for f in figures) else 1  # quick sizes are not the targets' sizes
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlproject.data.config import DataConfig
+from mlproject.data.config import DataConfig, DataRuntimeConfig
 from mlproject.data.prepare import prepare_data
 from mlproject.model.config import GPTConfig
 from mlproject.training.config import RuntimeConfig, TrainConfig
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None, help="data cache root (default: the project's)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
-    data = prepare_data(DataConfig(dataset="pydocs", cache_dir=args.cache_dir))
+    data = prepare_data(DataConfig(dataset="pydocs"), DataRuntimeConfig(cache_dir=args.cache_dir))
     model_cfg = GPTConfig(preset="nano", block_size=args.block_size, dropout=0.0)
     results: dict[str, list[float]] = {"fp32": [], "bf16": []}
     speed: dict[str, list[float]] = {"fp32": [], "bf16": []}
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = TrainConfig(batch_size=args.batch_size, max_steps=args.steps, epochs=1000, seed=seed,
                               precision=precision, eval_interval=args.steps, eval_batches=args.eval_batches,
                               log_interval=10, save_every=0)
-            runtime = RuntimeConfig(device="cpu", progress="lines", num_threads=args.threads)
+            runtime = RuntimeConfig(device="cpu", progress="lines", num_threads=args.threads, cache_dir=args.cache_dir)
             model, cfg = resolve(model_cfg, cfg, data.vocab_size)
             with tempfile.TemporaryDirectory() as tmp:
                 train(model, data, cfg, runtime=runtime, checkpoint_dir=Path(tmp), callbacks=[cb])

@@ -12,7 +12,10 @@ the tokenizer and the caches and leaves a checkpoint). Timed, round by round:
 - `mlproject generate --checkpoint FILE --tokenizer-path FILE` of 20 new tokens (target <= 4 s);
 - a 30-step nano train (block 64, batch 4, evaluation at the end): wall time against the
   trainer's own `elapsed_sec`, the training itself (target: wall <= 1.5 x training + 5 s);
-- `mlproject summary --dataset pydocs`: seconds to its first preset line and in all.
+- `mlproject summary --dataset pydocs`: seconds to its first preset line and in all;
+- the same generation through `mlflow models serve` of the run's logged pyfunc model: one
+  POST to `/invocations` (one prompt, 20 new tokens, greedy), against the server already up
+  (its start-up is timed once, before the rounds).
 
 Figures are medians over rounds. A busy machine inflates all of them: the header prints the
 load average at the start and the end. The exit status is 1 when a target is missed.
@@ -21,14 +24,18 @@ load average at the start and the end. The exit status is 1 when a target is mis
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,13 +80,60 @@ def elapsed_sec(output: str) -> float:
     return float(match.group(1))
 
 
-def one_round(env: dict[str, str], work: Path, checkpoint: Path, tokenizer: Path) -> dict[str, float]:
+MODEL_NAME = "latency-gpt"
+INVOCATION = {"inputs": ["def"], "params": {"max_new_tokens": 20, "temperature": 0.0}}
+
+
+@contextlib.contextmanager
+def served_model(env: dict[str, str], work: Path) -> Iterator[tuple[str, float]]:
+    """`mlflow models serve` of the registered model on a free 127.0.0.1 port: (URL, start-up seconds)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = Path(sys.executable).parent  # the serve command starts uvicorn from PATH
+    env = {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
+    log = work / "serve.log"
+    start = time.perf_counter()
+    proc = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}/1",
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
+                            env=env, cwd=work, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while True:
+            if proc.poll() is not None or time.perf_counter() - start > 300:
+                raise SystemExit(f"command_latency: mlflow models serve did not come up:\n{log.read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}", time.perf_counter() - start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=30)
+
+
+def invocation_sec(url: str) -> float:
+    """Wall seconds of one /invocations request, from sending it to its answer read."""
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(INVOCATION).encode(),
+                                     headers={"Content-Type": "application/json"})
+    start = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=120) as response:
+        answer = json.loads(response.read())
+    elapsed = time.perf_counter() - start
+    if len(answer.get("predictions", [])) != 1:
+        raise SystemExit(f"command_latency: /invocations answered {answer!r}, expected one prediction")
+    return elapsed
+
+
+def one_round(env: dict[str, str], work: Path, checkpoint: Path, tokenizer: Path, url: str) -> dict[str, float]:
     """Every command once, in a fixed order (each is a fresh process)."""
     out: dict[str, float] = {}
     out["import_sec"] = timed([sys.executable, "-c", "import mlproject.cli"], env, work).wall
     out["help_sec"] = timed([*MLPROJECT, "--help"], env, work).wall
     out["generate_sec"] = timed([*MLPROJECT, "generate", "--checkpoint", str(checkpoint), "--tokenizer-path",
                                  str(tokenizer), "--max-new-tokens", "20", "--prompts", "def"], env, work).wall
+    out["invocations_sec"] = invocation_sec(url)
     train = timed([*MLPROJECT, *TRAIN, "--run-name", "timed"], env, work, first=r"^training ")
     out["train_wall_sec"], out["train_sec"] = train.wall, elapsed_sec(train.output)
     out["train_to_first_step_sec"] = train.first_line or float("nan")
@@ -96,11 +150,16 @@ def measure(rounds: int) -> dict[str, float]:
         env.setdefault("MLPROJECT_CACHE_DIR", str(work / "cache"))
         env.pop("MLFLOW_RUN_ID", None)
         # the warm-up run leaves local copies (asked for: a run keeps none by default) for generate
-        warm = timed([*MLPROJECT, *TRAIN, "--run-name", "warm", "--local-copies"], env, work)
+        # and logs the pyfunc model that `mlflow models serve` answers from
+        warm = timed([*MLPROJECT, *TRAIN, "--run-name", "warm", "--local-copies", "--log-model",
+                      "--register-as", MODEL_NAME], env, work)
         checkpoint = Path(re.search(r"best=(\S+?\.pt)", warm.output).group(1))
         tokenizer = Path(re.search(r"tokenizer: (\S+) \(for generate", warm.output).group(1))
-        results = [one_round(env, work, work / checkpoint, work / tokenizer) for _ in range(rounds)]
-    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+        with served_model(env, work) as (url, serve_start_sec):
+            invocation_sec(url)  # the first request loads nothing more, but warms the server's paths
+            results = [one_round(env, work, work / checkpoint, work / tokenizer, url) for _ in range(rounds)]
+    return {**{key: statistics.median(r[key] for r in results) for key in results[0]},
+            "serve_start_sec": serve_start_sec}
 
 
 def verdicts(m: dict[str, float]) -> list[tuple[str, str, bool | None]]:
@@ -110,6 +169,8 @@ def verdicts(m: dict[str, float]) -> list[tuple[str, str, bool | None]]:
         ("import mlproject.cli", f"{m['import_sec']:.2f} s", None),
         ("mlproject --help", f"{m['help_sec']:.2f} s", None),
         ("generate --checkpoint, 20 tokens (target <= 4 s)", f"{m['generate_sec']:.2f} s", m["generate_sec"] <= 4),
+        ("mlflow models serve: POST /invocations, 1 prompt, 20 tokens", f"{m['invocations_sec']:.2f} s", None),
+        ("mlflow models serve: start until /ping answers (once)", f"{m['serve_start_sec']:.2f} s", None),
         (f"30-step nano train: wall (target <= 1.5 x {m['train_sec']:.2f} s training + 5 s = {train_target:.1f} s)",
          f"{m['train_wall_sec']:.2f} s", m["train_wall_sec"] <= train_target),
         ("30-step nano train: start to the `training` line", f"{m['train_to_first_step_sec']:.2f} s", None),

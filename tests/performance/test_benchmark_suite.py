@@ -18,7 +18,7 @@ FIGURES = {
     "train_gpt2_vs_hf_small", "train_gpt3_dense_vs_gpt2_small", "train_gpt3_banded_vs_gpt2_small", "mfu_small",
     "generate_vs_hf_b1", "generate_vs_hf_b8", "tracking_overhead", "data_loading_share",
     "train_bf16_vs_fp32_nano", "mfu_bf16_nano", "train_bf16_vs_fp32_small", "mfu_bf16_small",
-    "generate_bf16_vs_fp32_b1", "generate_bf16_vs_fp32_b8",
+    "generate_fp32_vs_bf16_b1", "generate_fp32_vs_bf16_b8",
 }
 
 
@@ -50,7 +50,9 @@ def test_command_latency_reports_every_command_of_one_round(tmp_path):
     assert len(report["met"]) == 2  # generate and train have targets
     assert figures["train_sec"] > 0 and figures["train_wall_sec"] > figures["train_sec"]
     assert 0 < figures["summary_first_line_sec"] < figures["summary_sec"]
-    assert all(figures[k] > 0 for k in ("import_sec", "help_sec", "generate_sec", "train_to_first_step_sec"))
+    assert all(figures[k] > 0 for k in ("import_sec", "help_sec", "generate_sec", "train_to_first_step_sec",
+                                        "invocations_sec", "serve_start_sec"))
+    assert figures["invocations_sec"] < figures["generate_sec"]  # no process start, no model load per request
     assert report["met"][next(n for n in report["met"] if n.startswith("generate"))] == (figures["generate_sec"] <= 4)
 
 
@@ -62,4 +64,22 @@ def test_the_table_ends_with_how_many_figures_pass(monkeypatch, capsys):
                                                                           at_least=False)]
     monkeypatch.setattr(suite, "run", lambda groups, settings: figures)
     assert suite.main(["--only", "trainer"]) == 1
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "1 of 2 figures pass: share"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "1 of 2 figures pass; below target: share"
+
+
+@pytest.mark.e2e
+def test_bf16_quality_smoke_run_reports_both_precisions_per_seed(tmp_path):
+    """`python -m benchmarks.bf16_quality` trains both precisions per seed with the real trainer."""
+    out = tmp_path / "quality.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.bf16_quality", "--steps", "4", "--seeds", "1", "2",
+                           "--block-size", "32", "--batch-size", "2", "--eval-batches", "2", "--threads", "1",
+                           "--cache-dir", str(tmp_path / "cache"), "--json", str(out)],
+                          cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["seeds"] == [1, 2] and report["block_size"] == 32
+    for precision in ("fp32", "bf16"):
+        losses = report["val_loss"][precision]
+        assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
+        assert math.isclose(report["mean"][precision], sum(losses) / 2)
+    assert isinstance(report["bf16_within_one_fp32_std"], bool)
