@@ -29,6 +29,7 @@ _PACKAGE = __name__.split(".")[0]  # the suite's package, whose modules are ship
 SHIPPED: dict[str, str] = {f"{_PACKAGE}.{module}": file for module, file in {
     "errors": "mlproject_errors.py",
     "config": "mlproject_config.py",
+    "cpuinfo": "mlproject_cpuinfo.py",
     "model.config": "mlproject_gpt_config.py",
     "model.linear": "mlproject_linear.py",
     "model.loss": "mlproject_loss.py",

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mlproject.cpuinfo import CPUINFO, cpu_fields
+
 
 def _onednn_inner_product() -> Callable[..., torch.Tensor] | None:
     """oneDNN's inner product on dense CPU tensors, or None where this torch build lacks it."""
@@ -31,16 +33,9 @@ def _onednn_inner_product() -> Callable[..., torch.Tensor] | None:
 ONEDNN_INNER_PRODUCT = _onednn_inner_product()
 
 
-def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+def cpu_vendor(cpuinfo: str = CPUINFO) -> str:
     """The CPU's vendor id ("GenuineIntel", "AuthenticAMD"), or "" where the system does not say."""
-    try:
-        with open(cpuinfo) as lines:
-            for line in lines:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return (cpu_fields(cpuinfo) or {}).get("vendor_id", "")
 
 
 def fp32_on_onednn(vendor: str) -> bool:
@@ -81,19 +76,20 @@ def onednn_bf16_works() -> bool:
     return True
 
 
-def uses_torch_matmul(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether `matmul_t` runs torch's own matmul for this dtype and device (not oneDNN)."""
-    return not (ONEDNN_INNER_PRODUCT is not None and device.type == "cpu" and not torch.compiler.is_compiling()
-                and ((dtype == torch.float32 and FP32_ON_ONEDNN) or (dtype == torch.bfloat16 and onednn_bf16_works())))
+def onednn_runs(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether matmuls of `dtype` on `device` go to oneDNN (`Linear`, `matmul_t`): CPU tensors
+    outside torch.compile, fp32 where `FP32_ON_ONEDNN`, bf16 where oneDNN has bf16 kernels."""
+    return (ONEDNN_INNER_PRODUCT is not None and device.type == "cpu" and not torch.compiler.is_compiling()
+            and ((dtype == torch.float32 and FP32_ON_ONEDNN) or (dtype == torch.bfloat16 and onednn_bf16_works())))
 
 
 def matmul_t(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weight.T (no autograd) for 2-D x (N, in) and weight (out, in) of one dtype: oneDNN
     where it runs this dtype on this device, torch's matmul elsewhere. oneDNN reads a strided
     weight but copies a strided input, so callers pass the wider operand as the weight."""
-    if uses_torch_matmul(x.dtype, x.device):
-        return x @ weight.t()
-    return onednn_linear(x.contiguous(), weight)
+    if onednn_runs(x.dtype, x.device):
+        return onednn_linear(x.contiguous(), weight)
+    return x @ weight.t()
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -146,14 +142,12 @@ class Linear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if ONEDNN_INNER_PRODUCT is not None and x.device.type == "cpu" and not torch.compiler.is_compiling():
-            if not torch.is_autocast_enabled("cpu"):
-                if x.dtype == self.weight.dtype and ((x.dtype == torch.float32 and FP32_ON_ONEDNN)
-                                                     or (x.dtype == torch.bfloat16 and onednn_bf16_works())):
-                    return _OneDNNLinear.apply(x, self.weight, self.bias)
-            elif (torch.get_autocast_dtype("cpu") == torch.bfloat16 and self.weight.dtype == torch.float32
-                  and onednn_bf16_works()):
-                bias = None if self.bias is None else _bf16(self.bias)
-                with torch.autocast("cpu", enabled=False):  # the casts are explicit above
-                    return _OneDNNLinear.apply(_bf16(x), _bf16(self.weight), bias)
+        if not torch.is_autocast_enabled("cpu"):
+            if x.dtype == self.weight.dtype and onednn_runs(x.dtype, x.device):
+                return _OneDNNLinear.apply(x, self.weight, self.bias)
+        elif (torch.get_autocast_dtype("cpu") == torch.bfloat16 and self.weight.dtype == torch.float32
+              and onednn_runs(torch.bfloat16, x.device)):
+            bias = None if self.bias is None else _bf16(self.bias)
+            with torch.autocast("cpu", enabled=False):  # the casts are explicit above
+                return _OneDNNLinear.apply(_bf16(x), _bf16(self.weight), bias)
         return F.linear(x, self.weight, self.bias)

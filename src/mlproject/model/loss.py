@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mlproject.model.linear import matmul_t, uses_torch_matmul
+from mlproject.model.linear import matmul_t, onednn_runs
 
 CHUNK_ROWS = 512  # (512, 16384) fp32 logits: 32 MiB, about one L3 cache of a server core complex
 
@@ -78,7 +78,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 rows = slice(start, start + chunk_rows)
                 chunk_loss, grad = _chunk(xm[rows], wm, targets[rows], label_smoothing, dtype)  # grad (n, V)
                 loss += chunk_loss
-                if dtype == grad_wt.dtype and uses_torch_matmul(dtype, x.device):
+                if dtype == grad_wt.dtype and not onednn_runs(dtype, x.device):
                     # torch's GEMM (MKL on CPUs) takes both transposes as flags and accumulates in place
                     torch.mm(grad, wm, out=grad_x[rows])         # (n, C)
                     grad_wt.addmm_(x_valid[rows].t(), grad)      # (C, V)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-from pathlib import Path
 
 import torch
 
+from mlproject.cpuinfo import CPUINFO, cpu_fields
 from mlproject.errors import MlprojectError
 
 
@@ -72,7 +72,7 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of the nativ
 
 
 @functools.cache
-def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+def cpu_has_bf16(cpuinfo: str = CPUINFO) -> bool:
     """Whether the CPU multiplies bf16 natively (AVX512_BF16 or AMX-BF16) and oneDNN can use it.
 
     Without these instructions oneDNN emulates bf16 through fp32 and a bf16 step is slower
@@ -80,11 +80,7 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """
     from mlproject.model.linear import ONEDNN_INNER_PRODUCT
 
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path(cpuinfo).read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        return False
+    flags = (cpu_fields(cpuinfo) or {}).get("flags", "").split()
     return ONEDNN_INNER_PRODUCT is not None and any(flag in flags for flag in CPU_BF16_FLAGS)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mlproject.cpuinfo import cpu_fields
 from mlproject.io import atomic_write_text
 # (device-name pattern, {compute dtype: dense peak FLOP/s}). First match wins, so specific
 # names come before their families. "tf32" is fp32 work on tensor cores (enabled on CUDA).
@@ -50,13 +51,7 @@ def table_peak_flops(device_name: str, dtype: str) -> float | None:
 
 def cpu_name() -> str:
     """The CPU's model name as `lscpu` prints it (from /proc/cpuinfo)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return (cpu_fields() or {}).get("model name") or platform.processor() or platform.machine()
 
 
 def _matmuls(device: torch.device, dtype: torch.dtype) -> list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:

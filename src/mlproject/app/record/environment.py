@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlproject.cpuinfo import cpu_fields
+
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 (AVX-512 / AMX) and Arm (FEAT_BF16) spellings
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # "numpy-2.1.0.dist-info": the wheel spec's directory name carries name and version
@@ -71,16 +73,9 @@ def installed_distributions() -> dict[str, str]:
 
 def cpu_info() -> tuple[str, list[str], bool | None]:
     """(model, flags, bf16 support) from /proc/cpuinfo on Linux; the platform's words elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
+    fields = cpu_fields()
+    if fields is None:
         return platform.processor() or platform.machine(), [], None
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            break  # the first processor's block describes them all
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
     model = fields.get("model name") or fields.get("Hardware") or fields.get("CPU part") or platform.machine()
     flags = sorted(set((fields.get("flags") or fields.get("Features") or "").split()))
     return model, flags, any(flag in flags for flag in BF16_FLAGS)
