@@ -109,3 +109,28 @@ def test_bf16_cpu_attention_by_matmuls_matches_the_sdpa_kernel_in_fp32():
         fast, _ = bf16_model(x)  # CPU bf16: the explicit-matmul attention
         ref, _ = fp32_model(x)   # fp32: torch's SDPA kernel, same (bf16-representable) weights
     assert (fast.float() - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+@pytest.mark.parametrize("fp32_on_onednn", [True, False], ids=["onednn", "torch-gemm"])
+def test_a_target_whose_softmax_underflows_still_gets_the_exact_loss(monkeypatch, fp32_on_onednn):
+    # The loss is read from the softmax at the target, -log p_t; a logit gap over ~87 makes p_t
+    # 0 in fp32, and those rows take their log-sum-exp instead (the loss stays finite and exact).
+    monkeypatch.setattr(linear, "FP32_ON_ONEDNN", fp32_on_onednn and linear.ONEDNN_INNER_PRODUCT is not None)
+    torch.manual_seed(0)
+    x = torch.randn(6, 8)
+    x[2] *= 60.0  # row 2: logits hundreds apart
+    x.requires_grad_()
+    w = torch.randn(20, 8, requires_grad=True)
+    logits = (x @ w.t()).detach()
+    y = torch.randint(0, 20, (6,))
+    y[2] = int(logits[2].argmin())  # its target's probability underflows fp32
+    assert torch.softmax(logits[2], -1)[y[2]] == 0
+    loss = linear_cross_entropy(x, w, y, chunk_rows=4)
+    loss.backward()
+    x_ref, w_ref = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    ref = F.cross_entropy(x_ref @ w_ref.t(), y)
+    ref.backward()
+    assert torch.isfinite(loss) and loss.item() > 10
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(w.grad, w_ref.grad)

@@ -34,8 +34,17 @@ def _matmul_dtype(weight: torch.Tensor) -> torch.dtype:
 
 
 def _chunk(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, label_smoothing: float,
-           dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed loss (fp32) and d(summed loss)/d(logits) in `dtype` of one chunk: x (n, C), targets (n,).
+           scratch: torch.Tensor, grad_out: torch.Tensor | None, torch_gemm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss (fp32) and d(summed loss)/d(logits) of one chunk: x (n, C), targets (n,).
+
+    The gradient is `grad_out`'s first n rows (the matmul's dtype, bf16 under autocast), or
+    `scratch`'s where the matmul runs in fp32; `torch_gemm`: fp32 on torch's GEMM, which writes
+    the logits straight into `scratch`. `scratch` (>= n, V) fp32 serves every chunk of a step:
+    the logits go in and become their softmax in place, then softmax - one-hot. Before, the
+    log-softmax, its exp and the casts each wrote a fresh (n, V) tensor: one fp32 pass more, and
+    32 MiB of new memory per chunk; a (512, 16384) chunk took 24.7 ms in bf16 and 40 ms in fp32,
+    now 11 and 18 ms (benchmarks/README.md). The loss is -log p_t from the softmax at the target,
+    and where p_t underflows fp32 (a logit gap over ~87) those rows' log-sum-exp is recomputed.
 
     Rows whose target is -100 count for nothing in the loss; their gradient rows are left as
     they are, and the caller zeroes what they would contribute through the small (n, C) sides.
@@ -43,20 +52,30 @@ def _chunk(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, label_s
     results instead of every (n, V) chunk (each pass over a chunk costs about what a nano-sized
     matmul does).
     """
-    logp = F.log_softmax(matmul_t(x, weight), dim=-1, dtype=torch.float32)  # (n, V) fp32, cast inside the kernel
-    valid = (targets != -100).unsqueeze(1)                            # (n, 1)
+    probs = scratch[:x.size(0)]                                       # (n, V) fp32
+    if torch_gemm:
+        torch.mm(x, weight.t(), out=probs)                            # fp32 on torch's GEMM: in place
+    else:
+        probs.copy_(matmul_t(x, weight))                              # bf16 logits: one cast, as autocast's
+    valid = targets != -100                                           # (n,)
     safe = targets.clamp(min=0).unsqueeze(1)                          # (n, 1): ignored rows pick 0
-    nll = -logp.gather(1, safe)                                       # (n, 1)
-    if label_smoothing > 0:  # the uniform part: -mean_v log p_v
-        nll = (1 - label_smoothing) * nll - label_smoothing * logp.mean(dim=-1, keepdim=True)
-    loss = nll.masked_fill(~valid, 0.0).sum()
-    grad = logp.exp_()                                                # softmax, in place: (n, V)
-    if label_smoothing > 0:
-        grad.sub_(label_smoothing / logp.size(-1))
+    logit_t = probs.gather(1, safe)                                   # (n, 1)
+    mean_logit = probs.mean(dim=-1, keepdim=True) if label_smoothing > 0 else None
+    torch.softmax(probs, dim=-1, out=probs)                           # in place: (n, V)
+    p_t = probs.gather(1, safe)                                       # (n, 1)
+    lse = logit_t - p_t.log()                                         # log-sum-exp of each row's logits
+    underflow = (p_t.squeeze(1) < torch.finfo(torch.float32).tiny) & valid
+    if underflow.any():  # rare: recompute those rows' logits
+        lse[underflow] = torch.logsumexp(matmul_t(x[underflow], weight).float(), dim=-1, keepdim=True)
+    nll = lse - logit_t                                               # (n, 1): -log p_t
+    if label_smoothing > 0:  # the uniform part: -mean_v log p_v = lse - mean_v logit_v
+        nll = (1 - label_smoothing) * nll + label_smoothing * (lse - mean_logit)
+        probs.sub_(label_smoothing / probs.size(-1))
+    loss = nll.squeeze(1).masked_fill(~valid, 0.0).sum()
     # in fp32, then one cast: p - 1 is rounded once, as the reference's autocast backward does
     # (torch's scatter_ into a bf16 tensor is also 4 ms per chunk, its fp32 scatter_add_ ~0)
-    grad.scatter_add_(1, safe, torch.full_like(nll, -(1 - label_smoothing)))
-    return loss, grad.to(dtype)
+    probs.scatter_add_(1, safe, torch.full_like(p_t, -(1 - label_smoothing)))
+    return loss, probs if grad_out is None else grad_out[:x.size(0)].copy_(probs)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -72,22 +91,31 @@ class _LinearCrossEntropy(torch.autograd.Function):
             n_valid = valid.sum().clamp(min=1).float()
             x_valid = xm * valid                                 # (N, C): ignored rows add nothing to grad W
             grad_x = torch.empty_like(xm)                        # (N, C)
-            grad_wt = torch.zeros(weight.size(1), weight.size(0), device=x.device)  # (C, V) fp32: W's grad, transposed
+            # W's gradient in fp32, summed over the chunks in the layout each kernel writes fastest:
+            # torch's GEMM takes both transposes as flags and adds into (V, C) in place; oneDNN needs
+            # a dense input, so the wide (n, V) gradient goes in as its weight and gives (C, V)
+            torch_gemm = dtype == torch.float32 and not onednn_runs(dtype, x.device)
+            V, C = weight.shape
+            grad_w = torch.empty(V, C, device=x.device) if torch_gemm else torch.empty(C, V, device=x.device).t()
             loss = torch.zeros((), device=x.device)
+            scratch = torch.empty(min(chunk_rows, x.size(0)), V, device=x.device)  # (n, V) fp32
+            grad_out = None if dtype == torch.float32 else torch.empty_like(scratch, dtype=dtype)  # (n, V)
             for start in range(0, x.size(0), chunk_rows):
                 rows = slice(start, start + chunk_rows)
-                chunk_loss, grad = _chunk(xm[rows], wm, targets[rows], label_smoothing, dtype)  # grad (n, V)
+                chunk_loss, grad = _chunk(xm[rows], wm, targets[rows], label_smoothing, scratch, grad_out, torch_gemm)
                 loss += chunk_loss
-                if dtype == grad_wt.dtype and not onednn_runs(dtype, x.device):
-                    # torch's GEMM (MKL on CPUs) takes both transposes as flags and accumulates in place
+                first = start == 0  # the first chunk writes grad_w, the others add to it (no zero pass)
+                if torch_gemm:
                     torch.mm(grad, wm, out=grad_x[rows])         # (n, C)
-                    grad_wt.addmm_(x_valid[rows].t(), grad)      # (C, V)
+                    grad_w.addmm_(grad.t(), x_valid[rows], beta=0 if first else 1)  # (V, C): grad^T x
                 else:
                     grad_x[rows] = matmul_t(grad, wm.t())        # (n, C)
-                    # x^T grad sums over the chunk's rows; the wide (n, V) grad goes in as the weight
-                    grad_wt += matmul_t(x_valid[rows].t(), grad.t())  # (C, V)
+                    part = matmul_t(x_valid[rows].t(), grad.t())  # (C, V)
+                    if first:
+                        grad_w.t().copy_(part)
+                    else:
+                        grad_w.t().add_(part)
             grad_x.mul_(valid)                                   # ignored rows get no gradient
-            grad_w = grad_wt.t().contiguous()                   # (V, C)
         ctx.save_for_backward(grad_x, grad_w, n_valid)
         ctx.dtypes = (x.dtype, weight.dtype)
         return loss / n_valid
@@ -97,8 +125,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_x, grad_w, n_valid = ctx.saved_tensors
         x_dtype, w_dtype = ctx.dtypes
         scale = grad_loss / n_valid  # the mean over the valid rows, and the upstream gradient
-        return (grad_x.to(x_dtype) * scale if ctx.needs_input_grad[0] else None,
-                (grad_w * scale).to(w_dtype) if ctx.needs_input_grad[1] else None, None, None, None)
+        grad_weight = None
+        if ctx.needs_input_grad[1]:  # scaled, cast and made dense (V, C) in one pass
+            grad_weight = torch.mul(grad_w, scale, out=torch.empty(grad_w.shape, dtype=w_dtype, device=grad_w.device))
+        return (grad_x.to(x_dtype) * scale if ctx.needs_input_grad[0] else None, grad_weight, None, None, None)
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
