@@ -40,11 +40,10 @@ def _chunk(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, label_s
     The gradient is `grad_out`'s first n rows (the matmul's dtype, bf16 under autocast), or
     `scratch`'s where the matmul runs in fp32; `torch_gemm`: fp32 on torch's GEMM, which writes
     the logits straight into `scratch`. `scratch` (>= n, V) fp32 serves every chunk of a step:
-    the logits go in and become their softmax in place, then softmax - one-hot. Before, the
-    log-softmax, its exp and the casts each wrote a fresh (n, V) tensor: one fp32 pass more, and
-    32 MiB of new memory per chunk; a (512, 16384) chunk took 24.7 ms in bf16 and 40 ms in fp32,
-    now 11 and 18 ms (benchmarks/README.md). The loss is -log p_t from the softmax at the target,
-    and where p_t underflows fp32 (a logit gap over ~87) those rows' log-sum-exp is recomputed.
+    the logits go in and become their softmax in place, then softmax - one-hot: one pass where
+    log_softmax + exp took two, and no new (n, V) tensor per chunk. The loss is -log p_t from
+    the softmax at the target; where p_t underflows fp32 (a logit gap over ~87) those rows'
+    log-sum-exp is recomputed instead.
 
     Rows whose target is -100 count for nothing in the loss; their gradient rows are left as
     they are, and the caller zeroes what they would contribute through the small (n, C) sides.
