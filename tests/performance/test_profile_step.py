@@ -23,3 +23,9 @@ from benchmarks.profile_step import group_of
 ])
 def test_ops_fall_in_their_groups(op, group):
     assert group_of(op) == group
+
+
+def test_a_softmax_over_the_vocabulary_is_the_loss_and_one_over_keys_is_attention():
+    # the chunked loss's in-place softmax is aten::_softmax too: its last dim, the vocabulary, tells it apart
+    assert group_of("aten::_softmax", [[512, 16384], [], [], [512, 16384]], vocab_size=16384) == "loss"
+    assert group_of("aten::_softmax", [[8, 4, 256, 256], [], []], vocab_size=16384) == "attention"
