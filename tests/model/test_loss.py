@@ -134,3 +134,17 @@ def test_a_target_whose_softmax_underflows_still_gets_the_exact_loss(monkeypatch
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(x.grad, x_ref.grad)
     torch.testing.assert_close(w.grad, w_ref.grad)
+
+
+@pytest.mark.parametrize("fp32_on_onednn", [True, False], ids=["onednn", "torch-gemm"])
+@pytest.mark.parametrize("rows", [0, 6])
+def test_no_valid_target_gives_zero_loss_and_zero_gradients(monkeypatch, fp32_on_onednn, rows):
+    # W's gradient buffer is written by the first chunk, not zeroed first: with no chunk, or only
+    # ignored rows, it must still come back as zeros
+    monkeypatch.setattr(linear, "FP32_ON_ONEDNN", fp32_on_onednn and linear.ONEDNN_INNER_PRODUCT is not None)
+    x = torch.randn(rows, 8, requires_grad=True)
+    w = torch.randn(20, 8, requires_grad=True)
+    loss = linear_cross_entropy(x, w, torch.full((rows,), -100), chunk_rows=4)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.count_nonzero(w.grad) == 0 and torch.count_nonzero(x.grad) == 0

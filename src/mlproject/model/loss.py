@@ -114,6 +114,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                         grad_w.t().copy_(part)
                     else:
                         grad_w.t().add_(part)
+            if x.size(0) == 0:  # no chunk wrote it
+                grad_w.zero_()
             grad_x.mul_(valid)                                   # ignored rows get no gradient
         ctx.save_for_backward(grad_x, grad_w, n_valid)
         ctx.dtypes = (x.dtype, weight.dtype)
