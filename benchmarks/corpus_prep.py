@@ -62,10 +62,11 @@ def build_corpus(path: Path, megabytes: float, cache_root: Path) -> Path:
 
 
 def _local_cfg(corpus: Path, cache: Path, workers: int, vocab: int):
-    from mlproject.data.config import DataConfig
+    """The data section of a run on `corpus`, and its runtime section (cache root, workers)."""
+    from mlproject.data.config import DataConfig, DataRuntimeConfig
 
-    return DataConfig(dataset="local_jsonl", local_path=str(corpus), cache_dir=str(cache), vocab_size=vocab,
-                      num_workers=workers, tokenizer_sample_mb=20)
+    return (DataConfig(dataset="local_jsonl", local_path=str(corpus), vocab_size=vocab, tokenizer_sample_mb=20),
+            DataRuntimeConfig(cache_dir=str(cache), num_workers=workers))
 
 
 def throughput(corpus: Path, work: Path, workers: int, vocab: int, repeats: int) -> dict[str, float]:
@@ -74,8 +75,8 @@ def throughput(corpus: Path, work: Path, workers: int, vocab: int, repeats: int)
     from mlproject.data.sources import resolve_corpus
     from mlproject.data.tokenizer import tokenizer_hash
 
-    cfg = _local_cfg(corpus, work / "cache", workers, vocab)
-    src = resolve_corpus(cfg)
+    cfg, runtime = _local_cfg(corpus, work / "cache", workers, vocab)
+    src = resolve_corpus(cfg, runtime.cache_root)
     tokenizer, tok_path, _ = _tokenizer(cfg, src, work / "cache" / "tokenizers", "bench", lambda _: None)
     texts = [text for _, text in src.documents()]
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
@@ -116,14 +117,14 @@ import json, resource, sys
 from pathlib import Path
 from benchmarks.corpus_prep import _local_cfg
 from mlproject.data.prepare import prepare_data, memory_bound_mb
-cfg = _local_cfg(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+cfg, runtime = _local_cfg(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
 import psutil
 before = psutil.Process().memory_info().rss
-data = prepare_data(cfg, log=lambda _: None)
+data = prepare_data(cfg, runtime, log=lambda _: None)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"peak_rss_mb": peak / 1e6, "rss_before_mb": before / 1e6,
                   "growth_mb": (peak - before) / 1e6, "tokens": len(data.train) + len(data.val),
-                  "stated_bound_mb": memory_bound_mb(cfg.num_workers)}))
+                  "stated_bound_mb": memory_bound_mb(runtime.num_workers)}))
 """
 
 

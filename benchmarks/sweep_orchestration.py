@@ -46,7 +46,8 @@ def compare_config(root: Path, experiment: str, steps: int) -> Path:
         "model": {"preset": "nano", "block_size": 64},
         "data": {"dataset": "pydocs", "vocab_size": 512, "max_train_docs": 200, "max_val_docs": 20},
         "train": {"batch_size": 8, "max_steps": steps, "eval_interval": max(1, steps // 4), "eval_batches": 2,
-                  "log_interval": 10, "save_every": max(1, steps // 4), "device": "cpu", "progress": "lines"},
+                  "log_interval": 10, "save_every": max(1, steps // 4)},
+        "runtime": {"device": "cpu", "progress": "lines"},
         "tracking": {"experiment_name": experiment, "log_model": False},
         "compare": {"models": ["gpt2", "gpt3"], "seeds": [42, 43]},
     }))

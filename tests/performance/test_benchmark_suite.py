@@ -83,3 +83,43 @@ def test_bf16_quality_smoke_run_reports_both_precisions_per_seed(tmp_path):
         assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
         assert math.isclose(report["mean"][precision], sum(losses) / 2)
     assert isinstance(report["bf16_within_one_fp32_std"], bool)
+
+
+@pytest.mark.e2e
+def test_corpus_prep_smoke_run_reports_throughput_memory_and_hash_cost(tmp_path):
+    """`python -m benchmarks.corpus_prep` at toy sizes: every section of its report is there and sane."""
+    out = tmp_path / "corpus.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.corpus_prep", "--mb", "0.3", "--memory-mb", "0.3",
+                           "--hash-mb", "2", "--repeats", "1", "--workers", "1", "--vocab-size", "400",
+                           "--json", str(out)],
+                          cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "MLPROJECT_CACHE_DIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    speed = report["throughput"]
+    assert speed["corpus_mb"] > 0.2 and speed["workers"] == 1 and speed["rounds"] == 1
+    assert speed["ours_mb_per_s"] > 0 and speed["tiktoken_mb_per_s"] > 0
+    assert math.isclose(speed["ratio"], speed["ours_mb_per_s"] / speed["tiktoken_mb_per_s"])
+    assert speed["same_ids_share_on_200_docs"] == 1.0  # tiktoken's engine running our BPE gives our ids
+    memory = report["memory"]["0.3"]
+    assert memory["tokens"] > 0 and memory["peak_rss_mb"] >= memory["rss_before_mb"] > 0
+    verify = report["verify"]
+    assert verify["megabytes"] == 2 and len(verify["seconds"]) == 3 and verify["gb_per_s"] > 0
+
+
+@pytest.mark.e2e
+def test_sweep_orchestration_config_plans_its_four_children(tmp_path):
+    """The compare that `benchmarks.sweep_orchestration` times (by hand: it needs Docker and Airflow)
+    still loads, in the current layout, and plans 2 models x 2 seeds: its DAG's first task."""
+    from benchmarks.sweep_orchestration import compare_config
+
+    config = compare_config(tmp_path, "orchestration-smoke", steps=4)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLPROJECT_CACHE_DIR": str(tmp_path / "cache"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    done = subprocess.run([sys.executable, "-m", "mlproject", "compare", "--config", str(config), "--plan-only"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "deprecated" not in done.stdout + done.stderr
+    result = json.loads(next(line for line in done.stdout.splitlines()
+                             if line.startswith("MLPROJECT_RESULT "))[len("MLPROJECT_RESULT "):])
+    assert result["stage"] == "plan" and len(result["children"]) == 4 and result["todo"] == result["children"]
