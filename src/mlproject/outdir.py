@@ -41,10 +41,15 @@ def _marker(folder: Path) -> dict | None:
     return data
 
 
+def _local_dir_env() -> str:
+    """$MLPROJECT_LOCAL_DIR, stripped ("" when unset or blank): the one reader of the variable."""
+    return os.environ.get(LOCAL_DIR_ENV, "").strip()
+
+
 def local_root(profile: str = "default") -> Path:
     """The folder of local files: $MLPROJECT_LOCAL_DIR if set, else the working directory in the
     original profile (relative paths, as the original's), else `mlproject-outputs`."""
-    root = os.environ.get(LOCAL_DIR_ENV, "").strip()
+    root = _local_dir_env()
     if root:
         return Path(root).expanduser()
     return Path() if profile == "original" else LOCAL_DIR_DEFAULT
@@ -55,12 +60,13 @@ def in_project_run() -> bool:
     directory is the project, which stays clean, so a local file no one asked for is not written."""
     from mlproject.protocol import was_handed_a_run
 
-    return was_handed_a_run() and not os.environ.get(LOCAL_DIR_ENV, "").strip()
+    return was_handed_a_run() and not _local_dir_env()
 
 
 def local_field() -> str:
-    """What a user changes to move the local files, for an error line: the variable when set."""
-    return LOCAL_DIR_ENV if os.environ.get(LOCAL_DIR_ENV, "").strip() else "working directory"
+    """What a user changes to move the local files, for an error line (`field=path: ...`): the
+    variable, and where the files go while it is unset."""
+    return LOCAL_DIR_ENV if _local_dir_env() else f"{LOCAL_DIR_ENV} (unset: under the working directory)"
 
 
 def local_folder(given: str | None, field: str, default: str, profile: str = "default") -> tuple[Path, str]:
